@@ -1,0 +1,54 @@
+# One entry point for developers and CI. `make test` installs whatever is missing (Debian
+# packages, the Python environment, the Go-built control plane) and runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS := workloads,train,index,serving,dev
+# The Python environment is rebuilt only when pyproject.toml changes.
+VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: test deps system-deps python-deps testbed lint typecheck unit demo crds clean
+
+test: deps lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+deps: system-deps python-deps testbed
+
+# Debian packages the tests start for real. Installed only when missing (CI runs as root).
+system-deps:
+	@command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || { \
+	  echo "installing redis-server (Debian)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; }
+
+python-deps: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok and helm, built
+# from Go modules once and cached by version under ~/.cache/recsys-operator (see tests/testbed).
+testbed:
+	@bash tests/testbed/build.sh all >/dev/null
+
+lint: python-deps
+	$(VENV)/bin/ruff check .
+
+typecheck: python-deps
+	$(VENV)/bin/mypy
+
+# Fast feedback without the control plane: pure tests only.
+unit: python-deps
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# What runs today: a real control plane on this machine, printed kubeconfig, until Ctrl-C.
+demo: deps
+	$(PY) tests/testbed/controlplane.py up
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,125 @@
+"""Starting, watching and stopping the testbed's server processes.
+
+Every server is a child we started ourselves, tracked by pid, with its output in a log file, so
+that teardown can stop exactly what it started and a failure can show the log's last lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ComponentFailed(RuntimeError):
+    """A server exited or never became ready; the message carries its log tail."""
+
+
+def free_port() -> int:
+    """A port free on the loopback right now (the OS picks it; races are unlikely in tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log written)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def failure(self, why: str) -> ComponentFailed:
+        return ComponentFailed(
+            f"{self.name} (pid {self.pid}) {why}; last lines of {self.log}:\n{log_tail(self.log)}"
+        )
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM its process group, then SIGKILL what is left after ``grace`` seconds."""
+        if not self.alive():
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+            try:
+                self.popen.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+@dataclass
+class ProcessGroup:
+    """The servers one testbed started, stopped in reverse order of starting."""
+
+    log_dir: Path
+    processes: list[Process] = field(default_factory=list)
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Process:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,  # its own process group: stop() reaches its children too
+            )
+        proc = Process(name, popen, log)
+        self.processes.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes.clear()
+
+
+def wait_until(
+    proc: Process,
+    ready: Callable[[], bool],
+    timeout: float,
+    what: str = "ready",
+    interval: float = 0.2,
+) -> None:
+    """Poll ``ready`` until it holds; fail early, with the log tail, if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise proc.failure(f"exited with code {proc.popen.returncode} before it was {what}")
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        time.sleep(interval)
+    raise proc.failure(f"was not {what} within {timeout:.0f} s")

@@ -1,0 +1,72 @@
+"""A real redis-server (Debian's package) on a free loopback port, with no persistence."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.processes import ComponentFailed, ProcessGroup, free_port, wait_until
+
+
+@dataclass
+class RedisServer:
+    host: str
+    port: int
+    procs: ProcessGroup
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def url_for_db(self, db: int) -> str:
+        return f"redis://{self.host}:{self.port}/{db}"
+
+    def stop(self) -> None:
+        self.procs.stop_all()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _pong(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
+
+
+def start_redis(databases: int = 64, extra_args: tuple[str, ...] = ()) -> RedisServer:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ComponentFailed(
+            "redis-server is not installed: run `make deps` (it installs Debian's redis-server)"
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="recsys-redis-"))
+    procs = ProcessGroup(workdir)
+    port = free_port()
+    proc = procs.start(
+        "redis-server",
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--databases",
+            str(databases),
+            "--dir",
+            str(workdir),
+            *extra_args,
+        ],
+    )
+    try:
+        wait_until(proc, lambda: _pong(port), 20, "answering PING")
+    except BaseException:
+        procs.stop_all()
+        raise
+    return RedisServer("127.0.0.1", port, procs, workdir)

@@ -1,0 +1,115 @@
+"""The contract every workload entry point keeps with the operator.
+
+Each entry point takes the JSON config the operator renders (``--config PATH``) and ends by
+writing a small JSON summary to its container termination message, which the operator reads
+from the finished pod: no extra storage and no RBAC for pods to write status. The exit code
+tells the Job's ``podFailurePolicy`` whether a retry can help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+#: Done; the summary says what was produced.
+EXIT_OK = 0
+#: An unexpected crash (a bug or an unknown failure): retried, within the Job's backoffLimit.
+EXIT_CRASH = 1
+#: Bad input that no retry can fix (missing column, wrong type, empty source, invalid config).
+#: The same code argparse uses for usage errors, so both fail the Job fast.
+EXIT_BAD_INPUT = 2
+#: A transient failure (an unreachable store, a timeout): worth retrying. EX_TEMPFAIL of sysexits.h.
+EXIT_TRANSIENT = 75
+
+#: Kubernetes truncates termination messages at 4096 bytes; summaries must stay below it.
+TERMINATION_MESSAGE_LIMIT = 4096
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+log = logging.getLogger("recsys_workloads")
+
+
+class BadInputError(Exception):
+    """Input that a retry cannot fix. The message names the field or column and the fix."""
+
+
+class TransientError(Exception):
+    """A failure that may pass on its own (network, store unavailable); the Job retries it."""
+
+
+def write_termination_message(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``summary`` as compact JSON, shrinking it rather than letting Kubernetes cut it."""
+    text = json.dumps(summary, separators=(",", ":"), sort_keys=True, default=str)
+    if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
+        keep = {k: summary[k] for k in ("status", "reason", "message") if k in summary}
+        keep["truncated"] = True
+        text = json.dumps(keep, separators=(",", ":"), sort_keys=True, default=str)
+        text = text[: TERMINATION_MESSAGE_LIMIT - 1]
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:  # a read-only or missing path must not turn success into failure
+        log.warning("could not write termination message to %s: %s", path, exc)
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the operator-rendered JSON config; a missing or malformed file is bad input."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise BadInputError(f"--config: file {path} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"--config: {path} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BadInputError(f"--config: {path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def run_entrypoint(
+    name: str,
+    work: Callable[[dict[str, Any]], Mapping[str, Any]],
+    argv: list[str] | None = None,
+) -> int:
+    """Parse ``--config``/``--termination-log``, run ``work`` and map its outcome to an exit code.
+
+    ``work`` returns the summary of a successful run; failures are classified by exception type
+    so every entry point reports them the same way.
+    """
+    parser = argparse.ArgumentParser(prog=f"recsys-{name}")
+    parser.add_argument("--config", required=True, help="JSON config rendered by the operator")
+    parser.add_argument(
+        "--termination-log",
+        default=os.environ.get("RECSYS_TERMINATION_LOG", DEFAULT_TERMINATION_LOG),
+        help="where the JSON summary goes (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    code: int
+    summary: dict[str, Any]
+    try:
+        summary = {"status": "Succeeded", **work(load_config(args.config))}
+        code = EXIT_OK
+    except BadInputError as exc:
+        summary, code = (
+            {"status": "Failed", "reason": "BadInput", "message": str(exc)},
+            EXIT_BAD_INPUT,
+        )
+    except TransientError as exc:
+        summary, code = (
+            {"status": "Failed", "reason": "Transient", "message": str(exc)},
+            EXIT_TRANSIENT,
+        )
+    except Exception as exc:
+        log.exception("%s crashed", name)
+        summary = {"status": "Failed", "reason": "Crash", "message": f"{type(exc).__name__}: {exc}"}
+        code = EXIT_CRASH
+    if code != EXIT_OK:
+        print(f"recsys-{name}: {summary['message']}", file=sys.stderr)
+    write_termination_message(summary, args.termination_log)
+    return code
