@@ -256,6 +256,9 @@ def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPl
                 "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,"
                 "LimitRanger,ResourceQuota,DefaultStorageClass,MutatingAdmissionWebhook,"
                 "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
+                # It taints new nodes not-ready until the node-lifecycle controller lifts the
+                # taint; that controller stays off here (it would also taint the fake node).
+                "--disable-admission-plugins=TaintNodesByCondition",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki.sa_public}",
                 f"--service-account-signing-key-file={pki.sa_private}",
