@@ -1,1 +1,1 @@
-"""What runs inside the pods that recsys-operator creates: the offline and online halves of the loop."""
+"""What runs inside the pods that recsys-operator creates: the offline and online loop halves."""
