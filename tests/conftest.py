@@ -1,3 +1,3 @@
 """Test-wide configuration: the fixtures over the real parts live in tests/fixtures/."""
 
-pytest_plugins = ["fixtures.kube", "fixtures.redis", "fixtures.triton"]
+pytest_plugins = ["fixtures.kube", "fixtures.redis", "fixtures.triton", "fixtures.operator"]

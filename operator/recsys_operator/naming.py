@@ -30,3 +30,8 @@ def child_name(*parts: str, max_length: int = MAX_NAME_LENGTH) -> str:
     digest = hashlib.sha256(full.encode()).hexdigest()[:_HASH_LENGTH]
     prefix = full[: max_length - _HASH_LENGTH - 1].rstrip("-")
     return f"{prefix}-{digest}"
+
+
+def short_hash(text: str, length: int = _HASH_LENGTH) -> str:
+    """A stable short digest, for names that must change when ``text`` changes."""
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

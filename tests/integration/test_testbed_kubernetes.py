@@ -15,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fixtures.kube import Testbed
 from lightkube import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap
+
+from fixtures.kube import Testbed
 
 pytestmark = pytest.mark.testbed
 

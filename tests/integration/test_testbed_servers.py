@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+
 from testbed.triton_server import MODEL_PRELUDE, TritonServer
 
 

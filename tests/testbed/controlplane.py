@@ -28,6 +28,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the sibling modules importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import yaml
+
 from testbed.pki import Pki, make_pki
 from testbed.processes import ComponentFailed, Process, ProcessGroup, free_port, wait_until
 
@@ -319,7 +321,7 @@ def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPl
                 f"--kubeconfig={kubeconfig}",
                 "--manage-all-nodes=true",
                 f"--server-address=127.0.0.1:{kwok_port}",
-                *(f"--config={p}" for p in sorted((bin_dir / "kwok-stages").glob("*.yaml"))),
+                *(f"--config={p}" for p in _kwok_stages(bin_dir, workdir)),
             ],
             cwd=workdir,
         )
@@ -349,6 +351,31 @@ def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPl
             # Keep the logs of a failed start next to the message that names them.
             shutil.rmtree(workdir / "etcd", ignore_errors=True)
         raise
+
+
+#: Pods with this label are left Running by kwok: a test plays their workload and completes them
+#: itself, with the exit code and termination message it wants (see ``finish_pod``).
+HELD_BY_TEST = '.metadata.labels["app.kubernetes.io/managed-by"]'
+HELD_VALUE = "recsys-operator"
+
+
+def _kwok_stages(bin_dir: Path, workdir: Path) -> list[Path]:
+    """kwok's "fast" stages, except that the operator's Job pods are not completed by kwok."""
+    out = workdir / "kwok-stages"
+    out.mkdir(exist_ok=True)
+    paths = []
+    for src in sorted((bin_dir / "kwok-stages").glob("*.yaml")):
+        if src.name == "kustomization.yaml":
+            continue
+        stage = yaml.safe_load(src.read_text())
+        if stage["metadata"]["name"] == "pod-complete":
+            stage["spec"]["selector"]["matchExpressions"].append(
+                {"key": HELD_BY_TEST, "operator": "NotIn", "values": [HELD_VALUE]}
+            )
+        dst = out / src.name
+        dst.write_text(yaml.safe_dump(stage))
+        paths.append(dst)
+    return paths
 
 
 def _node_ready(bin_dir: Path, kubeconfig: Path) -> bool:

@@ -1,0 +1,113 @@
+"""``recsys-operator``: run the operator against the cluster in the kubeconfig or in-cluster.
+
+Watch scope: ``--namespace`` (repeatable) for a list of namespaces, or ``--all-namespaces``
+(the default). The RBAC the Helm chart grants matches each choice (Role per namespace or one
+ClusterRole).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from recsys_operator.controller import Context, Controller, configure_settings, register
+from recsys_operator.kube import KubeClient
+from recsys_operator.reconcilers import RECONCILERS
+
+log = logging.getLogger("recsys_operator")
+
+#: Images the operator puts into the workloads it creates, unless a spec names its own.
+DEFAULT_IMAGES = {
+    "workloads": os.environ.get(
+        "RECSYS_WORKLOADS_IMAGE", "ghcr.io/recsys-dev/recsys-workloads:0.1.0"
+    ),
+    "gateway": os.environ.get("RECSYS_GATEWAY_IMAGE", "ghcr.io/recsys-dev/recsys-workloads:0.1.0"),
+    "triton": os.environ.get("RECSYS_TRITON_IMAGE", "nvcr.io/nvidia/tritonserver:24.08-py3"),
+}
+
+
+def _connection(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """The credentials kopf itself would use: in-cluster service account, else kubeconfig."""
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+    if info is None:
+        raise SystemExit("recsys-operator: no in-cluster service account and no kubeconfig found")
+    return info
+
+
+def build(workers: int, registry: kopf.OperatorRegistry) -> Controller:
+    controller = Controller(reconcilers=RECONCILERS, workers=workers)
+    register(controller, registry)
+
+    @kopf.on.login(registry=registry)
+    def _login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        return _connection(settings)
+
+    @kopf.on.startup(registry=registry)
+    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_settings(settings)
+        kube = KubeClient(_connection(settings))
+        controller.start(Context(kube=kube, queue=controller.queue, images=DEFAULT_IMAGES))
+        log.info("recsys-operator started with %d workers", workers)
+
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(**_: Any) -> None:
+        await controller.stop()
+
+    return controller
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="recsys-operator", description=__doc__)
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeat for several)",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all (default)")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port")
+    parser.add_argument("--health-port", type=int, default=8081, help="liveness probe port")
+    parser.add_argument("--workers", type=int, default=8, help="concurrent reconciles")
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # kopf logs every handler call at INFO; the reconcilers log what they decide.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    registry = kopf.OperatorRegistry()
+    build(args.workers, registry)
+    clusterwide = not args.namespace
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            clusterwide=clusterwide,
+            namespaces=args.namespace,
+            standalone=True,
+            liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz"
+            if args.health_port
+            else None,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Prometheus metrics of the operator, served on ``--metrics-port``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILE_DURATION = Histogram(
+    "recsys_operator_reconcile_duration_seconds",
+    "Time one reconcile of an object took, by kind.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RECONCILE_ERRORS = Counter(
+    "recsys_operator_reconcile_errors_total",
+    "Reconciles that raised and were retried with backoff, by kind.",
+    ["kind"],
+)
+OBJECTS_BY_PHASE = Gauge(
+    "recsys_operator_objects",
+    "Objects the operator manages, by kind and phase (ModelVersion) or readiness (others).",
+    ["kind", "phase"],
+)
+JOBS_STARTED = Counter(
+    "recsys_operator_jobs_started_total",
+    "Jobs the operator created, by purpose (train, index, backfill).",
+    ["purpose"],
+)
+JOBS_FAILED = Counter(
+    "recsys_operator_jobs_failed_total",
+    "Jobs the operator saw fail, by purpose and reason.",
+    ["purpose", "reason"],
+)

@@ -1,0 +1,266 @@
+"""FeatureView -> its rendered config (ConfigMap), materialization CronJob, backfill Job, status.
+
+The materializer's config is rendered from the spec here, so the pod needs no access to the
+API; the Redis password reaches it from the user's Secret as an environment variable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from recsys_operator.api.featureview import FeatureView
+from recsys_operator.api.formats import parse_duration
+from recsys_operator.conditions import set_condition
+from recsys_operator.labels import standard_labels
+from recsys_operator.naming import child_name, short_hash
+from recsys_operator.planning.jobstatus import JobOutcome
+from recsys_operator.planning.pods import (
+    CONFIG_FILE,
+    object_meta,
+    pod_failure_policy,
+    workload_container,
+    workload_pod_spec,
+)
+
+MATERIALIZE_MODULE = "recsys_workloads.materialize"
+
+#: API feature types -> the materializer's encodings. Types missing here cannot be served yet.
+FEATURE_TYPES = {
+    "Int32": "int32",
+    "Int64": "int64",
+    "Float32": "float32",
+    "Float64": "float64",
+    "Bool": "bool",
+    "String": "string",
+    "Array(String)": "string_list",
+    "Array(Float32)": "float_list",
+}
+
+
+class SpecError(ValueError):
+    """The spec passed the schema but asks for something the workloads cannot do."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class FeatureViewPlan:
+    config_map: dict[str, Any]
+    cron_job: dict[str, Any]
+    #: A backfill Job and its own ConfigMap (its config pins the window), or neither.
+    backfill_config_map: dict[str, Any] | None
+    backfill_job: dict[str, Any] | None
+
+
+def store_view_name(fv: FeatureView) -> str:
+    """The FeatureView's name in the online store: namespaced, so two teams never collide."""
+    return f"{fv.metadata.namespace}.{fv.metadata.name}"
+
+
+def materialize_config(fv: FeatureView, *, as_of: str | None = None) -> dict[str, Any]:
+    spec = fv.spec
+    if len(spec.entity.join_keys) != 1:
+        raise SpecError(
+            "spec.entity.joinKeys",
+            "materialization supports exactly one join key; combine the columns into one key "
+            "column in the source",
+        )
+    features = []
+    for i, feature in enumerate(spec.features):
+        if feature.dtype not in FEATURE_TYPES:
+            raise SpecError(
+                f"spec.features[{i}].dtype",
+                f"{feature.dtype} cannot be materialized yet; use one of "
+                f"{', '.join(FEATURE_TYPES)}",
+            )
+        features.append({"name": feature.name, "type": FEATURE_TYPES[feature.dtype]})
+    redis = spec.online_store.redis
+    config: dict[str, Any] = {
+        "featureView": store_view_name(fv),
+        "joinKey": spec.entity.join_keys[0],
+        "source": {"uri": spec.source.path, "eventTimestampColumn": spec.source.timestamp_field},
+        "features": features,
+        "ttlSeconds": int(parse_duration(spec.ttl)) if spec.ttl else 0,
+        "onlineStore": {"redisUrl": redis.url},
+    }
+    if redis.key_prefix:
+        config["onlineStore"]["keyPrefix"] = redis.key_prefix
+    if as_of:
+        config["asOf"] = as_of
+        config["mode"] = "full"
+    return config
+
+
+def _labels(fv: FeatureView, component: str) -> dict[str, str]:
+    return standard_labels(
+        component=component, instance=fv.metadata.name, feature_view=fv.metadata.name
+    )
+
+
+def _env(fv: FeatureView) -> list[dict[str, Any]]:
+    ref = fv.spec.online_store.redis.password_secret_ref
+    if ref is None:
+        return []
+    return [
+        {
+            "name": "REDIS_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+        }
+    ]
+
+
+def _job_spec(fv: FeatureView, image: str, config_map: str, component: str) -> dict[str, Any]:
+    m = fv.spec.materialization
+    container = workload_container(
+        image=m.image or image,
+        module=MATERIALIZE_MODULE,
+        resources=m.resources.to_k8s() if m.resources else None,
+        env=_env(fv),
+    )
+    return {
+        "backoffLimit": 3,
+        "podFailurePolicy": pod_failure_policy(),
+        "ttlSecondsAfterFinished": 86400,
+        "template": {
+            "metadata": {"labels": _labels(fv, component)},
+            "spec": workload_pod_spec(container, config_map),
+        },
+    }
+
+
+def plan(fv: FeatureView, owner: Mapping[str, Any], image: str) -> FeatureViewPlan:
+    """Desired children of ``fv``; raises SpecError for a spec the workloads cannot run."""
+    name, ns = fv.metadata.name, fv.metadata.namespace or "default"
+    cm_name = child_name(name, "materialize")
+    config = materialize_config(fv)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(cm_name, ns, _labels(fv, "materialize-config"), owner),
+        "data": {CONFIG_FILE: json.dumps(config, indent=1, sort_keys=True)},
+    }
+    schedule = fv.spec.materialization.cron_job
+    cron_spec: dict[str, Any] = {
+        "schedule": schedule.schedule,
+        "concurrencyPolicy": schedule.concurrency_policy,
+        "successfulJobsHistoryLimit": schedule.successful_jobs_history_limit,
+        "failedJobsHistoryLimit": schedule.failed_jobs_history_limit,
+        "suspend": schedule.suspend,
+        "jobTemplate": {
+            "metadata": {"labels": _labels(fv, "materialize")},
+            "spec": _job_spec(fv, image, cm_name, "materialize"),
+        },
+    }
+    if schedule.time_zone:
+        cron_spec["timeZone"] = schedule.time_zone
+    if schedule.starting_deadline_seconds is not None:
+        cron_spec["startingDeadlineSeconds"] = schedule.starting_deadline_seconds
+    cron_job = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": object_meta(
+            child_name(name, "materialize"), ns, _labels(fv, "materialize"), owner
+        ),
+        "spec": cron_spec,
+    }
+    backfill_job = config_map_bf = None
+    backfill = fv.spec.materialization.backfill
+    if backfill is not None:
+        # One Job per backfill window: a new window (a spec edit) is a new Job; the name hashes it.
+        window = f"{backfill.start_time}/{backfill.end_time or ''}"
+        bf_cm = child_name(name, "backfill", short_hash(window))
+        bf_config = materialize_config(fv, as_of=backfill.end_time) | {"mode": "full"}
+        config_map_bf = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": object_meta(bf_cm, ns, _labels(fv, "backfill-config"), owner),
+            "data": {CONFIG_FILE: json.dumps(bf_config, indent=1, sort_keys=True)},
+        }
+        backfill_job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": object_meta(bf_cm, ns, _labels(fv, "backfill"), owner),
+            "spec": _job_spec(fv, image, bf_cm, "backfill"),
+        }
+    return FeatureViewPlan(config_map, cron_job, config_map_bf, backfill_job)
+
+
+def status(
+    fv: FeatureView,
+    *,
+    previous: Mapping[str, Any],
+    cron_job: Mapping[str, Any] | None,
+    last_run: JobOutcome | None,
+    last_backfill: JobOutcome | None,
+    spec_error: SpecError | None,
+    now: str,
+) -> dict[str, Any]:
+    """The whole status from what was observed; equal input gives an equal status."""
+    gen = fv.metadata.generation or 0
+    conds: Sequence[Mapping[str, Any]] = previous.get("conditions", []) or []
+    out: dict[str, Any] = {"observedGeneration": gen}
+    for key in ("lastMaterialization", "lastBackfill", "keyspaceVersion", "liveKeyspace"):
+        if key in previous:
+            out[key] = previous[key]
+    if spec_error is not None:
+        msg = str(spec_error)
+        conds = set_condition(conds, "Ready", "False", "InvalidSpec", msg, gen, now)
+        conds = set_condition(conds, "Degraded", "True", "InvalidSpec", msg, gen, now)
+        conds = set_condition(conds, "Progressing", "False", "InvalidSpec", msg, gen, now)
+        out["conditions"] = conds
+        return out
+    for outcome, field in ((last_run, "lastMaterialization"), (last_backfill, "lastBackfill")):
+        if outcome is not None and outcome.finished:
+            out[field] = outcome.run_status()
+            if outcome.succeeded and outcome.summary.get("version") is not None:
+                out["keyspaceVersion"] = int(outcome.summary["version"])
+                out["liveKeyspace"] = f"{store_view_name(fv)}@{outcome.summary['version']}"
+    failed = next((o for o in (last_run, last_backfill) if o and o.failed), None)
+    running = any(o is not None and not o.finished for o in (last_run, last_backfill))
+    if cron_job is None:
+        conds = set_condition(conds, "Ready", "False", "Creating", "creating the CronJob", gen, now)
+    elif failed is not None:
+        conds = set_condition(
+            conds, "Ready", "False", "MaterializationFailed", failed.message, gen, now
+        )
+    else:
+        suspended = bool(fv.spec.materialization.cron_job.suspend)
+        reason, msg = (
+            ("Suspended", "the materialization schedule is suspended")
+            if suspended
+            else ("Scheduled", f"materializing on '{fv.spec.materialization.cron_job.schedule}'")
+        )
+        conds = set_condition(conds, "Ready", "True", reason, msg, gen, now)
+    if failed is not None:
+        conds = set_condition(conds, "Degraded", "True", failed.reason, failed.message, gen, now)
+    else:
+        conds = set_condition(conds, "Degraded", "False", "AsExpected", "no failed run", gen, now)
+    if running:
+        conds = set_condition(
+            conds,
+            "Progressing",
+            "True",
+            "Materializing",
+            "a materialization Job is running",
+            gen,
+            now,
+        )
+    else:
+        conds = set_condition(conds, "Progressing", "False", "Idle", "no Job running", gen, now)
+    live = "keyspaceVersion" in out
+    conds = set_condition(
+        conds,
+        "Materialized",
+        "True" if live else "False",
+        "Live" if live else "NoRunYet",
+        f"serving keyspace {out['liveKeyspace']}" if live else "no successful run yet",
+        gen,
+        now,
+    )
+    out["conditions"] = conds
+    return out

@@ -1,0 +1,142 @@
+"""Pod and Job pieces shared by every workload the operator runs, least-privilege by default.
+
+Every pod passes the ``restricted`` Pod Security level: non-root, no privilege escalation, all
+capabilities dropped, seccomp RuntimeDefault, a read-only root filesystem with an emptyDir for
+scratch, and no service-account token (workloads never call the Kubernetes API; they report
+through their termination message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from recsys_workloads.runtime import EXIT_BAD_INPUT
+
+CONFIG_DIR = "/etc/recsys"
+CONFIG_FILE = "config.json"
+SCRATCH_DIR = "/tmp"
+MAIN_CONTAINER = "main"
+NON_ROOT_UID = 65532
+
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": NON_ROOT_UID,
+    "runAsGroup": NON_ROOT_UID,
+    "fsGroup": NON_ROOT_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """The controller reference that makes the garbage collector cascade deletion."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def object_meta(
+    name: str, namespace: str, labels: Mapping[str, str], owner: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": dict(labels),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def workload_container(
+    *,
+    image: str,
+    module: str,
+    resources: Mapping[str, Any] | None = None,
+    env: Sequence[Mapping[str, Any]] = (),
+    env_from: Sequence[Mapping[str, Any]] = (),
+    command: Sequence[str] | None = None,
+    extra_mounts: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The main container of a workload Job: ``python -m <module> --config <mounted file>``."""
+    container: dict[str, Any] = {
+        "name": MAIN_CONTAINER,
+        "image": image,
+        "command": list(command or ["python", "-m", module]),
+        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, *map(dict, env)],
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "terminationMessagePolicy": "File",
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": SCRATCH_DIR},
+            *map(dict, extra_mounts),
+        ],
+    }
+    if env_from:
+        container["envFrom"] = [dict(e) for e in env_from]
+    if resources:
+        container["resources"] = dict(resources)
+    return container
+
+
+def workload_pod_spec(
+    container: Mapping[str, Any],
+    config_map: str,
+    *,
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any]] = (),
+    priority_class_name: str | None = None,
+    subdomain: str | None = None,
+    extra_volumes: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": POD_SECURITY_CONTEXT,
+        "containers": [dict(container)],
+        "volumes": [
+            {"name": "config", "configMap": {"name": config_map}},
+            {"name": "scratch", "emptyDir": {}},
+            *map(dict, extra_volumes),
+        ],
+    }
+    if node_selector:
+        spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        spec["tolerations"] = [dict(t) for t in tolerations]
+    if priority_class_name:
+        spec["priorityClassName"] = priority_class_name
+    if subdomain:
+        spec["subdomain"] = subdomain
+    return spec
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Fail fast on bad input (no retry can fix it); don't count evictions and preemptions
+    against ``backoffLimit``; retry everything else (transient exits, crashes)."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": MAIN_CONTAINER,
+                    "operator": "In",
+                    "values": [EXIT_BAD_INPUT],
+                },
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }

@@ -1,0 +1,130 @@
+"""Reconcile a FeatureView: its config, CronJob and backfill Job, and a truthful status."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from recsys_operator.api.featureview import FeatureView
+from recsys_operator.conditions import now_rfc3339
+from recsys_operator.controller import Context
+from recsys_operator.kube import ApiError
+from recsys_operator.labels import FEATURE_VIEW_LABEL
+from recsys_operator.planning import featureview as planner
+from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, newest
+from recsys_operator.reconcilers.common import (
+    ensure,
+    ensure_created,
+    post_event,
+    summary_of,
+    write_status,
+)
+
+log = logging.getLogger(__name__)
+API_VERSION = "recsys.dev/v1alpha1"
+
+
+async def _outcome(ctx: Context, ns: str, job: Mapping[str, Any] | None) -> JobOutcome | None:
+    if job is None:
+        return None
+    return job_outcome(job, await summary_of(ctx.kube, ns, job))
+
+
+async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
+    obj = await ctx.kube.get(API_VERSION, "FeatureView", name, ns)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return None
+    previous = obj.get("status") or {}
+    try:
+        fv = FeatureView.model_validate(obj)
+    except ValidationError as exc:  # the CRD admitted it, so this is an operator/CRD mismatch
+        raise RuntimeError(f"FeatureView {ns}/{name} does not parse: {exc}") from exc
+
+    spec_error: planner.SpecError | None = None
+    cron_job: dict[str, Any] | None = None
+    try:
+        plan = planner.plan(fv, obj, ctx.images.get("workloads", ""))
+    except planner.SpecError as exc:
+        spec_error = exc
+    else:
+        try:
+            await ensure(ctx.kube, plan.config_map)
+            cron_job = await ensure(ctx.kube, plan.cron_job)
+            if plan.backfill_job is not None and plan.backfill_config_map is not None:
+                await ensure(ctx.kube, plan.backfill_config_map)
+                _, created = await ensure_created(ctx.kube, plan.backfill_job)
+                if created:
+                    await post_event(
+                        ctx.kube,
+                        obj,
+                        "Normal",
+                        "BackfillStarted",
+                        f"started backfill Job {plan.backfill_job['metadata']['name']}",
+                    )
+        except ApiError as exc:
+            if exc.retryable:
+                raise
+            # 4xx about the object itself (e.g. 422): retrying the same spec cannot help.
+            spec_error = planner.SpecError("spec", f"the API server refused a child: {exc.message}")
+
+    jobs = await ctx.kube.list("batch/v1", "Job", ns, {FEATURE_VIEW_LABEL: name})
+    runs = [
+        j
+        for j in jobs
+        if j["metadata"]["labels"].get("app.kubernetes.io/component") == "materialize"
+    ]
+    backfills = [
+        j for j in jobs if j["metadata"]["labels"].get("app.kubernetes.io/component") == "backfill"
+    ]
+    last_run = await _outcome(ctx, ns, newest(runs))
+    last_backfill = await _outcome(ctx, ns, newest(backfills))
+
+    new_status = planner.status(
+        fv,
+        previous=previous,
+        cron_job=cron_job,
+        last_run=last_run,
+        last_backfill=last_backfill,
+        spec_error=spec_error,
+        now=now_rfc3339(),
+    )
+    if await write_status(ctx.kube, obj, new_status):
+        await _announce(ctx, obj, previous, new_status, last_run, last_backfill)
+    running = any(o is not None and not o.finished for o in (last_run, last_backfill))
+    return 30.0 if running else None
+
+
+async def _announce(
+    ctx: Context,
+    obj: Mapping[str, Any],
+    previous: Mapping[str, Any],
+    status: Mapping[str, Any],
+    *outcomes: JobOutcome | None,
+) -> None:
+    """Events for what changed: a run finished, the spec became invalid."""
+    for outcome in outcomes:
+        if outcome is None or not outcome.finished:
+            continue
+        if outcome.succeeded:
+            rows = outcome.summary.get("entitiesWritten", "?")
+            await post_event(
+                ctx.kube,
+                obj,
+                "Normal",
+                "Materialized",
+                f"Job {outcome.name} wrote {rows} entities; keyspace "
+                f"{status.get('liveKeyspace', '?')} is live",
+            )
+        else:
+            await post_event(ctx.kube, obj, "Warning", "MaterializationFailed", outcome.message)
+    old = {c["type"]: c for c in previous.get("conditions", []) or []}
+    for cond in status.get("conditions", []):
+        if (
+            cond["reason"] == "InvalidSpec"
+            and old.get(cond["type"], {}).get("reason") != "InvalidSpec"
+        ):
+            await post_event(ctx.kube, obj, "Warning", "InvalidSpec", cond["message"])
+            break
