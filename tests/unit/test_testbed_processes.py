@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from testbed.processes import ComponentFailed, ProcessGroup, wait_until
 
 

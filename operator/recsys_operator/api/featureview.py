@@ -1,0 +1,220 @@
+"""FeatureView: features of one entity (users or items), from an offline parquet source to the
+online store, refreshed on a schedule.
+
+Names follow Feast (``entity``, ``joinKeys``, ``timestampField``, ``ttl``, ``dtype``) and the
+Feast operator's ``cronJob`` block, so a Feast user reads a FeatureView without a guide.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from recsys_operator.api.base import ApiModel, ListMap, ListSet, Rule
+from recsys_operator.api.common import (
+    Conditions,
+    CronJobSchedule,
+    Duration,
+    Identifier,
+    Image,
+    ResourceRequirements,
+    StorageUri,
+    Timestamp,
+)
+from recsys_operator.api.formats import parse_timestamp
+from recsys_operator.api.kinds import AGE, ApiObject, KindInfo, PrinterColumn
+from recsys_operator.api.stores import OnlineStore
+
+FeatureType = Literal[
+    "Bool",
+    "Int32",
+    "Int64",
+    "Float32",
+    "Float64",
+    "String",
+    "Bytes",
+    "UnixTimestamp",
+    "Array(Int64)",
+    "Array(Float32)",
+    "Array(String)",
+]
+
+
+class Entity(ApiModel):
+    """The thing the features describe, and the columns that identify it."""
+
+    name: Identifier
+    """Entity name, e.g. ``user`` or ``item``. A Recommender uses a FeatureView for users or
+    for items; the name says which it is meant for."""
+    join_keys: Annotated[list[Identifier], Field(min_length=1, max_length=4), ListSet()]
+    """Columns that identify one entity (e.g. ``[user_id]``); they join the features to the
+    interactions and key them in the online store."""
+
+
+class FileSource(ApiModel):
+    """The offline source: parquet files with one row per entity and event time."""
+
+    path: StorageUri
+    """Parquet file or directory, any fsspec URI: ``s3://bucket/features/users/``,
+    ``file:///data/users.parquet``."""
+    timestamp_field: Identifier = "event_timestamp"
+    """Event-time column: when each row's values became true. Materialization takes, per
+    entity, the newest row at or before the run's time (never a value from the future)."""
+    created_timestamp_field: Identifier | None = None
+    """Optional column that breaks ties between rows with the same event time (the later
+    write wins)."""
+
+
+class Feature(ApiModel):
+    """One typed feature: a column of the source."""
+
+    name: Identifier
+    """Column name in the source, and the feature's name in the online store."""
+    dtype: FeatureType
+    """Value type, in Feast's names. Arrays hold lists (e.g. genres, an embedding)."""
+    description: Annotated[str, Field(max_length=1024)] | None = None
+    """What the feature means, for people reading the FeatureView."""
+
+
+class Backfill(ApiModel):
+    """A one-off materialization over a past window, e.g. after creating the FeatureView."""
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.endTime) || timestamp(self.endTime) > timestamp(self.startTime)",
+            message="must be after startTime: move endTime later or startTime earlier",
+            field_path=".endTime",
+            check=lambda m: (
+                m.end_time is None or parse_timestamp(m.end_time) > parse_timestamp(m.start_time)
+            ),
+        ),
+    )
+
+    start_time: Timestamp
+    """Start of the window (RFC 3339, e.g. ``2024-01-01T00:00:00Z``)."""
+    end_time: Timestamp | None = None
+    """End of the window; the time of the run when unset."""
+
+
+class Materialization(ApiModel):
+    """How and when features are copied from the offline source to the online store. Each
+    run writes a new keyspace version and switches readers over only when it is complete."""
+
+    cron_job: CronJobSchedule
+    """The schedule of the materialization CronJob."""
+    backfill: Backfill | None = None
+    """A one-off run over a past window, in a Job of its own."""
+    image: Image | None = None
+    """Container image of the materialization Job; the operator's default when unset."""
+    resources: ResourceRequirements | None = None
+    """Resources of the materialization container."""
+
+
+class FeatureViewSpec(ApiModel):
+    """Desired state of a FeatureView."""
+
+    __rules__ = (
+        Rule(
+            cel="self.features.all(f, !(f.name in self.entity.joinKeys) && "
+            "f.name != self.source.timestampField)",
+            message="a feature may not reuse a join key or the timestampField column: "
+            "remove it from features (join keys and event time are carried anyway)",
+            field_path=".features",
+            check=lambda m: all(
+                f.name not in m.entity.join_keys and f.name != m.source.timestamp_field
+                for f in m.features
+            ),
+        ),
+    )
+
+    entity: Entity
+    """The entity the features describe and its join keys."""
+    source: FileSource
+    """The offline parquet source."""
+    features: Annotated[list[Feature], Field(min_length=1, max_length=200), ListMap(("name",))]
+    """The typed features to serve; each name at most once."""
+    ttl: Duration | None = None
+    """How old a value may be and still be served, as a duration (``24h``). Older values are
+    skipped at materialization and expire in the online store. Unset: values never expire."""
+    online_store: OnlineStore
+    """The online store the features are materialized into."""
+    materialization: Materialization
+    """Schedule and resources of materialization."""
+
+
+class MaterializationRun(ApiModel):
+    """What one materialization run did."""
+
+    job_name: Annotated[str, Field(max_length=253)] | None = None
+    """The Job that ran it."""
+    start_time: Timestamp | None = None
+    """When it started."""
+    completion_time: Timestamp | None = None
+    """When it finished successfully."""
+    rows: Annotated[int, Field(ge=0)] | None = None
+    """Entity rows written to the online store."""
+    watermark: Timestamp | None = None
+    """The newest event time included; the next incremental run starts after it."""
+    duration_seconds: Annotated[float, Field(ge=0)] | None = None
+    """Wall time of the run."""
+
+
+class FeatureViewStatus(ApiModel):
+    """Observed state of a FeatureView, written by the operator."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The ``metadata.generation`` this status describes."""
+    conditions: Conditions | None = None
+    """Ready (features are being served), Progressing, Degraded (the last run failed;
+    the previous keyspace keeps serving)."""
+    last_materialization: MaterializationRun | None = None
+    """The last successful scheduled run."""
+    last_backfill: MaterializationRun | None = None
+    """The backfill run, once it finished."""
+    keyspace_version: Annotated[int, Field(ge=0)] | None = None
+    """Version of the keyspace readers are switched to (blue/green: each run writes a new
+    one)."""
+    live_keyspace: Annotated[str, Field(max_length=512)] | None = None
+    """Redis key prefix of the live keyspace version."""
+
+
+class FeatureView(ApiObject):
+    """A FeatureView object as stored by the apiserver."""
+
+    kind: Literal["FeatureView"] = "FeatureView"
+    spec: FeatureViewSpec
+    status: FeatureViewStatus | None = None
+
+
+FEATURE_VIEW = KindInfo(
+    kind="FeatureView",
+    plural="featureviews",
+    singular="featureview",
+    short_names=("fv",),
+    description="FeatureView: typed features of one entity (users or items), materialized from "
+    "an offline parquet source into the online store (Redis) on a schedule, blue/green so "
+    "serving never reads a half-written keyspace.",
+    object_model=FeatureView,
+    spec_model=FeatureViewSpec,
+    status_model=FeatureViewStatus,
+    printer_columns=(
+        PrinterColumn(
+            "Ready", "string", '.status.conditions[?(@.type=="Ready")].status',
+            "Whether features are being served.",
+        ),
+        PrinterColumn(
+            "Last materialized", "date", ".status.lastMaterialization.completionTime",
+            "When the last materialization run finished.",
+        ),
+        PrinterColumn(
+            "Rows", "integer", ".status.lastMaterialization.rows",
+            "Entity rows the last run wrote.",
+        ),
+        PrinterColumn(
+            "Schedule", "string", ".spec.materialization.cronJob.schedule",
+            "Materialization schedule.", priority=1,
+        ),
+        AGE,
+    ),
+)  # fmt: skip

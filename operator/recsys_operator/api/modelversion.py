@@ -1,0 +1,185 @@
+"""ModelVersion: one trained model — two-tower, ranker, item embeddings and their ANN index —
+immutable once created and the unit of promotion and rollback.
+
+The operator creates one per training run; a user creates one to import a model trained
+elsewhere (``storageUri``, as KServe names a model's location).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import Field
+
+from recsys_operator.api.base import ApiModel, Rule
+from recsys_operator.api.common import (
+    Conditions,
+    Digest,
+    Fraction,
+    Name,
+    StorageUri,
+    Timestamp,
+)
+from recsys_operator.api.kinds import AGE, ApiObject, KindInfo, PrinterColumn
+from recsys_operator.api.training import TrainingOverrides
+
+Reason = Literal["Initial", "Schedule", "Drift", "Manual"]
+
+#: Lifecycle phases in order; Failed and Rejected end it early.
+Phase = Literal[
+    "Pending",
+    "Training",
+    "Evaluating",
+    "Indexing",
+    "Ready",
+    "Canary",
+    "Serving",
+    "Retired",
+    "Failed",
+    "Rejected",
+]
+PHASES: tuple[Phase, ...] = get_args(Phase)
+#: Phases after which the version changes no more.
+FINAL_PHASES: frozenset[Phase] = frozenset({"Retired", "Failed", "Rejected"})
+
+
+class RecommenderRef(ApiModel):
+    """The Recommender this version belongs to."""
+
+    name: Name
+    """Name of the Recommender, in the same namespace."""
+
+
+class ModelVersionSpec(ApiModel):
+    """What this version is; immutable after creation (create a new version to change it)."""
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.storageUri) || !has(self.training)",
+            message="an imported ModelVersion (storageUri set) is not trained: remove "
+            "training or storageUri",
+            field_path=".training",
+            reason="FieldValueForbidden",
+            check=lambda m: m.storage_uri is None or m.training is None,
+        ),
+        Rule(
+            cel="!has(self.storageUri) || self.reason == 'Manual'",
+            message="an imported ModelVersion (storageUri set) has reason Manual; the other "
+            "reasons belong to versions the operator trains",
+            field_path=".reason",
+            check=lambda m: m.storage_uri is None or m.reason == "Manual",
+        ),
+        Rule(
+            cel="!has(self.digest) || has(self.storageUri)",
+            message="verifies an imported artifact: set storageUri or remove digest",
+            field_path=".digest",
+            check=lambda m: m.digest is None or m.storage_uri is not None,
+        ),
+    )
+
+    recommender_ref: RecommenderRef
+    """The Recommender that trains and serves this version."""
+    reason: Reason = "Manual"
+    """Why the version exists: Initial (the Recommender's first), Schedule (the training
+    schedule), Drift (drift detected), Manual (requested or imported by a user)."""
+    storage_uri: StorageUri | None = None
+    """Import: the artifact directory of a model trained elsewhere, in the layout the
+    training Job writes. Training is skipped; evaluation and indexing still run."""
+    digest: Digest | None = None
+    """Expected digest of the imported artifact's manifest; a mismatch fails the version."""
+    training: TrainingOverrides | None = None
+    """What this run trains differently from the Recommender's training section."""
+
+
+class Evaluation(ApiModel):
+    """Offline evaluation on the holdout, as the gate judged it."""
+
+    k: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """The cut-off K of recallAtK and ndcgAtK."""
+    recall_at_k: Fraction | None = None
+    """Recall@K of retrieval."""
+    ndcg_at_k: Fraction | None = None
+    """NDCG@K of retrieval."""
+    auc: Fraction | None = None
+    """AUC of the ranking model."""
+    index_recall_at_k: Fraction | None = None
+    """Recall@K of the ANN index against exact search."""
+    compared_to: Name | None = None
+    """The serving version the regression limits were checked against."""
+    passed: bool | None = None
+    """Whether the gate let the version through."""
+
+
+class ModelVersionStatus(ApiModel):
+    """Observed state of a ModelVersion, written by the operator."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The ``metadata.generation`` this status describes."""
+    conditions: Conditions | None = None
+    """Ready (can serve), Progressing, Degraded, Trained, Evaluated, Indexed."""
+    phase: Phase | None = None
+    """Pending → Training → Evaluating → Indexing → Ready → Canary → Serving → Retired, or
+    Failed / Rejected (see reason and message)."""
+    reason: (
+        Annotated[str, Field(max_length=128, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
+        | None
+    ) = None
+    """Why the version is in its phase, as one CamelCase word (e.g. GateFailed)."""
+    message: Annotated[str, Field(max_length=4096)] | None = None
+    """What happened, for humans; for Rejected the metrics against their limits."""
+    start_time: Timestamp | None = None
+    """When training (or import) started."""
+    completion_time: Timestamp | None = None
+    """When the version became Ready."""
+    training_job: Annotated[str, Field(max_length=253)] | None = None
+    """Name of the training Job."""
+    artifact_uri: Annotated[str, Field(max_length=2048)] | None = None
+    """Directory of the version's artifacts (models, embeddings, metrics, profile)."""
+    digest: Digest | None = None
+    """Digest of the artifact manifest, to tell identical artifacts apart from changed ones."""
+    index_name: Annotated[str, Field(max_length=253)] | None = None
+    """The ANN index built from this version's item embeddings (``<recommender>-<version>``)."""
+    feature_schema_digest: Digest | None = None
+    """Digest of the feature schema the version was trained on; served only with it."""
+    metrics: Annotated[dict[str, float], Field(max_length=64)] | None = None
+    """Every metric the evaluation wrote, by name (``recall@20``, ``ndcg@10``, ``auc``)."""
+    evaluation: Evaluation | None = None
+    """The gate's view of the metrics."""
+
+
+class ModelVersion(ApiObject):
+    """A ModelVersion object as stored by the apiserver."""
+
+    kind: Literal["ModelVersion"] = "ModelVersion"
+    spec: ModelVersionSpec
+    status: ModelVersionStatus | None = None
+
+
+MODEL_VERSION = KindInfo(
+    kind="ModelVersion",
+    plural="modelversions",
+    singular="modelversion",
+    short_names=("mv",),
+    description="ModelVersion: one trained model of a Recommender (two-tower, ranker, item "
+    "embeddings and their ANN index), immutable once created and the unit of promotion and "
+    "rollback. Created by the operator for each training run, or by a user to import a model "
+    "trained elsewhere.",
+    object_model=ModelVersion,
+    spec_model=ModelVersionSpec,
+    status_model=ModelVersionStatus,
+    immutable_spec=True,
+    printer_columns=(
+        PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        PrinterColumn(
+            "Recall", "number", ".status.evaluation.recallAtK",
+            "Recall@K on the holdout (K in status.evaluation.k).",
+        ),
+        PrinterColumn(
+            "Recommender", "string", ".spec.recommenderRef.name", "Owning Recommender.",
+            priority=1,
+        ),
+        PrinterColumn("Reason", "string", ".spec.reason", "Why it was created.", priority=1),
+        AGE,
+    ),
+    selectable_fields=(".spec.recommenderRef.name", ".spec.reason"),
+)  # fmt: skip

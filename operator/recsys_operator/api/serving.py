@@ -1,0 +1,206 @@
+"""How a Recommender serves: Triton and gateway workloads, and how a new ModelVersion is
+rolled out (canary steps judged by analysis metrics) or rolled back (a pinned version).
+
+The rollout speaks Argo Rollouts (``steps[]{setWeight, pause{duration}}``, ``paused``) and
+Flagger (``analysis{interval, metrics[]{name, thresholdRange, interval}}``); ``failureLimit``
+is Argo's name for what Flagger calls ``threshold``.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from recsys_operator.api.base import ApiModel, ListMap, Rule
+from recsys_operator.api.common import (
+    ATOMIC,
+    Duration,
+    Image,
+    Name,
+    NodeSelector,
+    ResourceRequirements,
+    Tolerations,
+)
+from recsys_operator.api.training import ThresholdRange
+
+
+class TritonServing(ApiModel):
+    """The Triton Inference Server Deployment that runs the user tower and the ranking
+    model."""
+
+    replicas: Annotated[int, Field(ge=0, le=100)] = 1
+    """Pods per served version (stable and canary each get this many)."""
+    image: Image | None = None
+    """Triton image; the operator's default when unset."""
+    resources: ResourceRequirements | None = None
+    """Resources of the Triton container; put GPUs in ``limits`` (``nvidia.com/gpu: 1``)."""
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    """Largest batch Triton's dynamic batcher forms from concurrent requests."""
+    node_selector: NodeSelector | None = None
+    """Labels a node must have to run Triton pods."""
+    tolerations: Tolerations | None = None
+    """Taints Triton pods tolerate."""
+
+
+class GatewayServing(ApiModel):
+    """The recommendation gateway: the HTTP API clients call, which runs retrieval,
+    filtering, scoring and ordering and logs every response."""
+
+    replicas: Annotated[int, Field(ge=0, le=100)] = 2
+    """Gateway pods."""
+    image: Image | None = None
+    """Gateway image; the operator's default when unset."""
+    resources: ResourceRequirements | None = None
+    """Resources of the gateway container."""
+    scoring_timeout: Duration = "50ms"
+    """How long the gateway waits for Triton before it answers with fallback items (and
+    says so in the response and in metrics)."""
+    node_selector: NodeSelector | None = None
+    """Labels a node must have to run gateway pods."""
+    tolerations: Tolerations | None = None
+    """Taints gateway pods tolerate."""
+
+
+class Pause(ApiModel):
+    """Hold the current canary weight."""
+
+    duration: Duration | None = None
+    """How long to hold (``10m``). Without it the rollout waits until promoted by hand
+    (annotation ``recsys.dev/promote``)."""
+
+
+class CanaryStep(ApiModel):
+    """One step of a canary: set a traffic weight, or pause. As an Argo Rollouts step."""
+
+    __rules__ = (
+        Rule(
+            cel="has(self.setWeight) != has(self.pause)",
+            message="a step has exactly one of setWeight or pause: split it into two steps",
+            check=lambda m: (m.set_weight is None) != (m.pause is None),
+        ),
+    )
+
+    set_weight: Annotated[int, Field(ge=1, le=100)] | None = None
+    """Percentage of users sent to the canary version from this step on."""
+    pause: Pause | None = None
+    """Hold the weight, for a duration or until promoted; analysis keeps running."""
+
+
+AnalysisMetricName = Literal[
+    "request-success-rate", "request-duration", "fallback-rate", "click-through-rate"
+]
+
+
+class AnalysisMetric(ApiModel):
+    """A metric of the canary checked at every analysis interval, as a Flagger metric."""
+
+    name: AnalysisMetricName
+    """request-success-rate: % of requests answered without error (Flagger's built-in);
+    request-duration: p99 latency in milliseconds (Flagger's built-in);
+    fallback-rate: % of responses served from fallback items;
+    click-through-rate: the canary's CTR as % of the stable version's."""
+    threshold_range: ThresholdRange
+    """Bounds the metric must stay within, e.g. ``{min: 99}`` for success rate or
+    ``{max: 50}`` for request-duration."""
+    interval: Duration | None = None
+    """Window the metric is computed over; the analysis interval when unset."""
+
+
+def _default_analysis_metrics() -> list[AnalysisMetric]:
+    return [AnalysisMetric(name="request-success-rate", threshold_range=ThresholdRange(min=99.0))]
+
+
+class Analysis(ApiModel):
+    """How the canary is judged. A check fails when any metric leaves its range; after
+    ``failureLimit`` failed checks the canary is rolled back."""
+
+    interval: Duration = "1m"
+    """Time between checks."""
+    failure_limit: Annotated[int, Field(ge=0, le=100)] = 3
+    """Failed checks tolerated before rolling back (Flagger's ``threshold``)."""
+    min_requests: Annotated[int, Field(ge=0, le=100000000)] = 100
+    """Requests the canary must have served in a window before a check counts; fewer makes
+    the check inconclusive, not failed."""
+    metrics: Annotated[
+        list[AnalysisMetric], Field(min_length=1, max_length=8), ListMap(("name",))
+    ] = Field(default_factory=_default_analysis_metrics)
+    """Metrics checked at each interval; by default a success rate of at least 99%."""
+
+
+def _default_steps() -> list[CanaryStep]:
+    return [
+        CanaryStep(set_weight=10),
+        CanaryStep(pause=Pause(duration="10m")),
+        CanaryStep(set_weight=50),
+        CanaryStep(pause=Pause(duration="10m")),
+    ]
+
+
+def _weights(steps: list[CanaryStep]) -> list[int]:
+    return [s.set_weight for s in steps if s.set_weight is not None]
+
+
+def _strictly_increasing(values: list[int]) -> bool:
+    return all(a < b for a, b in pairwise(values))
+
+
+class Rollout(ApiModel):
+    """How a new ModelVersion replaces the serving one.
+
+    The new version starts as a canary: steps raise its share of users (setWeight) and hold
+    it (pause), as Argo Rollouts steps do; at every analysis interval its live metrics are
+    checked against their thresholdRange, as in Flagger. After failureLimit failed checks it
+    is rolled back; after the last step it is promoted to 100% and becomes stable. A version
+    is promoted or rolled back together with the ANN index built from its embeddings.
+
+    Example: steps [{setWeight: 10}, {pause: {duration: 10m}}, {setWeight: 50},
+    {pause: {duration: 10m}}] with analysis.metrics [{name: request-success-rate,
+    thresholdRange: {min: 99}}]. To roll back declaratively, set
+    spec.serving.pinnedModelVersion; to hold a rollout, set paused: true.
+    """
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.steps) || "
+            "(self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted() && "
+            "self.steps.filter(s, has(s.setWeight)).all(s, "
+            "self.steps.filter(t, has(t.setWeight) && t.setWeight == s.setWeight).size() == 1))",
+            message="setWeight must be strictly increasing from step to step (e.g. 10, 25, 50): "
+            "reorder the steps or remove the repeated weight",
+            field_path=".steps",
+            check=lambda m: _strictly_increasing(_weights(m.steps)),
+        ),
+    )
+
+    paused: bool = False
+    """Freeze the rollout where it is (weights stay; no step advances, no promotion)."""
+    steps: Annotated[list[CanaryStep], Field(max_length=20, json_schema_extra=ATOMIC)] = Field(
+        default_factory=_default_steps
+    )
+    """Canary steps in order. After the last step the canary is promoted to 100%. Empty:
+    a new version replaces the serving one at once."""
+    analysis: Analysis = Field(default_factory=Analysis)
+    """Metrics and limits that judge the canary."""
+    user_sticky: bool = True
+    """Assign users to stable or canary by a hash of the user id, so each user sees one
+    version for the whole rollout (a growing weight only moves users to the canary)."""
+    rollback_window: Duration = "1h"
+    """How long the previous version and its index are kept ready after a promotion, so a
+    rollback is instant."""
+
+
+class Serving(ApiModel):
+    """The online side: workloads, rollout, and an optional pinned version."""
+
+    triton: TritonServing = Field(default_factory=TritonServing)
+    """The Triton model server."""
+    gateway: GatewayServing = Field(default_factory=GatewayServing)
+    """The recommendation gateway."""
+    rollout: Rollout = Field(default_factory=Rollout)
+    """Canary rollout of new ModelVersions."""
+    pinned_model_version: Name | None = None
+    """Serve exactly this ModelVersion (of this Recommender) and nothing else: a declarative
+    rollback that a GitOps repository can hold. New versions are still trained but not
+    rolled out while it is set; remove it to resume rollouts."""

@@ -1,0 +1,59 @@
+"""Where data lives: the online store (Redis) and the artifact store.
+
+Shared by FeatureView (which writes features into Redis) and Recommender (whose gateway reads
+them, and whose Jobs write model artifacts).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from recsys_operator.api import formats
+from recsys_operator.api.base import ApiModel, Rule
+from recsys_operator.api.common import LocalObjectRef, SecretKeyRef, StorageUri
+
+
+class RedisStore(ApiModel):
+    """A Redis server used as the online store."""
+
+    __rules__ = (
+        Rule(
+            cel="!self.url.contains('@')",
+            message="must not carry credentials: put the password in a Secret and reference "
+            "it with passwordSecretRef",
+            field_path=".url",
+            check=lambda m: "@" not in m.url,
+        ),
+    )
+
+    url: Annotated[str, Field(min_length=9, max_length=256, pattern=formats.REDIS_URL)]
+    """Address as ``redis://HOST:PORT/DB`` (``rediss://`` for TLS), e.g.
+    ``redis://redis.recsys.svc:6379/0``. Never put a password here; use passwordSecretRef."""
+    password_secret_ref: SecretKeyRef | None = None
+    """The Secret key holding the Redis password (AUTH). Unset: the server needs none."""
+    key_prefix: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")] | None = None
+    """Prefix for every key this object writes, to share one Redis between projects; the
+    object's namespace and name follow it."""
+
+
+class OnlineStore(ApiModel):
+    """The low-latency store that serving reads features from."""
+
+    redis: RedisStore
+    """Redis connection."""
+
+
+class ArtifactStore(ApiModel):
+    """Where model versions, their item embeddings and ANN indexes are written, read through
+    fsspec (S3-compatible stores, GCS, Azure, HDFS, a mounted volume)."""
+
+    storage_uri: StorageUri
+    """Base URI; each ModelVersion gets its own directory below it. Same spelling as KServe's
+    ``storageUri``: ``s3://bucket/recsys/movies``, ``gs://...``, ``pvc://claim/path``,
+    ``file:///data/models``."""
+    secret_ref: LocalObjectRef | None = None
+    """A Secret whose keys become environment variables of every Job and pod that reads or
+    writes artifacts (e.g. ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_ENDPOINT_URL``), the way ``envFrom.secretRef`` works."""
