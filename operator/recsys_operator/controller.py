@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -58,6 +58,15 @@ class Context:
     queue: WorkQueue[Key]
     images: Mapping[str, str] = field(default_factory=dict)
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    #: Who to wake when an object changes: a Recommender reads its FeatureViews, so an event on
+    #: a FeatureView enqueues the Recommenders that named it at their last reconcile.
+    dependents: dict[Key, set[Key]] = field(default_factory=dict)
+
+    def depends_on(self, dependent: Key, dependencies: Iterable[Key]) -> None:
+        for deps in self.dependents.values():
+            deps.discard(dependent)
+        for dep in dependencies:
+            self.dependents.setdefault(dep, set()).add(dependent)
 
 
 Reconciler = Callable[[Context, str, str], Awaitable[float | None]]
@@ -114,9 +123,13 @@ class Controller:
         meta = body.get("metadata", {})
         if event_type == "DELETED":
             return  # children go with the owner (garbage collector); nothing to decide
-        self.queue.add(Key(kind, meta.get("namespace", ""), meta["name"]))
+        key = Key(kind, meta.get("namespace", ""), meta["name"])
+        self.queue.add(key)
         for owner in owner_keys(body):  # a ModelVersion wakes its Recommender
             self.queue.add(owner)
+        if self.ctx is not None:
+            for dependent in self.ctx.dependents.get(key, ()):
+                self.queue.add(dependent)
 
     def on_child_event(self, body: Mapping[str, Any]) -> None:
         for owner in owner_keys(body):

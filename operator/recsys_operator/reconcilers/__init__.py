@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from recsys_operator.controller import Reconciler
-from recsys_operator.reconcilers import featureview
+from recsys_operator.reconcilers import featureview, modelversion, recommender
 
 RECONCILERS: dict[str, Reconciler] = {
     "FeatureView": featureview.reconcile,
+    "ModelVersion": modelversion.reconcile,
+    "Recommender": recommender.reconcile,
 }

@@ -1,0 +1,265 @@
+"""The ModelVersion lifecycle as a pure state machine.
+
+    Pending -> Training -> Evaluating -> Indexing -> Ready -> Canary -> Serving -> Retired
+                  |            |            |
+                Failed      Rejected      Failed
+
+One step per reconcile, decided from the previous phase and what the Jobs report; the
+Recommender's status says which version serves (stable or canary), and this module turns that
+into Canary / Serving / Retired. Failed and Rejected are final and say why, with numbers.
+An imported version (``spec.storageUri``) skips training: its artifact is indexed, its digest
+checked, and the gate applies to the metrics its manifest carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from recsys_operator.api.modelversion import ModelVersion
+from recsys_operator.api.recommender import Recommender
+from recsys_operator.api.training import EvaluationGate
+from recsys_operator.conditions import set_condition
+from recsys_operator.planning.jobstatus import JobOutcome
+
+Role = Literal["stable", "canary"] | None
+#: Phases no Job outcome changes. Retired is not among them: pinning a retired version brings
+#: it back (declarative rollback).
+TERMINAL_PHASES = frozenset({"Failed", "Rejected"})
+EventSpec = tuple[Literal["Normal", "Warning"], str, str]
+
+
+@dataclass(frozen=True)
+class Observed:
+    recommender: Recommender | None
+    train: JobOutcome | None = None
+    index: JobOutcome | None = None
+    #: Metrics of the version serving now (stable), for maxRegression; None for the first.
+    baseline: Mapping[str, float] | None = None
+    baseline_name: str | None = None
+    role: Role = None
+    #: Why training cannot start yet (a FeatureView it reads is missing), if so.
+    blocked: str | None = None
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any]
+    #: Which Job the reconciler must make exist now: "train", "index" or None.
+    run: Literal["train", "index"] | None = None
+    events: list[EventSpec] = field(default_factory=list)
+
+
+def gate_metrics(summary_metrics: Mapping[str, Any], k: int) -> dict[str, float]:
+    """Flatten the training summary's metrics into the names the gate and status use."""
+    out: dict[str, float] = {}
+    retrieval = (summary_metrics.get("retrieval") or {}).get("twoTower") or {}
+    for name in ("recall", "ndcg"):
+        value = retrieval.get(f"{name}@{k}")
+        if isinstance(value, int | float):
+            out[f"{name}@{k}"] = float(value)
+    ranking = (summary_metrics.get("ranking") or {}).get("ranker") or {}
+    if isinstance(ranking.get("auc"), int | float):
+        out["auc"] = float(ranking["auc"])
+    return out
+
+
+_GATE_KEYS = {"recallAtK": "recall@{k}", "ndcgAtK": "ndcg@{k}", "auc": "auc"}
+
+
+def evaluate_gate(
+    gate: EvaluationGate,
+    metrics: Mapping[str, float],
+    baseline: Mapping[str, float] | None,
+    baseline_name: str | None,
+) -> tuple[bool, str]:
+    """(passed, message with the numbers)."""
+    failures, checks = [], []
+    for metric in gate.metrics:
+        key = _GATE_KEYS[metric.name].format(k=gate.k)
+        value = metrics.get(key)
+        if value is None:
+            failures.append(f"{key} was not reported by the training Job")
+            continue
+        rng = metric.threshold_range
+        if rng is not None and rng.min is not None and value < rng.min:
+            failures.append(f"{key}={value:.4f} is below thresholdRange.min {rng.min}")
+        elif rng is not None and rng.max is not None and value > rng.max:
+            failures.append(f"{key}={value:.4f} is above thresholdRange.max {rng.max}")
+        if metric.max_regression is not None and baseline and key in baseline:
+            floor = baseline[key] * (1 - metric.max_regression)
+            if value < floor:
+                failures.append(
+                    f"{key}={value:.4f} regresses more than {metric.max_regression:.0%} from "
+                    f"{baseline[key]:.4f} of {baseline_name} (floor {floor:.4f})"
+                )
+        checks.append(f"{key}={value:.4f}")
+    if failures:
+        return False, "; ".join(failures)
+    return True, "passed: " + ", ".join(checks)
+
+
+def _conds(
+    prev: Mapping[str, Any], gen: int, now: str, phase: str, ready: bool, message: str
+) -> list[dict[str, Any]]:
+    conds: list[dict[str, Any]] = list(prev.get("conditions", []) or [])
+    final_bad = phase in ("Failed", "Rejected")
+    busy = phase in ("Pending", "Training", "Evaluating", "Indexing")
+    conds = set_condition(conds, "Ready", "True" if ready else "False", phase, message, gen, now)
+    conds = set_condition(
+        conds, "Progressing", "True" if busy else "False", phase, message, gen, now
+    )
+    conds = set_condition(
+        conds,
+        "Degraded",
+        "True" if final_bad else "False",
+        phase if final_bad else "AsExpected",
+        message,
+        gen,
+        now,
+    )
+    return conds
+
+
+@dataclass
+class _Step:
+    """Builds the Decision of one reconcile: the new phase, its conditions and its Event."""
+
+    prev: Mapping[str, Any]
+    gen: int
+    now: str
+    st: dict[str, Any]
+    run: Literal["train", "index"] | None = None
+
+    def to(self, phase: str, message: str, reason: str | None = None) -> Decision:
+        old = self.prev.get("phase") or "Pending"
+        self.st["phase"] = phase
+        self.st["message"] = message
+        if reason:
+            self.st["reason"] = reason
+        events: list[EventSpec] = []
+        if phase != old:
+            warn = phase in ("Failed", "Rejected")
+            events.append(("Warning" if warn else "Normal", phase, message))
+        if phase in ("Ready", "Failed", "Rejected") and "completionTime" not in self.st:
+            self.st["completionTime"] = self.now
+        ready = phase in ("Ready", "Canary", "Serving")
+        self.st["conditions"] = _conds(self.prev, self.gen, self.now, phase, ready, message)
+        return Decision(self.st, self.run, events)
+
+
+def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
+    prev: dict[str, Any] = mv.status.to_k8s() if mv.status else {}
+    phase: str = prev.get("phase") or "Pending"
+    st = {k: v for k, v in prev.items() if k != "conditions"}
+    st["observedGeneration"] = mv.metadata.generation or 0
+    st.setdefault("startTime", now)
+    step = _Step(prev, mv.metadata.generation or 0, now, st)
+
+    if phase in TERMINAL_PHASES:
+        return step.to(phase, prev.get("message", phase))
+    rec = observed.recommender
+    if rec is None:
+        return step.to(
+            "Pending",
+            f"Recommender {mv.spec.recommender_ref.name} does not exist; "
+            "create it or fix spec.recommenderRef.name",
+            "RecommenderNotFound",
+        )
+    imported = mv.spec.storage_uri is not None
+
+    if phase == "Pending" and observed.blocked and not imported:
+        return step.to("Pending", observed.blocked, "WaitingForFeatureViews")
+    if phase == "Pending":
+        step.run = "index" if imported else "train"
+        if imported:
+            return step.to("Indexing", "indexing the imported model")
+        return step.to("Training", "training Job created")
+
+    if phase == "Training":
+        step.run = "train"
+        t = observed.train
+        if t is None or not t.finished:
+            return step.to("Training", t.message if t else "creating the training Job")
+        if t.failed:
+            return step.to("Failed", f"training failed: {t.message}", t.reason)
+        for key in ("artifactUri", "digest"):
+            if t.summary.get(key):
+                st[key] = t.summary[key]
+        st["trainingJob"] = t.name
+        metrics = gate_metrics(t.summary.get("metrics") or {}, rec.spec.training.evaluation.k)
+        return _gate_then_index(rec, observed, metrics, step)
+
+    if phase == "Indexing":
+        step.run = "index"
+        ix = observed.index
+        if ix is None or not ix.finished:
+            return step.to("Indexing", ix.message if ix else "creating the index build Job")
+        if ix.failed:
+            return step.to("Failed", f"index build failed: {ix.message}", ix.reason)
+        model_digest = ix.summary.get("modelDigest")
+        if imported and mv.spec.digest and model_digest and model_digest != mv.spec.digest:
+            return step.to(
+                "Failed",
+                f"the imported artifact's digest is {model_digest}, not spec.digest "
+                f"{mv.spec.digest}: import the right artifact or fix the digest",
+                "DigestMismatch",
+            )
+        st["indexName"] = str(ix.summary.get("indexUri") or ix.name)
+        if imported:
+            st.setdefault("artifactUri", mv.spec.storage_uri)
+            if model_digest:
+                st.setdefault("digest", model_digest)
+        recall = ix.summary.get("recall")
+        if isinstance(recall, int | float):
+            st["evaluation"] = {**(st.get("evaluation") or {}), "indexRecallAtK": float(recall)}
+            st["metrics"] = {**(st.get("metrics") or {}), "indexRecall": float(recall)}
+        return _serving_phase(observed.role, "Ready", step)
+
+    # Ready / Canary / Serving / Retired: the Recommender's status decides.
+    return _serving_phase(observed.role, phase, step)
+
+
+def fail(mv: ModelVersion, reason: str, message: str, now: str) -> Decision:
+    """A failure found while acting on a decision (the API server refused a Job, say)."""
+    prev: dict[str, Any] = mv.status.to_k8s() if mv.status else {}
+    st = {k: v for k, v in prev.items() if k != "conditions"}
+    st["observedGeneration"] = mv.metadata.generation or 0
+    st.setdefault("startTime", now)
+    return _Step(prev, mv.metadata.generation or 0, now, st).to("Failed", message, reason)
+
+
+def _gate_then_index(
+    rec: Recommender, observed: Observed, metrics: dict[str, float], step: _Step
+) -> Decision:
+    gate = rec.spec.training.evaluation
+    st = step.st
+    st["metrics"] = {**(st.get("metrics") or {}), **metrics}
+    passed, message = evaluate_gate(gate, metrics, observed.baseline, observed.baseline_name)
+    evaluation: dict[str, Any] = {"k": gate.k, "passed": passed}
+    for key, field_name in (
+        (f"recall@{gate.k}", "recallAtK"),
+        (f"ndcg@{gate.k}", "ndcgAtK"),
+        ("auc", "auc"),
+    ):
+        if key in metrics:
+            evaluation[field_name] = metrics[key]
+    if observed.baseline_name:
+        evaluation["comparedTo"] = observed.baseline_name
+    st["evaluation"] = evaluation
+    if not passed:
+        step.run = None
+        return step.to("Rejected", f"evaluation gate: {message}", "EvaluationGate")
+    step.run = "index"
+    return step.to("Indexing", f"evaluation gate {message}; building the index")
+
+
+def _serving_phase(role: Role, phase: str, step: _Step) -> Decision:
+    if role == "stable":
+        return step.to("Serving", "serving as the stable version")
+    if role == "canary":
+        return step.to("Canary", "serving as the canary")
+    if phase in ("Serving", "Canary", "Retired"):
+        return step.to("Retired", "replaced; kept for rollback", "Replaced")
+    return step.to("Ready", "trained, evaluated and indexed; ready to serve")

@@ -1,0 +1,305 @@
+"""Recommender decisions: when to train a new ModelVersion, which version serves, what to keep.
+
+Training triggers and their idempotence: every ModelVersion the operator creates carries the
+trigger that caused it (annotation ``recsys.dev/trigger``): ``initial``, ``schedule/<tick>``,
+``manual/<token>`` or ``drift/<time>``. A trigger already present among the versions is never
+acted on again, so a restarted operator creates nothing twice.
+
+Manual retraining: set the annotation ``recsys.dev/retrain`` on the Recommender to any new
+value (``kubectl annotate --overwrite rec/movies recsys.dev/retrain="$(date +%s)"``), the way
+``kubectl rollout restart`` stamps ``restartedAt``. The operator never removes it: the
+Recommender's metadata and spec stay the user's, and GitOps tools see no drift.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from croniter import croniter
+
+from recsys_operator import GROUP
+from recsys_operator.api.recommender import Recommender
+from recsys_operator.conditions import set_condition
+from recsys_operator.labels import standard_labels
+from recsys_operator.naming import child_name
+from recsys_operator.planning.pods import owner_reference
+
+TRIGGER_ANNOTATION = f"{GROUP}/trigger"
+RETRAIN_ANNOTATION = f"{GROUP}/retrain"
+API_VERSION = f"{GROUP}/v1alpha1"
+SERVABLE = ("Ready", "Canary", "Serving", "Retired")
+FINISHED = ("Retired", "Failed", "Rejected")
+
+
+@dataclass(frozen=True)
+class Version:
+    """What the Recommender needs to know of one of its ModelVersions."""
+
+    name: str
+    phase: str
+    created: str
+    trigger: str | None
+    number: int
+    index_name: str | None = None
+
+
+def version_of(obj: Mapping[str, Any]) -> Version:
+    meta = obj["metadata"]
+    status = obj.get("status") or {}
+    name = meta["name"]
+    number = (
+        int(name.rsplit("-v", 1)[1]) if "-v" in name and name.rsplit("-v", 1)[1].isdigit() else 0
+    )
+    return Version(
+        name=name,
+        phase=status.get("phase") or "Pending",
+        created=meta.get("creationTimestamp", ""),
+        trigger=(meta.get("annotations") or {}).get(TRIGGER_ANNOTATION),
+        number=number,
+        index_name=status.get("indexName"),
+    )
+
+
+@dataclass
+class Plan:
+    create: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    stable: str | None = None
+    canary: str | None = None
+    canary_weight: int | None = None
+    rollout: dict[str, Any] = field(default_factory=dict)
+    next_training: dt.datetime | None = None
+    last_training: dict[str, Any] | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _parse(ts: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def schedule_ticks(
+    rec: Recommender, since: dt.datetime, now: dt.datetime
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """(the latest tick in (since, now], the next tick after now) of the training schedule."""
+    tr = rec.spec.training
+    if not tr.schedule or tr.suspend:
+        return None, None
+    tz: dt.tzinfo = dt.UTC
+    if tr.time_zone:
+        from zoneinfo import ZoneInfo
+
+        tz = ZoneInfo(tr.time_zone)
+    it = croniter(tr.schedule, since.astimezone(tz))
+    latest = None
+    nxt: dt.datetime = it.get_next(dt.datetime)
+    while nxt <= now:
+        latest = nxt
+        nxt = it.get_next(dt.datetime)
+    return latest, nxt
+
+
+def new_version(
+    rec_obj: Mapping[str, Any], rec: Recommender, number: int, reason: str, trigger: str
+) -> dict[str, Any]:
+    name = child_name(rec.metadata.name, f"v{number}")
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelVersion",
+        "metadata": {
+            "name": name,
+            "namespace": rec.metadata.namespace,
+            "labels": standard_labels(
+                component="model-version",
+                instance=rec.metadata.name,
+                recommender=rec.metadata.name,
+                model_version=name,
+            ),
+            "annotations": {TRIGGER_ANNOTATION: trigger},
+            "ownerReferences": [owner_reference(rec_obj)],
+        },
+        "spec": {"recommenderRef": {"name": rec.metadata.name}, "reason": reason},
+    }
+
+
+def plan(
+    rec_obj: Mapping[str, Any], rec: Recommender, versions: Sequence[Version], now: dt.datetime
+) -> Plan:
+    out = Plan()
+    triggers = {v.trigger for v in versions if v.trigger}
+    number = max((v.number for v in versions), default=0)
+    wanted: list[tuple[str, str]] = []
+    if not versions:
+        wanted.append(("Initial", "initial"))
+    created_at = _parse(rec.metadata.creation_timestamp) if rec.metadata.creation_timestamp else now
+    latest_tick, next_tick = schedule_ticks(rec, created_at, now)
+    out.next_training = next_tick
+    if latest_tick is not None and versions:
+        wanted.append(("Schedule", f"schedule/{_iso(latest_tick)}"))
+    token = rec.metadata.annotations.get(RETRAIN_ANNOTATION)
+    if token:
+        wanted.append(("Manual", f"manual/{token}"))
+    for reason, trigger in wanted:
+        if trigger in triggers:
+            continue
+        # One training at a time: a trigger that fires while one runs waits for it.
+        if any(v.phase in ("Pending", "Training", "Evaluating", "Indexing") for v in versions) or (
+            out.create
+        ):
+            out.messages.append(f"{reason} training waits for the running one")
+            continue
+        number += 1
+        out.create.append(new_version(rec_obj, rec, number, reason, trigger))
+        out.last_training = {
+            "modelVersion": out.create[-1]["metadata"]["name"],
+            "reason": reason,
+            "startTime": _iso(now),
+        }
+
+    by_name = {v.name: v for v in versions}
+    previous_stable = (rec_obj.get("status") or {}).get("stableVersion")
+    pinned = rec.spec.serving.pinned_model_version
+    servable = sorted(
+        (v for v in versions if v.phase in SERVABLE and v.index_name),
+        key=lambda v: (v.created, v.number),
+    )
+    if pinned:
+        if pinned in by_name and by_name[pinned].phase in SERVABLE:
+            out.stable = pinned
+            out.rollout = {"phase": "Promoted", "message": f"pinned to {pinned}"}
+        else:
+            out.stable = previous_stable
+            out.messages.append(
+                f"spec.serving.pinnedModelVersion {pinned} is not a servable version of this "
+                "Recommender; keeping the current one"
+            )
+    else:
+        current = by_name.get(previous_stable) if previous_stable else None
+        if current is None or current.phase not in SERVABLE:
+            current = None
+        # The newest version that is ready or already the canary, and newer than the stable.
+        newest_ready = next((v for v in reversed(servable) if v.phase in ("Ready", "Canary")), None)
+        if newest_ready and (
+            current is None
+            or (newest_ready.created, newest_ready.number) > (current.created, current.number)
+        ):
+            steps = rec.spec.serving.rollout.steps
+            if current is None or not steps:
+                out.stable = newest_ready.name
+                out.rollout = {
+                    "phase": "Promoted",
+                    "message": f"{newest_ready.name} promoted"
+                    + ("" if current else " (first version)"),
+                }
+            else:
+                out.stable = current.name
+                out.canary = newest_ready.name
+                first = next((s.set_weight for s in steps if s.set_weight), 0)
+                out.canary_weight = first
+                out.rollout = {
+                    "phase": "Progressing",
+                    "currentStepIndex": 0,
+                    "message": f"canary {newest_ready.name} at {first}% awaiting analysis",
+                }
+        else:
+            out.stable = current.name if current else None
+            out.rollout = {"phase": "Idle"} if current else {}
+
+    keep = rec.spec.revision_history_limit
+    done = sorted(
+        (
+            v
+            for v in versions
+            if v.phase in FINISHED and v.name not in (out.stable, out.canary, pinned)
+        ),
+        key=lambda v: (v.created, v.number),
+    )
+    if len(done) > keep:
+        out.delete = [v.name for v in done[: len(done) - keep]]
+    return out
+
+
+def status(
+    rec: Recommender,
+    previous: Mapping[str, Any],
+    p: Plan,
+    versions: Sequence[Version],
+    serving_ready: bool,
+    blocked: str | None,
+    now: str,
+) -> dict[str, Any]:
+    gen = rec.metadata.generation or 0
+    ns, name = rec.metadata.namespace, rec.metadata.name
+    conds: list[dict[str, Any]] = list(previous.get("conditions", []) or [])
+    st: dict[str, Any] = {"observedGeneration": gen}
+    for key in ("drift", "lastTraining"):
+        if key in previous:
+            st[key] = previous[key]
+    if p.last_training:
+        st["lastTraining"] = p.last_training
+    if p.stable:
+        st["stableVersion"] = p.stable
+        stable = next((v for v in versions if v.name == p.stable), None)
+        if stable and stable.index_name:
+            st["activeIndex"] = stable.index_name
+        st["endpoints"] = {
+            "gateway": f"http://{child_name(name, 'gateway')}.{ns}.svc:8080",
+            "triton": f"http://{child_name(name, 'triton', p.stable)}.{ns}.svc:8000",
+        }
+    if p.canary:
+        st["canaryVersion"] = p.canary
+        st["canaryWeight"] = p.canary_weight or 0
+    if p.rollout:
+        st["rollout"] = p.rollout
+    if p.next_training:
+        st["nextTrainingTime"] = _iso(p.next_training)
+    busy = [v for v in versions if v.phase in ("Pending", "Training", "Evaluating", "Indexing")]
+    latest = max(versions, key=lambda v: (v.created, v.number), default=None)
+    if blocked:
+        conds = set_condition(conds, "Ready", "False", "WaitingForFeatureViews", blocked, gen, now)
+    elif p.stable and serving_ready:
+        conds = set_condition(conds, "Ready", "True", "Serving", f"serving {p.stable}", gen, now)
+    elif p.stable:
+        conds = set_condition(
+            conds,
+            "Ready",
+            "False",
+            "Deploying",
+            f"waiting for the serving Deployments of {p.stable}",
+            gen,
+            now,
+        )
+    else:
+        conds = set_condition(
+            conds,
+            "Ready",
+            "False",
+            "NoServableVersion",
+            "no ModelVersion is ready to serve yet",
+            gen,
+            now,
+        )
+    if busy or p.canary:
+        what = f"training {busy[0].name} ({busy[0].phase})" if busy else f"canary {p.canary}"
+        conds = set_condition(conds, "Progressing", "True", "InProgress", what, gen, now)
+    else:
+        conds = set_condition(
+            conds, "Progressing", "False", "Idle", "nothing in progress", gen, now
+        )
+    problems = list(p.messages if any("pinned" in m for m in p.messages) else [])
+    if latest and latest.phase in ("Failed", "Rejected"):
+        problems.append(f"the latest ModelVersion {latest.name} is {latest.phase}")
+    if problems:
+        conds = set_condition(
+            conds, "Degraded", "True", "VersionProblem", "; ".join(problems), gen, now
+        )
+    else:
+        conds = set_condition(conds, "Degraded", "False", "AsExpected", "no problem", gen, now)
+    st["conditions"] = conds
+    return st

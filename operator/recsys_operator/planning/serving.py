@@ -1,0 +1,249 @@
+"""Serving objects of a Recommender: a Triton Deployment and Service per serving ModelVersion
+(stable, and the canary beside it), and the gateway Deployment, Service and routing config.
+
+Each version gets its own Triton so stable and canary load side by side and a rollback is a
+routing change, not a redeploy. The gateway reads the routing table (stable, canary, weight,
+each version's Triton and index) from its ConfigMap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from recsys_operator.api.recommender import Recommender
+from recsys_operator.labels import standard_labels
+from recsys_operator.naming import child_name
+from recsys_operator.planning.pods import (
+    CONTAINER_SECURITY_CONTEXT,
+    POD_SECURITY_CONTEXT,
+    object_meta,
+)
+from recsys_operator.planning.training import join_uri
+
+TRITON_HTTP, TRITON_GRPC, TRITON_METRICS, GATEWAY_PORT = 8000, 8001, 8002, 8080
+
+
+def triton_name(rec: Recommender, version: str) -> str:
+    return child_name(rec.metadata.name, "triton", version)
+
+
+def gateway_name(rec: Recommender) -> str:
+    return child_name(rec.metadata.name, "gateway")
+
+
+def _deployment(
+    name: str,
+    ns: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    replicas: int,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    node_selector: Mapping[str, str] | None,
+    tolerations: list[dict[str, Any]],
+) -> dict[str, Any]:
+    selector = {k: labels[k] for k in ("app.kubernetes.io/instance", "app.kubernetes.io/component")}
+    selector["app.kubernetes.io/name"] = labels["app.kubernetes.io/name"]
+    if "recsys.dev/model-version" in labels:
+        selector["recsys.dev/model-version"] = labels["recsys.dev/model-version"]
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": POD_SECURITY_CONTEXT,
+        "containers": [container],
+        "volumes": [{"name": "scratch", "emptyDir": {}}, *volumes],
+    }
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod["tolerations"] = tolerations
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_meta(name, ns, labels, owner),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+        },
+    }
+
+
+def _service(
+    name: str,
+    ns: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    selector: Mapping[str, str],
+    ports: list[tuple[str, int]],
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(name, ns, labels, owner),
+        "spec": {
+            "selector": dict(selector),
+            "ports": [{"name": n, "port": p, "targetPort": p} for n, p in ports],
+        },
+    }
+
+
+def triton_objects(
+    rec: Recommender, owner: Mapping[str, Any], version: str, artifact_uri: str, image: str
+) -> list[dict[str, Any]]:
+    ns = rec.metadata.namespace or "default"
+    name = triton_name(rec, version)
+    tr = rec.spec.serving.triton
+    labels = standard_labels(
+        component="triton",
+        instance=rec.metadata.name,
+        recommender=rec.metadata.name,
+        model_version=version,
+    )
+    container: dict[str, Any] = {
+        "name": "triton",
+        "image": tr.image or image,
+        "args": [
+            "tritonserver",
+            f"--model-repository={join_uri(artifact_uri, 'triton')}",
+            f"--http-port={TRITON_HTTP}",
+            f"--grpc-port={TRITON_GRPC}",
+            f"--metrics-port={TRITON_METRICS}",
+        ],
+        "ports": [
+            {"name": "http", "containerPort": TRITON_HTTP},
+            {"name": "grpc", "containerPort": TRITON_GRPC},
+            {"name": "metrics", "containerPort": TRITON_METRICS},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": TRITON_HTTP}},
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
+    }
+    if tr.resources:
+        container["resources"] = tr.resources.to_k8s()
+    env_from = rec.spec.stores.artifacts.secret_ref
+    if env_from:
+        container["envFrom"] = [{"secretRef": {"name": env_from.name}}]
+    deployment = _deployment(
+        name,
+        ns,
+        labels,
+        owner,
+        tr.replicas,
+        container,
+        [],
+        tr.node_selector,
+        [t.to_k8s() for t in tr.tolerations or []],
+    )
+    service = _service(
+        name,
+        ns,
+        labels,
+        owner,
+        deployment["spec"]["selector"]["matchLabels"],
+        [("http", TRITON_HTTP), ("grpc", TRITON_GRPC), ("metrics", TRITON_METRICS)],
+    )
+    return [deployment, service]
+
+
+def routing_table(
+    rec: Recommender,
+    stable: str,
+    canary: str | None,
+    weight: int | None,
+    indexes: Mapping[str, str | None],
+) -> dict[str, Any]:
+    ns = rec.metadata.namespace or "default"
+
+    def variant(version: str) -> dict[str, Any]:
+        return {
+            "modelVersion": version,
+            "triton": f"{triton_name(rec, version)}.{ns}.svc:{TRITON_HTTP}",
+            "index": indexes.get(version),
+        }
+
+    table: dict[str, Any] = {
+        "stable": variant(stable),
+        "userSticky": rec.spec.serving.rollout.user_sticky,
+        "canaryWeight": 0,
+    }
+    if canary:
+        table["canary"] = variant(canary)
+        table["canaryWeight"] = weight or 0
+    return table
+
+
+def gateway_objects(
+    rec: Recommender, owner: Mapping[str, Any], table: Mapping[str, Any], image: str
+) -> list[dict[str, Any]]:
+    ns = rec.metadata.namespace or "default"
+    name = gateway_name(rec)
+    gw = rec.spec.serving.gateway
+    labels = standard_labels(
+        component="gateway", instance=rec.metadata.name, recommender=rec.metadata.name
+    )
+    redis = rec.spec.stores.redis
+    config = {
+        "recommender": f"{ns}.{rec.metadata.name}",
+        "routing": table,
+        "redisUrl": redis.url,
+        "candidates": rec.spec.retrieval.num_candidates,
+        "topK": rec.spec.ranking.top_k,
+        "scoringTimeout": gw.scoring_timeout,
+        "filtering": rec.spec.filtering.to_k8s(),
+        "ordering": rec.spec.ordering.to_k8s() if rec.spec.ordering else {},
+    }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(name, ns, labels, owner),
+        "data": {"gateway.json": json.dumps(config, indent=1, sort_keys=True)},
+    }
+    env: list[dict[str, Any]] = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+    if redis.password_secret_ref:
+        ref = redis.password_secret_ref
+        env.append(
+            {
+                "name": "REDIS_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    container: dict[str, Any] = {
+        "name": "gateway",
+        "image": gw.image or image,
+        "command": ["python", "-m", "recsys_workloads.gateway"],
+        "args": ["--config", "/etc/recsys/gateway.json", f"--port={GATEWAY_PORT}"],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": GATEWAY_PORT}},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": GATEWAY_PORT}},
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [
+            {"name": "scratch", "mountPath": "/tmp"},
+            {"name": "config", "mountPath": "/etc/recsys", "readOnly": True},
+        ],
+    }
+    if gw.resources:
+        container["resources"] = gw.resources.to_k8s()
+    deployment = _deployment(
+        name,
+        ns,
+        labels,
+        owner,
+        gw.replicas,
+        container,
+        [{"name": "config", "configMap": {"name": name}}],
+        gw.node_selector,
+        [t.to_k8s() for t in gw.tolerations or []],
+    )
+    service = _service(
+        name,
+        ns,
+        labels,
+        owner,
+        deployment["spec"]["selector"]["matchLabels"],
+        [("http", GATEWAY_PORT)],
+    )
+    return [config_map, deployment, service]

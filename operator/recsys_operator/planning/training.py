@@ -1,0 +1,271 @@
+"""A ModelVersion's Jobs: training (one pod, or torchrun over an Indexed Job) and index build.
+
+Conventions users of Kubeflow and Kueue know: ``numNodes`` pods of ``numProcPerNode``
+processes each, rank 0 reachable through a headless Service; with a queue name the Job carries
+``kueue.x-k8s.io/queue-name`` and is created suspended so Kueue admits it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from recsys_operator.api.modelversion import ModelVersion
+from recsys_operator.api.recommender import Recommender
+from recsys_operator.labels import KUEUE_QUEUE_LABEL, standard_labels
+from recsys_operator.naming import child_name
+from recsys_operator.planning.pods import (
+    CONFIG_FILE,
+    object_meta,
+    pod_failure_policy,
+    workload_container,
+    workload_pod_spec,
+)
+
+TRAIN_MODULE = "recsys_workloads.train"
+INDEX_MODULE = "recsys_workloads.index_build"
+RENDEZVOUS_PORT = 29500
+JOB_TTL_SECONDS = 7 * 86400
+
+
+def join_uri(base: str, *parts: str) -> str:
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def artifact_uri(rec: Recommender, mv: ModelVersion) -> str:
+    """Where a version's model lives: its own storageUri when imported, else under the store."""
+    if mv.spec.storage_uri:
+        return mv.spec.storage_uri
+    return join_uri(rec.spec.stores.artifacts.storage_uri, "models", mv.metadata.name)
+
+
+def index_uri(rec: Recommender, mv: ModelVersion) -> str:
+    return join_uri(rec.spec.stores.artifacts.storage_uri, "indexes", mv.metadata.name)
+
+
+@dataclass(frozen=True)
+class FeatureSources:
+    """Offline parquet of the FeatureViews the Recommender names, resolved by the reconciler."""
+
+    users_uri: str | None = None
+    user_features: list[str] | None = None
+    items_uri: str | None = None
+    item_features: list[str] | None = None
+
+
+def train_config(rec: Recommender, mv: ModelVersion, sources: FeatureSources) -> dict[str, Any]:
+    spec = rec.spec
+    hp = spec.training.hyper_parameters
+    overrides = mv.spec.training.hyper_parameters if mv.spec.training else None
+    over = overrides.model_dump(exclude_none=True) if overrides else {}
+    gate = spec.training.evaluation
+    data: dict[str, Any] = {"interactionsUri": spec.interactions.path}
+    features: dict[str, Any] = {}
+    if sources.users_uri:
+        data["usersUri"] = sources.users_uri
+        if sources.user_features:
+            features["user"] = sources.user_features
+    if sources.items_uri:
+        data["itemsUri"] = sources.items_uri
+        if sources.item_features:
+            features["item"] = sources.item_features
+    training = {
+        "epochs": over.get("epochs", hp.epochs),
+        "batchSize": over.get("batch_size", hp.batch_size),
+        "learningRate": over.get("learning_rate", hp.learning_rate),
+        "weightDecay": over.get("weight_decay", hp.weight_decay),
+        "maxStepsPerEpoch": over.get("max_steps_per_epoch", hp.max_steps_per_epoch),
+    }
+    ks = sorted({10, 20, 50, gate.k})
+    config: dict[str, Any] = {
+        "version": mv.metadata.name,
+        "seed": over.get("seed", hp.seed),
+        "data": data,
+        "artifactUri": artifact_uri(rec, mv),
+        "model": {
+            "embeddingDim": spec.retrieval.embedding_dim,
+            "temperature": over.get("temperature", hp.temperature),
+            "rankerCrossLayers": spec.ranking.cross_layers,
+        },
+        "training": training,
+        "evaluation": {"k": ks, "holdoutFraction": gate.holdout_fraction},
+    }
+    if features:
+        config["features"] = features
+    return config
+
+
+def index_config(rec: Recommender, mv: ModelVersion) -> dict[str, Any]:
+    idx = rec.spec.retrieval.index
+    hnsw = idx.hnsw
+    kind = {"HNSW": "auto", "Flat": "flat", "IVFFlat": "auto"}[idx.type]
+    params: dict[str, Any] = {"kind": kind, "flatThreshold": idx.flat_below_items}
+    if hnsw is not None:
+        params |= {
+            "hnswM": hnsw.m,
+            "efConstruction": hnsw.ef_construction,
+            "efSearch": hnsw.ef_search,
+        }
+    return {
+        "version": mv.metadata.name,
+        "modelArtifactUri": artifact_uri(rec, mv),
+        "indexUri": index_uri(rec, mv),
+        "index": params,
+        "validation": {"minRecall": idx.min_recall},
+    }
+
+
+def _labels(rec: Recommender, mv: ModelVersion, component: str) -> dict[str, str]:
+    return standard_labels(
+        component=component,
+        instance=rec.metadata.name,
+        recommender=rec.metadata.name,
+        model_version=mv.metadata.name,
+    )
+
+
+def _config_map(
+    name: str, ns: str, labels: Mapping[str, str], owner: Mapping[str, Any], cfg: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(name, ns, labels, owner),
+        "data": {CONFIG_FILE: json.dumps(cfg, indent=1, sort_keys=True)},
+    }
+
+
+def _artifact_env_from(rec: Recommender) -> list[dict[str, Any]]:
+    ref = rec.spec.stores.artifacts.secret_ref
+    return [{"secretRef": {"name": ref.name}}] if ref else []
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A Job with the ConfigMap it reads and, for multi-node training, its headless Service."""
+
+    config_map: dict[str, Any]
+    job: dict[str, Any]
+    service: dict[str, Any] | None = None
+
+
+def training_job(
+    rec: Recommender,
+    mv: ModelVersion,
+    owner: Mapping[str, Any],
+    image: str,
+    sources: FeatureSources,
+) -> JobPlan:
+    tr = rec.spec.training
+    ns = mv.metadata.namespace or "default"
+    name = child_name(mv.metadata.name, "train")
+    labels = _labels(rec, mv, "train")
+    cm = _config_map(name, ns, labels, owner, train_config(rec, mv, sources))
+    image = (mv.spec.training.image if mv.spec.training and mv.spec.training.image else None) or (
+        tr.image or image
+    )
+    resources = tr.resources_per_node.to_k8s() if tr.resources_per_node else {}
+    if tr.gpus_per_node:
+        resources.setdefault("limits", {})[tr.gpu_resource_name] = str(tr.gpus_per_node)
+    procs = tr.num_proc_per_node or max(1, tr.gpus_per_node or 1)
+    service = None
+    env: list[dict[str, Any]] = []
+    if tr.num_nodes > 1 or procs > 1:
+        command = ["torchrun", f"--nnodes={tr.num_nodes}", f"--nproc-per-node={procs}"]
+        if tr.num_nodes > 1:
+            # Rank 0 is pod 0 of the Indexed Job, addressable through the headless Service.
+            command += [
+                "--node-rank=$(JOB_COMPLETION_INDEX)",
+                f"--master-addr={name}-0.{name}",
+                f"--master-port={RENDEZVOUS_PORT}",
+            ]
+            service = {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": object_meta(name, ns, labels, owner),
+                "spec": {
+                    "clusterIP": "None",
+                    "publishNotReadyAddresses": True,
+                    "selector": {"batch.kubernetes.io/job-name": name},
+                    "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+                },
+            }
+        command += ["-m", TRAIN_MODULE]
+    else:
+        command = ["python", "-m", TRAIN_MODULE]
+    container = workload_container(
+        image=image,
+        module=TRAIN_MODULE,
+        resources=resources or None,
+        env=env,
+        env_from=_artifact_env_from(rec),
+        command=command,
+    )
+    pod = workload_pod_spec(
+        container,
+        name,
+        node_selector=tr.node_selector,
+        tolerations=[t.to_k8s() for t in tr.tolerations or []],
+        priority_class_name=tr.priority_class_name,
+        subdomain=name if service else None,
+        # torch's shared-memory tensors need more /dev/shm than a container's default 64 MiB.
+        extra_volumes=[{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+    )
+    pod["containers"][0]["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    job_labels = dict(labels)
+    spec: dict[str, Any] = {
+        "backoffLimit": tr.backoff_limit,
+        "podFailurePolicy": pod_failure_policy(),
+        "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    }
+    if tr.active_deadline_seconds:
+        spec["activeDeadlineSeconds"] = tr.active_deadline_seconds
+    if tr.num_nodes > 1:
+        spec |= {
+            "completionMode": "Indexed",
+            "completions": tr.num_nodes,
+            "parallelism": tr.num_nodes,
+        }
+    if tr.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = tr.queue_name
+        spec["suspend"] = True  # Kueue admits it by unsuspending
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": object_meta(name, ns, job_labels, owner),
+        "spec": spec,
+    }
+    return JobPlan(cm, job, service)
+
+
+def index_job(rec: Recommender, mv: ModelVersion, owner: Mapping[str, Any], image: str) -> JobPlan:
+    ns = mv.metadata.namespace or "default"
+    name = child_name(mv.metadata.name, "index")
+    labels = _labels(rec, mv, "index")
+    cm = _config_map(name, ns, labels, owner, index_config(rec, mv))
+    container = workload_container(
+        image=rec.spec.training.image or image,
+        module=INDEX_MODULE,
+        env_from=_artifact_env_from(rec),
+    )
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": object_meta(name, ns, labels, owner),
+        "spec": {
+            "backoffLimit": 3,
+            "podFailurePolicy": pod_failure_policy(),
+            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": workload_pod_spec(container, name),
+            },
+        },
+    }
+    return JobPlan(cm, job)

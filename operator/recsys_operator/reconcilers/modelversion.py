@@ -1,0 +1,133 @@
+"""Reconcile a ModelVersion: one lifecycle step per pass (planning.modelversion decides)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from recsys_operator import GROUP, VERSION
+from recsys_operator.api.featureview import FeatureView
+from recsys_operator.api.modelversion import ModelVersion
+from recsys_operator.api.recommender import FeatureViewRef, Recommender
+from recsys_operator.conditions import now_rfc3339
+from recsys_operator.controller import Context, Key
+from recsys_operator.kube import ApiError, KubeClient
+from recsys_operator.metrics import JOBS_FAILED, JOBS_STARTED
+from recsys_operator.naming import child_name
+from recsys_operator.planning import modelversion as planner
+from recsys_operator.planning.jobstatus import JobOutcome, job_outcome
+from recsys_operator.planning.training import FeatureSources, JobPlan, index_job, training_job
+from recsys_operator.reconcilers.common import (
+    ensure,
+    ensure_created,
+    post_event,
+    summary_of,
+    write_status,
+)
+
+log = logging.getLogger(__name__)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+async def _job(kube: KubeClient, ns: str, name: str) -> JobOutcome | None:
+    job = await kube.get("batch/v1", "Job", name, ns)
+    if job is None:
+        return None
+    return job_outcome(job, await summary_of(kube, ns, job))
+
+
+async def feature_sources(kube: KubeClient, rec: Recommender) -> tuple[FeatureSources, str | None]:
+    """The parquet of the first user and item FeatureViews; a message when one is missing."""
+    refs = rec.spec.feature_views
+    found: dict[str, tuple[str, list[str]]] = {}
+    for entity, lst in (
+        ("user", refs.user if refs else None),
+        ("item", refs.item if refs else None),
+    ):
+        if not lst:
+            continue
+        ref: FeatureViewRef = lst[0]
+        obj = await kube.get(API_VERSION, "FeatureView", ref.name, rec.metadata.namespace)
+        if obj is None:
+            return FeatureSources(), (
+                f"FeatureView {ref.name} (spec.featureViews.{entity}) does not exist; create it"
+            )
+        fv = FeatureView.model_validate(obj)
+        names = ref.features or [f.name for f in fv.spec.features]
+        found[entity] = (fv.spec.source.path, names)
+    user, item = found.get("user"), found.get("item")
+    return FeatureSources(
+        users_uri=user[0] if user else None,
+        user_features=user[1] if user else None,
+        items_uri=item[0] if item else None,
+        item_features=item[1] if item else None,
+    ), None
+
+
+async def _run(ctx: Context, plan: JobPlan, purpose: str, obj: dict[str, Any]) -> None:
+    await ensure(ctx.kube, plan.config_map)
+    if plan.service is not None:
+        await ensure(ctx.kube, plan.service)
+    _, created = await ensure_created(ctx.kube, plan.job)
+    if created:
+        JOBS_STARTED.labels(purpose).inc()
+        await post_event(
+            ctx.kube,
+            obj,
+            "Normal",
+            f"{purpose.capitalize()}JobCreated",
+            f"created Job {plan.job['metadata']['name']}",
+        )
+
+
+async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
+    obj = await ctx.kube.get(API_VERSION, "ModelVersion", name, ns)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return None
+    mv = ModelVersion.model_validate(obj)
+    rec_name = mv.spec.recommender_ref.name
+    rec_obj = await ctx.kube.get(API_VERSION, "Recommender", rec_name, ns)
+    rec = Recommender.model_validate(rec_obj) if rec_obj else None
+    rec_status = (rec_obj or {}).get("status") or {}
+    role: planner.Role = None
+    if rec_status.get("stableVersion") == name:
+        role = "stable"
+    elif rec_status.get("canaryVersion") == name:
+        role = "canary"
+    baseline = baseline_name = None
+    stable = rec_status.get("stableVersion")
+    if stable and stable != name:
+        stable_obj = await ctx.kube.get(API_VERSION, "ModelVersion", stable, ns)
+        if stable_obj:
+            baseline = (stable_obj.get("status") or {}).get("metrics")
+            baseline_name = stable
+    phase = (obj.get("status") or {}).get("phase") or "Pending"
+    train = await _job(ctx.kube, ns, child_name(name, "train")) if phase == "Training" else None
+    index = await _job(ctx.kube, ns, child_name(name, "index")) if phase == "Indexing" else None
+    sources, blocked = FeatureSources(), None
+    if rec is not None and phase in ("Pending", "Training") and mv.spec.storage_uri is None:
+        sources, blocked = await feature_sources(ctx.kube, rec)
+    observed = planner.Observed(rec, train, index, baseline, baseline_name, role, blocked)
+    now = now_rfc3339()
+    decision = planner.decide(mv, observed, now)
+
+    if rec is not None and decision.run is not None:
+        image = ctx.images.get("workloads", "")
+        try:
+            if decision.run == "train":
+                await _run(ctx, training_job(rec, mv, obj, image, sources), "train", obj)
+            else:
+                await _run(ctx, index_job(rec, mv, obj, image), "index", obj)
+        except ApiError as exc:
+            if exc.retryable:
+                raise
+            message = f"the API server refused the {decision.run} Job: {exc.message}"
+            decision = planner.fail(mv, "JobRejected", message, now)
+    for outcome, purpose in ((train, "train"), (index, "index")):
+        if outcome is not None and outcome.failed and decision.status.get("phase") == "Failed":
+            JOBS_FAILED.labels(purpose, outcome.reason).inc()
+    if await write_status(ctx.kube, obj, decision.status):
+        for type_, reason, message in decision.events:
+            await post_event(ctx.kube, obj, type_, reason, message)
+        ctx.queue.add(Key("Recommender", ns, rec_name))  # a new phase may change serving
+    return None

@@ -1,0 +1,126 @@
+"""Reconcile a Recommender: its ModelVersions (create on triggers, prune history) and serving."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from recsys_operator import GROUP, VERSION
+from recsys_operator.api.recommender import Recommender
+from recsys_operator.conditions import now_rfc3339
+from recsys_operator.controller import Context, Key
+from recsys_operator.kube import ApiError
+from recsys_operator.labels import RECOMMENDER_LABEL
+from recsys_operator.planning import recommender as planner
+from recsys_operator.planning.serving import gateway_objects, routing_table, triton_objects
+from recsys_operator.reconcilers.common import ensure, ensure_created, post_event, write_status
+from recsys_operator.reconcilers.modelversion import feature_sources
+
+log = logging.getLogger(__name__)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+def _available(deployment: dict[str, Any]) -> bool:
+    want = deployment.get("spec", {}).get("replicas", 1)
+    return bool(int(deployment.get("status", {}).get("availableReplicas", 0) or 0) >= want)
+
+
+async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
+    obj = await ctx.kube.get(API_VERSION, "Recommender", name, ns)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return None
+    rec = Recommender.model_validate(obj)
+    now_dt = ctx.now()
+    now = now_rfc3339()
+    mv_objs = [
+        m
+        for m in await ctx.kube.list(API_VERSION, "ModelVersion", ns)
+        if m.get("spec", {}).get("recommenderRef", {}).get("name") == name
+    ]
+    versions = [planner.version_of(m) for m in mv_objs]
+    refs = rec.spec.feature_views
+    ctx.depends_on(
+        Key("Recommender", ns, name),
+        [Key("FeatureView", ns, r.name) for r in [*(refs.user or []), *(refs.item or [])]]
+        if refs else [],
+    )
+    _, blocked = await feature_sources(ctx.kube, rec)
+    plan = planner.plan(obj, rec, versions, now_dt)
+
+    for mv in plan.create:
+        _, created = await ensure_created(ctx.kube, mv)
+        if created:
+            reason = mv["spec"]["reason"]
+            await post_event(
+                ctx.kube,
+                obj,
+                "Normal",
+                "TrainingRequested",
+                f"created ModelVersion {mv['metadata']['name']} ({reason})",
+            )
+    for old in plan.delete:
+        if await ctx.kube.delete(API_VERSION, "ModelVersion", old, ns):
+            await post_event(
+                ctx.kube,
+                obj,
+                "Normal",
+                "VersionPruned",
+                f"deleted ModelVersion {old} (revisionHistoryLimit)",
+            )
+
+    serving_ready = False
+    if plan.stable:
+        by_name = {m["metadata"]["name"]: m for m in mv_objs}
+        indexes = {v.name: v.index_name for v in versions}
+        images = ctx.images
+        try:
+            ready = True
+            for version in filter(None, (plan.stable, plan.canary)):
+                uri = (by_name[version].get("status") or {}).get("artifactUri", "")
+                for child in triton_objects(rec, obj, version, uri, images.get("triton", "")):
+                    applied = await ensure(ctx.kube, child)
+                    if child["kind"] == "Deployment":
+                        ready = ready and _available(applied)
+            table = routing_table(rec, plan.stable, plan.canary, plan.canary_weight, indexes)
+            for child in gateway_objects(rec, obj, table, images.get("gateway", "")):
+                applied = await ensure(ctx.kube, child)
+                if child["kind"] == "Deployment":
+                    ready = ready and _available(applied)
+            serving_ready = ready
+            await _remove_unused_tritons(ctx, ns, name, {plan.stable, plan.canary})
+        except ApiError as exc:
+            if exc.retryable:
+                raise
+            plan.messages.append(f"the API server refused a serving object: {exc.message}")
+
+    previous = obj.get("status") or {}
+    new_status = planner.status(rec, previous, plan, versions, serving_ready, blocked, now)
+    if await write_status(ctx.kube, obj, new_status):
+        if new_status.get("stableVersion") != previous.get("stableVersion"):
+            await post_event(
+                ctx.kube,
+                obj,
+                "Normal",
+                "Promoted",
+                f"{new_status.get('stableVersion')} is the stable version",
+            )
+        # Versions whose role changed learn it from this status.
+        for known in versions:
+            ctx.queue.add(Key("ModelVersion", ns, known.name))
+    if plan.next_training is not None:
+        return max(1.0, (plan.next_training - now_dt).total_seconds())
+    return None
+
+
+async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str | None]) -> None:
+    """Triton Deployments of versions that no longer serve (their Services go the same way)."""
+    for dep in await ctx.kube.list(
+        "apps/v1",
+        "Deployment",
+        ns,
+        {RECOMMENDER_LABEL: rec, "app.kubernetes.io/component": "triton"},
+    ):
+        version = dep["metadata"]["labels"].get("recsys.dev/model-version")
+        if version not in keep:
+            await ctx.kube.delete("apps/v1", "Deployment", dep["metadata"]["name"], ns)
+            await ctx.kube.delete("v1", "Service", dep["metadata"]["name"], ns)

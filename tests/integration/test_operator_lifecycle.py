@@ -1,0 +1,287 @@
+"""ModelVersion lifecycle and Recommender serving on the real control plane, with the test
+playing the training and index workloads through their termination messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from fixtures.kube import Testbed
+from fixtures.operator import OperatorProcess, condition, eventually, finish_pod, get
+
+pytestmark = pytest.mark.testbed
+
+STACK = """
+apiVersion: recsys.dev/v1alpha1
+kind: FeatureView
+metadata: {name: users}
+spec:
+  entity: {name: user, joinKeys: [user_id]}
+  source: {path: "s3://data/users/"}
+  features: [{name: age, dtype: Int64}]
+  onlineStore: {redis: {url: "redis://redis:6379/0"}}
+  materialization: {cronJob: {schedule: "@daily"}}
+---
+apiVersion: recsys.dev/v1alpha1
+kind: Recommender
+metadata: {name: movies}
+spec:
+  interactions: {path: "s3://data/interactions/"}
+  featureViews: {user: [{name: users}]}
+  training:
+    gpusPerNode: 1
+    nodeSelector: {node-pool: gpu}
+    evaluation:
+      k: 20
+      metrics: [{name: recallAtK, thresholdRange: {min: 0.05}, maxRegression: 0.05}]
+  serving:
+    triton: {replicas: 1}
+    gateway: {replicas: 1}
+  stores:
+    redis: {url: "redis://redis:6379/0"}
+    artifacts: {storageUri: "s3://models/movies"}
+"""
+
+
+def apply_stack(testbed: Testbed, ns: str, edit: Any = None) -> list[dict[str, Any]]:
+    docs = list(yaml.safe_load_all(STACK))
+    if edit:
+        edit(docs)
+    for doc in docs:
+        testbed.kubectl("apply", "--server-side", "-n", ns, "-f", "-", input=json.dumps(doc))
+    return docs
+
+
+def phase(testbed: Testbed, ns: str, name: str) -> str | None:
+    obj = get(testbed, "modelversion", name, ns)
+    return (obj or {}).get("status", {}).get("phase")
+
+
+def overview(testbed: Testbed, ns: str) -> str:
+    """Phases of every version and the Recommender's serving status, for failure messages."""
+    mvs = json.loads(testbed.kubectl("get", "mv", "-n", ns, "-o", "json").stdout)["items"]
+    phases = {m["metadata"]["name"]: m.get("status", {}).get("phase") for m in mvs}
+    rec = get(testbed, "recommender", "movies", ns) or {}
+    st = rec.get("status", {})
+    return f"versions {phases}; stable {st.get('stableVersion')} canary {st.get('canaryVersion')}"
+
+
+def wait_phase(
+    testbed: Testbed, ns: str, name: str, want: str, operator: OperatorProcess
+) -> dict[str, Any]:
+    try:
+        eventually(lambda: phase(testbed, ns, name) == want, 60, f"{name} {want}",
+                   operator=operator)
+    except AssertionError as exc:
+        raise AssertionError(f"{overview(testbed, ns)}\n{exc}") from None
+    return get(testbed, "modelversion", name, ns)  # type: ignore[return-value]
+
+
+def train_summary(version: str, recall: float) -> dict[str, Any]:
+    return {
+        "status": "Succeeded", "version": version,
+        "artifactUri": f"s3://models/movies/models/{version}",
+        "digest": "sha256:" + "a" * 64,
+        "metrics": {"retrieval": {"twoTower": {"recall@20": recall, "ndcg@20": recall / 2}},
+                    "ranking": {"ranker": {"auc": 0.8}}},
+    }
+
+
+def index_summary(version: str) -> dict[str, Any]:
+    return {"status": "Succeeded", "indexUri": f"s3://models/movies/indexes/{version}",
+            "recall": 0.99, "efSearch": 128}
+
+
+def walk_to_ready(testbed: Testbed, ns: str, version: str, recall: float,
+                  operator: OperatorProcess) -> None:
+    wait_phase(testbed, ns, version, "Training", operator)
+    finish_pod(testbed, ns, f"{version}-train", exit_code=0,
+               summary=train_summary(version, recall))
+    wait_phase(testbed, ns, version, "Indexing", operator)
+    finish_pod(testbed, ns, f"{version}-index", exit_code=0, summary=index_summary(version))
+
+
+def test_first_version_trains_indexes_and_serves(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    apply_stack(testbed, namespace)
+    mv = wait_phase(testbed, namespace, "movies-v1", "Training", operator)
+    assert mv["spec"] == {"recommenderRef": {"name": "movies"}, "reason": "Initial"}
+    job = get(testbed, "job", "movies-v1-train", namespace)
+    assert job is not None
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"node-pool": "gpu"}
+    assert job["metadata"]["ownerReferences"][0]["name"] == "movies-v1"
+    config = json.loads(get(testbed, "configmap", "movies-v1-train", namespace)["data"][  # type: ignore[index]
+        "config.json"])
+    assert config["data"] == {"interactionsUri": "s3://data/interactions/",
+                              "usersUri": "s3://data/users/"}
+    assert config["artifactUri"] == "s3://models/movies/models/movies-v1"
+
+    walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
+    mv = wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
+    assert mv["status"]["evaluation"]["recallAtK"] == pytest.approx(0.12)
+    assert mv["status"]["indexName"] == "s3://models/movies/indexes/movies-v1"
+
+    def rec_ready() -> dict[str, Any] | None:
+        rec = get(testbed, "recommender", "movies", namespace)
+        cond = condition(rec, "Ready")
+        return rec if cond and cond["status"] == "True" else None
+
+    rec = eventually(rec_ready, 90, "Recommender Ready", operator=operator)
+    assert rec["status"]["stableVersion"] == "movies-v1"
+    assert rec["status"]["activeIndex"] == "s3://models/movies/indexes/movies-v1"
+    assert get(testbed, "deployment", "movies-triton-movies-v1", namespace) is not None
+    routing = json.loads(get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
+        "gateway.json"])["routing"]
+    assert routing["stable"]["modelVersion"] == "movies-v1"
+    testbed.kubectl("wait", "-n", namespace, "--for=condition=Ready", "recommender/movies",
+                    "--timeout=10s")
+
+
+def test_a_worse_model_is_rejected_with_its_numbers_and_manual_retrain_works(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    apply_stack(testbed, namespace)
+    walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
+    wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
+    testbed.kubectl("annotate", "-n", namespace, "recommender/movies", "recsys.dev/retrain=1")
+    mv = wait_phase(testbed, namespace, "movies-v2", "Training", operator)
+    assert mv["spec"]["reason"] == "Manual"
+    finish_pod(testbed, namespace, "movies-v2-train", exit_code=0,
+               summary=train_summary("movies-v2", 0.10))
+    mv = wait_phase(testbed, namespace, "movies-v2", "Rejected", operator)
+    assert "recall@20=0.1000" in mv["status"]["message"]
+    assert "movies-v1" in mv["status"]["message"]
+    assert mv["status"]["evaluation"]["passed"] is False
+    rec = get(testbed, "recommender", "movies", namespace)
+    assert rec["status"]["stableVersion"] == "movies-v1"  # type: ignore[index]
+    # The same annotation value never trains twice; a new value does.
+    assert get(testbed, "modelversion", "movies-v3", namespace) is None
+    testbed.kubectl("annotate", "--overwrite", "-n", namespace, "recommender/movies",
+                    "recsys.dev/retrain=2")
+    wait_phase(testbed, namespace, "movies-v3", "Training", operator)
+
+
+def test_with_canary_steps_a_better_model_becomes_the_canary(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    apply_stack(testbed, namespace)  # the default rollout has canary steps
+    walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
+    wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
+    testbed.kubectl("annotate", "-n", namespace, "recommender/movies", "recsys.dev/retrain=a")
+    walk_to_ready(testbed, namespace, "movies-v2", 0.15, operator)
+    wait_phase(testbed, namespace, "movies-v2", "Canary", operator)
+    rec = get(testbed, "recommender", "movies", namespace)
+    assert rec["status"]["stableVersion"] == "movies-v1"  # type: ignore[index]
+    assert rec["status"]["canaryWeight"] == 10  # type: ignore[index]
+    # Both versions' Tritons run side by side; the gateway routes 10% of users to v2.
+    assert get(testbed, "deployment", "movies-triton-movies-v2", namespace) is not None
+    assert get(testbed, "deployment", "movies-triton-movies-v1", namespace) is not None
+    routing = json.loads(get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
+        "gateway.json"])["routing"]
+    assert routing["canary"]["modelVersion"] == "movies-v2"
+    assert routing["canaryWeight"] == 10
+
+
+def test_without_steps_a_better_model_is_promoted_and_pinning_rolls_back(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    def immediate(docs: list[dict[str, Any]]) -> None:
+        docs[1]["spec"]["serving"]["rollout"] = {"steps": []}
+
+    apply_stack(testbed, namespace, immediate)
+    walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
+    wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
+    testbed.kubectl("annotate", "-n", namespace, "recommender/movies", "recsys.dev/retrain=a")
+    walk_to_ready(testbed, namespace, "movies-v2", 0.15, operator)
+    wait_phase(testbed, namespace, "movies-v2", "Serving", operator)
+    wait_phase(testbed, namespace, "movies-v1", "Retired", operator)
+    eventually(lambda: get(testbed, "deployment", "movies-triton-movies-v1", namespace) is None,
+               60, "the replaced version's Triton removed", operator=operator)
+
+    def pin(docs: list[dict[str, Any]]) -> None:
+        immediate(docs)
+        docs[1]["spec"]["serving"]["pinnedModelVersion"] = "movies-v1"
+
+    apply_stack(testbed, namespace, pin)
+    wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
+    wait_phase(testbed, namespace, "movies-v2", "Retired", operator)
+    rec = get(testbed, "recommender", "movies", namespace)
+    assert rec["status"]["stableVersion"] == "movies-v1"  # type: ignore[index]
+    assert rec["status"]["observedGeneration"] == rec["metadata"]["generation"]  # type: ignore[index]
+
+
+def test_training_failure_and_missing_feature_view_are_reported(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    def without_fv(docs: list[dict[str, Any]]) -> None:
+        docs.pop(0)
+
+    apply_stack(testbed, namespace, without_fv)
+
+    def waiting() -> dict[str, Any] | None:
+        cond = condition(get(testbed, "recommender", "movies", namespace), "Ready")
+        return cond if cond and cond["reason"] == "WaitingForFeatureViews" else None
+
+    cond = eventually(waiting, 60, "WaitingForFeatureViews", operator=operator)
+    assert "FeatureView users" in cond["message"]
+    assert phase(testbed, namespace, "movies-v1") == "Pending"
+    assert get(testbed, "job", "movies-v1-train", namespace) is None
+
+    apply_stack(testbed, namespace)  # the FeatureView appears: training starts
+    wait_phase(testbed, namespace, "movies-v1", "Training", operator)
+    finish_pod(testbed, namespace, "movies-v1-train", exit_code=2, summary={
+        "status": "Failed", "reason": "BadInput",
+        "message": "data.interactionsUri: column 'item_id' is int32, expected int64"})
+    mv = wait_phase(testbed, namespace, "movies-v1", "Failed", operator)
+    assert "column 'item_id' is int32" in mv["status"]["message"]
+    assert condition(mv, "Degraded")["status"] == "True"  # type: ignore[index]
+
+    def degraded() -> bool:
+        cond = condition(get(testbed, "recommender", "movies", namespace), "Degraded")
+        return bool(cond and cond["status"] == "True" and "movies-v1" in cond["message"])
+
+    eventually(degraded, 60, "Recommender Degraded", operator=operator)
+
+
+def test_a_job_the_apiserver_refuses_fails_the_version_with_its_message(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    def bad_selector_value(docs: list[dict[str, Any]]) -> None:
+        # The CRD bounds the length of a nodeSelector value but not its characters; Job
+        # validation refuses it with a 422, which must end as a clear status, not a crash loop.
+        docs[1]["spec"]["training"]["nodeSelector"] = {"node-pool": "gpu pool"}
+
+    apply_stack(testbed, namespace, bad_selector_value)
+    mv = wait_phase(testbed, namespace, "movies-v1", "Failed", operator)
+    assert mv["status"]["reason"] == "JobRejected"
+    assert "gpu pool" in mv["status"]["message"]
+    # The operator keeps working for everything else in the namespace.
+    assert condition(get(testbed, "featureview", "users", namespace), "Ready") is not None
+
+
+def test_distributed_training_uses_an_indexed_job_and_kueue(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    def distributed(docs: list[dict[str, Any]]) -> None:
+        docs[1]["spec"]["training"].update(
+            {"numNodes": 2, "numProcPerNode": 4, "gpusPerNode": 4, "queueName": "gpu-queue"})
+
+    apply_stack(testbed, namespace, distributed)
+    job = eventually(lambda: get(testbed, "job", "movies-v1-train", namespace), 60,
+                     "training Job", operator=operator)
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == 2
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["torchrun", "--nnodes=2", "--nproc-per-node=4"]
+    assert "--master-addr=movies-v1-train-0.movies-v1-train" in command
+    svc = get(testbed, "service", "movies-v1-train", namespace)
+    assert svc is not None
+    assert svc["spec"]["clusterIP"] == "None"
