@@ -22,7 +22,7 @@ import kopf
 from recsys_operator import GROUP, VERSION
 from recsys_operator.kube import KubeClient
 from recsys_operator.labels import MANAGED_BY
-from recsys_operator.metrics import RECONCILE_DURATION, RECONCILE_ERRORS
+from recsys_operator.metrics import PHASES, RECONCILE_DURATION, RECONCILE_ERRORS
 from recsys_operator.workqueue import Backoff, WorkQueue, run_workers
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,9 @@ class Controller:
     def on_primary_event(self, kind: str, body: Mapping[str, Any], event_type: str | None) -> None:
         meta = body.get("metadata", {})
         if event_type == "DELETED":
-            return  # children go with the owner (garbage collector); nothing to decide
+            # Children go with the owner (garbage collector); only our own books need it.
+            PHASES.observe(kind, f"{meta.get('namespace')}/{meta['name']}", None)
+            return
         key = Key(kind, meta.get("namespace", ""), meta["name"])
         self.queue.add(key)
         for owner in owner_keys(body):  # a ModelVersion wakes its Recommender

@@ -30,3 +30,21 @@ JOBS_FAILED = Counter(
     "Jobs the operator saw fail, by purpose and reason.",
     ["purpose", "reason"],
 )
+
+
+class PhaseTracker:
+    """Keeps ``recsys_operator_objects`` true: the phase each object was last seen in."""
+
+    def __init__(self) -> None:
+        self._phases: dict[tuple[str, str], str] = {}
+
+    def observe(self, kind: str, key: str, phase: str | None) -> None:
+        old = self._phases.pop((kind, key), None)
+        if old is not None:
+            OBJECTS_BY_PHASE.labels(kind, old).dec()
+        if phase is not None:
+            self._phases[(kind, key)] = phase
+            OBJECTS_BY_PHASE.labels(kind, phase).inc()
+
+
+PHASES = PhaseTracker()

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.diffing import needs_apply
 from recsys_operator.kube import ApiError, KubeClient
+from recsys_operator.metrics import PHASES
 from recsys_operator.planning.jobstatus import termination_summary
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,22 @@ async def ensure_created(
     return again, False
 
 
+def _phase(status: Mapping[str, Any]) -> str:
+    """ModelVersions by phase; other kinds by their Ready condition."""
+    if status.get("phase"):
+        return str(status["phase"])
+    for cond in status.get("conditions", []) or []:
+        if cond.get("type") == "Ready":
+            return "Ready" if cond.get("status") == "True" else "NotReady"
+    return "Unknown"
+
+
 async def write_status(kube: KubeClient, obj: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     """Patch status only when it differs from what the object has; True when written."""
+    meta = obj["metadata"]
+    PHASES.observe(obj["kind"], f"{meta.get('namespace')}/{meta['name']}", _phase(status))
     if dict(obj.get("status") or {}) == dict(status):
         return False
-    meta = obj["metadata"]
     await kube.patch_status(
         obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"), status
     )
