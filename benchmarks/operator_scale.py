@@ -83,7 +83,7 @@ def rss_peak_kib(pid: int) -> int:
 
 
 def api_requests(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -117,7 +117,7 @@ def run(n: int, quiet: float, workers: int) -> dict[str, Any]:
         cp.kubectl("create", "namespace", ns)
         port = free_port()
         log = open(cp.workdir / "operator.log", "wb")  # noqa: SIM115 - lives as long as the process
-        op = subprocess.Popen(  # noqa: S603
+        op = subprocess.Popen(
             [sys.executable, "-m", "recsys_operator", "--namespace", ns, "--metrics-port",
              str(port), "--health-port", "0", "--workers", str(workers)],
             env={**os.environ, "KUBECONFIG": str(cp.kubeconfig)}, stdout=log,

@@ -8,9 +8,6 @@ import urllib.request
 from typing import Any
 
 import pytest
-
-from fixtures.kube import Testbed
-from fixtures.operator import OperatorProcess, eventually, finish_pod, get
 from test_operator_lifecycle import (
     apply_stack,
     index_summary,
@@ -19,6 +16,9 @@ from test_operator_lifecycle import (
     wait_phase,
     walk_to_ready,
 )
+
+from fixtures.kube import Testbed
+from fixtures.operator import OperatorProcess, eventually, finish_pod, get
 
 pytestmark = pytest.mark.testbed
 
@@ -102,7 +102,7 @@ def test_metrics_count_reconciles_jobs_and_phases(
 
     def scrape() -> str:
         url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=5) as resp:
             return str(resp.read().decode())
 
     text = eventually(lambda: 'recsys_operator_objects{kind="ModelVersion",phase="Training"} 1.0'
