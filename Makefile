@@ -29,6 +29,9 @@ $(VENV_STAMP): pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	# MovieLens-100k ships as package data of the recbole wheel; only its data files are used,
+	# and its own dependencies (torch and a dozen more) are not wanted: install it alone.
+	$(PY) -m pip install -q --no-deps 'recbole==1.2.1'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok and helm, built

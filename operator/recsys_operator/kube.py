@@ -177,12 +177,16 @@ class KubeClient:
         kind: str,
         namespace: str | None,
         labels: Mapping[str, str] | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
+        """List, filtered on the server by labels and (for selectable fields) field values."""
         rt = resource_type(api_version, kind)
-        params = (
-            {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
-        )
-        out = await self.request("GET", rt.path(namespace), kind=kind, params=params)
+        params: dict[str, str] = {}
+        if labels:
+            params["labelSelector"] = ",".join(f"{k}={v}" for k, v in labels.items())
+        if fields:
+            params["fieldSelector"] = ",".join(f"{k}={v}" for k, v in fields.items())
+        out = await self.request("GET", rt.path(namespace), kind=kind, params=params or None)
         items: list[dict[str, Any]] = out.get("items", [])
         for item in items:  # list items come without apiVersion/kind
             item.setdefault("apiVersion", api_version)
