@@ -1,0 +1,118 @@
+"""The offline source of a FeatureView: a parquet file or directory at a path or fsspec URI.
+
+Checks everything a run depends on *before* anything is written to Redis (so a bad source can
+never disturb the live version): the join key, the event-time column and every declared
+feature exist with usable types, and the source is not empty. Each problem names the column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.types as pat
+from numpy.typing import NDArray
+
+from recsys_workloads.artifact_store import local_path, store_errors
+from recsys_workloads.featurestore.codec import type_mismatch
+from recsys_workloads.featurestore.keys import FeatureSchema
+from recsys_workloads.runtime import BadInputError
+
+
+@dataclass
+class OfflineSource:
+    uri: str
+    dataset: pads.Dataset
+    join_key: str
+    event_column: str
+    features: list[FeatureSchema]
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.join_key, self.event_column, *(f.name for f in self.features)]
+
+    def _bound(self, micros: int) -> pa.Scalar:
+        """A µs bound as a scalar of the column's own type (floored to coarser units)."""
+        column_type = self.dataset.schema.field(self.event_column).type
+        as_us = pa.scalar(micros, pa.int64()).cast(pa.timestamp("us", tz=column_type.tz))
+        return pc.cast(as_us, column_type, safe=False)
+
+    def read_window(self, lo_us: int | None, hi_us: int) -> tuple[pa.Table, NDArray[np.int64]]:
+        """Rows with ``lo < event time <= hi`` and their event times in µs since the epoch."""
+        column = pads.field(self.event_column)
+        condition = column <= self._bound(hi_us)
+        if lo_us is not None:
+            condition = condition & (column > self._bound(lo_us))
+        with store_errors(self.uri, "read FeatureView source"):
+            table = self.dataset.to_table(columns=self.columns, filter=condition)
+        events = table[self.event_column]
+        as_us = pc.cast(events, pa.timestamp("us", tz=events.type.tz))
+        micros = np.asarray(pc.cast(as_us, pa.int64()).to_numpy(), dtype=np.int64)
+        if table[self.join_key].null_count:
+            raise BadInputError(
+                f"source {self.uri}: join key column {self.join_key!r} has "
+                f"{table[self.join_key].null_count} null values; every row needs an entity id"
+            )
+        return table, micros
+
+
+def open_source(
+    uri: str,
+    join_key: str,
+    event_column: str,
+    features: list[FeatureSchema],
+    storage_options: dict[str, Any] | None = None,
+) -> OfflineSource:
+    where = f"source {uri}"
+    with store_errors(uri, "open FeatureView source"):
+        local = local_path(uri)
+        if local is not None:
+            dataset = pads.dataset(local, format="parquet")
+        else:
+            import fsspec
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+            fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+            dataset = pads.dataset(
+                path, format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs))
+            )
+    schema = dataset.schema
+    have = ", ".join(schema.names)
+
+    def column_type(name: str, role: str) -> pa.DataType:
+        index = schema.get_field_index(name)
+        if index < 0:
+            raise BadInputError(
+                f"{where}: {role} column {name!r} is missing (columns: {have}); fix the "
+                "FeatureView or the source"
+            )
+        return schema.field(index).type
+
+    key_type = column_type(join_key, "join key")
+    if not (pat.is_integer(key_type) or pat.is_string(key_type) or pat.is_large_string(key_type)):
+        raise BadInputError(
+            f"{where}: join key column {join_key!r} has type {key_type}; it must be an integer "
+            "or a string"
+        )
+    event_type = column_type(event_column, "event timestamp")
+    if not pat.is_timestamp(event_type):
+        raise BadInputError(
+            f"{where}: event timestamp column {event_column!r} has type {event_type}; it must be "
+            "a timestamp (naive timestamps are read as UTC)"
+        )
+    for feature in features:
+        problem = type_mismatch(feature.type, column_type(feature.name, "feature"))
+        if problem:
+            raise BadInputError(
+                f"{where}: feature column {feature.name!r} {problem}; change the feature's type "
+                "in the FeatureView or the column in the source"
+            )
+    with store_errors(uri, "count FeatureView source rows"):
+        rows = dataset.count_rows()
+    if rows == 0:
+        raise BadInputError(f"{where} is empty (0 rows): nothing to materialize")
+    return OfflineSource(uri, dataset, join_key, event_column, features)

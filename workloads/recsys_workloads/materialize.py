@@ -1,0 +1,625 @@
+"""Materialize a FeatureView from its offline parquet source into Redis, blue/green.
+
+``python -m recsys_workloads.materialize --config PATH [--termination-log PATH]``
+
+Config (rendered by the operator from the FeatureView spec; camelCase, unknown fields refused)::
+
+    {
+      "featureView": "movies.users",          # [A-Za-z0-9._/-], unique per Redis database
+      "joinKey": "user_id",                    # int or string column
+      "source": {
+        "uri": "s3://bucket/movies/users.parquet",   # file or directory, any fsspec URI
+        "eventTimestampColumn": "event_timestamp",   # timestamp column (naive = UTC)
+        "storageOptions": {}                          # passed to fsspec (endpoint, ...)
+      },
+      "features": [{"name": "age", "type": "int32"}, {"name": "gender", "type": "string"}],
+      "ttlSeconds": 86400,                     # 0: values never expire
+      "onlineStore": {"redisUrl": "redis://redis:6379/0", "keyPrefix": "fv"},  # prefix may hold ':'
+      "asOf": "2024-05-01T00:00:00Z",          # default: now
+      "mode": "auto",                          # "auto" (incremental when possible) | "full"
+      "maxLayers": 8,                          # incremental layers before a compacting full run
+      "graceSeconds": 300,                     # how long a replaced version stays readable
+      "batchRows": 50000,                      # entities per pipelined batch
+      "lockLeaseSeconds": 600
+    }
+
+The Redis password comes from the environment variable ``REDIS_PASSWORD`` (a Secret), never
+from the config: a URL with a password is refused. Feature types are those of
+:mod:`recsys_workloads.featurestore.codec`; the key layout is documented in
+:mod:`recsys_workloads.featurestore.keys`.
+
+What a run does:
+
+1. Validates the config and the source (columns, types, values, emptiness) before it connects
+   to Redis, so bad input never touches the live version.
+2. Takes the FeatureView's lock, reads the live pointer, reclaims layers that a crashed run left
+   or whose grace period is over.
+3. Picks the mode: *incremental* when a live version with the same schema, source and TTL exists,
+   ``asOf`` is not before its watermark and the chain is shorter than ``maxLayers``; otherwise
+   *full*. It reads only the source rows in the window ``(lo, asOf]``, where ``lo`` is the later
+   of ``asOf - ttl`` and (incremental) the watermark, and keeps per entity the latest row in it:
+   point-in-time correct, a value from after ``asOf`` is never read.
+4. Writes those entities into a fresh layer (not yet visible) with large non-transactional
+   pipelines, each key expiring at the end of its value's TTL window, measured from now:
+   ``now + (event_time + ttl - asOf)``.
+5. Switches the pointer with one compare-and-set: readers see the old version or the new one,
+   never a mix. A full run then gives the replaced layers' keys ``graceSeconds`` to live
+   (readers that fetched the old pointer finish their reads) and they expire; the few keys of
+   entities absent from the new version are unlinked by the first run after the grace period.
+
+Memory: the window's rows are held in memory for the point-in-time selection (about 150 bytes
+per row for three features: 10M rows peaked at 1.5 GB RSS); size the Job's memory request
+accordingly.
+
+The watermark is ``asOf``: an incremental run reads rows with event time after it. Rows that
+arrive late (event time before a watermark already passed) are picked up by the next full run
+(``mode: full``, or the compaction every ``maxLayers`` runs).
+
+Exit codes (runtime): 0 done; 2 bad input (config, missing column, wrong type, out-of-range
+values, empty source, rejected credentials); 75 transient (Redis unreachable or failing, the
+source store unreachable, another run holds the lock). The termination message is a JSON
+summary: rows read, entities written, version, layers, watermark, durations, rows per second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import redis
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from recsys_workloads.featurestore import codec
+from recsys_workloads.featurestore.codec import FeatureType
+from recsys_workloads.featurestore.keys import (
+    NAME_PATTERN,
+    PREFIX_PATTERN,
+    FeatureSchema,
+    LivePointer,
+    layer_prefix,
+    layers_key,
+    lock_key,
+    pointer_key,
+    seq_key,
+)
+from recsys_workloads.featurestore.point_in_time import latest_rows, window_bounds_us
+from recsys_workloads.featurestore.resp import BulkWriter, hset_commands, key_commands
+from recsys_workloads.featurestore.source import OfflineSource, open_source
+from recsys_workloads.runtime import BadInputError, TransientError, run_entrypoint
+
+log = logging.getLogger("recsys_workloads.materialize")
+PASSWORD_ENV = "REDIS_PASSWORD"
+_SCAN_COUNT = 10_000
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class SourceConfig(_Section):
+    uri: str = Field(min_length=1)
+    event_timestamp_column: str = Field(default="event_timestamp", min_length=1)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class FeatureConfig(_Section):
+    name: str = Field(min_length=1)
+    type: FeatureType
+
+
+class OnlineStoreConfig(_Section):
+    redis_url: str = Field(min_length=1)
+    key_prefix: str = "fv"
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _no_secret_in_url(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss://")
+        authority = url.split("://", 1)[1].split("/", 1)[0]
+        if "@" in authority and ":" in authority.split("@", 1)[0]:
+            raise ValueError(f"must not contain a password; put it in ${PASSWORD_ENV}")
+        return url
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_name(cls, value: str) -> str:
+        if not PREFIX_PATTERN.match(value):
+            raise ValueError(f"must match {PREFIX_PATTERN.pattern}")
+        return value
+
+
+class MaterializeConfig(_Section):
+    feature_view: str
+    join_key: str = Field(min_length=1)
+    source: SourceConfig
+    features: list[FeatureConfig] = Field(min_length=1)
+    ttl_seconds: int = Field(default=0, ge=0)
+    online_store: OnlineStoreConfig
+    as_of: datetime | None = None
+    mode: Literal["auto", "full"] = "auto"
+    max_layers: int = Field(default=8, ge=1, le=64)
+    grace_seconds: int = Field(default=300, ge=0)
+    batch_rows: int = Field(default=50_000, ge=1, le=1_000_000)
+    lock_lease_seconds: int = Field(default=600, ge=1)
+
+    @field_validator("feature_view")
+    @classmethod
+    def _view_name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(f"must match {NAME_PATTERN.pattern} (no ':' or glob characters)")
+        return value
+
+    @field_validator("as_of")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must carry a UTC offset, e.g. 2024-05-01T00:00:00Z")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> MaterializeConfig:
+        names = [f.name for f in self.features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"features: duplicate names {duplicates}")
+        for reserved in (self.join_key, self.source.event_timestamp_column):
+            if reserved in names:
+                raise ValueError(f"features: {reserved!r} is the join key or event-time column")
+        return self
+
+    @property
+    def feature_schema(self) -> list[FeatureSchema]:
+        return [FeatureSchema(f.name, f.type) for f in self.features]
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One clause per problem, each led by the camelCase path of the field (never the input of
+    a whole-object check, which would echo the entire config)."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown field (check the spelling)")
+        elif err["type"] == "missing":
+            parts.append(f"{loc}: required field is missing")
+        elif err["loc"]:
+            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        else:
+            parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(raw: dict[str, Any]) -> MaterializeConfig:
+    try:
+        return MaterializeConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise BadInputError("materialize config: " + describe_validation_error(exc)) from exc
+
+
+# --- Redis control operations (small commands through redis-py) ----------------------------
+
+_RELEASE = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+_REFRESH = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+)
+#: KEYS: pointer, layers. ARGV: expected pointer ('' = none), new pointer, new layer ('' = none),
+#: retired marker, retired layers...
+_SWITCH = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' then redis.call('HDEL', KEYS[2], ARGV[3]) end
+for i = 5, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[4]) end
+return 1
+"""
+
+
+@contextlib.contextmanager
+def redis_errors(where: str) -> Iterator[None]:
+    """Sort redis-py failures: wrong credentials are bad input, the rest is worth a retry."""
+    try:
+        yield
+    except redis.exceptions.AuthenticationError as exc:
+        raise BadInputError(
+            f"Redis at {where} refused the credentials ({exc}); set {PASSWORD_ENV}"
+        ) from exc
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise TransientError(f"Redis at {where} is unreachable ({exc})") from exc
+    except redis.exceptions.ResponseError as exc:
+        if str(exc).startswith(("NOAUTH", "WRONGPASS")):
+            raise BadInputError(f"Redis at {where}: {exc}; set {PASSWORD_ENV}") from exc
+        raise TransientError(f"Redis at {where} failed: {exc}") from exc
+
+
+@dataclass
+class Store:
+    """The FeatureView's keys in one Redis database, and the run's lock token."""
+
+    client: redis.Redis
+    url: str
+    password: str | None
+    prefix: str
+    view: str
+    timeout: float
+    token: str = ""
+
+    def lock(self, lease_s: int) -> None:
+        self.token = uuid.uuid4().hex
+        if not self.client.set(
+            lock_key(self.prefix, self.view), self.token, nx=True, px=lease_s * 1000
+        ):
+            raise TransientError(
+                f"another materialization of {self.view} holds {lock_key(self.prefix, self.view)}; "
+                "retry when it has finished"
+            )
+
+    def refresh(self, lease_s: int) -> None:
+        if not self.client.eval(
+            _REFRESH, 1, lock_key(self.prefix, self.view), self.token, lease_s * 1000
+        ):
+            raise TransientError(f"lost the lock of {self.view} (lease expired); retry")
+
+    def unlock(self) -> None:
+        with contextlib.suppress(redis.exceptions.RedisError):
+            self.client.eval(_RELEASE, 1, lock_key(self.prefix, self.view), self.token)
+
+    def live(self) -> tuple[bytes, LivePointer | None]:
+        key = pointer_key(self.prefix, self.view)
+        found = self.client.get(key)
+        if not found:
+            return b"", None
+        raw = found.encode() if isinstance(found, str) else found
+        try:
+            return raw, LivePointer.from_json(raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BadInputError(
+                f"{key} holds no pointer this version understands ({exc}); delete it and run with "
+                "mode: full"
+            ) from exc
+
+    def layer_states(self) -> dict[int, str]:
+        raw = self.client.hgetall(layers_key(self.prefix, self.view))
+        return {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
+
+    def new_layer(self, now_us: int) -> int:
+        layer = int(self.client.incr(seq_key(self.prefix, self.view)))
+        self.client.hset(layers_key(self.prefix, self.view), str(layer), f"writing:{now_us}")
+        return layer
+
+    def switch(
+        self,
+        expected: bytes,
+        pointer: LivePointer,
+        new_layer: int | None,
+        retired: list[int],
+        now_us: int,
+    ) -> None:
+        done = self.client.eval(
+            _SWITCH,
+            2,
+            pointer_key(self.prefix, self.view),
+            layers_key(self.prefix, self.view),
+            expected,
+            pointer.to_json(),
+            "" if new_layer is None else str(new_layer),
+            f"retired:{now_us}",
+            *[str(layer) for layer in retired],
+        )
+        if not done:
+            raise TransientError(
+                f"the live pointer of {self.view} changed during the run (another writer?); "
+                "nothing was switched, retry"
+            )
+
+    def layer_keys(self, layer: int) -> Iterator[list[bytes | str]]:
+        cursor = 0
+        pattern = layer_prefix(self.prefix, self.view, layer) + "*"
+        while True:
+            cursor, keys = self.client.scan(cursor, match=pattern, count=_SCAN_COUNT)
+            if keys:
+                yield keys
+            if cursor == 0:
+                return
+
+    def unlink_layer(self, layer: int) -> int:
+        """Delete every key left in ``layer`` (a walk of the keyspace: used only for leftovers)."""
+        count = 0
+        with BulkWriter(self.url, self.password, self.timeout) as writer:
+            for keys in self.layer_keys(layer):
+                writer.send(key_commands(b"UNLINK", pa.array(keys, pa.binary())), len(keys))
+                count += len(keys)
+            writer.wait()
+        return count
+
+    def expire_entities(self, layers: list[int], ids: pa.Array, ms: int, batch_rows: int) -> None:
+        """Give ``ids``' keys in ``layers`` at most ``ms`` to live, without walking the keyspace.
+
+        The ids are those of the new version, so this reaches every old key whose entity is
+        still served; keys of entities that dropped out expire by their own TTL or are unlinked
+        by a later run's :func:`reclaim`.
+        """
+        args = (str(ms).encode(), b"LT")
+        with BulkWriter(self.url, self.password, self.timeout) as writer:
+            for layer in layers:
+                head = layer_prefix(self.prefix, self.view, layer).encode()
+                for start in range(0, len(ids), batch_rows):
+                    keys = pc.binary_join_element_wise(head, ids.slice(start, batch_rows), b"")
+                    writer.send(key_commands(b"PEXPIRE", keys, args), len(keys))
+            writer.wait()
+
+    def forget_layer(self, layer: int) -> None:
+        self.client.hdel(layers_key(self.prefix, self.view), str(layer))
+
+
+# --- The run ---------------------------------------------------------------------------------
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _iso(micros: int) -> str:
+    return datetime.fromtimestamp(micros / 1e6, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def plan_mode(
+    requested: str,
+    live: LivePointer | None,
+    candidate: LivePointer,
+    as_of_us: int,
+    max_layers: int,
+) -> tuple[Literal["full", "incremental"], str]:
+    """Incremental only when it gives the same result as a full run would (see the module doc)."""
+    if requested == "full":
+        return "full", "mode: full requested"
+    if live is None:
+        return "full", "no live version yet"
+    if not live.same_schema(candidate):
+        return "full", "features, join key, TTL or source changed since the live version"
+    if as_of_us < live.watermark_us:
+        return "full", f"asOf is before the watermark {_iso(live.watermark_us)} (a backfill)"
+    if len(live.layers) >= max_layers:
+        return "full", f"compacting {len(live.layers)} layers (maxLayers {max_layers})"
+    return "incremental", f"rows after the watermark {_iso(live.watermark_us)}"
+
+
+def reclaim(store: Store, live: LivePointer | None, grace_s: int, now_us: int) -> list[int]:
+    """Delete layers a crashed run left behind and replaced layers past their grace period."""
+    reclaimed = []
+    in_use = set(live.layers) if live else set()
+    for layer, state in sorted(store.layer_states().items()):
+        if layer in in_use:
+            store.forget_layer(layer)
+            continue
+        kind, _, since = state.partition(":")
+        if kind == "writing" or (kind == "retired" and int(since) + grace_s * 1_000_000 <= now_us):
+            store.unlink_layer(layer)
+            store.forget_layer(layer)
+            reclaimed.append(layer)
+    return reclaimed
+
+
+def _check_values(source: OfflineSource, table: pa.Table) -> None:
+    for feature in source.features:
+        problem = codec.value_problem(table[feature.name], feature.type)
+        if problem:
+            raise BadInputError(
+                f"source {source.uri}: feature column {feature.name!r} {problem}; change the "
+                "feature's type in the FeatureView or fix the data"
+            )
+
+
+def write_layer(
+    store: Store,
+    source: OfflineSource,
+    table: pa.Table,
+    event_us: NDArray[np.int64],
+    layer: int,
+    *,
+    ttl_s: int,
+    as_of_us: int,
+    now_us: int,
+    batch_rows: int,
+    lease_s: int,
+) -> None:
+    """Stream every row of ``table`` (one per entity) into ``layer``'s hashes."""
+    key_head = layer_prefix(store.prefix, store.view, layer).encode()
+    last_refresh = time.monotonic()
+    with BulkWriter(store.url, store.password, store.timeout) as writer:
+        for start in range(0, table.num_rows, batch_rows):
+            chunk = table.slice(start, batch_rows)
+            times = event_us[start : start + batch_rows]
+            ids = pc.cast(pc.cast(chunk[source.join_key], pa.string()), pa.binary())
+            keys = pc.binary_join_element_wise(key_head, ids.combine_chunks(), b"")
+            values = [codec.encode(chunk[f.name].combine_chunks(), f.type) for f in source.features]
+            expire = None
+            if ttl_s > 0:
+                expire = pa.array((now_us - as_of_us + times) // 1000 + ttl_s * 1000)
+            payload, replies = hset_commands(keys, pa.array(times), values, expire)
+            writer.send(payload, replies)
+            if time.monotonic() - last_refresh > lease_s / 3:
+                store.refresh(lease_s)
+                last_refresh = time.monotonic()
+        writer.wait()
+
+
+def materialize(
+    cfg: MaterializeConfig, password: str | None, now_us: int | None = None
+) -> dict[str, Any]:
+    started = time.monotonic()
+    now_us = now_us if now_us is not None else _now_us()
+    as_of_us = int(cfg.as_of.timestamp() * 1_000_000) if cfg.as_of else now_us
+    source = open_source(
+        cfg.source.uri,
+        cfg.join_key,
+        cfg.source.event_timestamp_column,
+        cfg.feature_schema,
+        cfg.source.storage_options,
+    )
+    url = cfg.online_store.redis_url
+    client = redis.Redis.from_url(
+        url,
+        password=password,
+        socket_timeout=cfg.online_store.connect_timeout_seconds * 3,
+        socket_connect_timeout=cfg.online_store.connect_timeout_seconds,
+    )
+    store = Store(
+        client,
+        url,
+        password,
+        cfg.online_store.key_prefix,
+        cfg.feature_view,
+        cfg.online_store.connect_timeout_seconds,
+    )
+    where = url.split("://", 1)[1].split("/", 1)[0]
+    with redis_errors(where):
+        client.ping()
+        store.lock(cfg.lock_lease_seconds)
+        try:
+            return _run(cfg, store, source, as_of_us, now_us, started)
+        finally:
+            store.unlock()
+            client.close()
+
+
+def _run(
+    cfg: MaterializeConfig,
+    store: Store,
+    source: OfflineSource,
+    as_of_us: int,
+    now_us: int,
+    started: float,
+) -> dict[str, Any]:
+    expected_raw, live = store.live()
+    reclaimed = reclaim(store, live, cfg.grace_seconds, now_us)
+    candidate = LivePointer(
+        layers=[],
+        features=cfg.feature_schema,
+        join_key=cfg.join_key,
+        ttl_seconds=cfg.ttl_seconds,
+        source_uri=cfg.source.uri,
+        event_timestamp_column=cfg.source.event_timestamp_column,
+        watermark_us=as_of_us,
+        switched_at_us=now_us,
+    )
+    mode, reason = plan_mode(cfg.mode, live, candidate, as_of_us, cfg.max_layers)
+    watermark = live.watermark_us if mode == "incremental" and live else None
+    lo, hi = window_bounds_us(as_of_us, cfg.ttl_seconds, watermark)
+    read_started = time.monotonic()
+    table, event_us = source.read_window(lo, hi)
+    rows_read = table.num_rows
+    if mode == "full" and rows_read == 0:
+        window = f"after {_iso(lo)} and " if lo is not None else ""
+        raise BadInputError(
+            f"source {source.uri} has no rows {window}at or before asOf {_iso(as_of_us)} "
+            f"(column {source.event_column!r}, ttlSeconds {cfg.ttl_seconds}); check asOf, the "
+            "TTL and the source's event times — the live version is left as it is"
+        )
+    chosen = latest_rows(table[source.join_key], event_us)
+    table, event_us = table.take(pa.array(chosen)), event_us[chosen]
+    _check_values(source, table)
+    read_seconds = time.monotonic() - read_started
+
+    write_started = time.monotonic()
+    layer: int | None = None
+    if table.num_rows:
+        layer = store.new_layer(now_us)
+        write_layer(
+            store,
+            source,
+            table,
+            event_us,
+            layer,
+            ttl_s=cfg.ttl_seconds,
+            as_of_us=as_of_us,
+            now_us=now_us,
+            batch_rows=cfg.batch_rows,
+            lease_s=cfg.lock_lease_seconds,
+        )
+    write_seconds = time.monotonic() - write_started
+
+    previous = live.layers if live else []
+    if mode == "incremental":
+        layers = ([layer] if layer is not None else []) + previous
+        retired: list[int] = []
+    else:
+        layers = [layer] if layer is not None else []
+        retired = previous
+    summary: dict[str, Any] = {
+        "featureView": cfg.feature_view,
+        "mode": mode,
+        "modeReason": reason,
+        "asOf": _iso(as_of_us),
+        "watermark": _iso(as_of_us),
+        "rowsRead": rows_read,
+        "entitiesWritten": int(table.num_rows),
+        "readSeconds": round(read_seconds, 3),
+        "writeSeconds": round(write_seconds, 3),
+        "rowsPerSecond": round(table.num_rows / write_seconds) if write_seconds > 0 else 0,
+    }
+    pointer = LivePointer(
+        layers=layers,
+        features=cfg.feature_schema,
+        join_key=cfg.join_key,
+        ttl_seconds=cfg.ttl_seconds,
+        source_uri=cfg.source.uri,
+        event_timestamp_column=cfg.source.event_timestamp_column,
+        watermark_us=as_of_us,
+        switched_at_us=_now_us(),
+        run={k: summary[k] for k in ("mode", "asOf", "rowsRead", "entitiesWritten")},
+    )
+    store.switch(expected_raw, pointer, layer, retired, now_us)
+    retire_started = time.monotonic()
+    if retired and table.num_rows:
+        ids = pc.cast(pc.cast(table[source.join_key], pa.string()), pa.binary()).combine_chunks()
+        try:
+            store.expire_entities(retired, ids, max(cfg.grace_seconds, 1) * 1000, cfg.batch_rows)
+        except (TransientError, redis.exceptions.RedisError) as exc:
+            # The new version is live: this run succeeded. The old layers stay "retired" in
+            # the layers hash, and the next run unlinks them once the grace period is over.
+            log.warning("could not expire the replaced layers %s: %s", retired, exc)
+            summary["retireError"] = str(exc)
+    summary.update(
+        {
+            "version": pointer.layers[0] if pointer.layers else None,
+            "layers": pointer.layers,
+            "retiredLayers": retired,
+            "reclaimedLayers": reclaimed,
+            "retireSeconds": round(time.monotonic() - retire_started, 3),
+            "durationSeconds": round(time.monotonic() - started, 3),
+        }
+    )
+    log.info("materialized %s: %s", cfg.feature_view, summary)
+    return summary
+
+
+def work(raw: dict[str, Any]) -> dict[str, Any]:
+    return materialize(parse_config(raw), os.environ.get(PASSWORD_ENV) or None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entrypoint("materialize", work, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
