@@ -85,8 +85,9 @@ def train_summary(version: str, recall: float) -> dict[str, Any]:
         "status": "Succeeded", "version": version,
         "artifactUri": f"s3://models/movies/models/{version}",
         "digest": "sha256:" + "a" * 64,
-        "metrics": {"retrieval": {"twoTower": {"recall@20": recall, "ndcg@20": recall / 2}},
-                    "ranking": {"ranker": {"auc": 0.8}}},
+        # The flat headline metrics the training Job reports (train.export.headline_metrics).
+        "metrics": {"twoTower.recall@20": recall, "twoTower.ndcg@20": recall / 2,
+                    "als.recall@20": 0.11, "ranker.ranking.auc": 0.8},
     }
 
 
@@ -125,6 +126,7 @@ def test_first_version_trains_indexes_and_serves(
     walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
     mv = wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
     assert mv["status"]["evaluation"]["recallAtK"] == pytest.approx(0.12)
+    assert mv["status"]["metrics"]["als.recall@20"] == pytest.approx(0.11)
     assert mv["status"]["indexName"] == "s3://models/movies/indexes/movies-v1"
 
     def rec_ready() -> dict[str, Any] | None:

@@ -51,18 +51,23 @@ class Decision:
     events: list[EventSpec] = field(default_factory=list)
 
 
-def gate_metrics(summary_metrics: Mapping[str, Any], k: int) -> dict[str, float]:
-    """Flatten the training summary's metrics into the names the gate and status use."""
-    out: dict[str, float] = {}
-    retrieval = (summary_metrics.get("retrieval") or {}).get("twoTower") or {}
-    for name in ("recall", "ndcg"):
-        value = retrieval.get(f"{name}@{k}")
-        if isinstance(value, int | float):
-            out[f"{name}@{k}"] = float(value)
-    ranking = (summary_metrics.get("ranking") or {}).get("ranker") or {}
-    if isinstance(ranking.get("auc"), int | float):
-        out["auc"] = float(ranking["auc"])
-    return out
+def gate_metrics(headline: Mapping[str, Any], k: int) -> dict[str, float]:
+    """The gate's numbers from the training summary's headline metrics.
+
+    The training Job reports flat keys (``recsys_workloads.train.export.headline_metrics``):
+    ``<model>.recall@K``, ``<model>.ndcg@K`` for retrieval and ``<model>.ranking.auc``; the
+    gate judges the two-tower retrieval and the ranker.
+    """
+    wanted = {
+        f"recall@{k}": f"twoTower.recall@{k}",
+        f"ndcg@{k}": f"twoTower.ndcg@{k}",
+        "auc": "ranker.ranking.auc",
+    }
+    return {
+        name: float(headline[key])
+        for name, key in wanted.items()
+        if isinstance(headline.get(key), int | float)
+    }
 
 
 _GATE_KEYS = {"recallAtK": "recall@{k}", "ndcgAtK": "ndcg@{k}", "auc": "auc"}
@@ -188,7 +193,12 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
             if t.summary.get(key):
                 st[key] = t.summary[key]
         st["trainingJob"] = t.name
-        metrics = gate_metrics(t.summary.get("metrics") or {}, rec.spec.training.evaluation.k)
+        headline = t.summary.get("metrics") or {}
+        # Every headline number (baselines too) is kept in status for `kubectl get -o yaml`.
+        st["metrics"] = {
+            k: float(v) for k, v in sorted(headline.items()) if isinstance(v, int | float)
+        }
+        metrics = gate_metrics(headline, rec.spec.training.evaluation.k)
         return _gate_then_index(rec, observed, metrics, step)
 
     if phase == "Indexing":
