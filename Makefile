@@ -49,9 +49,10 @@ typecheck: python-deps
 unit: python-deps
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-# What runs today: a real control plane on this machine, printed kubeconfig, until Ctrl-C.
+# The closed loop on this machine: control plane, Redis, the operator, MovieLens-100k through
+# materialization, training, evaluation, indexing and promotion (demo/run_demo.py).
 demo: deps
-	$(PY) tests/testbed/controlplane.py up
+	$(PY) demo/run_demo.py $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

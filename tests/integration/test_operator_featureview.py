@@ -154,6 +154,10 @@ def test_backfill_result_reaches_status_and_events(
     assert obj["status"]["lastBackfill"]["rows"] == 943
     assert obj["status"]["lastBackfill"]["watermark"] == "2024-05-01T00:00:00Z"
     assert obj["status"]["keyspaceVersion"] == 7
+    # The backfill is the newest materialization: `kubectl get fv` shows its rows.
+    assert obj["status"]["lastMaterialization"]["rows"] == 943
+    columns = testbed.kubectl("get", "fv", "users", "-n", namespace).stdout
+    assert "943" in columns
     events = testbed.kubectl(
         "get",
         "events",

@@ -214,12 +214,19 @@ def status(
         conds = set_condition(conds, "Progressing", "False", "InvalidSpec", msg, gen, now)
         out["conditions"] = conds
         return out
-    for outcome, field in ((last_run, "lastMaterialization"), (last_backfill, "lastBackfill")):
-        if outcome is not None and outcome.finished:
-            out[field] = outcome.run_status()
-            if outcome.succeeded and outcome.summary.get("version") is not None:
-                out["keyspaceVersion"] = int(outcome.summary["version"])
-                out["liveKeyspace"] = f"{store_view_name(fv)}@{outcome.summary['version']}"
+    # lastMaterialization is the newest finished run of either kind (a backfill is a
+    # materialization too); lastBackfill also keeps the backfill's own.
+    finished = sorted(
+        (o for o in (last_run, last_backfill) if o is not None and o.finished),
+        key=lambda o: o.completion_time or "",
+    )
+    if last_backfill is not None and last_backfill.finished:
+        out["lastBackfill"] = last_backfill.run_status()
+    for outcome in finished:
+        out["lastMaterialization"] = outcome.run_status()
+        if outcome.succeeded and outcome.summary.get("version") is not None:
+            out["keyspaceVersion"] = int(outcome.summary["version"])
+            out["liveKeyspace"] = f"{store_view_name(fv)}@{outcome.summary['version']}"
     failed = next((o for o in (last_run, last_backfill) if o and o.failed), None)
     running = any(o is not None and not o.finished for o in (last_run, last_backfill))
     if cron_job is None:

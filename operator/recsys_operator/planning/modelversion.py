@@ -245,7 +245,6 @@ def _gate_then_index(
 ) -> Decision:
     gate = rec.spec.training.evaluation
     st = step.st
-    st["metrics"] = {**(st.get("metrics") or {}), **metrics}
     passed, message = evaluate_gate(gate, metrics, observed.baseline, observed.baseline_name)
     evaluation: dict[str, Any] = {"k": gate.k, "passed": passed}
     for key, field_name in (

@@ -3,7 +3,10 @@
 
 Each version gets its own Triton so stable and canary load side by side and a rollback is a
 routing change, not a redeploy. The gateway reads the routing table (stable, canary, weight,
-each version's Triton and index) from its ConfigMap.
+each version's Triton and index) from its ConfigMap at start, and polls a copy of the table
+in Redis every second (``recsys:<ns>.<name>:routing``, see ``recsys_workloads.gateway.keys``),
+which wins when present: a mounted ConfigMap reaches running pods only after the kubelet's
+sync (about a minute), too slow for a rollout step or a rollback.
 """
 
 from __future__ import annotations
@@ -175,6 +178,25 @@ def routing_table(
     return table
 
 
+def gateway_feature_views(rec: Recommender) -> dict[str, list[dict[str, Any]]]:
+    """The FeatureViews the gateway reads, by their online-store names (``<ns>.<name>``, as
+    the materializer writes them) and the features taken from each. The materializer's key
+    prefix ``fv`` is assumed: a FeatureView with its own ``keyPrefix`` needs it passed here."""
+    ns = rec.metadata.namespace or "default"
+    refs = rec.spec.feature_views
+    out: dict[str, list[dict[str, Any]]] = {"user": [], "item": []}
+    for entity, views in (
+        ("user", refs.user if refs else None),
+        ("item", refs.item if refs else None),
+    ):
+        for ref in views or []:
+            view: dict[str, Any] = {"name": f"{ns}.{ref.name}"}
+            if ref.features:
+                view["features"] = list(ref.features)
+            out[entity].append(view)
+    return out
+
+
 def gateway_objects(
     rec: Recommender, owner: Mapping[str, Any], table: Mapping[str, Any], image: str
 ) -> list[dict[str, Any]]:
@@ -189,12 +211,15 @@ def gateway_objects(
         "recommender": f"{ns}.{rec.metadata.name}",
         "routing": table,
         "redisUrl": redis.url,
+        "featureViews": gateway_feature_views(rec),
         "candidates": rec.spec.retrieval.num_candidates,
         "topK": rec.spec.ranking.top_k,
         "scoringTimeout": gw.scoring_timeout,
         "filtering": rec.spec.filtering.to_k8s(),
         "ordering": rec.spec.ordering.to_k8s() if rec.spec.ordering else {},
     }
+    if redis.key_prefix:
+        config["keyPrefix"] = redis.key_prefix
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
