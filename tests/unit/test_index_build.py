@@ -1,0 +1,256 @@
+"""The ANN index build with real FAISS: recall against exact search, publishing, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from recsys_workloads import ann_index
+from recsys_workloads.artifact_store import ArtifactWriter, Store
+from recsys_workloads.index_build import load_index, main
+from recsys_workloads.runtime import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT
+
+
+def clustered(n: int, dim: int, seed: int, clusters: int = 100) -> np.ndarray:
+    """Unit vectors around cluster centres: the shape trained item embeddings have."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def sphere(n: int, dim: int, seed: int) -> np.ndarray:
+    """Uniform on the sphere: no structure at all, the hard case for a graph index."""
+    x = np.random.default_rng(seed).standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("make", [clustered, sphere], ids=["clustered", "sphere"])
+def test_hnsw_recall_at_default_ef_search_is_at_least_095(make: Any) -> None:
+    vectors = make(20_000, 32, 0)
+    ids = np.arange(20_000, dtype=np.int64) * 7 + 3
+    params = ann_index.IndexParams(kind="hnsw")
+    index = ann_index.build_index(vectors, ids, params)
+    assert ann_index.index_kind(index) == "hnsw"
+    queries = make(500, 32, 1)  # held out: not in the index
+    truth = ann_index.exact_top_k(vectors, ids, queries, 10)
+    _, found = ann_index.search(index, queries, 10)
+    assert set(np.unique(found)) <= set(ids.tolist())  # ids, not row numbers
+    assert ann_index.recall_at_k(found, truth) >= 0.95
+    curve = ann_index.recall_curve(index, queries, truth, 10, [8, 32, 128])
+    assert curve[0]["recall"] <= curve[-1]["recall"]
+
+
+def test_recall_at_k_counts_overlap() -> None:
+    truth = np.array([[1, 2, 3], [4, 5, 6]])
+    found = np.array([[3, 9, 1], [-1, 6, 4]])
+    assert ann_index.recall_at_k(found, truth) == pytest.approx(4 / 6)
+
+
+def test_serialised_index_searches_the_same() -> None:
+    vectors = clustered(2_000, 16, 2)
+    ids = np.arange(2_000, dtype=np.int64) + 10
+    index = ann_index.build_index(vectors, ids, ann_index.IndexParams(kind="hnsw", ef_search=64))
+    again = ann_index.deserialize(ann_index.serialize(index))
+    ann_index.set_ef_search(again, 64)
+    q = clustered(50, 16, 3)
+    np.testing.assert_array_equal(
+        ann_index.search(index, q, 5)[1], ann_index.search(again, q, 5)[1]
+    )
+
+
+# --- the entry point ------------------------------------------------------------------------
+
+
+def model_artifact(
+    root: Path, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray | None = None
+) -> str:
+    uri = str(root / "model")
+    writer = ArtifactWriter(Store({}), uri, "model")
+    writer.put_npy("embeddings/item_ids.npy", ids)
+    writer.put_npy("embeddings/item_embeddings.npy", vectors)
+    if queries is not None:
+        writer.put_npy("embeddings/query_embeddings.npy", queries)
+    writer.publish({"version": "m1"})
+    return uri
+
+
+def run_cli(tmp_path: Path, cfg: dict[str, Any], name: str = "run") -> tuple[int, dict[str, Any]]:
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps(cfg))
+    term = tmp_path / f"{name}.termination"
+    code = main(["--config", str(config), "--termination-log", str(term)])
+    return code, json.loads(term.read_text())
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("model")
+    vectors = clustered(5_000, 16, 4)
+    return model_artifact(
+        root, vectors, np.arange(5_000, dtype=np.int64) + 1000, clustered(300, 16, 5)
+    )
+
+
+def test_small_catalogue_gets_an_exact_index(model: str, tmp_path: Path) -> None:
+    code, summary = run_cli(
+        tmp_path, {"modelArtifactUri": model, "indexUri": str(tmp_path / "idx")}
+    )
+    assert code == EXIT_OK, summary
+    assert summary["indexType"] == "flat"
+    assert summary["recall"] == 1.0
+    assert summary["itemCount"] == 5_000
+
+
+def test_hnsw_index_is_published_with_its_checks(model: str, tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/idx"
+    cfg = {
+        "version": "m1",
+        "modelArtifactUri": model,
+        "indexUri": uri,
+        "index": {"flatThreshold": 1000},
+    }
+    code, summary = run_cli(tmp_path, cfg)
+    assert code == EXIT_OK, summary
+    assert summary["indexType"] == "hnsw"
+    assert summary["recall"] >= 0.95
+    assert summary["efSearch"] == 128
+    manifest = json.loads((tmp_path / "idx/manifest.json").read_text())
+    assert manifest["validation"]["querySource"] == "held-out user vectors of the model artifact"
+    assert manifest["validation"]["queries"] == 300
+    assert [p["efSearch"] for p in manifest["validation"]["curve"]] == [16, 32, 64, 128, 256, 512]
+    model_manifest = json.loads((Path(model) / "manifest.json").read_text())
+    assert manifest["model"]["digest"] == model_manifest["digest"] == summary["modelDigest"]
+    index, loaded_manifest = load_index(Store({}), uri)
+    assert loaded_manifest["digest"] == summary["digest"]
+    vectors = np.load(Path(model) / "embeddings/item_embeddings.npy")
+    ids = np.load(Path(model) / "embeddings/item_ids.npy")
+    q = clustered(100, 16, 9)
+    _, found = ann_index.search(index, q, 10)
+    assert ann_index.recall_at_k(found, ann_index.exact_top_k(vectors, ids, q, 10)) >= 0.95
+    # a second run finds it published and changes nothing
+    code, again = run_cli(tmp_path, cfg, "again")
+    assert code == EXIT_OK
+    assert again["alreadyPublished"] is True
+    assert again["digest"] == summary["digest"]
+
+
+def test_too_low_ef_search_is_raised_until_recall_passes(model: str, tmp_path: Path) -> None:
+    cfg = {
+        "modelArtifactUri": model,
+        "indexUri": str(tmp_path / "idx"),
+        "index": {"kind": "hnsw", "hnswM": 8, "efConstruction": 16, "efSearch": 2},
+        "validation": {"efSearchCurve": [2, 4, 8, 16, 32, 64, 128, 256]},
+    }
+    code, summary = run_cli(tmp_path, cfg)
+    assert code == EXIT_OK, summary
+    assert summary["efSearch"] > 2
+    assert summary["recall"] >= 0.95
+    assert (
+        json.loads((tmp_path / "idx/manifest.json").read_text())["index"]["efSearchTuned"] is True
+    )
+
+
+def test_unreachable_recall_fails_without_publishing(model: str, tmp_path: Path) -> None:
+    cfg = {
+        "modelArtifactUri": model,
+        "indexUri": str(tmp_path / "idx"),
+        "index": {"kind": "hnsw", "hnswM": 4, "efConstruction": 8, "efSearch": 1},
+        "validation": {"minRecall": 1.0, "efSearchCurve": [1], "k": 50},
+    }
+    code, summary = run_cli(tmp_path, cfg)
+    assert code == EXIT_BAD_INPUT
+    assert "validation.minRecall" in summary["message"]
+    assert "raise index.efSearch" in summary["message"]
+    assert not (tmp_path / "idx").exists()
+
+
+def test_without_held_out_queries_jittered_items_are_used(tmp_path: Path) -> None:
+    uri = model_artifact(tmp_path, clustered(3_000, 8, 6), np.arange(3_000, dtype=np.int64))
+    cfg = {"modelArtifactUri": uri, "indexUri": str(tmp_path / "idx"), "index": {"kind": "hnsw"}}
+    code, summary = run_cli(tmp_path, cfg)
+    assert code == EXIT_OK, summary
+    manifest = json.loads((tmp_path / "idx/manifest.json").read_text())
+    assert manifest["validation"]["querySource"] == "jittered item vectors"
+
+
+@pytest.mark.parametrize(
+    ("vectors", "ids", "message"),
+    [
+        (np.full((10, 4), np.nan, np.float32), np.arange(10), "NaN or infinite"),
+        (np.ones((10, 4), np.float32), np.arange(9), "9 item ids but 10 embeddings"),
+        (np.ones((3, 4), np.float32), np.array([1, 1, 2]), "duplicate ids"),
+        (np.ones(4, np.float32), np.arange(4), "non-empty 2-D array"),
+        (np.ones((4, 4), np.float32), np.array(["a", "b", "c", "d"]), "1-D integer array"),
+    ],
+    ids=["nan", "count-mismatch", "duplicates", "1-d", "string-ids"],
+)
+def test_bad_embeddings_are_refused(
+    tmp_path: Path, vectors: np.ndarray, ids: np.ndarray, message: str
+) -> None:
+    uri = model_artifact(tmp_path, vectors, ids)
+    code, summary = run_cli(tmp_path, {"modelArtifactUri": uri, "indexUri": str(tmp_path / "idx")})
+    assert code == EXIT_BAD_INPUT
+    assert message in summary["message"]
+
+
+def test_unpublished_or_tampered_model_artifact_is_refused(model: str, tmp_path: Path) -> None:
+    half = tmp_path / "half"
+    half.mkdir()
+    code, summary = run_cli(
+        tmp_path, {"modelArtifactUri": str(half), "indexUri": str(tmp_path / "i1")}
+    )
+    assert code == EXIT_BAD_INPUT
+    assert "is not published" in summary["message"]
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    np.save(copy / "embeddings/item_embeddings.npy", np.zeros((5_000, 16), np.float32))
+    code, summary = run_cli(
+        tmp_path, {"modelArtifactUri": str(copy), "indexUri": str(tmp_path / "i2")}, "t"
+    )
+    assert code == EXIT_BAD_INPUT
+    assert "does not match the sha256" in summary["message"]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "field"),
+    [
+        ({"indexUri": "/x"}, "modelArtifactUri: required field is missing"),
+        (
+            {"modelArtifactUri": "/m", "indexUri": "/x", "index": {"hnswm": 8}},
+            "index.hnswm: unknown field",
+        ),
+        (
+            {"modelArtifactUri": "/m", "indexUri": "/x", "validation": {"minRecall": 2}},
+            "validation.minRecall",
+        ),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path: Path, cfg: dict[str, Any], field: str) -> None:
+    code, summary = run_cli(tmp_path, cfg)
+    assert code == EXIT_BAD_INPUT
+    assert field in summary["message"]
+
+
+def test_unreachable_store_is_transient(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = {
+        "modelArtifactUri": "s3://models/m1",
+        "indexUri": "s3://indexes/i1",
+        "storageOptions": {
+            "anon": True,
+            "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+            "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}},
+        },
+    }
+    code, summary = run_cli(tmp_path, cfg)
+    assert code == EXIT_TRANSIENT
+    assert "unreachable" in summary["message"]

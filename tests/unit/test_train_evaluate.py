@@ -1,0 +1,153 @@
+"""Offline metrics against hand-computed and brute-force values."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from offline_frames import tiny_tables
+
+from recsys_workloads.train.config import AlsConfig, parse_train_config
+from recsys_workloads.train.data import validate_interactions
+from recsys_workloads.train.dataset import prepare
+from recsys_workloads.train.evaluate import (
+    auc,
+    build_eval_set,
+    fit_als,
+    grouped_ranking_metrics,
+    hit_matrix,
+    popularity_scores,
+    retrieval_metrics,
+    sample_ranking_candidates,
+    top_k,
+)
+
+
+def test_recall_and_ndcg_by_hand() -> None:
+    # user 0: relevant {a, b}, ranked a x b ...; user 1: relevant {c}, ranked x x x c
+    hits = np.array([[True, False, True, False], [False, False, False, True]])
+    n_rel = np.array([2, 1])
+    m = retrieval_metrics(hits, n_rel, [1, 3, 4])
+    assert m["recall@1"] == pytest.approx((0.5 + 0) / 2)
+    assert m["recall@3"] == pytest.approx((1.0 + 0) / 2)
+    assert m["recall@4"] == pytest.approx((1.0 + 1.0) / 2)
+    d = lambda r: 1 / math.log2(r + 1)  # noqa: E731 - rank r is 1-based
+    ndcg_u0 = (d(1) + d(3)) / (d(1) + d(2))
+    ndcg_u1 = d(4) / d(1)
+    assert m["ndcg@4"] == pytest.approx((ndcg_u0 + ndcg_u1) / 2)
+    assert m["ndcg@1"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_auc_matches_pairwise_count_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 60).astype(float)  # many ties
+    labels = rng.random(60) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    expected = sum((p > n) + 0.5 * (p == n) for p, n in itertools.product(pos, neg)) / (
+        pos.size * neg.size
+    )
+    assert auc(scores, labels) == pytest.approx(expected)
+    assert math.isnan(auc(scores, np.zeros(60, bool)))
+
+
+def test_grouped_ndcg_breaks_ties_against_relevant_items() -> None:
+    groups = np.array([0, 0, 0, 1, 1])
+    labels = np.array([True, False, False, True, False])
+    constant = grouped_ranking_metrics(groups, np.zeros(5), labels, [1])
+    assert constant["ndcg@1"] == 0.0  # a constant scorer earns nothing
+    perfect = grouped_ranking_metrics(groups, labels.astype(float), labels, [1, 3])
+    assert perfect["ndcg@1"] == 1.0
+    assert perfect["auc"] == 1.0
+    assert perfect["userAuc"] == 1.0
+    # group 0 ranks its positive second of three
+    scores = np.array([0.5, 0.9, 0.1, 1.0, 0.0])
+    m = grouped_ranking_metrics(groups, scores, labels, [3])
+    assert m["ndcg@3"] == pytest.approx(((1 / math.log2(3)) + 1.0) / 2)
+
+
+def test_hit_matrix_marks_relevant_pairs_only() -> None:
+    top = np.array([[3, 1, -1], [0, 3, 2]])
+    hits = hit_matrix(top, np.array([0, 1, 1]), np.array([1, 2, 3]))
+    assert hits.tolist() == [[False, True, False], [False, True, True]]
+
+
+@pytest.fixture(scope="module")
+def prepared():  # type: ignore[no-untyped-def]
+    tables = tiny_tables()
+    cfg = parse_train_config(
+        {
+            "data": {"interactionsUri": "-"},
+            "artifactUri": "memory://x",
+            "evaluation": {"holdoutFraction": 0.25},
+        }
+    )
+    return prepare(
+        cfg, validate_interactions(tables["interactions"]), tables["users"], tables["items"]
+    )
+
+
+def test_eval_set_excludes_history_and_items_outside_the_catalog(prepared) -> None:  # type: ignore[no-untyped-def]
+    ev = build_eval_set(prepared, "warm")
+    train_pairs = set(
+        zip(
+            prepared.split.train.user_ids.tolist(),
+            prepared.split.train.item_ids.tolist(),
+            strict=True,
+        )
+    )
+    rel = {
+        (int(ev.user_ids[u]), int(prepared.catalog_item_ids[i]))
+        for u, i in zip(ev.rel_users, ev.rel_items, strict=True)
+    }
+    assert rel
+    assert not rel & train_pairs
+    test_pairs = set(
+        zip(
+            prepared.split.test.user_ids.tolist(),
+            prepared.split.test.item_ids.tolist(),
+            strict=True,
+        )
+    )
+    assert rel <= test_pairs
+    assert set(ev.user_ids.tolist()) <= set(prepared.split.train.user_ids.tolist())
+
+
+def test_top_k_never_recommends_history(prepared) -> None:  # type: ignore[no-untyped-def]
+    ev = build_eval_set(prepared, "warm")
+    pop = popularity_scores(prepared)
+    top = top_k(
+        lambda u: np.broadcast_to(pop, (u.size, pop.size)), ev, ev.user_ids.size, 10, chunk=7
+    )
+    seen = set(zip(ev.seen_users.tolist(), ev.seen_items.tolist(), strict=True))
+    for u, row in enumerate(top):
+        assert not {(u, int(i)) for i in row if i >= 0} & seen
+        valid = row[row >= 0]
+        assert np.all(np.diff(pop[valid]) <= 0)  # ordered by score
+
+
+def test_ranking_candidates_hold_relevant_items_and_unseen_negatives(prepared) -> None:  # type: ignore[no-untyped-def]
+    ev = build_eval_set(prepared, "warm")
+    n = prepared.catalog_item_ids.size
+    users, items, labels = sample_ranking_candidates(ev, n, 5, seed=0)
+    assert labels.sum() == ev.rel_users.size
+    known = set((ev.seen_users * n + ev.seen_items).tolist()) | set(
+        (ev.rel_users * n + ev.rel_items).tolist()
+    )
+    negatives = set((users[~labels] * n + items[~labels]).tolist())
+    assert negatives
+    assert not negatives & known
+
+
+def test_als_learns_the_taste_groups(prepared) -> None:  # type: ignore[no-untyped-def]
+    ev = build_eval_set(prepared, "warm")
+    als = fit_als(prepared, ev, AlsConfig(factors=4, iterations=10, regularization=0.1), seed=0)
+    top = top_k(
+        lambda u: als.user_factors[als.user_pos[u]] @ als.item_factors.T, ev, ev.user_ids.size, 5
+    )
+    # users are in the group of their id parity, items (id - 101) likewise
+    user_group = (ev.user_ids - 1) % 2
+    item_group = (prepared.catalog_item_ids[top] - 101) % 2
+    agreement = (item_group == user_group[:, None]).mean()
+    assert agreement > 0.8

@@ -1,0 +1,253 @@
+"""The index build Job: item embeddings of a ModelVersion in, a checked ANN index artifact out.
+
+``python -m recsys_workloads.index_build --config PATH`` with (camelCase, unknown fields
+rejected; everything but the two URIs has a default)::
+
+    {
+      "version": "movies-v3",
+      "modelArtifactUri": "s3://recsys/movies/models/movies-v3",
+      "indexUri": "s3://recsys/movies/indexes/movies-v3",
+      "storageOptions": {},
+      "index": {"kind": "auto", "flatThreshold": 20000, "hnswM": 32,
+                "efConstruction": 200, "efSearch": 128},
+      "validation": {"k": 10, "queries": 1000, "minRecall": 0.95,
+                     "efSearchCurve": [16, 32, 64, 128, 256, 512], "autoTuneEfSearch": true},
+      "seed": 0
+    }
+
+What it does: reads ``embeddings/item_ids.npy`` and ``embeddings/item_embeddings.npy`` from
+the published model artifact (digests checked), builds the index (exact below
+``flatThreshold`` items, HNSW above), and measures recall@k against exact search on held-out
+queries — the model's own held-out user vectors (``embeddings/query_embeddings.npy``) when the
+artifact has them, jittered item vectors otherwise. Below ``minRecall`` at ``efSearch`` it
+raises efSearch along ``efSearchCurve`` when ``autoTuneEfSearch`` is on and records the value
+that passed; if none passes, the build fails as bad input (retrying cannot help; the message
+says which parameter to raise).
+
+It publishes ``<indexUri>/index.faiss`` and ``manifest.json`` (kind "index": params, item
+count, dimension, recall, the curve, the efSearch serving must use, the model artifact's
+digest, and the index's own digest). It never moves the alias serving follows: the operator's
+rollout does that after reading this Job's summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from recsys_workloads import ann_index
+from recsys_workloads.artifact_store import (
+    MANIFEST_NAME,
+    ArtifactReader,
+    ArtifactWriter,
+    Store,
+    join_uri,
+)
+from recsys_workloads.runtime import BadInputError, run_entrypoint
+from recsys_workloads.train.config import describe_validation_error
+
+log = logging.getLogger("recsys_workloads.index_build")
+
+INDEX_KIND = "index"
+INDEX_FILE = "index.faiss"
+MODEL_KIND = "model"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class IndexSection(_Section):
+    kind: Literal["auto", "hnsw", "flat"] = "auto"
+    flat_threshold: int = Field(default=20_000, ge=0)
+    hnsw_m: int = Field(default=32, ge=4, le=256)
+    ef_construction: int = Field(default=200, ge=8, le=4096)
+    ef_search: int = Field(default=128, ge=1, le=65536)
+
+
+class ValidationSection(_Section):
+    k: int = Field(default=10, ge=1, le=1000)
+    queries: int = Field(default=1000, ge=1)
+    min_recall: float = Field(default=0.95, ge=0, le=1)
+    ef_search_curve: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
+    auto_tune_ef_search: bool = True
+
+
+class IndexBuildConfig(_Section):
+    version: str = Field(default="dev", min_length=1)
+    model_artifact_uri: str = Field(min_length=1)
+    index_uri: str = Field(min_length=1)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    index: IndexSection = Field(default_factory=IndexSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+    seed: int = 0
+
+    def params(self) -> ann_index.IndexParams:
+        i = self.index
+        return ann_index.IndexParams(
+            i.kind, i.flat_threshold, i.hnsw_m, i.ef_construction, i.ef_search
+        )
+
+
+def parse_index_config(raw: dict[str, Any]) -> IndexBuildConfig:
+    try:
+        return IndexBuildConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise BadInputError("index build config: " + describe_validation_error(exc)) from exc
+
+
+def check_embeddings(ids: Any, vectors: Any, where: str) -> None:
+    if not isinstance(vectors, np.ndarray) or vectors.ndim != 2 or vectors.shape[0] == 0:
+        shape = getattr(vectors, "shape", None)
+        raise BadInputError(
+            f"{where}: item_embeddings.npy must be a non-empty 2-D array, got {shape}"
+        )
+    if not np.issubdtype(vectors.dtype, np.floating):
+        raise BadInputError(f"{where}: item_embeddings.npy must be float, got {vectors.dtype}")
+    if not isinstance(ids, np.ndarray) or ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise BadInputError(f"{where}: item_ids.npy must be a 1-D integer array")
+    if ids.shape[0] != vectors.shape[0]:
+        raise BadInputError(
+            f"{where}: {ids.shape[0]} item ids but {vectors.shape[0]} embeddings; they must match"
+        )
+    if np.unique(ids).size != ids.size:
+        raise BadInputError(f"{where}: item_ids.npy has duplicate ids")
+    if not np.isfinite(vectors).all():
+        raise BadInputError(f"{where}: item_embeddings.npy holds NaN or infinite values")
+
+
+def choose_queries(
+    reader: ArtifactReader, vectors: np.ndarray[Any, Any], n: int, seed: int
+) -> tuple[np.ndarray[Any, Any], str]:
+    if reader.has("embeddings/query_embeddings.npy"):
+        queries = np.asarray(reader.read_npy("embeddings/query_embeddings.npy"), np.float32)
+        if queries.ndim == 2 and queries.shape[1] == vectors.shape[1] and queries.shape[0] > 0:
+            if queries.shape[0] > n:
+                rng = np.random.default_rng(seed)
+                queries = queries[np.sort(rng.choice(queries.shape[0], n, replace=False))]
+            return queries, "held-out user vectors of the model artifact"
+    return ann_index.held_out_queries(vectors, n, seed), "jittered item vectors"
+
+
+def summary_of(manifest: dict[str, Any], uri: str) -> dict[str, Any]:
+    return {
+        "version": manifest.get("version"),
+        "indexUri": uri,
+        "digest": manifest["digest"],
+        "itemCount": manifest["itemCount"],
+        "indexType": manifest["index"]["type"],
+        "efSearch": manifest["index"].get("efSearch"),
+        "recall": manifest["validation"]["recall"],
+        "k": manifest["validation"]["k"],
+        "modelDigest": manifest["model"]["digest"],
+    }
+
+
+def build(raw: dict[str, Any]) -> dict[str, Any]:
+    cfg = parse_index_config(raw)
+    store = Store(cfg.storage_options)
+    if store.exists(join_uri(cfg.index_uri, MANIFEST_NAME), what="look up index"):
+        existing = ArtifactReader(store, cfg.index_uri, INDEX_KIND)
+        return {**summary_of(existing.manifest, cfg.index_uri), "alreadyPublished": True}
+
+    reader = ArtifactReader(store, cfg.model_artifact_uri, MODEL_KIND)
+    ids = reader.read_npy("embeddings/item_ids.npy")
+    vectors = reader.read_npy("embeddings/item_embeddings.npy")
+    check_embeddings(ids, vectors, cfg.model_artifact_uri)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = ids.astype(np.int64)
+    params = cfg.params()
+    kind = params.resolved_kind(vectors.shape[0])
+
+    started = time.perf_counter()
+    index = ann_index.build_index(vectors, ids, params)
+    build_seconds = time.perf_counter() - started
+
+    v = cfg.validation
+    k = min(v.k, vectors.shape[0])
+    queries, query_source = choose_queries(reader, vectors, v.queries, cfg.seed)
+    truth = ann_index.exact_top_k(vectors, ids, queries, k)
+    curve = ann_index.recall_curve(index, queries, truth, k, sorted(set(v.ef_search_curve)))
+    ef_search = params.ef_search if kind == "hnsw" else None
+    ann_index.set_ef_search(index, params.ef_search)
+    _, found = ann_index.search(index, queries, k)
+    recall = ann_index.recall_at_k(found, truth)
+    tuned = False
+    if recall < v.min_recall and kind == "hnsw" and v.auto_tune_ef_search:
+        for point in curve:
+            if point["efSearch"] > params.ef_search and point["recall"] >= v.min_recall:
+                ef_search, recall, tuned = int(point["efSearch"]), float(point["recall"]), True
+                break
+    if recall < v.min_recall:
+        raise BadInputError(
+            f"validation.minRecall: recall@{k} of the {kind} index is {recall:.4f} < "
+            f"{v.min_recall} at efSearch {ef_search} (curve: {curve}); raise index.efSearch, "
+            "index.hnswM or index.efConstruction"
+        )
+    if ef_search is not None:
+        ann_index.set_ef_search(index, ef_search)
+    log.info(
+        "%s index: %d items, recall@%d=%.4f, built in %.2fs",
+        kind,
+        ids.size,
+        k,
+        recall,
+        build_seconds,
+    )
+
+    w = ArtifactWriter(store, cfg.index_uri, INDEX_KIND)
+    w.put(INDEX_FILE, ann_index.serialize(index))
+    manifest = w.publish(
+        {
+            "version": cfg.version,
+            "itemCount": int(ids.size),
+            "dimension": int(vectors.shape[1]),
+            "metric": "inner_product",
+            "index": {
+                "type": kind,
+                "file": INDEX_FILE,
+                "hnswM": params.hnsw_m if kind == "hnsw" else None,
+                "efConstruction": params.ef_construction if kind == "hnsw" else None,
+                "efSearch": ef_search,
+                "efSearchTuned": tuned,
+                "flatThreshold": params.flat_threshold,
+                "buildSeconds": round(build_seconds, 3),
+            },
+            "validation": {
+                "k": k,
+                "queries": int(queries.shape[0]),
+                "querySource": query_source,
+                "recall": round(recall, 5),
+                "minRecall": v.min_recall,
+                "curve": curve,
+            },
+            "model": {"uri": cfg.model_artifact_uri, "digest": reader.manifest["digest"]},
+        }
+    )
+    return summary_of(manifest, cfg.index_uri)
+
+
+def load_index(store: Store, uri: str) -> tuple[Any, dict[str, Any]]:
+    """The published index, checked against its manifest, with efSearch set as validated."""
+    reader = ArtifactReader(store, uri, INDEX_KIND)
+    index = ann_index.deserialize(reader.read(INDEX_FILE))
+    ef = reader.manifest["index"].get("efSearch")
+    if ef:
+        ann_index.set_ef_search(index, int(ef))
+    return index, reader.manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entrypoint("index-build", build, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

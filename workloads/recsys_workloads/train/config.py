@@ -1,0 +1,182 @@
+"""The training Job's config: the JSON the operator renders into the Job's ConfigMap.
+
+Field names are camelCase, like the Recommender spec they come from. Unknown fields are
+rejected (a typo such as ``embedingDim`` must not silently train with the default), and every
+validation error is reported as bad input naming the field's JSON path.
+
+Example (every field but the URIs has a default)::
+
+    {
+      "version": "movies-v3",
+      "seed": 42,
+      "data": {
+        "interactionsUri": "s3://recsys/movies/interactions.parquet",
+        "usersUri": "s3://recsys/movies/users.parquet",
+        "itemsUri": "s3://recsys/movies/items.parquet"
+      },
+      "storageOptions": {"client_kwargs": {"endpoint_url": "http://minio:9000"}},
+      "artifactUri": "s3://recsys/movies/models/movies-v3",
+      "checkpointUri": "s3://recsys/movies/checkpoints/movies-v3",
+      "features": {"user": ["age", "gender", "occupation"], "item": ["genres", "release_year"],
+                   "numericBuckets": 10, "minCount": 1, "maxMultiHot": 8},
+      "model": {"embeddingDim": 64, "featureDim": 16, "towerHidden": [128],
+                "temperature": 0.05, "logQCorrection": true, "negatives": "inBatch",
+                "idDropout": 0.0, "historyLength": 0,
+                "rankerCrossLayers": 2, "rankerHidden": [128, 64]},
+      "training": {"epochs": 10, "batchSize": 1024, "learningRate": 0.003,
+                   "weightDecay": 0.0, "maxStepsPerEpoch": null,
+                   "rankerNegatives": 4, "device": "auto", "cpuThreads": null},
+      "evaluation": {"k": [10, 20, 50], "holdoutFraction": 0.1, "users": "warm",
+                     "rankingNegatives": 100, "baselines": ["popularity", "als"],
+                     "als": {"factors": 64, "regularization": 0.05, "iterations": 15,
+                             "alpha": 1.0}}
+    }
+
+- ``data.usersUri`` / ``data.itemsUri`` are optional: without them the towers use ids only.
+- ``storageOptions`` go to fsspec for every URI (data, artifact, checkpoints); credentials
+  belong in the environment (``AWS_ACCESS_KEY_ID`` from a Secret), not here.
+- ``artifactUri`` is the directory of *this* version; it is immutable once its manifest exists
+  (a re-run after success returns the published summary instead of training again).
+- ``checkpointUri`` defaults to ``<artifactUri>/checkpoints``; a restarted pod resumes from the
+  last complete epoch found there.
+- ``features.user`` / ``features.item`` default to every column of the entity table except the
+  key and ``event_timestamp``; integer and float columns are bucketed, strings are
+  categorical, lists of strings are multi-hot.
+- ``model.historyLength``: the user tower (and ranker) also see the user's last N items
+  (0: off). Serving must then pass each user's recent items, most recent first.
+- ``model.negatives``: ``inBatch`` (the batch's other items, logQ-corrected; scales to any
+  catalogue) or ``full`` (an exact softmax over every catalogue item each step: no sampling
+  bias, cost linear in the catalogue, sensible up to some tens of thousands of items).
+- ``training.cpuThreads``: torch's intra-op threads; set it to the pod's CPU limit (torch
+  otherwise sizes its pool by the node's cores and oversubscribes a throttled container).
+- ``training.device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``. With WORLD_SIZE > 1
+  in the environment (torchrun) training runs data-parallel with DDP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from recsys_workloads.artifact_store import join_uri
+from recsys_workloads.runtime import BadInputError
+
+Baseline = Literal["popularity", "als"]
+BASELINES: tuple[Baseline, ...] = ("popularity", "als")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class DataConfig(_Section):
+    interactions_uri: str = Field(min_length=1)
+    users_uri: str | None = None
+    items_uri: str | None = None
+
+
+class FeatureConfig(_Section):
+    user: list[str] | None = None
+    item: list[str] | None = None
+    numeric_buckets: int = Field(default=10, ge=2, le=1000)
+    min_count: int = Field(default=1, ge=1)
+    max_multi_hot: int = Field(default=8, ge=1, le=256)
+
+
+class ModelConfig(_Section):
+    embedding_dim: int = Field(default=64, ge=2, le=4096)
+    feature_dim: int = Field(default=16, ge=1, le=1024)
+    tower_hidden: list[int] = Field(default_factory=lambda: [128])
+    temperature: float = Field(default=0.05, gt=0, le=10)
+    log_q_correction: bool = True
+    negatives: Literal["inBatch", "full"] = "inBatch"
+    id_dropout: float = Field(default=0.0, ge=0, lt=1)
+    history_length: int = Field(default=0, ge=0, le=1000)
+    ranker_cross_layers: int = Field(default=2, ge=0, le=8)
+    ranker_hidden: list[int] = Field(default_factory=lambda: [128, 64])
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> ModelConfig:
+        for name, widths in (
+            ("towerHidden", self.tower_hidden),
+            ("rankerHidden", self.ranker_hidden),
+        ):
+            if any(w < 1 for w in widths):
+                raise ValueError(f"{name} entries must be positive layer widths, got {widths}")
+        return self
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(default=10, ge=1, le=10_000)
+    batch_size: int = Field(default=1024, ge=2, le=1 << 20)
+    learning_rate: float = Field(default=0.003, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_steps_per_epoch: int | None = Field(default=None, ge=1)
+    ranker_negatives: int = Field(default=4, ge=1, le=1000)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int | None = Field(default=None, ge=1, le=1024)
+
+
+class AlsConfig(_Section):
+    factors: int = Field(default=64, ge=1)
+    regularization: float = Field(default=0.05, ge=0)
+    iterations: int = Field(default=15, ge=1)
+    alpha: float = Field(default=1.0, gt=0)
+
+
+class EvaluationConfig(_Section):
+    k: list[int] = Field(default_factory=lambda: [10, 20, 50], min_length=1)
+    holdout_fraction: float = Field(default=0.1, gt=0, lt=1)
+    users: Literal["warm", "all"] = "warm"
+    ranking_negatives: int = Field(default=100, ge=1)
+    baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
+    als: AlsConfig = Field(default_factory=AlsConfig)
+
+    @model_validator(mode="after")
+    def _positive_k(self) -> EvaluationConfig:
+        if any(k < 1 for k in self.k):
+            raise ValueError(f"k entries must be positive, got {self.k}")
+        return self
+
+
+class TrainConfig(_Section):
+    version: str = Field(default="dev", min_length=1, max_length=253)
+    seed: int = 0
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    data: DataConfig
+    artifact_uri: str = Field(min_length=1)
+    checkpoint_uri: str | None = None
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @property
+    def resolved_checkpoint_uri(self) -> str:
+        return self.checkpoint_uri or join_uri(self.artifact_uri, "checkpoints")
+
+
+def parse_train_config(raw: dict[str, Any]) -> TrainConfig:
+    """Validate the rendered config; every problem becomes one bad-input message naming fields."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise BadInputError("train config: " + describe_validation_error(exc)) from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each starting with the camelCase JSON path of the field."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown field (check the spelling)")
+        elif err["type"] == "missing":
+            parts.append(f"{loc}: required field is missing")
+        else:
+            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)

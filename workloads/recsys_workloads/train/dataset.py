@@ -1,0 +1,237 @@
+"""The training data once encoded: small integer arrays the training loop gathers batches from.
+
+Entity feature rows are encoded once per table row (plus one all-missing row at the end), and
+each interaction only stores which row was valid at its time. A batch is then a few gathers,
+whatever the number of features, and time-varying features stay point-in-time correct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from recsys_workloads.runtime import BadInputError
+from recsys_workloads.train.config import TrainConfig
+from recsys_workloads.train.data import (
+    EVENT_TIME,
+    ITEM_KEY,
+    USER_KEY,
+    Interactions,
+    TimeSplit,
+    asof_rows,
+    latest_rows,
+    time_split,
+    timestamps_us,
+    validate_entity_table,
+)
+from recsys_workloads.train.features import EntityEncoder, fit_entity_encoder
+from recsys_workloads.train.models import EntityShape, FeatureShape, ModelShape
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class EntityRows:
+    """Encoded feature rows of one entity table; the last row is "everything missing"."""
+
+    encoder: EntityEncoder
+    keys: IntArray
+    times_us: IntArray
+    features: dict[str, IntArray]
+
+    @property
+    def missing_row(self) -> int:
+        return int(self.keys.size)
+
+    @classmethod
+    def build(cls, encoder: EntityEncoder, table: pa.Table | None) -> EntityRows:
+        if table is None:
+            return cls(encoder, np.zeros(0, np.int64), np.zeros(0, np.int64), {})
+        features = {}
+        for name, arr in encoder.encode_rows(table).items():
+            pad = np.zeros((1, *arr.shape[1:]), dtype=np.int64)
+            features[name] = np.concatenate([arr, pad])
+        keys = np.asarray(table.column(encoder.key).to_numpy(), np.int64)
+        return cls(encoder, keys, timestamps_us(table.column(EVENT_TIME)), features)
+
+    def rows_at(self, keys: IntArray, times_us: IntArray) -> IntArray:
+        """Row valid at each (key, time); the missing row where none was."""
+        rows = asof_rows(self.keys, self.times_us, keys, times_us)
+        return np.where(rows < 0, self.missing_row, rows)
+
+    def rows_as_of(self, keys: IntArray, as_of_us: int | None) -> IntArray:
+        """Each key's latest row at or before ``as_of_us`` (None: latest of all)."""
+        latest = latest_rows(self.keys, self.times_us, as_of_us)
+        out = np.full(keys.size, self.missing_row, dtype=np.int64)
+        if latest.size == 0:
+            return out
+        latest_keys = self.keys[latest]
+        pos = np.searchsorted(latest_keys, keys)
+        pos_c = np.minimum(pos, latest_keys.size - 1)
+        hit = latest_keys[pos_c] == keys
+        out[hit] = latest[pos_c[hit]]
+        return out
+
+    def shape(self) -> EntityShape:
+        return EntityShape(
+            id_count=self.encoder.ids.size,
+            features=tuple(
+                FeatureShape(f.name, f.kind, f.cardinality) for f in self.encoder.features
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything training and evaluation need, as arrays."""
+
+    split: TimeSplit
+    users: EntityRows
+    items: EntityRows
+    #: per training interaction: id indices and feature rows valid at its time
+    train_user_idx: IntArray
+    train_item_idx: IntArray
+    train_user_row: IntArray
+    train_item_row: IntArray
+    #: log of each item index's share of training interactions (index 0: unseen items)
+    item_log_q: FloatArray
+    #: the items evaluation ranks: every item id seen in training, with its row as of the cutoff
+    catalog_item_ids: IntArray
+    catalog_item_rows: IntArray
+    #: user histories: training item indices ordered by (user, time); each training
+    #: interaction's history is seq[start:end] (strictly earlier interactions of its user)
+    history_length: int
+    history_seq: IntArray
+    train_hist_start: IntArray
+    train_hist_end: IntArray
+
+    def history_of(self, user_ids: IntArray) -> IntArray:
+        """Each user's most recent training items, most recent first: [n, history_length]."""
+        train = self.split.train
+        users_in_seq = train.user_ids[_user_time_order(train)]
+        starts = np.searchsorted(users_in_seq, user_ids, side="left")
+        ends = np.searchsorted(users_in_seq, user_ids, side="right")
+        return history_matrix(self.history_seq, starts, ends, self.history_length)
+
+    def model_shape(self, cfg: TrainConfig) -> ModelShape:
+        m = cfg.model
+        user = self.users.shape()
+        if m.history_length:
+            user = EntityShape(user.id_count, user.features, self.items.encoder.ids.size)
+        return ModelShape(
+            user=user,
+            item=self.items.shape(),
+            embedding_dim=m.embedding_dim,
+            feature_dim=m.feature_dim,
+            tower_hidden=tuple(m.tower_hidden),
+            temperature=m.temperature,
+            ranker_cross_layers=m.ranker_cross_layers,
+            ranker_hidden=tuple(m.ranker_hidden),
+            history_length=m.history_length,
+        )
+
+
+def prepare(
+    cfg: TrainConfig,
+    interactions: Interactions,
+    users_table: pa.Table | None,
+    items_table: pa.Table | None,
+) -> Prepared:
+    """Split by time, fit encoders on the training side, encode everything once."""
+    split = time_split(interactions, cfg.evaluation.holdout_fraction)
+    fc = cfg.features
+    users_table, user_features = _entity(users_table, "user", USER_KEY, fc.user)
+    items_table, item_features = _entity(items_table, "item", ITEM_KEY, fc.item)
+    # Encoders are fitted on entity rows known before the cutoff, like the ids.
+    user_encoder = fit_entity_encoder(
+        "user",
+        USER_KEY,
+        split.train.user_ids,
+        _before(users_table, split.cutoff_us),
+        user_features,
+        numeric_buckets=fc.numeric_buckets,
+        min_count=fc.min_count,
+        max_multi_hot=fc.max_multi_hot,
+    )
+    item_encoder = fit_entity_encoder(
+        "item",
+        ITEM_KEY,
+        split.train.item_ids,
+        _before(items_table, split.cutoff_us),
+        item_features,
+        numeric_buckets=fc.numeric_buckets,
+        min_count=fc.min_count,
+        max_multi_hot=fc.max_multi_hot,
+    )
+    users = EntityRows.build(user_encoder, users_table)
+    items = EntityRows.build(item_encoder, items_table)
+    train = split.train
+    item_idx = item_encoder.ids.encode(train.item_ids)
+    counts = np.bincount(item_idx, minlength=item_encoder.ids.size).astype(np.float64)
+    log_q = np.log(np.maximum(counts, 1.0) / max(float(counts.sum()), 1.0))
+    catalog = item_encoder.ids.ids
+    order = _user_time_order(train)
+    position = np.empty(order.size, dtype=np.int64)
+    position[order] = np.arange(order.size)
+    users_in_seq = train.user_ids[order]
+    return Prepared(
+        split=split,
+        users=users,
+        items=items,
+        train_user_idx=user_encoder.ids.encode(train.user_ids),
+        train_item_idx=item_idx,
+        train_user_row=users.rows_at(train.user_ids, train.times_us),
+        train_item_row=items.rows_at(train.item_ids, train.times_us),
+        item_log_q=log_q,
+        catalog_item_ids=catalog,
+        catalog_item_rows=items.rows_as_of(catalog, split.cutoff_us),
+        history_length=cfg.model.history_length,
+        history_seq=item_idx[order],
+        train_hist_start=np.searchsorted(users_in_seq, train.user_ids, side="left"),
+        train_hist_end=position,
+    )
+
+
+def _user_time_order(train: Interactions) -> IntArray:
+    """Training interactions ordered by user, then time (stable: ties keep the time order)."""
+    order = np.lexsort((np.arange(len(train)), train.times_us, train.user_ids))
+    return np.asarray(order, dtype=np.int64)
+
+
+def history_matrix(seq: IntArray, starts: IntArray, ends: IntArray, length: int) -> IntArray:
+    """Rows of seq[start:end] reversed (most recent first), cut to ``length``, 0-padded."""
+    offsets = ends[:, None] - 1 - np.arange(length)[None, :]
+    valid = offsets >= starts[:, None]
+    picked = np.where(valid, seq[np.clip(offsets, 0, max(seq.size - 1, 0))], 0)
+    return np.asarray(picked, dtype=np.int64)
+
+
+def _entity(
+    table: pa.Table | None, entity: str, key: str, features: Sequence[str] | None
+) -> tuple[pa.Table | None, list[str]]:
+    if table is None:
+        if features:
+            raise BadInputError(
+                f"features.{entity}: features are listed but data.{entity}sUri is not set; give "
+                f"the {entity}s table or drop features.{entity}"
+            )
+        return None, []
+    checked, names = validate_entity_table(table, entity, key, features)
+    return checked.sort_by([(key, "ascending"), (EVENT_TIME, "ascending")]), names
+
+
+def _before(table: pa.Table | None, cutoff_us: int) -> pa.Table | None:
+    if table is None:
+        return None
+    times = timestamps_us(table.column(EVENT_TIME))
+    mask = times < cutoff_us
+    if not mask.any():
+        # no entity row predates the cutoff (static attributes stamped late): use them all
+        # for fitting vocabularies; the point-in-time join still decides what training sees.
+        return table
+    return table.filter(pa.array(mask))

@@ -1,0 +1,420 @@
+"""Offline evaluation on the time-based holdout, against baselines run on the same split.
+
+Protocol (the numbers in ``metrics.json`` mean exactly this):
+
+- Train on interactions before the cutoff, test on those at or after it (``data.time_split``).
+- Evaluated users: those with test interactions; ``warm`` (default) keeps only users who also
+  have training interactions, the users an ALS peer can score at all.
+- Catalog: the items seen in training. A user's relevant set is their test items that are in
+  the catalog and not already in their training history; training-history items are removed
+  from every method's ranking. Test interactions with items outside the catalog are counted in
+  ``split.testOutsideCatalog`` (no method could retrieve them).
+- Retrieval: Recall@K = hits in top K / |relevant|; NDCG@K with binary gains, ideal DCG over
+  min(|relevant|, K); both averaged over users.
+- Ranking: each user's relevant items plus ``rankingNegatives`` catalog items drawn uniformly
+  (seeded) are scored; AUC over all (user, item) pairs, per-user AUC averaged, and NDCG@K over
+  each user's candidate list. Ties are broken against the relevant items (pessimistic), so a
+  constant scorer earns no credit.
+- Baselines: popularity (training interaction count) and ``implicit``'s ALS on the binary
+  user×item matrix, with ``evaluation.als`` hyper-parameters and the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+
+from recsys_workloads.train.config import AlsConfig, TrainConfig
+from recsys_workloads.train.dataset import Prepared
+from recsys_workloads.train.models import HISTORY, Ranker, TwoTower
+from recsys_workloads.train.trainer import FeatureTables
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+# --- pure metric functions -------------------------------------------------------------------
+
+
+def retrieval_metrics(hits: BoolArray, n_relevant: IntArray, ks: Sequence[int]) -> dict[str, float]:
+    """Mean Recall@K and NDCG@K from a users × rank hit matrix (True where relevant)."""
+    if hits.shape[0] == 0:
+        return {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    out: dict[str, float] = {}
+    for k in ks:
+        top = hits[:, :k]
+        discounts = 1.0 / np.log2(np.arange(k) + 2.0)
+        recall = top.sum(axis=1) / np.maximum(n_relevant, 1)
+        dcg = (top * discounts[: top.shape[1]]).sum(axis=1)
+        idcg = np.cumsum(discounts)[np.clip(np.minimum(n_relevant, k), 1, k) - 1]
+        out[f"recall@{k}"] = float(recall.mean())
+        out[f"ndcg@{k}"] = float((dcg / idcg).mean())
+    return out
+
+
+def auc(scores: FloatArray, labels: BoolArray) -> float:
+    """Area under the ROC curve (Mann-Whitney U), ties counting one half."""
+    n_pos = int(labels.sum())
+    n_neg = int(labels.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    avg_rank = upper - (counts - 1) / 2.0
+    ranks = avg_rank[inverse]
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def grouped_ranking_metrics(
+    groups: IntArray, scores: FloatArray, labels: BoolArray, ks: Sequence[int]
+) -> dict[str, float]:
+    """AUC (global and per-group mean) and NDCG@K per group, ties broken against positives."""
+    out = {"auc": auc(scores, labels)}
+    order = np.lexsort((labels, -scores, groups))
+    g, lab = groups[order], labels[order]
+    starts = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+    sizes = np.diff(np.r_[starts, g.size])
+    rank = np.arange(g.size) - np.repeat(starts, sizes)
+    n_pos = np.add.reduceat(lab.astype(np.int64), starts)
+    gain = np.where(lab, 1.0 / np.log2(rank + 2.0), 0.0)
+    user_aucs = []
+    for s, size in zip(starts, sizes, strict=True):
+        a = auc(scores[order][s : s + size], lab[s : s + size])
+        if not np.isnan(a):
+            user_aucs.append(a)
+    out["userAuc"] = float(np.mean(user_aucs)) if user_aucs else float("nan")
+    for k in ks:
+        dcg = np.add.reduceat(np.where(rank < k, gain, 0.0), starts)
+        full = np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))
+        ideal = full[np.clip(np.minimum(n_pos, k), 1, k) - 1]
+        valid = n_pos > 0
+        out[f"ndcg@{k}"] = float((dcg[valid] / ideal[valid]).mean()) if valid.any() else 0.0
+    return out
+
+
+def hit_matrix(
+    top_items: IntArray, relevant_users: IntArray, relevant_items: IntArray
+) -> BoolArray:
+    """hits[u, r] = top_items[u, r] is in user u's relevant set (given as (user, item) pairs)."""
+    n_items = int(max(top_items.max(initial=0), relevant_items.max(initial=0))) + 1
+    rows = np.repeat(np.arange(top_items.shape[0]), top_items.shape[1]).reshape(top_items.shape)
+    keys = rows.astype(np.int64) * n_items + top_items
+    truth = relevant_users.astype(np.int64) * n_items + relevant_items
+    return np.isin(keys, truth) & (top_items >= 0)
+
+
+# --- the evaluation set ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Users to evaluate and what counts as relevant, all in catalog positions."""
+
+    user_ids: IntArray
+    user_rows: IntArray
+    #: (user position, catalog position) pairs: training history, masked from rankings
+    seen_users: IntArray
+    seen_items: IntArray
+    #: (user position, catalog position) pairs: the relevant test items
+    rel_users: IntArray
+    rel_items: IntArray
+    test_outside_catalog: int
+
+    @property
+    def n_relevant(self) -> IntArray:
+        return np.bincount(self.rel_users, minlength=self.user_ids.size).astype(np.int64)
+
+
+def build_eval_set(p: Prepared, users: str) -> EvalSet:
+    catalog = p.catalog_item_ids
+    test = p.split.test
+    pos = np.searchsorted(catalog, test.item_ids)
+    pos_c = np.minimum(pos, max(catalog.size - 1, 0))
+    in_catalog = catalog[pos_c] == test.item_ids if catalog.size else np.zeros(len(test), bool)
+    train_users = np.unique(p.split.train.user_ids)
+    candidates = np.unique(test.user_ids[in_catalog])
+    if users == "warm":
+        candidates = candidates[np.isin(candidates, train_users)]
+    # features as known at each user's first test interaction (point in time)
+    first_idx = np.unique(test.user_ids, return_index=True)
+    first_time = dict(zip(first_idx[0].tolist(), test.times_us[first_idx[1]].tolist(), strict=True))
+    times = np.array([first_time[u] for u in candidates.tolist()], dtype=np.int64)
+    user_rows = p.users.rows_at(candidates, times)
+
+    def pairs(user_ids: IntArray, item_ids: IntArray) -> tuple[IntArray, IntArray]:
+        upos = np.searchsorted(candidates, user_ids)
+        upos_c = np.minimum(upos, max(candidates.size - 1, 0))
+        ipos = np.searchsorted(catalog, item_ids)
+        ipos_c = np.minimum(ipos, max(catalog.size - 1, 0))
+        ok = (candidates[upos_c] == user_ids) & (catalog[ipos_c] == item_ids)
+        keys = np.unique(upos_c[ok].astype(np.int64) * max(catalog.size, 1) + ipos_c[ok])
+        return keys // max(catalog.size, 1), keys % max(catalog.size, 1)
+
+    seen_u, seen_i = pairs(p.split.train.user_ids, p.split.train.item_ids)
+    rel_u, rel_i = pairs(test.user_ids, test.item_ids)
+    seen_keys = seen_u * max(catalog.size, 1) + seen_i
+    fresh = ~np.isin(rel_u * max(catalog.size, 1) + rel_i, seen_keys)
+    return EvalSet(
+        user_ids=candidates,
+        user_rows=user_rows,
+        seen_users=seen_u,
+        seen_items=seen_i,
+        rel_users=rel_u[fresh],
+        rel_items=rel_i[fresh],
+        test_outside_catalog=int((~in_catalog).sum()),
+    )
+
+
+# --- scorers: (user positions) -> scores over the catalog ------------------------------------
+
+Scorer = Callable[[IntArray], FloatArray]
+
+
+@torch.no_grad()
+def user_vectors(
+    model: TwoTower, p: Prepared, user_ids: IntArray, user_rows: IntArray, batch: int = 4096
+) -> npt.NDArray[np.float32]:
+    device = next(model.parameters()).device
+    tables = FeatureTables(p.users, device)
+    idx = torch.as_tensor(p.users.encoder.ids.encode(user_ids), device=device)
+    rows = torch.as_tensor(user_rows, device=device)
+    history = torch.as_tensor(p.history_of(user_ids), device=device)
+    out = [
+        model.user_tower(
+            idx[s : s + batch],
+            _with_history(tables.gather(rows[s : s + batch]), history, s, batch, p),
+        )
+        for s in range(0, idx.shape[0], batch)
+    ]
+    if not out:
+        return np.zeros((0, model.embedding_dim), dtype=np.float32)
+    return torch.cat(out).float().cpu().numpy()
+
+
+def _with_history(
+    feats: dict[str, Tensor], history: Tensor, start: int, batch: int, p: Prepared
+) -> dict[str, Tensor]:
+    if p.history_length:
+        feats[HISTORY] = history[start : start + batch]
+    return feats
+
+
+@torch.no_grad()
+def item_vectors(
+    model: TwoTower, p: Prepared, item_ids: IntArray, item_rows: IntArray, batch: int = 8192
+) -> npt.NDArray[np.float32]:
+    device = next(model.parameters()).device
+    tables = FeatureTables(p.items, device)
+    idx = torch.as_tensor(p.items.encoder.ids.encode(item_ids), device=device)
+    rows = torch.as_tensor(item_rows, device=device)
+    out = [
+        model.item_tower(idx[s : s + batch], tables.gather(rows[s : s + batch]))
+        for s in range(0, idx.shape[0], batch)
+    ]
+    return torch.cat(out).float().cpu().numpy()
+
+
+def top_k(scores_for: Scorer, ev: EvalSet, n_users: int, k: int, chunk: int = 1024) -> IntArray:
+    """Top-k catalog positions per user with training history masked out."""
+    out = []
+    for s in range(0, n_users, chunk):
+        users = np.arange(s, min(s + chunk, n_users))
+        scores = np.array(scores_for(users), dtype=np.float64, copy=True)
+        sel = (ev.seen_users >= s) & (ev.seen_users < s + chunk)
+        scores[ev.seen_users[sel] - s, ev.seen_items[sel]] = -np.inf
+        kk = min(k, scores.shape[1])
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.lexsort((part, -part_scores), axis=1)
+        ranked = np.take_along_axis(part, order, axis=1)
+        ranked_scores = np.take_along_axis(part_scores, order, axis=1)
+        out.append(np.where(np.isfinite(ranked_scores), ranked, -1))
+    if not out:
+        return np.zeros((0, k), dtype=np.int64)
+    return np.asarray(np.concatenate(out), dtype=np.int64)
+
+
+def popularity_scores(p: Prepared) -> npt.NDArray[np.float64]:
+    pos = np.searchsorted(p.catalog_item_ids, p.split.train.item_ids)
+    return np.bincount(pos, minlength=p.catalog_item_ids.size).astype(np.float64)
+
+
+@dataclass
+class AlsModel:
+    user_factors: npt.NDArray[np.float32]
+    item_factors: npt.NDArray[np.float32]
+    #: row of each evaluated user in the factor matrix
+    user_pos: IntArray
+    seconds: float
+
+
+def fit_als(p: Prepared, ev: EvalSet, cfg: AlsConfig, seed: int) -> AlsModel:
+    """implicit's ALS on the binary training matrix (rows: evaluated users first, then others)."""
+    import time
+
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    train_users = np.unique(p.split.train.user_ids)
+    others = train_users[~np.isin(train_users, ev.user_ids)]
+    order = np.concatenate([ev.user_ids, others])
+    sorter = np.argsort(order)
+    upos = sorter[np.searchsorted(order, p.split.train.user_ids, sorter=sorter)]
+    ipos = np.searchsorted(p.catalog_item_ids, p.split.train.item_ids)
+    matrix = sp.csr_matrix(
+        (np.full(upos.size, cfg.alpha, dtype=np.float32), (upos, ipos)),
+        shape=(order.size, p.catalog_item_ids.size),
+    )
+    matrix.sum_duplicates()
+    matrix.data = np.minimum(matrix.data, cfg.alpha).astype(np.float32)
+    # implicit parallelises itself; a second BLAS thread pool underneath only thrashes
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=cfg.factors,
+            regularization=cfg.regularization,
+            iterations=cfg.iterations,
+            random_state=seed,
+        )
+        started = time.perf_counter()
+        model.fit(matrix, show_progress=False)
+    return AlsModel(
+        np.asarray(model.user_factors),
+        np.asarray(model.item_factors),
+        np.arange(ev.user_ids.size),
+        time.perf_counter() - started,
+    )
+
+
+@torch.no_grad()
+def ranker_scores(
+    model: Ranker,
+    p: Prepared,
+    ev: EvalSet,
+    users: IntArray,
+    items: IntArray,
+    batch: int = 65536,
+) -> FloatArray:
+    """Ranker logits for (user position, catalog position) pairs."""
+    device = next(model.parameters()).device
+    ut, it = FeatureTables(p.users, device), FeatureTables(p.items, device)
+    u_idx = torch.as_tensor(p.users.encoder.ids.encode(ev.user_ids[users]), device=device)
+    u_row = torch.as_tensor(ev.user_rows[users], device=device)
+    u_hist = torch.as_tensor(p.history_of(ev.user_ids)[users], device=device)
+    i_idx = torch.as_tensor(p.items.encoder.ids.encode(p.catalog_item_ids[items]), device=device)
+    i_row = torch.as_tensor(p.catalog_item_rows[items], device=device)
+    out: list[Tensor] = []
+    for s in range(0, users.size, batch):
+        sl = slice(s, s + batch)
+        u_feats = _with_history(ut.gather(u_row[sl]), u_hist, s, batch, p)
+        out.append(model(u_idx[sl], u_feats, i_idx[sl], it.gather(i_row[sl])))
+    if not out:
+        return np.zeros(0)
+    return torch.cat(out).double().cpu().numpy()
+
+
+def sample_ranking_candidates(
+    ev: EvalSet, n_catalog: int, negatives: int, seed: int
+) -> tuple[IntArray, IntArray, BoolArray]:
+    """Each user's relevant items plus ``negatives`` uniform catalog items they never touched."""
+    rng = np.random.default_rng(seed)
+    n_users = ev.user_ids.size
+    neg_u = np.repeat(np.arange(n_users), negatives)
+    neg_i = rng.integers(0, n_catalog, size=neg_u.size)
+    known = np.concatenate(
+        [ev.seen_users * n_catalog + ev.seen_items, ev.rel_users * n_catalog + ev.rel_items]
+    )
+    keep = ~np.isin(neg_u * n_catalog + neg_i, known)
+    keys = np.unique(neg_u[keep] * n_catalog + neg_i[keep])
+    neg_u, neg_i = keys // n_catalog, keys % n_catalog
+    users = np.concatenate([ev.rel_users, neg_u])
+    items = np.concatenate([ev.rel_items, neg_i])
+    labels = np.concatenate([np.ones(ev.rel_users.size, bool), np.zeros(neg_u.size, bool)])
+    return users.astype(np.int64), items.astype(np.int64), labels
+
+
+# --- the whole evaluation --------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    eval_set: EvalSet
+    #: two-tower vectors of the evaluated users: held-out queries for the index's recall check
+    query_vectors: npt.NDArray[np.float32]
+    catalog_vectors: npt.NDArray[np.float32]
+
+
+def evaluate(
+    cfg: TrainConfig, p: Prepared, two_tower: TwoTower, ranker: Ranker | None
+) -> Evaluation:
+    ec = cfg.evaluation
+    ks = sorted(set(ec.k))
+    kmax = ks[-1]
+    ev = build_eval_set(p, ec.users)
+    n_users = ev.user_ids.size
+    n_rel = ev.n_relevant
+    has_rel = n_rel > 0
+    uvec = user_vectors(two_tower, p, ev.user_ids, ev.user_rows)
+    ivec = item_vectors(two_tower, p, p.catalog_item_ids, p.catalog_item_rows)
+
+    def restrict(hits: BoolArray) -> BoolArray:
+        return hits[has_rel]
+
+    retrieval: dict[str, dict[str, float]] = {}
+    scorers: dict[str, Scorer] = {"twoTower": lambda u: uvec[u] @ ivec.T}
+    pop = popularity_scores(p)
+    if "popularity" in ec.baselines:
+        scorers["popularity"] = lambda u: np.broadcast_to(pop, (u.size, pop.size))
+    als: AlsModel | None = None
+    if "als" in ec.baselines:
+        als = fit_als(p, ev, ec.als, cfg.seed)
+        fitted = als
+        scorers["als"] = lambda u: fitted.user_factors[fitted.user_pos[u]] @ fitted.item_factors.T
+    for name, scorer in scorers.items():
+        top = top_k(scorer, ev, n_users, kmax)
+        hits = hit_matrix(top, ev.rel_users, ev.rel_items)
+        retrieval[name] = retrieval_metrics(restrict(hits), n_rel[has_rel], ks)
+
+    ranking: dict[str, dict[str, float]] = {}
+    cu, ci, labels = sample_ranking_candidates(
+        ev, p.catalog_item_ids.size, ec.ranking_negatives, cfg.seed
+    )
+    rank_scores: dict[str, FloatArray] = {
+        "twoTower": np.einsum("ij,ij->i", uvec[cu], ivec[ci]).astype(np.float64),
+        "popularity": pop[ci],
+    }
+    if ranker is not None:
+        rank_scores["ranker"] = ranker_scores(ranker, p, ev, cu, ci)
+    if als is not None:
+        rank_scores["als"] = np.einsum(
+            "ij,ij->i", als.user_factors[als.user_pos[cu]], als.item_factors[ci]
+        ).astype(np.float64)
+    for name, scores in rank_scores.items():
+        ranking[name] = grouped_ranking_metrics(cu, scores, labels, ks)
+
+    metrics: dict[str, Any] = {
+        "protocol": "time-split holdout; see recsys_workloads.train.evaluate",
+        "split": {
+            "cutoff": int(p.split.cutoff_us),
+            "trainInteractions": len(p.split.train),
+            "testInteractions": len(p.split.test),
+            "testOutsideCatalog": ev.test_outside_catalog,
+            "evaluatedUsers": int(has_rel.sum()),
+            "users": ec.users,
+            "catalogItems": int(p.catalog_item_ids.size),
+            "rankingNegatives": ec.ranking_negatives,
+        },
+        "retrieval": retrieval,
+        "ranking": ranking,
+    }
+    if als is not None:
+        metrics["baselineParams"] = {"als": ec.als.model_dump(by_alias=True)}
+    return Evaluation(metrics, ev, uvec, ivec)

@@ -1,0 +1,137 @@
+"""One training Job from config to published artifact: load, check, train, evaluate, export.
+
+The summary returned here becomes the container's termination message, which the operator
+reads for the ModelVersion status: the artifact URI and digest, the headline metrics its
+evaluation gate compares, and how training went.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from recsys_workloads.artifact_store import MANIFEST_NAME, ArtifactReader, Store, join_uri
+from recsys_workloads.train.config import TrainConfig, parse_train_config
+from recsys_workloads.train.data import (
+    EVENT_TIME,
+    ITEM_KEY,
+    RATING,
+    USER_KEY,
+    read_table,
+    validate_interactions,
+)
+from recsys_workloads.train.dataset import Prepared, prepare
+from recsys_workloads.train.evaluate import evaluate, item_vectors
+from recsys_workloads.train.export import MODEL_KIND, ExportInputs, export_model
+from recsys_workloads.train.profile import build_profile
+from recsys_workloads.train.trainer import Distributed, TrainResult, train
+
+log = logging.getLogger("recsys_workloads.train")
+
+
+def load_prepared(cfg: TrainConfig, store: Store) -> Prepared:
+    interactions = validate_interactions(
+        read_table(
+            store,
+            cfg.data.interactions_uri,
+            "interactions",
+            columns=[USER_KEY, ITEM_KEY, RATING, EVENT_TIME],
+        )
+    )
+    users = read_table(store, cfg.data.users_uri, "users") if cfg.data.users_uri else None
+    items = read_table(store, cfg.data.items_uri, "items") if cfg.data.items_uri else None
+    return prepare(cfg, interactions, users, items)
+
+
+def published_summary(manifest: dict[str, Any], uri: str) -> dict[str, Any]:
+    return {
+        "version": manifest.get("version"),
+        "artifactUri": uri,
+        "digest": manifest["digest"],
+        "itemCount": manifest.get("itemCount"),
+        "embeddingDim": manifest.get("embeddingDim"),
+        "metrics": manifest.get("metrics", {}),
+    }
+
+
+def exported_items(cfg: TrainConfig, p: Prepared) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """Items the index will hold: every trained item, and (when training taught the unknown-id
+    embedding through idDropout) items known only from the items table."""
+    ids = p.catalog_item_ids
+    if cfg.model.id_dropout > 0 and p.items.keys.size:
+        ids = np.union1d(ids, p.items.keys)
+    return ids.astype(np.int64)
+
+
+def run(raw: dict[str, Any]) -> dict[str, Any]:
+    cfg = parse_train_config(raw)
+    store = Store(cfg.storage_options)
+    dist = Distributed.from_env()
+    if store.exists(join_uri(cfg.artifact_uri, MANIFEST_NAME), what="look up artifact"):
+        reader = ArtifactReader(store, cfg.artifact_uri, MODEL_KIND)
+        log.info("artifact %s is already published; nothing to do", cfg.artifact_uri)
+        return {**published_summary(reader.manifest, cfg.artifact_uri), "alreadyPublished": True}
+
+    prepared = load_prepared(cfg, store)
+    if dist.enabled and not torch_dist.is_initialized():
+        use_nccl = cfg.training.device != "cpu" and torch.cuda.is_available()
+        torch_dist.init_process_group(backend="nccl" if use_nccl else "gloo")
+    try:
+        result = train(cfg, prepared, store, dist)
+    finally:
+        if dist.enabled and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+    if not dist.is_main:
+        return {"version": cfg.version, "role": "worker", "rank": dist.rank}
+    return _evaluate_and_export(cfg, prepared, result, store)
+
+
+def _evaluate_and_export(
+    cfg: TrainConfig, p: Prepared, result: TrainResult, store: Store
+) -> dict[str, Any]:
+    evaluation = evaluate(cfg, p, result.two_tower, result.ranker)
+    item_ids = exported_items(cfg, p)
+    vectors = item_vectors(result.two_tower, p, item_ids, p.items.rows_as_of(item_ids, None))
+    counts = np.bincount(p.train_item_idx, minlength=p.items.encoder.ids.size)[1:]
+    top = np.argsort(-counts, kind="stable")
+    popular = [(int(p.items.encoder.ids.ids[i]), int(counts[i])) for i in top if counts[i] > 0]
+    training = {
+        "epochs": cfg.training.epochs,
+        "resumedFromEpoch": result.resumed_from_epoch,
+        "history": result.history,
+        "seconds": round(result.seconds, 3),
+        "samplesPerSecond": round(result.samples / result.seconds, 1) if result.seconds else None,
+        "device": result.device,
+        "worldSize": result.world_size,
+        "seed": cfg.seed,
+    }
+    manifest = export_model(
+        store,
+        ExportInputs(
+            cfg=cfg,
+            shape=result.shape,
+            user_encoder=p.users.encoder,
+            item_encoder=p.items.encoder,
+            two_tower=result.two_tower,
+            ranker=result.ranker,
+            item_ids=item_ids,
+            item_vectors=vectors,
+            query_user_ids=evaluation.eval_set.user_ids,
+            query_vectors=evaluation.query_vectors,
+            popular=popular,
+            metrics=evaluation.metrics,
+            profile=build_profile(p),
+            training=training,
+        ),
+    )
+    return {
+        **published_summary(manifest, cfg.artifact_uri),
+        "resumedFromEpoch": result.resumed_from_epoch,
+        "trainSeconds": training["seconds"],
+        "samplesPerSecond": training["samplesPerSecond"],
+        "device": result.device,
+    }
