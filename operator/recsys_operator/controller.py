@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -166,6 +167,17 @@ def register(
         )(child)
 
 
+class RetryForever:
+    """kopf's API retry delays, never exhausted. kopf stops the whole operator when a watch
+    still fails after its last retry, so one watched namespace whose Role went missing (or was
+    deleted with the namespace) would stop the reconciles of every other one. Like client-go's
+    reflectors, keep retrying and logging instead; the delay grows to a minute and stays."""
+
+    def __iter__(self) -> Iterator[float]:
+        # A fresh iterator per request: kopf iterates the setting anew for each API call.
+        return itertools.chain((1, 1, 2, 3, 5, 8, 13, 21, 34), itertools.repeat(60.0))
+
+
 def configure_settings(settings: kopf.OperatorSettings) -> None:
     """Production settings, from the kopf pitfalls in the project notes."""
     # Watch streams can go silent without an error unless both timeouts are set.
@@ -181,5 +193,11 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     # kopf would post a Kubernetes Event for every handler call, a write per watch event; the
     # reconcilers post the Events a user needs themselves.
     settings.posting.enabled = False
+    # No runtime watch of CRDs and namespaces (kopf's "scanning"): that needs cluster-wide reads
+    # a namespaced install does not grant, and kopf would retry them for a minute before serving.
+    # The kinds are discovered once at start (the chart installs the CRDs first); the watched
+    # namespaces are the exact names given by --namespace.
+    settings.scanning.disabled = True
+    settings.networking.error_backoffs = RetryForever()
     # No change-detecting handlers: no diff-base annotations, no progress in status.
     settings.persistence.finalizer = f"{GROUP}/finalizer"

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -23,6 +25,7 @@ from prometheus_client import Counter
 from recsys_operator import GROUP, VERSION
 
 FIELD_MANAGER = "recsys-operator"
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 API_REQUESTS = Counter(
     "recsys_operator_api_requests_total",
@@ -88,9 +91,15 @@ class ApiError(Exception):
         self.message = message
 
     @property
+    def rbac_denied(self) -> bool:
+        """RBAC said no (not an admission webhook): fixing the Role makes a retry succeed."""
+        return self.status == 403 and " cannot " in self.message
+
+    @property
     def retryable(self) -> bool:
-        """Conflicts, throttling and server trouble pass; a 4xx about the object does not."""
-        return self.status in (409, 429) or self.status >= 500
+        """Conflicts, throttling, server trouble and missing permissions pass with time (or an
+        administrator); a 4xx about the object itself does not."""
+        return self.status in (409, 429) or self.status >= 500 or self.rbac_denied
 
 
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
@@ -114,11 +123,23 @@ class KubeClient:
         self.server = info.server.rstrip("/")
         self.field_manager = field_manager
         headers = {"Accept": "application/json", "User-Agent": "recsys-operator"}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+        self._scheme = info.scheme or "Bearer"
+        self._token = info.token
+        # In a pod the kubelet rotates the projected service-account token (about hourly);
+        # read it again rather than keep the one from start-up until it expires.
+        self._token_path = (
+            SERVICE_ACCOUNT_TOKEN if info.token and SERVICE_ACCOUNT_TOKEN.exists() else None
+        )
+        self._token_read = time.monotonic()
         self._headers = headers
         self._ssl = _ssl_context(info)
         self._session: aiohttp.ClientSession | None = None
+
+    def _auth(self) -> dict[str, str]:
+        if self._token_path is not None and time.monotonic() - self._token_read > 60:
+            self._token = self._token_path.read_text().strip()
+            self._token_read = time.monotonic()
+        return {"Authorization": f"{self._scheme} {self._token}"} if self._token else {}
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -146,7 +167,9 @@ class KubeClient:
         API_REQUESTS.labels(method.lower(), kind).inc()
         session = await self._http()
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if data is not None else {}
+        headers = self._auth()
+        if data is not None:
+            headers["Content-Type"] = content_type
         async with session.request(
             method, self.server + path, params=params, data=data, headers=headers
         ) as resp:

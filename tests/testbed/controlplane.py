@@ -257,7 +257,10 @@ def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPl
                 "--authorization-mode=RBAC",
                 "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,"
                 "LimitRanger,ResourceQuota,DefaultStorageClass,MutatingAdmissionWebhook,"
-                "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
+                "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,"
+                # As on OpenShift: setting blockOwnerDeletion needs update on the owner's
+                # finalizers, so the chart's RBAC is tested against the stricter clusters.
+                "OwnerReferencesPermissionEnforcement",
                 # It taints new nodes not-ready until the node-lifecycle controller lifts the
                 # taint; that controller stays off here (it would also taint the fake node).
                 "--disable-admission-plugins=TaintNodesByCondition",

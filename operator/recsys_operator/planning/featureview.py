@@ -190,6 +190,18 @@ def plan(fv: FeatureView, owner: Mapping[str, Any], image: str) -> FeatureViewPl
     return FeatureViewPlan(config_map, cron_job, config_map_bf, backfill_job)
 
 
+def permission_denied(
+    fv: FeatureView, previous: Mapping[str, Any], message: str, now: str
+) -> dict[str, Any]:
+    """Status while the operator lacks a permission: not the user's spec, the cluster's RBAC."""
+    gen = fv.metadata.generation or 0
+    conds: Sequence[Mapping[str, Any]] = previous.get("conditions", []) or []
+    text = f"the operator is not allowed to manage this FeatureView's children: {message}"
+    conds = set_condition(conds, "Ready", "False", "Forbidden", text, gen, now)
+    conds = set_condition(conds, "Degraded", "True", "Forbidden", text, gen, now)
+    return {**previous, "observedGeneration": gen, "conditions": conds}
+
+
 def status(
     fv: FeatureView,
     *,

@@ -65,6 +65,12 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                         f"started backfill Job {plan.backfill_job['metadata']['name']}",
                     )
         except ApiError as exc:
+            if exc.rbac_denied:
+                # Report it where the user looks, and look again: fixing RBAC heals it.
+                log.warning("FeatureView %s/%s: %s", ns, name, exc.message)
+                denied = planner.permission_denied(fv, previous, exc.message, now_rfc3339())
+                await write_status(ctx.kube, obj, denied)
+                return 60.0
             if exc.retryable:
                 raise
             # 4xx about the object itself (e.g. 422): retrying the same spec cannot help.

@@ -1,0 +1,52 @@
+{{/*
+The rules the operator uses, and no more. The same list goes into the ClusterRole (all
+namespaces) or into a Role per watched namespace. Each rule names the code that needs it;
+tests/integration/test_chart.py runs the operator on exactly these rules and fails on any 403.
+*/}}
+{{- define "recsys-operator.rules" -}}
+# kopf watches the three kinds; the reconcilers read them.
+- apiGroups: ["recsys.dev"]
+  resources: ["featureviews", "recommenders"]
+  verbs: ["get", "list", "watch"]
+# A Recommender creates a ModelVersion per training run and prunes old ones.
+- apiGroups: ["recsys.dev"]
+  resources: ["modelversions"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# Everything observed goes to status (merge patch); the spec is the user's.
+- apiGroups: ["recsys.dev"]
+  resources: ["featureviews/status", "modelversions/status", "recommenders/status"]
+  verbs: ["patch"]
+# Children carry blockOwnerDeletion owner references to these kinds; clusters with the
+# OwnerReferencesPermissionEnforcement admission plugin (OpenShift) require this to set them.
+- apiGroups: ["recsys.dev"]
+  resources: ["featureviews/finalizers", "modelversions/finalizers", "recommenders/finalizers"]
+  verbs: ["update"]
+# Training, index and backfill Jobs: created once (Jobs are immutable), watched for the outcome.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create"]
+# Materialization CronJobs: server-side apply (patch; create when the object is new).
+- apiGroups: ["batch"]
+  resources: ["cronjobs"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Triton and gateway Deployments: applied, watched for availability, removed when unused.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Rendered workload configs.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
+# Triton, gateway and torchrun-rendezvous Services.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create", "patch", "delete"]
+# A finished Job's pods carry the workload's JSON summary in their termination message.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+# Events for kubectl describe.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
