@@ -35,7 +35,8 @@ class Observed:
     recommender: Recommender | None
     train: JobOutcome | None = None
     index: JobOutcome | None = None
-    #: Metrics of the version serving now (stable), for maxRegression; None for the first.
+    #: Headline metrics of the version serving now (its status.metrics), for maxRegression;
+    #: None for the first version.
     baseline: Mapping[str, float] | None = None
     baseline_name: str | None = None
     role: Role = None
@@ -245,7 +246,9 @@ def _gate_then_index(
 ) -> Decision:
     gate = rec.spec.training.evaluation
     st = step.st
-    passed, message = evaluate_gate(gate, metrics, observed.baseline, observed.baseline_name)
+    # The serving version's status keeps its headline metrics; judge both by the same names.
+    baseline = gate_metrics(observed.baseline, gate.k) if observed.baseline else None
+    passed, message = evaluate_gate(gate, metrics, baseline, observed.baseline_name)
     evaluation: dict[str, Any] = {"k": gate.k, "passed": passed}
     for key, field_name in (
         (f"recall@{gate.k}", "recallAtK"),
