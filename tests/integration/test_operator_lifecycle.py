@@ -287,3 +287,38 @@ def test_distributed_training_uses_an_indexed_job_and_kueue(
     svc = get(testbed, "service", "movies-v1-train", namespace)
     assert svc is not None
     assert svc["spec"]["clusterIP"] == "None"
+
+
+IMPORTED_DIGEST = "sha256:" + "b" * 64
+
+
+def imported(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "recsys.dev/v1alpha1", "kind": "ModelVersion",
+        "metadata": {"name": name},
+        "spec": {"recommenderRef": {"name": "movies"}, "reason": "Manual",
+                 "storageUri": f"s3://notebooks/{name}", "digest": IMPORTED_DIGEST},
+    }
+
+
+def test_an_imported_version_skips_training_and_its_digest_is_checked(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    apply_stack(testbed, namespace)
+    for name in ("nb-good", "nb-wrong"):
+        testbed.kubectl("apply", "--server-side", "-n", namespace, "-f", "-",
+                        input=json.dumps(imported(name)))
+        wait_phase(testbed, namespace, name, "Indexing", operator)
+        assert get(testbed, "job", f"{name}-train", namespace) is None, "never trained"
+        config = json.loads(get(testbed, "configmap", f"{name}-index", namespace)["data"][  # type: ignore[index]
+            "config.json"])
+        assert config["modelArtifactUri"] == f"s3://notebooks/{name}"
+    finish_pod(testbed, namespace, "nb-good-index", exit_code=0,
+               summary={**index_summary("nb-good"), "modelDigest": IMPORTED_DIGEST})
+    good = wait_phase(testbed, namespace, "nb-good", "Serving", operator)
+    assert good["status"]["artifactUri"] == "s3://notebooks/nb-good"
+    finish_pod(testbed, namespace, "nb-wrong-index", exit_code=0,
+               summary={**index_summary("nb-wrong"), "modelDigest": "sha256:" + "c" * 64})
+    wrong = wait_phase(testbed, namespace, "nb-wrong", "Failed", operator)
+    assert wrong["status"]["reason"] == "DigestMismatch"
+    assert "not spec.digest" in wrong["status"]["message"]
