@@ -1,0 +1,476 @@
+"""Online serving: an open-loop load generator against the real stack, at fixed rates.
+
+The stack: Redis (testbed ``redis-server``) with MovieLens-100k users and items materialized,
+the tiny MovieLens model of the serving tests, its item embeddings padded to ``--items``
+(default 100,000) with jittered copies of the real ones, an HNSW index over them built by the
+real index build Job, Triton (python backend, torch, CPU) serving the repository built from
+the padded artifact, every user's MovieLens ratings as their seen set (filtered out of the
+candidates, and the models' history input), and the gateway as its own process
+(``python -m recsys_workloads.gateway``), as in a pod.
+
+Load is open-loop: request *i* of a rate *r* is sent at ``t0 + i/r`` whether or not earlier
+ones have answered, and its latency runs from that scheduled time (no coordinated omission).
+For each rate: p50/p99/p99.9 latency, throughput, error and fallback rates, the p50 of each
+stage as the gateway measured it, and the overhead ratio (end-to-end p50 / sum of the stage
+p50s: what HTTP, JSON, the event loop and queueing add). Two reference figures come first:
+
+- where ANN runs: one FAISS search in-process (what the gateway does) against one Triton round
+  trip (what it would cost to search inside Triton), on the same index;
+- the gateway floor: the same load with Triton unreachable, i.e. fallback items only (Redis,
+  HTTP and the gateway's own work, no models).
+
+    .venv/bin/python benchmarks/serving_bench.py                       # 50/100/200/400 rps
+    .venv/bin/python benchmarks/serving_bench.py --rates 50 100 --duration 10 --items 20000
+
+Raw samples' summaries go to benchmarks/results/serving_bench-<time>.json; a markdown table is
+printed. The load generator shares the machine with everything it measures: on a 2-core box
+its own CPU is part of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import faiss
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
+
+import serving_support as ss  # noqa: E402
+
+from recsys_workloads.artifact_store import ArtifactReader, ArtifactWriter, Store  # noqa: E402
+from recsys_workloads.datasets import movielens  # noqa: E402
+from recsys_workloads.datasets.layout import DatasetPaths  # noqa: E402
+from recsys_workloads.gateway.triton_client import user_tower_request  # noqa: E402
+from recsys_workloads.index_build import build as build_index  # noqa: E402
+from recsys_workloads.index_build import load_index  # noqa: E402
+from recsys_workloads.serving.repository import build_repository  # noqa: E402
+from recsys_workloads.train.pipeline import run as train  # noqa: E402
+from testbed.processes import free_port  # noqa: E402
+from testbed.redis_server import start_redis  # noqa: E402
+from testbed.triton_server import start_triton  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+STAGES = ("retrieval", "filtering", "scoring", "ordering")
+PAD_ID_BASE = 1_000_000
+
+
+def pad_artifact(src: str, dst: str, version: str, n_items: int, seed: int) -> None:
+    """Republish ``src`` with its item embeddings padded to ``n_items``: jittered copies of
+    real items (so they compete for the same queries), ids from PAD_ID_BASE."""
+    store = Store({})
+    reader = ArtifactReader(store, src, "model")
+    ids = reader.read_npy("embeddings/item_ids.npy").astype(np.int64)
+    vecs = reader.read_npy("embeddings/item_embeddings.npy").astype(np.float32)
+    extra = max(n_items - ids.size, 0)
+    rng = np.random.default_rng(seed)
+    base = vecs[rng.integers(0, ids.size, extra)]
+    # noise of about the vectors' own length: distinct items near real ones, not duplicates
+    # (near-duplicates are an HNSW worst case no catalogue has)
+    noise = rng.standard_normal(base.shape).astype(np.float32) / np.sqrt(vecs.shape[1])
+    jitter = base + noise
+    jitter /= np.linalg.norm(jitter, axis=1, keepdims=True)
+    writer = ArtifactWriter(store, dst, "model")
+    for rel in reader.manifest["files"]:
+        if rel not in ("embeddings/item_ids.npy", "embeddings/item_embeddings.npy"):
+            writer.put(rel, reader.read(rel))
+    writer.put_npy(
+        "embeddings/item_ids.npy",
+        np.concatenate([ids, PAD_ID_BASE + np.arange(extra, dtype=np.int64)]),
+    )
+    writer.put_npy("embeddings/item_embeddings.npy", np.concatenate([vecs, jitter]))
+    meta = {k: v for k, v in reader.manifest.items() if k not in ("files", "digest", "kind")}
+    writer.publish({**meta, "version": version, "itemCount": ids.size + extra})
+
+
+@dataclass
+class Stack:
+    root: Path
+    artifact: str
+    index: str
+    version: str
+    paths: Any
+    redis: Any = None
+    triton: Any = None
+    gateway: subprocess.Popen[bytes] | None = None
+    gateway_url: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def build_stack(root: Path, n_items: int) -> Stack:
+    t = time.perf_counter()
+    paths = movielens.write_dataset(str(root / "ml-100k"))
+    base = f"file://{root}/models/ml-v1"
+    train(ss.tiny_train_config(paths, base, "ml-v1"))
+    version = f"ml-v1-{n_items // 1000}k"
+    artifact = f"file://{root}/models/{version}"
+    pad_artifact(base, artifact, version, n_items, seed=3)
+    timings = {"trainSeconds": time.perf_counter() - t}
+    t = time.perf_counter()
+    index = f"file://{root}/indexes/{version}"
+    summary = build_index(
+        {
+            "version": version,
+            "modelArtifactUri": artifact,
+            "indexUri": index,
+            "index": {"kind": "hnsw", "efSearch": 128},
+            "validation": {"queries": 300},
+        }
+    )
+    timings["indexBuildSeconds"] = time.perf_counter() - t
+    timings["indexRecall"] = summary["recall"]
+    timings["indexEfSearch"] = summary["efSearch"]
+    build_repository({"artifactUri": artifact, "repositoryUri": str(root / "triton")})
+    return Stack(root, artifact, index, version, paths, timings=timings)
+
+
+def start_gateway(stack: Stack, triton_http: str, cfg_overrides: dict[str, Any]) -> None:
+    version = ss.Version(stack.version, stack.artifact, stack.index)
+    art = ss.Artifacts(stack.root, stack.paths, version, version, stack.root / "triton")
+    cfg = ss.gateway_config(art, triton_http, stack.redis.url)
+    cfg["routing"]["stable"]["modelVersion"] = stack.version
+    cfg.update(
+        {"candidates": 200, "topK": 20, "scoringTimeout": "100ms", "pollInterval": "1s"},
+        **cfg_overrides,
+    )
+    path = stack.root / "gateway.json"
+    path.write_text(json.dumps(cfg))
+    port = free_port()
+    log = (stack.root / f"gateway-{port}.log").open("wb")
+    stack.gateway = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "recsys_workloads.gateway",
+            "--config",
+            str(path),
+            f"--port={port}",
+            "--host=127.0.0.1",
+            "--log-level=WARNING",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    stack.gateway_url = f"http://127.0.0.1:{port}"
+
+
+def stop_gateway(stack: Stack) -> None:
+    if stack.gateway is not None:
+        stack.gateway.terminate()
+        stack.gateway.wait(10)
+        stack.gateway = None
+
+
+async def wait_ready(url: str, within_s: float = 120) -> None:
+    deadline = time.monotonic() + within_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(f"{url}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"gateway at {url} not ready within {within_s}s")
+
+
+@dataclass
+class Sample:
+    status: int
+    latency_ms: float
+    fallback: bool
+    stages: dict[str, float]
+    send_lag_ms: float
+
+
+async def one(session: aiohttp.ClientSession, url: str, user: int, at: float) -> Sample:
+    loop = asyncio.get_running_loop()
+    lag = (loop.time() - at) * 1000
+    try:
+        async with session.get(f"{url}/v1/recommendations?user_id={user}") as resp:
+            body = await resp.json()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError):
+        return Sample(0, (loop.time() - at) * 1000, False, {}, lag)
+    latency = (loop.time() - at) * 1000
+    if status != 200:
+        return Sample(status, latency, False, {}, lag)
+    return Sample(status, latency, body["fallback"] is not None, body["timingsMs"], lag)
+
+
+async def run_rate(url: str, rate: float, duration: float, seed: int) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    n = int(rate * duration)
+    users = rng.integers(1, 944, n)
+    loop = asyncio.get_running_loop()
+    timeout = aiohttp.ClientTimeout(total=2.0)
+    connector = aiohttp.TCPConnector(limit=1024)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        start = loop.time() + 0.05
+        tasks = []
+        for i in range(n):
+            at = start + i / rate
+            delay = at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(session, url, int(users[i]), at)))
+        return list(await asyncio.gather(*tasks))
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def cpu_snapshot(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of each part: the gateway, Triton (server and python stubs), Redis,
+    and this load generator."""
+    assert stack.gateway is not None
+    triton = stack.triton.process.pid
+    own = os.times()
+    return {
+        "gateway": _proc_cpu(stack.gateway.pid),
+        "triton": sum(_proc_cpu(p) for p in [triton, *_children(triton)]),
+        "redis": _proc_cpu(stack.redis.procs.processes[0].pid),
+        "loadGenerator": own.user + own.system,
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def summarize(rate: float, duration: float, samples: list[Sample]) -> dict[str, Any]:
+    ok = [s for s in samples if s.status == 200]
+    lat = [s.latency_ms for s in ok]
+    stage_p50 = {st: pct([s.stages[st] for s in ok], 50) for st in STAGES}
+    stage_sum = sum(stage_p50.values())
+    e2e_p50 = pct(lat, 50)
+    return {
+        "rate": rate,
+        "sent": len(samples),
+        "ok": len(ok),
+        "throughput": round(len(ok) / duration, 1),
+        "errorRate": round(1 - len(ok) / max(len(samples), 1), 4),
+        "fallbackRate": round(sum(s.fallback for s in ok) / max(len(ok), 1), 4),
+        "p50": round(e2e_p50, 2),
+        "p99": round(pct(lat, 99), 2),
+        "p999": round(pct(lat, 99.9), 2),
+        "max": round(max(lat, default=float("nan")), 2),
+        "stageP50": {k: round(v, 3) for k, v in stage_p50.items()},
+        "gatewayTotalP50": round(pct([s.stages["total"] for s in ok], 50), 3),
+        "stageSumP50": round(stage_sum, 3),
+        "overheadRatio": round(e2e_p50 / stage_sum, 2) if stage_sum else None,
+        "sendLagP99": round(pct([s.send_lag_ms for s in samples], 99), 2),
+    }
+
+
+async def placement_figures(stack: Stack, triton_http: str, n: int = 300) -> dict[str, Any]:
+    """One in-process FAISS search vs one Triton round trip, measured here."""
+    index, manifest = load_index(Store({}), stack.index)
+    faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((n, manifest["dimension"])).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    search_us = []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None, :], 300)
+        search_us.append((time.perf_counter() - t) * 1e6)
+    rtt_ms = []
+    body = user_tower_request(1, {"age": 30, "gender": "M", "occupation": "engineer"})
+    async with aiohttp.ClientSession() as session:
+        url = f"http://{triton_http}/v2/models/{stack.version}.user-tower/infer"
+        for _ in range(n // 3):
+            t = time.perf_counter()
+            async with session.post(url, json=body) as resp:
+                await resp.read()
+            rtt_ms.append((time.perf_counter() - t) * 1000)
+    return {
+        "faissSearchUsP50": round(pct(search_us, 50), 1),
+        "faissSearchUsP99": round(pct(search_us, 99), 1),
+        "tritonUserTowerRoundTripMsP50": round(pct(rtt_ms, 50), 3),
+        "tritonUserTowerRoundTripMsP99": round(pct(rtt_ms, 99), 3),
+        "items": manifest["itemCount"],
+        "k": 300,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| rate (rps) | throughput | errors | fallback | p50 ms | p99 ms | p99.9 ms | "
+        "retrieval | filtering | scoring | ordering | stage sum | overhead |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        s = r["stageP50"]
+        lines.append(
+            f"| {r['label']} | {r['throughput']} | {r['errorRate']:.2%} | "
+            f"{r['fallbackRate']:.1%} | {r['p50']} | {r['p99']} | {r['p999']} | "
+            f"{s['retrieval']} | {s['filtering']} | {s['scoring']} | {s['ordering']} | "
+            f"{r['stageSumP50']} | {r['overheadRatio']}x |"
+        )
+    return "\n".join(lines)
+
+
+async def measure(args: argparse.Namespace, stack: Stack, triton_http: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"placement": await placement_figures(stack, triton_http)}
+    rows = []
+    # the floor: Triton unreachable, fallback items only
+    start_gateway(stack, f"127.0.0.1:{free_port()}", {})
+    try:
+        await wait_ready(stack.gateway_url)
+        await run_rate(stack.gateway_url, args.rates[0], 2, seed=99)  # warm-up
+        floor_rate = 200.0 if 200.0 in args.rates else args.rates[-1]
+        before = cpu_snapshot(stack)
+        samples = await run_rate(stack.gateway_url, floor_rate, args.duration, seed=1)
+        after = cpu_snapshot(stack)
+        floor = summarize(floor_rate, args.duration, samples)
+        floor["cpuMsPerRequest"] = {
+            k: round((after[k] - before[k]) * 1000 / len(samples), 2) for k in after
+        }
+        rows.append({**floor, "label": f"{floor_rate:g} (floor: no Triton)"})
+    finally:
+        stop_gateway(stack)
+    start_gateway(stack, triton_http, {})
+    try:
+        await wait_ready(stack.gateway_url)
+        await run_rate(stack.gateway_url, args.rates[0], 3, seed=98)  # warm-up
+        for n, rate in enumerate(args.rates):
+            before = cpu_snapshot(stack)
+            samples = await run_rate(stack.gateway_url, rate, args.duration, seed=n)
+            after = cpu_snapshot(stack)
+            cpu = {k: round((after[k] - before[k]) * 1000 / len(samples), 2) for k in after}
+            rows.append(
+                {
+                    **summarize(rate, args.duration, samples),
+                    "label": f"{rate:g}",
+                    "cpuMsPerRequest": cpu,
+                }
+            )
+            print(
+                f"{rate:g} rps: p50 {rows[-1]['p50']} ms, p99 {rows[-1]['p99']} ms, "
+                f"errors {rows[-1]['errorRate']:.2%}",
+                flush=True,
+            )
+    finally:
+        stop_gateway(stack)
+    out["rows"] = rows
+    loaded = [r for r in rows if not r["label"].endswith("Triton)")]
+    past = [r["rate"] for r in loaded if r["p99"] > 50]
+    out["p99Passes50msAt"] = past[0] if past else None
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200, 400])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per rate")
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--workdir", type=Path, default=None, help="reuse a built stack")
+    args = parser.parse_args()
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    marker = root / "stack.json"
+    if marker.exists():
+        stack = Stack(
+            **{
+                **json.loads(marker.read_text()),
+                "root": root,
+                "paths": DatasetPaths.under(str(root / "ml-100k")),
+            }
+        )
+    else:
+        stack = build_stack(root, args.items)
+        built = {"artifact": stack.artifact, "index": stack.index, "version": stack.version}
+        marker.write_text(json.dumps({**built, "timings": stack.timings}))
+    stack.redis = start_redis(databases=1)
+    t = time.perf_counter()
+    stack.triton = start_triton(root / "triton", timeout=600)
+    stack.timings["tritonStartSeconds"] = round(time.perf_counter() - t, 1)
+    try:
+        ss.materialize_features(stack.redis.url, stack.paths)
+        # every user's MovieLens history in their seen set: filtered out, and the models'
+        # history input
+        ss.backfill_history(stack.redis.url, stack.paths)
+        result = asyncio.run(measure(args, stack, stack.triton.http_url))
+    finally:
+        stop_gateway(stack)
+        stack.triton.stop()
+        stack.redis.stop()
+    result.update(
+        {
+            "items": args.items,
+            "durationPerRate": args.duration,
+            "setup": stack.timings,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "loadAverage": os.getloadavg(),
+            },
+            "config": {
+                "candidates": 200,
+                "topK": 20,
+                "scoringTimeout": "100ms",
+                "tritonMaxBatchSize": 64,
+                "queueDelayUs": 500,
+                "torchThreads": 1,
+            },
+        }
+    )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"serving_bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=1))
+    p = result["placement"]
+    print(
+        f"\nANN placement ({p['items']} items, k={p['k']}): FAISS HNSW search in-process "
+        f"p50 {p['faissSearchUsP50']} µs / p99 {p['faissSearchUsP99']} µs; one Triton round "
+        f"trip (user tower) p50 {p['tritonUserTowerRoundTripMsP50']} ms / "
+        f"p99 {p['tritonUserTowerRoundTripMsP99']} ms\n"
+    )
+    print(table(result["rows"]))
+    print("\nCPU ms per request (gateway / Triton / Redis / load generator):")
+    for r in result["rows"]:
+        c = r["cpuMsPerRequest"]
+        print(
+            f"  {r['label']}: {c['gateway']} / {c['triton']} / {c['redis']} / {c['loadGenerator']}"
+        )
+    print(f"\np99 passes 50 ms at: {result['p99Passes50msAt'] or 'not within the rates run'} rps")
+    print(f"load average during the run: {result['machine']['loadAverage']}; results: {out}")
+
+
+if __name__ == "__main__":
+    main()

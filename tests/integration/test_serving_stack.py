@@ -1,0 +1,541 @@
+"""The online stack for real: Triton (python backend, torch) serving repositories built from
+MovieLens-100k artifacts, Redis holding materialized features, and the gateway in front.
+
+One module on purpose: the artifacts (a training run) and the Triton server (four python
+stubs that each import torch) are the expensive parts, built once here and shared. The last
+test stops Triton (fallback paths), so it must stay last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import redis
+import tritonclient.http as httpclient
+from serving_support import (
+    ITEMS_VIEW,
+    RECOMMENDER,
+    USERS_VIEW,
+    Artifacts,
+    build_artifacts,
+    gateway_client,
+    gateway_config,
+    materialize_features,
+    routing,
+    user_history,
+)
+
+from recsys_workloads.artifact_store import Store
+from recsys_workloads.featurestore.reader import read_online_features
+from recsys_workloads.gateway.control import (
+    IndexAlias,
+    block_items,
+    mark_seen,
+    move_index_alias,
+    publish_routing,
+)
+from recsys_workloads.gateway.keys import GatewayKeys
+from recsys_workloads.gateway.training_rows import work as training_rows
+from recsys_workloads.index_build import load_index
+from recsys_workloads.serving.inference import RankerScorer, RankQuery, UserTower
+from recsys_workloads.train.data import read_table, validate_interactions
+from testbed.redis_server import start_redis
+from testbed.triton_server import TritonServer, start_triton
+
+pytestmark = [pytest.mark.triton, pytest.mark.redis]
+KEYS = GatewayKeys.of(RECOMMENDER)
+#: Four python stubs importing torch on a busy 2-core machine take minutes, not seconds.
+TRITON_START_TIMEOUT = 600
+Json = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    return build_artifacts(tmp_path_factory.mktemp("serving"))
+
+
+@pytest.fixture(scope="module")
+def triton(art: Artifacts) -> Iterator[TritonServer]:
+    # explicit model control, so the fallback test can unload one model and keep the other
+    server = start_triton(
+        art.repository,
+        ("--model-control-mode=explicit", "--load-model=*"),
+        timeout=TRITON_START_TIMEOUT,
+    )
+    try:
+        yield server
+    finally:
+        if server.process.alive():  # a failed fallback test may leave it frozen
+            os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+@pytest.fixture
+def online(redis_url: str, art: Artifacts) -> str:
+    """This test's Redis database, with MovieLens users and items materialized."""
+    materialize_features(redis_url, art.paths)
+    return redis_url
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Json]:
+    async with session.get(url) as resp:
+        return resp.status, await resp.json()
+
+
+async def recommend(
+    session: aiohttp.ClientSession, base: str, user: int, k: int = 10, **params: str
+) -> Json:
+    query = "&".join(f"{a}={b}" for a, b in {"user_id": user, "k": k, **params}.items())
+    status, body = await get(session, f"{base}/v1/recommendations?{query}")
+    assert status == 200, body
+    return body
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, **want: Any) -> Json:
+    """Poll /readyz until it is 200 and its body holds ``want``."""
+    body: Json = {}
+    for _ in range(300):
+        status, body = await get(session, f"{base}/readyz")
+        if status == 200 and all(body.get(k) == v for k, v in want.items()):
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"gateway never became ready with {want}: {body}")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def metrics_text(session: aiohttp.ClientSession, base: str) -> str:
+    async with session.get(f"{base}/metrics") as resp:
+        return await resp.text()
+
+
+# --- Triton alone ---------------------------------------------------------------------------
+
+
+def tower_inputs(
+    user: int, features: Json | None, history: list[int] | None = None
+) -> list[httpclient.InferInput]:
+    uid = httpclient.InferInput("user_id", [1, 1], "INT64")
+    uid.set_data_from_numpy(np.array([[user]], dtype=np.int64))
+    feats = httpclient.InferInput("user_features", [1, 1], "BYTES")
+    feats.set_data_from_numpy(np.array([[json.dumps(features).encode()]], dtype=object))
+    if not history:
+        return [uid, feats]
+    hist = httpclient.InferInput("history", [1, len(history)], "INT64")
+    hist.set_data_from_numpy(np.array([history], dtype=np.int64))
+    return [uid, feats, hist]
+
+
+def test_two_versions_serve_side_by_side_as_the_models_do_in_process(
+    art: Artifacts, triton: TritonServer
+) -> None:
+    client = httpclient.InferenceServerClient(url=triton.http_url, concurrency=8)
+    features = {"age": 33, "gender": "M", "occupation": "engineer"}
+    history = [50, 181, 1]
+    vectors = {}
+    for version in ("ml-v1", "ml-v2"):
+        assert client.is_model_ready(f"{version}.user-tower")
+        assert client.is_model_ready(f"{version}.ranker")
+        local = UserTower.load(art.repository / f"{version}.user-tower" / "1")
+        out = client.infer(f"{version}.user-tower", tower_inputs(5, features, history))
+        vector = out.as_numpy("embedding")
+        np.testing.assert_allclose(
+            vector, local.embed([5], [features], [history]), rtol=1e-4, atol=1e-5
+        )
+        vectors[version] = vector
+    assert not np.allclose(vectors["ml-v1"], vectors["ml-v2"], atol=1e-3)
+
+    # concurrent ranker calls of different lengths: the dynamic batcher may put them in one
+    # execute (ragged item_ids); each answer must still be its own query's
+    scorer = RankerScorer.load(art.repository / "ml-v1.ranker" / "1")
+    rng = np.random.default_rng(0)
+    pending = []
+    for n in range(12):
+        items = rng.choice(np.arange(1, 1600), size=5 + 7 * n, replace=False).astype(np.int64)
+        recent = [int(i) for i in items[: n % 4]]  # ragged histories too, some empty
+        inputs = tower_inputs(10 + n, {"age": 20 + n}, recent)
+        ids = httpclient.InferInput("item_ids", [1, items.size], "INT64")
+        ids.set_data_from_numpy(items[None, :])
+        pending.append((n, items, recent, client.async_infer("ml-v1.ranker", [*inputs, ids])))
+    for n, items, recent, call in pending:
+        got = call.get_result().as_numpy("scores").reshape(-1)
+        want = scorer.score([RankQuery(10 + n, {"age": 20 + n}, items, recent)])[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+    bad = tower_inputs(5, None)
+    bad[1].set_data_from_numpy(np.array([[b"{not json"]], dtype=object))
+    with pytest.raises(Exception, match=r"(?i)expecting|json"):
+        client.infer("ml-v1.user-tower", bad)
+    client.close()
+
+
+# --- the gateway ----------------------------------------------------------------------------
+
+
+def expected_ranking(art: Artifacts, redis_url: str, user: int, k: int) -> list[int]:
+    """The four stages computed independently, in-process, from the same stores."""
+    client = redis.Redis.from_url(redis_url)
+    row = read_online_features(client, USERS_VIEW, [user]).rows[0]
+    history = [int(i) for i in client.zrevrange(KEYS.seen(user), 0, 99)]
+    client.close()
+    tower = UserTower.load(art.repository / "ml-v1.user-tower" / "1")
+    index, _ = load_index(Store({}), art.v1.index)
+    _, ids = index.search(tower.embed([user], [row], [history]), 100 + len(history))
+    candidates = ids[0][(ids[0] >= 0) & ~np.isin(ids[0], history)][:100]
+    scorer = RankerScorer.load(art.repository / "ml-v1.ranker" / "1")
+    scores = scorer.score([RankQuery(user, row, candidates, history)])[0]
+    order = np.argsort(-scores, kind="stable")
+    return [int(candidates[i]) for i in order[:k]]
+
+
+async def test_results_have_the_right_shape_and_order(
+    art: Artifacts, triton: TritonServer, online: str
+) -> None:
+    client = redis.Redis.from_url(online)
+    mark_seen(client, KEYS, 42, user_history(art.paths, 42)[:12])  # history for one user
+    client.close()
+    cfg = gateway_config(art, triton.http_url, online)
+    async with gateway_client(cfg) as (_, base, session):
+        await wait_ready(session, base)
+        for user in (1, 42, 500):
+            body = await recommend(session, base, user, k=7, page="home")
+            assert body["modelVersion"] == "ml-v1"
+            assert body["variant"] == "stable"
+            assert body["fallback"] is None
+            assert body["requestId"].endswith("-s")
+            ids = [it["itemId"] for it in body["items"]]
+            scores = [it["score"] for it in body["items"]]
+            assert len(ids) == 7
+            assert len(set(ids)) == 7
+            assert scores == sorted(scores, reverse=True)
+            assert ids == expected_ranking(art, online, user, 7)
+            assert set(body["timingsMs"]) == {
+                "retrieval", "filtering", "scoring", "ordering", "total"
+            }  # fmt: skip
+        # a user the models and the store never saw still gets a full list
+        assert len((await recommend(session, base, 99999, k=5))["items"]) == 5
+        for query, named in (
+            ("k=3", "user_id: required"),
+            ("user_id=abc", "user_id: 'abc' is not an integer"),
+            ("user_id=1&k=0", "k: 0 is outside [1, 100]"),
+        ):
+            status, body = await get(session, f"{base}/v1/recommendations?{query}")
+            assert status == 400
+            assert named in body["error"]
+        text = await metrics_text(session, base)
+        assert metric(text, "recsys_gateway_requests_total", code="200") == 4
+        assert metric(text, "recsys_gateway_served_items_total", variant="stable") == 26
+        count = "recsys_gateway_stage_duration_seconds_count"
+        assert metric(text, count, stage="scoring", variant="stable") == 4
+
+
+async def test_filtering_really_removes_seen_and_blocked_items(
+    art: Artifacts, triton: TritonServer, online: str
+) -> None:
+    client = redis.Redis.from_url(online)
+    user = 13  # rated over 600 films: without the filter, seen films fill the list
+    history = user_history(art.paths, user)
+    cfg = gateway_config(art, triton.http_url, online)
+    async with gateway_client(cfg) as (_, base, session):
+        await wait_ready(session, base)
+        before = [it["itemId"] for it in (await recommend(session, base, user))["items"]]
+        assert set(before) & set(history), "the check below would prove nothing"
+
+        mark_seen(client, KEYS, user, history)
+        after = await recommend(session, base, user)
+        ids = [it["itemId"] for it in after["items"]]
+        assert len(ids) == 10
+        assert not set(ids) & set(history)
+
+        block_items(client, KEYS, [ids[0]])
+        block_items(client, KEYS, [ids[1]], user_id=user)
+        blocked = [it["itemId"] for it in (await recommend(session, base, user))["items"]]
+        assert ids[0] not in blocked
+        assert ids[1] not in blocked
+        # another user is spared the per-user block list but not the global one
+        other = [it["itemId"] for it in (await recommend(session, base, 14, k=50))["items"]]
+        assert ids[0] not in other
+
+        # a click posted for a served item filters it from the next response
+        latest = await recommend(session, base, user)
+        clicked = latest["items"][0]["itemId"]
+        event = {"requestId": latest["requestId"], "itemId": clicked, "type": "click",
+                 "userId": user}  # fmt: skip
+        async with session.post(f"{base}/v1/events", json=event) as resp:
+            assert resp.status == 202
+        again = [it["itemId"] for it in (await recommend(session, base, user))["items"]]
+        assert clicked not in again
+    client.close()
+
+
+async def test_item_rules_use_the_materialized_item_features(
+    art: Artifacts, triton: TritonServer, online: str
+) -> None:
+    cfg = gateway_config(
+        art,
+        triton.http_url,
+        online,
+        filtering={"excludeSeen": True, "itemSelector": {"matchExpressions": [
+            {"key": "release_year", "operator": "Gt", "values": ["1990"]}]}},
+        ordering={"diversity": {"key": "genres", "maxPerValue": 2}},
+    )  # fmt: skip
+    client = redis.Redis.from_url(online)
+    async with gateway_client(cfg) as (_, base, session):
+        await wait_ready(session, base)
+        for user in (1, 2, 3):
+            ids = [it["itemId"] for it in (await recommend(session, base, user))["items"]]
+            assert ids
+            rows = read_online_features(client, ITEMS_VIEW, ids).rows
+            assert all(r is not None and r["release_year"] > 1990 for r in rows)
+            genres = [g for r in rows if r is not None for g in r["genres"]]
+            assert max(genres.count(g) for g in set(genres)) <= 2
+    client.close()
+
+
+async def test_sticky_routing_holds_across_a_weight_change(
+    art: Artifacts, triton: TritonServer, online: str
+) -> None:
+    client = redis.Redis.from_url(online)
+    users = list(range(1, 161))
+    cfg = gateway_config(art, triton.http_url, online)
+    async with gateway_client(cfg) as (_, base, session):
+        await wait_ready(session, base, routingSource="config")
+
+        async def variants() -> dict[int, str]:
+            out = {}
+            for u in users:
+                body = await recommend(session, base, u, k=3)
+                want = {"stable": "ml-v1", "canary": "ml-v2"}[body["variant"]]
+                assert body["modelVersion"] == want
+                out[u] = body["variant"]
+            return out
+
+        publish_routing(client, KEYS, routing(art.v1, triton.http_url, art.v2, 20))
+        await wait_ready(session, base, routingSource="redis", canaryWeight=20,
+                         loading=[], indexes=sorted([art.v1.index, art.v2.index]))  # fmt: skip
+        first = await variants()
+        assert 10 <= sum(v == "canary" for v in first.values()) <= 55
+        assert first == await variants()  # the same users, the same variants
+
+        publish_routing(client, KEYS, routing(art.v1, triton.http_url, art.v2, 60))
+        await wait_ready(session, base, canaryWeight=60)
+        second = await variants()
+        assert all(second[u] == "canary" for u in users if first[u] == "canary")
+        assert sum(v == "canary" for v in second.values()) > sum(
+            v == "canary" for v in first.values()
+        )
+
+        publish_routing(client, KEYS, routing(art.v1, triton.http_url))
+        await wait_ready(session, base, canaryWeight=0, canary=None)
+        assert set((await variants()).values()) == {"stable"}
+        text = await metrics_text(session, base)
+        assert metric(text, "recsys_gateway_requests_total", variant="canary") > 0
+        assert metric(text, "recsys_gateway_routing_updates_total", source="redis") == 3
+    client.close()
+
+
+async def test_index_alias_swap_under_load_drops_no_request(
+    art: Artifacts, triton: TritonServer, online: str
+) -> None:
+    assert art.v1.hnsw_index is not None
+    client = redis.Redis.from_url(online)
+    move_index_alias(client, KEYS, IndexAlias(art.v1.index, "ml-v1"))
+    cfg = gateway_config(art, triton.http_url, online)
+    async with gateway_client(cfg) as (gw, base, session):
+        await wait_ready(session, base, indexes=[art.v1.index])
+        results: list[tuple[int, Json]] = []
+        a_quarter_done = asyncio.Event()
+
+        async def worker(n: int) -> None:
+            for i in range(40):
+                async with session.get(
+                    f"{base}/v1/recommendations?user_id={1 + (n * 40 + i) % 900}&k=5"
+                ) as resp:
+                    results.append((resp.status, await resp.json()))
+                if len(results) >= 60:
+                    a_quarter_done.set()
+
+        async def swap() -> None:
+            await a_quarter_done.wait()
+            move_index_alias(client, KEYS, IndexAlias(str(art.v1.hnsw_index), "ml-v1"))
+
+        await asyncio.gather(*(worker(n) for n in range(6)), swap())
+        assert [s for s, _ in results] == [200] * 240
+        assert all(b["fallback"] is None and len(b["items"]) == 5 for _, b in results)
+        used = [b["index"] for _, b in results]
+        assert used[0] == art.v1.index
+        assert used[-1] == art.v1.hnsw_index
+        assert used.index(str(art.v1.hnsw_index)) >= 60
+        # after the swap, the old index is gone from the pool
+        assert sorted(gw.pool.loaded) == [art.v1.hnsw_index]
+        # an alias naming another version's index does not redirect stable traffic
+        move_index_alias(client, KEYS, IndexAlias(art.v2.index, "ml-v2"))
+        await wait_ready(session, base, indexes=[art.v1.index])
+        assert (await recommend(session, base, 3))["index"] == art.v1.index
+    client.close()
+
+
+async def test_events_join_their_impressions(
+    art: Artifacts, triton: TritonServer, online: str, tmp_path: Path
+) -> None:
+    cfg = gateway_config(art, triton.http_url, online)
+    async with gateway_client(cfg) as (_, base, session):
+        await wait_ready(session, base)
+        served = [await recommend(session, base, u, k=4, page="p") for u in (7, 8, 9)]
+        events = [
+            {"requestId": served[0]["requestId"], "itemId": served[0]["items"][1]["itemId"],
+             "type": "click", "userId": 7},
+            {"requestId": served[0]["requestId"], "itemId": served[0]["items"][1]["itemId"],
+             "type": "purchase", "userId": 7},
+            {"requestId": served[2]["requestId"], "itemId": served[2]["items"][3]["itemId"],
+             "type": "click"},
+            {"requestId": served[1]["requestId"], "itemId": 1_000_000, "type": "click"},
+        ]  # fmt: skip
+        async with session.post(f"{base}/v1/events", json={"events": events}) as resp:
+            assert resp.status == 202
+            assert (await resp.json()) == {"accepted": 4}
+        async with session.post(f"{base}/v1/events", json=[{"type": "click"}]) as resp:
+            assert resp.status == 400
+            assert "events[0].requestId" in (await resp.json())["error"]
+        text = await metrics_text(session, base)
+        assert metric(text, "recsys_gateway_events_total", variant="stable", type="click") == 3
+    # the gateway has shut down: its writer flushed every served entry
+    term = tmp_path / "term"
+    cfg = {
+        "redisUrl": online,
+        "recommender": RECOMMENDER,
+        "waitSeconds": 0,
+        "impressionsUri": str(tmp_path / "out" / "impressions.parquet"),
+        "interactionsUri": str(tmp_path / "out" / "interactions.parquet"),
+    }
+    summary = training_rows(cfg)
+    assert summary["responses"] == 3
+    assert summary["unmatchedEvents"] == 1
+    rows = pq.read_table(tmp_path / "out" / "impressions.parquet").to_pylist()
+    assert len(rows) == 12
+    by_key = {(r["request_id"], r["item_id"]): r for r in rows}
+    first = by_key[(served[0]["requestId"], served[0]["items"][1]["itemId"])]
+    assert (first["clicked"], first["purchased"], first["position"]) == (True, True, 1)
+    assert first["user_features"] is not None
+    assert json.loads(first["user_features"])["occupation"]
+    third = by_key[(served[2]["requestId"], served[2]["items"][3]["itemId"])]
+    assert (third["clicked"], third["purchased"], third["user_id"]) == (True, False, 9)
+    assert sum(r["clicked"] for r in rows) == 2
+    assert all(r["model_version"] == "ml-v1" for r in rows)
+    interactions = validate_interactions(
+        read_table(Store({}), str(tmp_path / "out" / "interactions.parquet"), "interactions")
+    )
+    assert sorted(interactions.user_ids.tolist()) == [7, 9]
+    assert sorted(interactions.ratings.tolist()) == [1.0, 2.0]
+    # continuing from lastId turns nothing into rows twice
+    again = training_rows({**cfg, "after": summary["lastId"]})
+    assert again["responses"] == 0
+    assert not term.exists()
+
+
+async def test_redis_down_is_a_clear_503_and_no_crash(art: Artifacts, triton: TritonServer) -> None:
+    server = start_redis(databases=1)
+    try:
+        materialize_features(server.url, art.paths)
+        cfg = gateway_config(art, triton.http_url, server.url, redisTimeout="200ms")
+        async with gateway_client(cfg) as (gw, base, session):
+            await wait_ready(session, base)
+            await recommend(session, base, 1)
+            server.stop()
+            for _ in range(3):
+                status, body = await get(session, f"{base}/v1/recommendations?user_id=1")
+                assert status == 503
+                assert "Redis" in body["error"]
+            event = {"requestId": "0" * 32 + "-s", "itemId": 1, "type": "click"}
+            async with session.post(f"{base}/v1/events", json=event) as resp:
+                assert resp.status == 503
+            status, _ = await get(session, f"{base}/healthz")
+            assert status == 200
+            for _ in range(50):
+                status, body = await get(session, f"{base}/readyz")
+                if status == 503:
+                    break
+                await asyncio.sleep(0.1)
+            assert (status, body["redis"], body["indexLoaded"]) == (503, False, True)
+            text = await metrics_text(session, base)
+            assert metric(text, "recsys_gateway_errors_total", reason="redis") == 3
+            assert metric(text, "recsys_gateway_requests_total", code="503") == 3
+            assert gw.poller is not None
+            assert not gw.poller.done()
+    finally:
+        server.stop()
+
+
+# --- last: this test stops Triton -------------------------------------------------------------
+
+
+async def test_triton_slow_or_down_falls_back_within_the_deadline(
+    art: Artifacts, triton: TritonServer, online: str
+) -> None:
+    popular = [
+        p["itemId"]
+        for p in json.loads((Path(art.v1.artifact[7:]) / "popular_items.json").read_text())
+    ]
+    cfg = gateway_config(art, triton.http_url, online, scoringTimeout="300ms")
+    async with gateway_client(cfg) as (_, base, session):
+        await wait_ready(session, base)
+        assert (await recommend(session, base, 1))["fallback"] is None
+
+        # slow: the server is frozen; the user tower misses the deadline
+        os.kill(triton.process.pid, signal.SIGSTOP)
+        try:
+            slow = [await recommend(session, base, u, k=5) for u in (1, 2)]
+        finally:
+            os.kill(triton.process.pid, signal.SIGCONT)
+        assert [b["fallback"] for b in slow] == ["triton-timeout"] * 2
+        for body in slow:
+            ids = [it["itemId"] for it in body["items"]]
+            assert ids == [p for p in popular if p in ids][:5]  # popularity order
+
+        # thawed: served by the models again
+        for _ in range(50):
+            if (await recommend(session, base, 3))["fallback"] is None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("Triton never came back into use")
+
+        # the ranker alone unavailable: retrieval order is served instead
+        async with session.post(
+            f"http://{triton.http_url}/v2/repository/models/ml-v1.ranker/unload"
+        ) as resp:
+            assert resp.status == 200
+        body = await recommend(session, base, 4, k=5)
+        assert body["fallback"] == "triton-error"
+        scores = [it["score"] for it in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+        assert all(-1.0 <= s <= 1.0 for s in scores)  # cosine similarities, not logits
+
+        # down
+        triton.stop()
+        down = [await recommend(session, base, u, k=5) for u in range(1, 8)]
+        assert {b["fallback"] for b in down} <= {"triton-unavailable", "triton-circuit-open"}
+        assert down[-1]["fallback"] == "triton-circuit-open"
+        assert all(len(b["items"]) == 5 for b in down)
+        text = await metrics_text(session, base)
+        fallbacks = "recsys_gateway_fallbacks_total"
+        assert metric(text, fallbacks, reason="triton-timeout") == 2
+        assert metric(text, fallbacks, reason="triton-error") == 1
+        assert metric(text, fallbacks, reason="triton-unavailable") >= 1
+        assert metric(text, fallbacks, reason="triton-circuit-open") >= 1

@@ -1,0 +1,377 @@
+"""The gateway's HTTP API (aiohttp) and its background work.
+
+- ``GET /v1/recommendations?user_id=…&k=…`` (other query parameters are the request's context,
+  logged with it): 200 with ``requestId``, ``variant``, ``modelVersion``, ``index``,
+  ``items[{itemId, score}]``, ``fallback`` (null, or why fallback items were served) and
+  ``timingsMs`` per stage; 400 naming the bad parameter; 503 when Redis is unavailable or no
+  index is loaded yet, always with a JSON ``error``.
+- ``POST /v1/events``: one event object, a list, or ``{"events": [...]}``; each
+  ``{requestId, itemId, type: click|purchase, userId?, timestamp? (ms)}``. 202 with the count;
+  400 naming the bad field; 503 when Redis is unavailable. Clicks and purchases also mark the
+  item as seen for the user (when ``userId`` is given), so the next response filters it.
+- ``/healthz``: the process serves HTTP (liveness). ``/readyz``: the stable index is loaded
+  and the last Redis poll succeeded (readiness). ``/metrics``: Prometheus.
+
+Background: every ``pollInterval`` one pipeline reads the routing table and the index alias
+from Redis (a table there wins over the config file's, which is re-read when the mounted file
+changes); the index pool loads what the table and alias need and swaps it in; a writer
+appends served responses to the log stream in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.asyncio
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from recsys_workloads.artifact_store import Store
+from recsys_workloads.gateway.config import GatewayConfig, RoutingTable, parse_routing
+from recsys_workloads.gateway.control import IndexAlias
+from recsys_workloads.gateway.index_pool import (
+    IndexPool,
+    load_serving_index,
+    single_threaded_search,
+)
+from recsys_workloads.gateway.keys import GatewayKeys
+from recsys_workloads.gateway.metrics import GatewayMetrics
+from recsys_workloads.gateway.pipeline import (
+    NotReady,
+    RecommendationService,
+    Routing,
+    variant_of_request,
+    wanted_indexes,
+)
+from recsys_workloads.gateway.served_log import EVENT_TYPES, EventRecord, StreamWriter
+from recsys_workloads.gateway.store import GatewayStore, StoreUnavailable, guarded
+from recsys_workloads.gateway.triton_client import TritonClient
+from recsys_workloads.runtime import BadInputError, load_config
+
+log = logging.getLogger("recsys_workloads.gateway")
+
+MAX_EVENTS_PER_POST = 1000
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def _int_param(raw: str | None, name: str, default: int | None, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        if default is None:
+            raise BadInputError(f"{name}: required query parameter is missing")
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise BadInputError(f"{name}: {raw!r} is not an integer") from exc
+    if not low <= value <= high:
+        raise BadInputError(f"{name}: {value} is outside [{low}, {high}]")
+    return value
+
+
+def parse_events(body: Any, now_ms: int) -> list[EventRecord]:
+    """Validated events from a POST body; errors name the event and field."""
+    if isinstance(body, dict) and "events" in body:
+        body = body["events"]
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise BadInputError("events: the body holds no events")
+    if len(items) > MAX_EVENTS_PER_POST:
+        raise BadInputError(f"events: at most {MAX_EVENTS_PER_POST} per request, got {len(items)}")
+    out = []
+    for n, raw in enumerate(items):
+        where = f"events[{n}]"
+        if not isinstance(raw, dict):
+            raise BadInputError(f"{where}: must be an object")
+        request_id = raw.get("requestId")
+        if not isinstance(request_id, str) or variant_of_request(request_id) is None:
+            raise BadInputError(
+                f"{where}.requestId: must be the requestId of a recommendation response"
+            )
+        kind = raw.get("type")
+        if kind not in EVENT_TYPES:
+            raise BadInputError(f"{where}.type: must be one of {', '.join(EVENT_TYPES)}")
+        item, user, ts = raw.get("itemId"), raw.get("userId"), raw.get("timestamp", now_ms)
+        if not isinstance(item, int) or isinstance(item, bool):
+            raise BadInputError(f"{where}.itemId: must be an integer item id")
+        if user is not None and (not isinstance(user, int) or isinstance(user, bool)):
+            raise BadInputError(f"{where}.userId: must be an integer user id")
+        if not isinstance(ts, int) or isinstance(ts, bool) or ts <= 0:
+            raise BadInputError(f"{where}.timestamp: must be milliseconds since the epoch")
+        out.append(EventRecord(request_id, ts, str(kind), item, user))
+    return out
+
+
+class Gateway:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        *,
+        config_path: Path | None = None,
+        redis_password: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.config_mtime = config_path.stat().st_mtime if config_path else None
+        self.file_routing: RoutingTable = cfg.routing
+        self.keys = GatewayKeys.of(cfg.recommender, cfg.key_prefix)
+        self.metrics = GatewayMetrics()
+        timeout = cfg.redis_timeout_s
+        self.redis = redis.asyncio.Redis.from_url(
+            cfg.redis_url,
+            password=redis_password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self.store = GatewayStore(
+            self.redis,
+            self.keys,
+            cfg.feature_views.user,
+            cfg.feature_views.item,
+            cfg.item_cache_ttl_s,
+        )
+        artifacts = Store(cfg.storage_options)
+        self.pool = IndexPool(lambda uri: load_serving_index(artifacts, uri), self._index_event)
+        self.served = StreamWriter(
+            self.redis, self.keys.served, cfg.served_log_max_len, self._dropped(self.keys.served)
+        )
+        self.session: aiohttp.ClientSession | None = None
+        self.service: RecommendationService | None = None
+        self.redis_ok = False
+        self.poller: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, _app: web.Application | None = None) -> None:
+        single_threaded_search()
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+            headers={"Content-Type": "application/json"},
+        )
+        self.service = RecommendationService(
+            self.cfg,
+            self.store,
+            TritonClient(self.session),
+            self.pool,
+            self.metrics,
+            self.served,
+        )
+        self.served.start()
+        await self.poll_once()
+        self.poller = asyncio.create_task(self._poll_forever())
+
+    async def stop(self, _app: web.Application | None = None) -> None:
+        if self.poller is not None:
+            self.poller.cancel()
+            await asyncio.gather(self.poller, return_exceptions=True)
+        await self.pool.close()
+        with contextlib.suppress(Exception):
+            await self.served.close()
+        if self.session is not None:
+            await self.session.close()
+        await self.redis.aclose()
+
+    def _index_event(self, event: str, uri: str) -> None:
+        self.metrics.index_events.labels(event).inc()
+        loaded = self.pool.loaded.get(uri)
+        if loaded is not None:
+            self.metrics.index_items.labels(uri).set(loaded.item_count)
+
+    def _dropped(self, stream: str) -> Any:
+        def count(reason: str, n: int) -> None:
+            self.metrics.log_dropped.labels(stream, reason).inc(n)
+
+        return count
+
+    # --- routing and alias -----------------------------------------------------------------
+
+    def _reread_config_file(self) -> None:
+        if self.config_path is None:
+            return
+        try:
+            mtime = self.config_path.stat().st_mtime
+            if mtime == self.config_mtime:
+                return
+            self.config_mtime = mtime
+            self.file_routing = parse_routing(json.loads(self.config_path.read_text())["routing"])
+        except (OSError, ValueError, KeyError, BadInputError) as exc:
+            log.error(
+                "config file %s: keeping the previous routing table: %s", self.config_path, exc
+            )
+
+    async def poll_once(self) -> None:
+        """Read the routing table and index alias; take them into use; load indexes."""
+        assert self.service is not None
+        self._reread_config_file()
+        current = self.service.routing
+        table, source, alias = self.file_routing, "config", current.alias
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.get(self.keys.routing)
+            pipe.get(self.keys.index_alias)
+            raw_table, raw_alias = await guarded(pipe.execute())
+            self.redis_ok = True
+        except StoreUnavailable as exc:
+            if self.redis_ok:
+                log.warning("Redis poll failed: %s", exc)
+            self.redis_ok = False
+            raw_table, raw_alias, table, source = None, None, current.table, current.source
+        else:
+            alias = None
+            if raw_alias:
+                try:
+                    alias = IndexAlias.from_json(raw_alias)
+                except ValueError as exc:
+                    log.error(
+                        "index alias %s: %s; keeping the previous one", self.keys.index_alias, exc
+                    )
+                    alias = current.alias
+        if raw_table:
+            try:
+                table, source = parse_routing(json.loads(raw_table)), "redis"
+            except (ValueError, BadInputError) as exc:
+                log.error("routing table %s: %s; keeping the previous one", self.keys.routing, exc)
+                table, source = current.table, current.source
+        routing = Routing(table, source, alias)
+        if routing != current:
+            if routing.table != current.table:
+                self.metrics.routing_updates.labels(source).inc()
+                log.info("routing table from %s: %s", source, table.model_dump(by_alias=True))
+            self.service.routing = routing
+        self.metrics.redis_up.set(1 if self.redis_ok else 0)
+        self.metrics.canary_weight.set(routing.table.canary_weight if routing.table.canary else 0)
+        self.pool.want(wanted_indexes(routing))
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.poll_interval_s)
+            try:
+                await self.poll_once()
+            except Exception:  # the poller must outlive any single bad poll
+                log.exception("routing poll failed")
+
+    # --- handlers --------------------------------------------------------------------------
+
+    async def recommendations(self, request: web.Request) -> web.Response:
+        assert self.service is not None
+        q = request.query
+        try:
+            user_id = _int_param(q.get("user_id"), "user_id", None, -(2**63), 2**63 - 1)
+            k = _int_param(q.get("k"), "k", self.cfg.top_k, 1, self.cfg.candidates)
+        except BadInputError as exc:
+            self.metrics.requests.labels("none", "", "400").inc()
+            return _error(400, str(exc))
+        context = {key: value for key, value in q.items() if key not in ("user_id", "k")}
+        try:
+            variant = self.service.resolve(user_id)
+        except NotReady as exc:
+            self.metrics.requests.labels("none", "", "503").inc()
+            self.metrics.errors.labels("none", "", "not-ready").inc()
+            return _error(503, f"not ready: {exc}")
+        labels = (variant.name, variant.model_version)
+        try:
+            rec = await self.service.recommend_for(variant, user_id, k, context)
+        except StoreUnavailable as exc:
+            self.metrics.requests.labels(*labels, "503").inc()
+            self.metrics.errors.labels(*labels, "redis").inc()
+            return _error(503, f"online store (Redis) unavailable: {exc}")
+        except Exception as exc:
+            log.exception("recommendation for user %s failed", user_id)
+            self.metrics.requests.labels(*labels, "500").inc()
+            self.metrics.errors.labels(*labels, "internal").inc()
+            return _error(500, f"internal error: {type(exc).__name__}")
+        self.metrics.requests.labels(*labels, "200").inc()
+        return _json(rec.to_json())
+
+    async def events(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "body: must be JSON")
+        try:
+            events = parse_events(body, int(time.time() * 1000))
+        except BadInputError as exc:
+            return _error(400, str(exc))
+        pipe = self.redis.pipeline(transaction=False)
+        for e in events:
+            pipe.xadd(
+                self.keys.events,
+                e.to_fields(),  # type: ignore[arg-type]
+                maxlen=self.cfg.served_log_max_len,
+                approximate=True,
+            )
+            if e.user_id is not None:
+                pipe.zadd(self.keys.seen(e.user_id), {str(e.item_id): e.ts_ms})
+        try:
+            await guarded(pipe.execute())
+        except StoreUnavailable as exc:
+            return _error(503, f"online store (Redis) unavailable: {exc}")
+        for e in events:
+            self.metrics.events.labels(variant_of_request(e.request_id) or "none", e.type).inc()
+        return _json({"accepted": len(events)}, 202)
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        assert self.service is not None
+        routing = self.service.routing
+        body = {
+            "indexLoaded": self.service.ready(),
+            "redis": self.redis_ok,
+            "routingSource": routing.source,
+            "stable": routing.table.stable.model_version,
+            "canary": routing.table.canary.model_version if routing.table.canary else None,
+            "canaryWeight": routing.table.canary_weight,
+            "indexes": sorted(self.pool.loaded),
+            "loading": sorted(self.pool.loading),
+        }
+        ok = body["indexLoaded"] and self.redis_ok
+        return _json(body, 200 if ok else 503)
+
+    async def metrics_page(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+
+GATEWAY_KEY = web.AppKey("gateway", Gateway)
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    app = web.Application()
+    app[GATEWAY_KEY] = gateway
+    app.router.add_get("/v1/recommendations", gateway.recommendations)
+    app.router.add_post("/v1/events", gateway.events)
+    app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/readyz", gateway.readyz)
+    app.router.add_get("/metrics", gateway.metrics_page)
+    app.on_startup.append(gateway.start)
+    app.on_cleanup.append(gateway.stop)
+    return app
+
+
+def gateway_from_file(path: Path, redis_password: str | None) -> Gateway:
+    from recsys_workloads.gateway.config import parse_gateway_config
+
+    return Gateway(
+        parse_gateway_config(load_config(path)), config_path=path, redis_password=redis_password
+    )

@@ -1,0 +1,96 @@
+"""Prometheus metrics of the gateway, labelled by variant (stable/canary) and model version.
+
+What the rollout's analysis reads: success rate (``requests_total`` by ``code``), latency
+(``request_duration_seconds``), fallback rate (``fallbacks_total`` / ``requests_total``) and
+click-through rate (``events_total{type="click"}`` / ``served_items_total``), each per variant.
+A registry per gateway instance (not the process-global one) so tests can run several.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
+    0.15, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+STAGES = ("retrieval", "filtering", "scoring", "ordering")
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        v = ["variant", "model_version"]
+        self.requests = Counter(
+            "recsys_gateway_requests",
+            "Recommendation requests by HTTP status code",
+            [*v, "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "recsys_gateway_request_duration_seconds",
+            "End-to-end recommendation latency",
+            v,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            "recsys_gateway_stage_duration_seconds",
+            "Latency of each serving stage",
+            [*v, "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "recsys_gateway_errors",
+            "Requests answered with an error, by reason",
+            [*v, "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "recsys_gateway_fallbacks",
+            "Responses served from fallback items, by reason",
+            [*v, "reason"],
+            registry=r,
+        )
+        self.served_items = Counter(
+            "recsys_gateway_served_items",
+            "Items returned in responses (impressions)",
+            v,
+            registry=r,
+        )
+        self.events = Counter(
+            "recsys_gateway_events",
+            "Outcome events posted, by type",
+            ["variant", "type"],
+            registry=r,
+        )
+        self.log_dropped = Counter(
+            "recsys_gateway_served_log_dropped",
+            "Log entries that could not be appended",
+            ["stream", "reason"],
+            registry=r,
+        )
+        self.routing_updates = Counter(
+            "recsys_gateway_routing_updates",
+            "Routing tables taken into use, by source",
+            ["source"],
+            registry=r,
+        )
+        self.index_events = Counter(
+            "recsys_gateway_index_events",
+            "Index loads and failures",
+            ["event"],
+            registry=r,
+        )
+        self.canary_weight = Gauge(
+            "recsys_gateway_canary_weight",
+            "Percentage of users routed to the canary",
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "recsys_gateway_redis_up", "1 when the last Redis poll succeeded", registry=r
+        )
+        self.index_items = Gauge(
+            "recsys_gateway_index_items", "Items in each loaded index", ["index"], registry=r
+        )

@@ -1,0 +1,332 @@
+"""One recommendation request through the four stages of serving.
+
+1. retrieval: the user's features from Redis, the user tower on the variant's Triton, then
+   an ANN search in the variant's index (over-fetching by the number of items the filters
+   will remove, so ``candidates`` survive them);
+2. filtering: drop seen and blocked items (read from Redis with the features) and items
+   failing the item selector;
+3. scoring: the ranking model on Triton over the surviving candidates, in one call;
+4. ordering: boosts, de-duplication, diversity, top k (``rules.py``).
+
+Each stage's time goes to the response (``timingsMs``) and the stage histogram. Retrieval's
+includes the request's one Redis round trip, which also brings filtering its seen and blocked
+sets (the ANN fetch size depends on them); filtering's is the set arithmetic and item rules.
+
+Degraded dependencies: Triton gets ``scoringTimeout`` in total per request (both calls
+together). If the user tower fails or runs out of time, the response is the variant's
+fallback items (the most popular at training time, filtered the same way); if only the ranker
+fails, the retrieved candidates are served in retrieval order. Either way the response says
+``fallback`` with the reason and the fallback metric counts it. A Redis failure is not
+degradable (no features, no filters, no log): it raises ``StoreUnavailable`` and the HTTP
+layer answers 503.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys_workloads.gateway import rules
+from recsys_workloads.gateway.config import GatewayConfig, RoutingTable, Variant, rule_feature_keys
+from recsys_workloads.gateway.control import IndexAlias
+from recsys_workloads.gateway.index_pool import Candidates, IndexPool, LoadedIndex
+from recsys_workloads.gateway.metrics import GatewayMetrics
+from recsys_workloads.gateway.routing import VariantName, choose_variant
+from recsys_workloads.gateway.served_log import ServedRecord, StreamWriter
+from recsys_workloads.gateway.store import FilterSets, GatewayStore
+from recsys_workloads.gateway.triton_client import TritonClient, TritonUnavailable
+
+VARIANT_TAGS: dict[VariantName, str] = {"stable": "s", "canary": "c"}
+
+
+class NotReady(Exception):
+    """No index is loaded for the stable variant yet."""
+
+
+def new_request_id(variant: VariantName) -> str:
+    """A random id whose last character names the variant (``-s``/``-c``), so whichever
+    replica receives an event for it can count the event for the right variant."""
+    return f"{uuid.uuid4().hex}-{VARIANT_TAGS[variant]}"
+
+
+def variant_of_request(request_id: str) -> VariantName | None:
+    for name, tag in VARIANT_TAGS.items():
+        if request_id.endswith(f"-{tag}") and len(request_id) > 2:
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What the pollers last read: the table, where it came from, the index alias."""
+
+    table: RoutingTable
+    source: str
+    alias: IndexAlias | None = None
+
+
+def index_uri_for(name: VariantName, variant: Variant, alias: IndexAlias | None) -> str | None:
+    """Stable traffic follows the alias, unless the alias names an index of another model
+    version (a promotion half-written: the index must match the user tower that queries it)."""
+    if name == "stable" and alias is not None and alias.version in (None, variant.model_version):
+        return alias.uri
+    return variant.index
+
+
+def wanted_indexes(routing: Routing) -> set[str]:
+    table = routing.table
+    uris = {index_uri_for("stable", table.stable, routing.alias)}
+    if table.canary is not None:
+        uris.add(index_uri_for("canary", table.canary, routing.alias))
+    return {u for u in uris if u}
+
+
+@dataclass(frozen=True)
+class ResolvedVariant:
+    name: VariantName
+    model_version: str
+    triton: str
+    index: LoadedIndex
+
+
+@dataclass
+class Recommendation:
+    request_id: str
+    user_id: int
+    variant: ResolvedVariant
+    items: list[rules.Scored]
+    fallback: str | None
+    candidates: npt.NDArray[np.int64]
+    features: Mapping[str, Any] | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    history: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requestId": self.request_id,
+            "userId": self.user_id,
+            "variant": self.variant.name,
+            "modelVersion": self.variant.model_version,
+            "index": self.variant.index.uri,
+            "items": [{"itemId": s.item_id, "score": round(s.score, 6)} for s in self.items],
+            "fallback": self.fallback,
+            "timingsMs": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
+
+
+class Budget:
+    """Time Triton may still take in this request."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+    def spend(self, started: float) -> None:
+        self.left -= time.perf_counter() - started
+
+
+class RecommendationService:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        store: GatewayStore,
+        triton: TritonClient,
+        pool: IndexPool,
+        metrics: GatewayMetrics,
+        served: StreamWriter,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.triton = triton
+        self.pool = pool
+        self.metrics = metrics
+        self.served = served
+        self.routing = Routing(cfg.routing, "config")
+        #: the index each variant last served from, kept until its replacement is loaded
+        self.serving_index: dict[VariantName, LoadedIndex] = {}
+        self.rule_keys = rule_feature_keys(cfg)
+
+    # --- variants --------------------------------------------------------------------------
+
+    def _resolve(self, name: VariantName) -> ResolvedVariant | None:
+        table = self.routing.table
+        variant = table.stable if name == "stable" else table.canary
+        if variant is None:
+            return None
+        index = self.pool.get(index_uri_for(name, variant, self.routing.alias))
+        previous = self.serving_index.get(name)
+        if index is not None:
+            self.serving_index[name] = index
+        elif previous is not None and previous.version == variant.model_version:
+            index = previous  # the alias moved and its index is still loading: keep serving
+        else:
+            return None
+        return ResolvedVariant(name, variant.model_version, variant.triton, index)
+
+    def resolve(self, user_id: int) -> ResolvedVariant:
+        """The user's variant; a canary whose index is still loading serves stable meanwhile."""
+        name = choose_variant(self.routing.table, user_id)
+        resolved = self._resolve(name)
+        if resolved is None and name == "canary":
+            resolved = self._resolve("stable")
+        if resolved is None:
+            raise NotReady("the stable variant's index is not loaded yet")
+        return resolved
+
+    def ready(self) -> bool:
+        return self._resolve("stable") is not None
+
+    # --- the four stages -------------------------------------------------------------------
+
+    async def recommend(
+        self, user_id: int, k: int, context: Mapping[str, str] | None = None
+    ) -> Recommendation:
+        return await self.recommend_for(self.resolve(user_id), user_id, k, context)
+
+    async def recommend_for(
+        self,
+        variant: ResolvedVariant,
+        user_id: int,
+        k: int,
+        context: Mapping[str, str] | None = None,
+    ) -> Recommendation:
+        cfg = self.cfg
+        started = time.perf_counter()
+        request_id = new_request_id(variant.name)
+        budget = Budget(cfg.scoring_timeout_s)
+        timings: dict[str, float] = {}
+        seen_since = None
+        if cfg.seen_window_s is not None:
+            seen_since = int((time.time() - cfg.seen_window_s) * 1000)
+        # 1. retrieval (the read brings the filtering stage's seen and blocked sets too)
+        t = time.perf_counter()
+        features, filters = await self.store.request_reads(
+            user_id,
+            seen=cfg.filtering.exclude_seen,
+            blocked=cfg.filtering.exclude_blocked,
+            seen_since_ms=seen_since,
+            history=cfg.history_items,
+        )
+        fallback: str | None = None
+        try:
+            tt = time.perf_counter()
+            vector = await self.triton.embed_user(
+                variant.triton,
+                variant.model_version,
+                user_id,
+                features,
+                filters.history,
+                budget.left,
+            )
+            budget.spend(tt)
+            fetch = cfg.candidates + len(filters.seen) + len(filters.blocked)
+            retrieved = variant.index.search(vector, fetch)
+        except TritonUnavailable as exc:
+            fallback = exc.reason
+            retrieved = variant.index.popular
+        timings["retrieval"] = _ms(t)
+
+        # 2. filtering
+        t = time.perf_counter()
+        kept = (await self._filter(retrieved, filters)).take(slice(0, cfg.candidates))
+        timings["filtering"] = _ms(t)
+
+        # 3. scoring
+        t = time.perf_counter()
+        scored = kept
+        if fallback is None and len(kept):
+            try:
+                tt = time.perf_counter()
+                logits = await self.triton.rank(
+                    variant.triton,
+                    variant.model_version,
+                    user_id,
+                    features,
+                    filters.history,
+                    kept.ids,
+                    budget.left,
+                )
+                budget.spend(tt)
+                scored = Candidates(kept.ids, logits)
+            except TritonUnavailable as exc:
+                fallback = exc.reason
+        timings["scoring"] = _ms(t)
+
+        # 4. ordering
+        t = time.perf_counter()
+        if cfg.ordering.boosts or cfg.ordering.diversity:
+            rows = await self.store.item_features(int(i) for i in scored.ids)
+            listed = [
+                rules.Scored(int(i), float(x))
+                for i, x in zip(scored.ids, scored.scores, strict=True)
+            ]
+            items = rules.order(listed, cfg.ordering, rows, k)
+        else:
+            items = rules.top_k(scored.ids, scored.scores, k)
+        timings["ordering"] = _ms(t)
+        timings["total"] = _ms(started)
+        rec = Recommendation(
+            request_id,
+            user_id,
+            variant,
+            items,
+            fallback,
+            kept.ids,
+            features,
+            timings,
+            filters.history,
+        )
+        self._log(rec, context or {})
+        return rec
+
+    async def _filter(self, retrieved: Candidates, filters: FilterSets) -> Candidates:
+        excluded = filters.excluded()
+        kept = retrieved
+        if excluded:
+            drop = np.fromiter(excluded, dtype=np.int64, count=len(excluded))
+            kept = retrieved.take(~np.isin(retrieved.ids, drop))
+        selector = self.cfg.filtering.item_selector
+        if selector is None or not len(kept):
+            return kept
+        rows = await self.store.item_features(int(i) for i in kept.ids)
+        passing = np.fromiter(
+            (rules.matches_all(selector.match_expressions, rows[int(i)]) for i in kept.ids),
+            dtype=bool,
+            count=len(kept),
+        )
+        return kept.take(passing)
+
+    def _log(self, rec: Recommendation, context: Mapping[str, str]) -> None:
+        v = rec.variant
+        labels = (v.name, v.model_version)
+        self.metrics.latency.labels(*labels).observe(rec.timings_ms["total"] / 1000)
+        for stage in ("retrieval", "filtering", "scoring", "ordering"):
+            self.metrics.stage_latency.labels(*labels, stage).observe(rec.timings_ms[stage] / 1000)
+        self.metrics.served_items.labels(*labels).inc(len(rec.items))
+        if rec.fallback:
+            self.metrics.fallbacks.labels(*labels, rec.fallback).inc()
+        self.served.append(
+            ServedRecord(
+                request_id=rec.request_id,
+                ts_ms=int(time.time() * 1000),
+                user_id=rec.user_id,
+                variant=v.name,
+                model_version=v.model_version,
+                index=v.index.uri,
+                fallback=rec.fallback,
+                items=[(s.item_id, s.score) for s in rec.items],
+                candidates=rec.candidates.tolist(),
+                features=rec.features,
+                history=list(rec.history),
+                context=context,
+            ).to_fields()
+        )
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0

@@ -1,0 +1,209 @@
+"""The gateway's reads from Redis: user features, what to filter out, item features for rules.
+
+A request costs one round trip: the hash reads of the user's features (the feature store's
+``plan_keys``/``decode_rows``, with each FeatureView's pointer cached for a second) and the
+seen and blocked sets go in one pipeline. Rows of several user FeatureViews are merged, later
+views winning on a name clash. Item features, needed only
+when filtering or ordering rules test them, are cached for ``itemCacheTtl``: item attributes
+change on the scale of materialization runs, and the same popular items are candidates for
+most users, so the cache turns a few hundred hash reads per request into a few.
+
+Any Redis failure surfaces as ``StoreUnavailable``, which the HTTP layer answers with 503.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio
+import redis.exceptions
+
+from recsys_workloads.featurestore.keys import LivePointer, pointer_key
+from recsys_workloads.featurestore.reader import decode_rows, plan_keys
+from recsys_workloads.gateway.config import FeatureViewRef
+from recsys_workloads.gateway.keys import GatewayKeys
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+
+class StoreUnavailable(Exception):
+    """Redis cannot be reached or answered with an error."""
+
+
+async def guarded(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def merge_rows(views: Sequence[FeatureViewRef], rows: Sequence[Row | None]) -> Row | None:
+    """One row from several views' rows, keeping each view's selected features."""
+    merged: Row = {}
+    found = False
+    for ref, row in zip(views, rows, strict=True):
+        if row is None:
+            continue
+        found = True
+        for name, value in row.items():
+            if ref.features is None or name in ref.features:
+                merged[name] = value
+    return merged if found else None
+
+
+@dataclass(frozen=True)
+class FilterSets:
+    seen: frozenset[int]
+    blocked: frozenset[int]
+    #: the user's most recent items, most recent first (the models' history input)
+    history: tuple[int, ...] = ()
+
+    def excluded(self) -> frozenset[int]:
+        return self.seen | self.blocked
+
+
+def _ints(members: Iterable[bytes | str]) -> set[int]:
+    out = set()
+    for m in members:
+        try:
+            out.add(int(m))
+        except ValueError:
+            continue  # a member that is no item id cannot match a candidate
+    return out
+
+
+POINTER_TTL_S = 1.0
+
+
+def _ordered_ints(members: Iterable[bytes | str]) -> list[int]:
+    out = []
+    for m in members:
+        try:
+            out.append(int(m))
+        except ValueError:
+            continue
+    return out
+
+
+class GatewayStore:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        keys: GatewayKeys,
+        user_views: Sequence[FeatureViewRef],
+        item_views: Sequence[FeatureViewRef],
+        item_cache_ttl_s: float,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.user_views = list(user_views)
+        self.item_views = list(item_views)
+        self.item_cache_ttl_s = item_cache_ttl_s
+        self._items: dict[int, tuple[float, Row | None]] = {}
+        self._pointers: dict[tuple[str, str], tuple[float, LivePointer | None]] = {}
+
+    async def pointers(self, views: Sequence[FeatureViewRef]) -> list[LivePointer | None]:
+        """Each view's live pointer, re-read at most once a second. A second-old pointer is
+        safe: the materializer keeps replaced layers readable for a grace period (minutes)."""
+        now = time.monotonic()
+        stale = [
+            v for v in views if self._pointers.get((v.key_prefix, v.name), (0.0, None))[0] <= now
+        ]
+        if stale:
+            pipe = self.client.pipeline(transaction=False)
+            for v in stale:
+                pipe.get(pointer_key(v.key_prefix, v.name))
+            raws = await guarded(pipe.execute())
+            for v, raw in zip(stale, raws, strict=True):
+                pointer = LivePointer.from_json(raw) if raw else None
+                self._pointers[(v.key_prefix, v.name)] = (now + POINTER_TTL_S, pointer)
+        return [self._pointers[(v.key_prefix, v.name)][1] for v in views]
+
+    def _queue_rows(
+        self,
+        pipe: Any,
+        views: Sequence[FeatureViewRef],
+        pointers: Sequence[LivePointer | None],
+        ids: Sequence[int],
+    ) -> list[int]:
+        """Queue every view's hash reads; returns how many replies each view gets."""
+        counts = []
+        for v, pointer in zip(views, pointers, strict=True):
+            keys = plan_keys(v.key_prefix, v.name, pointer, ids) if pointer else []
+            for key in keys:
+                pipe.hgetall(key)
+            counts.append(len(keys))
+        return counts
+
+    @staticmethod
+    def _decode(
+        views: Sequence[FeatureViewRef],
+        pointers: Sequence[LivePointer | None],
+        ids: Sequence[int],
+        counts: Sequence[int],
+        replies: list[Any],
+    ) -> list[list[Row | None]]:
+        out = []
+        for v, pointer, n in zip(views, pointers, counts, strict=True):
+            hashes, replies[:n] = replies[:n], []
+            out.append(decode_rows(v.name, pointer, ids, hashes).rows)
+        return out
+
+    async def request_reads(
+        self,
+        user_id: int,
+        *,
+        seen: bool,
+        blocked: bool,
+        seen_since_ms: int | None,
+        history: int = 0,
+    ) -> tuple[Row | None, FilterSets]:
+        """The user's features, recent items and what to filter out for them, in one round
+        trip. The seen set is the user's history too: item -> time of the last interaction."""
+        pointers = await self.pointers(self.user_views)
+        pipe = self.client.pipeline(transaction=False)
+        counts = self._queue_rows(pipe, self.user_views, pointers, [user_id])
+        pipe.zrevrange(self.keys.seen(user_id), 0, history - 1)
+        if seen:
+            low = "-inf" if seen_since_ms is None else seen_since_ms
+            pipe.zrangebyscore(self.keys.seen(user_id), low, "+inf")
+        if blocked:
+            pipe.smembers(self.keys.blocked)
+            pipe.smembers(self.keys.blocked_for(user_id))
+        replies = list(await guarded(pipe.execute()))
+        per_view = self._decode(self.user_views, pointers, [user_id], counts, replies)
+        row = merge_rows(self.user_views, [rows[0] for rows in per_view])
+        recent = tuple(_ordered_ints(replies.pop(0))) if history else ()
+        seen_items = _ints(replies.pop(0)) if seen else set()
+        blocked_items = _ints(replies[0]) | _ints(replies[1]) if blocked else set()
+        return row, FilterSets(frozenset(seen_items), frozenset(blocked_items), recent)
+
+    async def item_features(self, item_ids: Iterable[int]) -> dict[int, Row | None]:
+        """Features of the given items for the rules, from the cache or Redis."""
+        now = time.monotonic()
+        out: dict[int, Row | None] = {}
+        missing: list[int] = []
+        for item in dict.fromkeys(item_ids):
+            hit = self._items.get(item)
+            if hit is not None and hit[0] > now:
+                out[item] = hit[1]
+            else:
+                missing.append(item)
+        if missing and self.item_views:
+            pointers = await self.pointers(self.item_views)
+            pipe = self.client.pipeline(transaction=False)
+            counts = self._queue_rows(pipe, self.item_views, pointers, missing)
+            replies = list(await guarded(pipe.execute()))
+            per_view = self._decode(self.item_views, pointers, missing, counts, replies)
+            expires = now + self.item_cache_ttl_s
+            for n, item in enumerate(missing):
+                row = merge_rows(self.item_views, [rows[n] for rows in per_view])
+                self._items[item] = (expires, row)
+                out[item] = row
+        if len(self._items) > 1_000_000:
+            self._items = {k: v for k, v in self._items.items() if v[0] > now}
+        return out
