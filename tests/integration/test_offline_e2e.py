@@ -23,6 +23,7 @@ from recsys_workloads.index_build import main as index_main
 from recsys_workloads.runtime import EXIT_OK
 from recsys_workloads.train import inference
 from recsys_workloads.train.__main__ import main as train_main
+from recsys_workloads.train.data import timestamps_us
 from recsys_workloads.train.export import load_model_artifact
 
 
@@ -135,7 +136,26 @@ def test_serving_path_user_tower_then_index(offline: dict[str, Any]) -> None:
     features = {
         name: [users[u][name] for u in user_ids] for name in ("age", "gender", "occupation")
     }
-    vectors = inference.user_vectors(model, user_ids, features)
+    # the user's items before the training cutoff, most recent first: what serving keeps as
+    # the "seen" list it filters on
+    cutoff = ArtifactReader(store, offline["artifact"], "model").read_json("metrics.json")["split"][
+        "cutoff"
+    ]
+    table = pq.read_table(offline["paths"].interactions)
+    times = timestamps_us(table.column("event_timestamp"))
+    users_col, items_col = table.column("user_id").to_numpy(), table.column("item_id").to_numpy()
+    recent_first = np.argsort(-times, kind="stable")
+    history = [
+        [
+            int(i)
+            for i in items_col[recent_first][
+                (users_col[recent_first] == u) & (times[recent_first] < cutoff)
+            ]
+        ]
+        for u in user_ids
+    ]
+    assert model.shape.history_length == 50
+    vectors = inference.user_vectors(model, user_ids, features, history)
     scores, found = ann_index.search(index, vectors, 20)
     reader = ArtifactReader(store, offline["artifact"], "model")
     item_ids = reader.read_npy("embeddings/item_ids.npy")
@@ -156,6 +176,7 @@ def test_serving_path_user_tower_then_index(offline: dict[str, Any]) -> None:
             "genres": [items[i]["genres"] for i in candidates],
             "release_year": [items[i]["release_year"] for i in candidates],
         },
+        user_history=[history[0]] * len(candidates),
     )
     assert scores.shape == (20,)
     assert np.isfinite(scores).all()

@@ -97,7 +97,14 @@ def train_config(paths: dict[str, str], artifact: str, **overrides: Any) -> dict
             "itemsUri": paths.get("items"),
         },
         "artifactUri": artifact,
-        "model": {"embeddingDim": 8, "featureDim": 4, "towerHidden": [16], "rankerHidden": [16]},
+        # no history input unless a test asks for it (test_history_input_round_trips...)
+        "model": {
+            "embeddingDim": 8,
+            "featureDim": 4,
+            "towerHidden": [16],
+            "rankerHidden": [16],
+            "historyLength": 0,
+        },
         "training": {
             "epochs": 3,
             "batchSize": 64,

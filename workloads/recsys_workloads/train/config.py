@@ -20,8 +20,8 @@ Example (every field but the URIs has a default)::
       "features": {"user": ["age", "gender", "occupation"], "item": ["genres", "release_year"],
                    "numericBuckets": 10, "minCount": 1, "maxMultiHot": 8},
       "model": {"embeddingDim": 64, "featureDim": 16, "towerHidden": [128],
-                "temperature": 0.05, "logQCorrection": true, "negatives": "inBatch",
-                "idDropout": 0.0, "historyLength": 0,
+                "temperature": 0.1, "logQCorrection": true, "negatives": "inBatch",
+                "idDropout": 0.0, "historyLength": 50,
                 "rankerCrossLayers": 2, "rankerHidden": [128, 64]},
       "training": {"epochs": 10, "batchSize": 1024, "learningRate": 0.003,
                    "weightDecay": 0.0, "maxStepsPerEpoch": null,
@@ -43,7 +43,10 @@ Example (every field but the URIs has a default)::
   key and ``event_timestamp``; integer and float columns are bucketed, strings are
   categorical, lists of strings are multi-hot.
 - ``model.historyLength``: the user tower (and ranker) also see the user's last N items
-  (0: off). Serving must then pass each user's recent items, most recent first.
+  (0: off). Serving must then pass each user's recent items, most recent first
+  (``inference.user_vectors(..., history=...)``); without them a user looks history-less.
+  The defaults (50, temperature 0.1, 10 epochs) are what benchmarks/train_quality.py chose
+  on MovieLens-100k's validation split.
 - ``model.negatives``: ``inBatch`` (the batch's other items, logQ-corrected; scales to any
   catalogue) or ``full`` (an exact softmax over every catalogue item each step: no sampling
   bias, cost linear in the catalogue, sensible up to some tens of thousands of items).
@@ -91,11 +94,11 @@ class ModelConfig(_Section):
     embedding_dim: int = Field(default=64, ge=2, le=4096)
     feature_dim: int = Field(default=16, ge=1, le=1024)
     tower_hidden: list[int] = Field(default_factory=lambda: [128])
-    temperature: float = Field(default=0.05, gt=0, le=10)
+    temperature: float = Field(default=0.1, gt=0, le=10)
     log_q_correction: bool = True
     negatives: Literal["inBatch", "full"] = "inBatch"
     id_dropout: float = Field(default=0.0, ge=0, lt=1)
-    history_length: int = Field(default=0, ge=0, le=1000)
+    history_length: int = Field(default=50, ge=0, le=1000)
     ranker_cross_layers: int = Field(default=2, ge=0, le=8)
     ranker_hidden: list[int] = Field(default_factory=lambda: [128, 64])
 

@@ -66,6 +66,14 @@ def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _loss_name(cfg: TrainConfig) -> str:
+    if cfg.model.negatives == "full":
+        return "full softmax over the catalogue"
+    if cfg.model.log_q_correction:
+        return "in-batch softmax with logQ correction"
+    return "in-batch softmax"
+
+
 def model_card(
     cfg: TrainConfig, metrics: Mapping[str, Any], shape: ModelShape, training: Mapping[str, Any]
 ) -> tuple[dict[str, Any], str]:
@@ -102,8 +110,8 @@ def model_card(
     lines = [
         f"# Model card: {cfg.version}",
         "",
-        "Two-tower retrieval (in-batch softmax with logQ correction) and a DCN-v2 ranker,",
-        "trained by recsys-operator.",
+        f"Two-tower retrieval ({_loss_name(cfg)}, user history of "
+        f"{cfg.model.history_length} items) and a DCN-v2 ranker, trained by recsys-operator.",
         "",
         "## Data",
         f"- interactions: `{cfg.data.interactions_uri}`",

@@ -13,7 +13,14 @@ Reproducible and restartable by construction:
 - Distributed: launched by ``torchrun`` (an Indexed Job gives each pod its node rank;
   ``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` come from torchrun), each worker trains on its own
   1/world slice of every epoch's shuffle, gradients are averaged by DDP. ``batchSize`` is per
-  worker, so the in-batch negatives per step do not shrink as workers are added.
+  worker, so the in-batch negatives per step do not shrink as workers are added. The command an
+  Indexed Job's pod runs (one process per pod, rank 0 reachable through the headless Service)::
+
+      torchrun --nnodes=$WORKERS --node-rank=$JOB_COMPLETION_INDEX --nproc-per-node=1 \
+          --master-addr=<job>-0.<service> --master-port=29500 \
+          -m recsys_workloads.train --config /etc/recsys/config.json
+
+  Only rank 0 evaluates, exports and writes the termination message's summary.
 """
 
 from __future__ import annotations
