@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 import yaml
+from test_operator_lifecycle import STACK as LIFECYCLE_STACK
+from test_operator_lifecycle import apply_stack as lifecycle_apply_stack
 from test_operator_lifecycle import index_summary, train_summary
 
 from fixtures.kube import Testbed
@@ -49,35 +51,6 @@ CRD_NAMES = ("featureviews.recsys.dev", "modelversions.recsys.dev", "recommender
 #: forbidden: User "system:serviceaccount:..." cannot patch resource ...") and kopf's warnings
 #: when it falls back for lack of permissions.
 RBAC_DENIAL = re.compile(r"cannot \w+ resource|is forbidden: User|Not enough permissions")
-
-STACK = """
-apiVersion: recsys.dev/v1alpha1
-kind: FeatureView
-metadata: {name: users}
-spec:
-  entity: {name: user, joinKeys: [user_id]}
-  source: {path: "s3://data/users/"}
-  features: [{name: age, dtype: Int64}]
-  onlineStore: {redis: {url: "redis://redis:6379/0"}}
-  materialization: {cronJob: {schedule: "@daily"}}
----
-apiVersion: recsys.dev/v1alpha1
-kind: Recommender
-metadata: {name: movies}
-spec:
-  interactions: {path: "s3://data/interactions/"}
-  featureViews: {user: [{name: users}]}
-  training:
-    evaluation:
-      k: 20
-      metrics: [{name: recallAtK, thresholdRange: {min: 0.05}, maxRegression: 0.05}]
-  serving:
-    rollout: {steps: []}
-  stores:
-    redis: {url: "redis://redis:6379/0"}
-    artifacts: {storageUri: "s3://models/movies"}
-  revisionHistoryLimit: 0
-"""
 
 
 # --- helm -----------------------------------------------------------------------------------
@@ -371,9 +344,17 @@ def operator_as(
         proc.stop()
 
 
+def _chart_stack(docs: list[dict[str, Any]]) -> None:
+    """The lifecycle test's stack, promoted without canary steps, keeping no history and
+    trained without GPU placement."""
+    spec = docs[1]["spec"]
+    spec["serving"] = {"rollout": {"steps": []}}
+    spec["revisionHistoryLimit"] = 0
+    del spec["training"]["gpusPerNode"], spec["training"]["nodeSelector"]
+
+
 def apply_stack(testbed: Testbed, ns: str) -> None:
-    for doc in yaml.safe_load_all(STACK):
-        testbed.kubectl("apply", "--server-side", "-n", ns, "-f", "-", input=json.dumps(doc))
+    lifecycle_apply_stack(testbed, ns, _chart_stack)
 
 
 def until(
@@ -540,7 +521,7 @@ def test_a_role_per_namespace_is_all_the_operator_needs(
         args = ["--namespace", team_a, "--namespace", team_b]
         with operator_as(kubeconfig, tmp_path / "operator.log", args) as operator:
             for ns in (team_b, unwatched):
-                first = next(yaml.safe_load_all(STACK))  # a FeatureView alone
+                first = next(yaml.safe_load_all(LIFECYCLE_STACK))  # a FeatureView alone
                 testbed.kubectl("apply", "--server-side", "-n", ns, "-f", "-",
                                 input=json.dumps(first))  # fmt: skip
             walk_the_lifecycle(testbed, team_a, operator)

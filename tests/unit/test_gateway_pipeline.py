@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import aiohttp
 import numpy as np
 import pytest
 import redis.asyncio
@@ -20,6 +19,7 @@ from recsys_workloads.gateway.config import (
     parse_routing,
 )
 from recsys_workloads.gateway.control import IndexAlias
+from recsys_workloads.gateway.http1 import KeepAlivePool
 from recsys_workloads.gateway.index_pool import Candidates, IndexPool, LoadedIndex
 from recsys_workloads.gateway.keys import GatewayKeys
 from recsys_workloads.gateway.metrics import GatewayMetrics
@@ -208,34 +208,33 @@ async def test_a_variant_keeps_its_index_until_the_aliased_one_is_loaded() -> No
     )
     pool = IndexPool(loader, lambda e, u: None)
     client = redis.asyncio.Redis()
-    async with aiohttp.ClientSession() as session:
-        service = RecommendationService(
-            cfg,
-            GatewayStore(client, GatewayKeys.of("ns.rec"), [], [], 1.0),
-            TritonClient(session),
-            pool,
-            GatewayMetrics(),
-            StreamWriter(client, "s", 1000, lambda r, n: None),
-        )
-        with pytest.raises(NotReady):
-            service.resolve(1)
-        pool.want(wanted_indexes(service.routing))
-        await pool.loading["mem://a"]
-        assert service.resolve(1).index.uri == "mem://a"
-        service.routing = Routing(cfg.routing, "redis", IndexAlias("mem://b", "m-v1"))
-        pool.want(wanted_indexes(service.routing))
-        assert service.resolve(1).index.uri == "mem://a"  # b is loading: no 503
-        gate.set()
-        await pool.loading["mem://b"]
-        assert service.resolve(1).index.uri == "mem://b"
-        promoted = parse_routing(
-            {"stable": {"modelVersion": "m-v2", "triton": "t:1", "index": "mem://c"}}
-        )
-        service.routing = Routing(promoted, "redis", IndexAlias("mem://b", "m-v1"))
-        with pytest.raises(NotReady):  # m-v2's tower must not query m-v1's index
-            service.resolve(1)
-        pool.want(wanted_indexes(service.routing))
-        await pool.loading["mem://c"]
-        assert service.resolve(1).index.version == "m-v2"
+    service = RecommendationService(
+        cfg,
+        GatewayStore(client, GatewayKeys.of("ns.rec"), [], [], 1.0),
+        TritonClient(KeepAlivePool()),
+        pool,
+        GatewayMetrics(),
+        StreamWriter(client, "s", 1000, lambda r, n: None),
+    )
+    with pytest.raises(NotReady):
+        service.resolve(1)
+    pool.want(wanted_indexes(service.routing))
+    await pool.loading["mem://a"]
+    assert service.resolve(1).index.uri == "mem://a"
+    service.routing = Routing(cfg.routing, "redis", IndexAlias("mem://b", "m-v1"))
+    pool.want(wanted_indexes(service.routing))
+    assert service.resolve(1).index.uri == "mem://a"  # b is loading: no 503
+    gate.set()
+    await pool.loading["mem://b"]
+    assert service.resolve(1).index.uri == "mem://b"
+    promoted = parse_routing(
+        {"stable": {"modelVersion": "m-v2", "triton": "t:1", "index": "mem://c"}}
+    )
+    service.routing = Routing(promoted, "redis", IndexAlias("mem://b", "m-v1"))
+    with pytest.raises(NotReady):  # m-v2's tower must not query m-v1's index
+        service.resolve(1)
+    pool.want(wanted_indexes(service.routing))
+    await pool.loading["mem://c"]
+    assert service.resolve(1).index.version == "m-v2"
     await pool.close()
     await client.aclose()

@@ -129,6 +129,21 @@ def test_ranker_scores_pairs_with_crosses_in_range() -> None:
     assert int(ranker._cross_indices(0, zero, itf).max()) == 0
 
 
+def test_ranker_embeds_each_user_once_with_user_rows_and_scores_the_same() -> None:
+    torch.manual_seed(0)
+    ranker = Ranker(SHAPE).eval()
+    u_ids, uf, i_ids, itf = batch(12, seed=3)
+    owners = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 0, 1, 2])  # 3 users, 12 candidates
+    per_user = {k: v[:3] for k, v in uf.items()}
+    expanded = {k: v[owners] for k, v in per_user.items()}
+    with torch.inference_mode():
+        once = ranker(u_ids[:3], per_user, i_ids, itf, user_rows=owners)
+        repeated = ranker(u_ids[:3][owners], expanded, i_ids, itf)
+        other = ranker(u_ids[:3], per_user, i_ids, itf, user_rows=owners.flip(0))
+    torch.testing.assert_close(once, repeated)
+    assert not torch.allclose(once, other)  # the rows really select their own user
+
+
 def test_ranker_learns_a_separable_label() -> None:
     torch.manual_seed(0)
     ranker = Ranker(SHAPE)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from recsys_operator.api.recommender import Recommender
+from recsys_operator.api.serving import GatewayServing, TritonServing
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name
 from recsys_operator.planning.pods import (
@@ -93,6 +94,34 @@ def _service(
     }
 
 
+def _served(
+    name: str,
+    ns: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    spec: TritonServing | GatewayServing,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    ports: list[tuple[str, int]],
+) -> list[dict[str, Any]]:
+    """A Deployment of ``container`` placed and sized as ``spec`` says, and its Service."""
+    if spec.resources:
+        container["resources"] = spec.resources.to_k8s()
+    deployment = _deployment(
+        name,
+        ns,
+        labels,
+        owner,
+        spec.replicas,
+        container,
+        volumes,
+        spec.node_selector,
+        [t.to_k8s() for t in spec.tolerations or []],
+    )
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    return [deployment, _service(name, ns, labels, owner, selector, ports)]
+
+
 def triton_objects(
     rec: Recommender, owner: Mapping[str, Any], version: str, artifact_uri: str, image: str
 ) -> list[dict[str, Any]]:
@@ -124,31 +153,11 @@ def triton_objects(
         "securityContext": CONTAINER_SECURITY_CONTEXT,
         "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
     }
-    if tr.resources:
-        container["resources"] = tr.resources.to_k8s()
     env_from = rec.spec.stores.artifacts.secret_ref
     if env_from:
         container["envFrom"] = [{"secretRef": {"name": env_from.name}}]
-    deployment = _deployment(
-        name,
-        ns,
-        labels,
-        owner,
-        tr.replicas,
-        container,
-        [],
-        tr.node_selector,
-        [t.to_k8s() for t in tr.tolerations or []],
-    )
-    service = _service(
-        name,
-        ns,
-        labels,
-        owner,
-        deployment["spec"]["selector"]["matchLabels"],
-        [("http", TRITON_HTTP), ("grpc", TRITON_GRPC), ("metrics", TRITON_METRICS)],
-    )
-    return [deployment, service]
+    ports = [("http", TRITON_HTTP), ("grpc", TRITON_GRPC), ("metrics", TRITON_METRICS)]
+    return _served(name, ns, labels, owner, tr, container, [], ports)
 
 
 def routing_table(
@@ -250,25 +259,6 @@ def gateway_objects(
             {"name": "config", "mountPath": "/etc/recsys", "readOnly": True},
         ],
     }
-    if gw.resources:
-        container["resources"] = gw.resources.to_k8s()
-    deployment = _deployment(
-        name,
-        ns,
-        labels,
-        owner,
-        gw.replicas,
-        container,
-        [{"name": "config", "configMap": {"name": name}}],
-        gw.node_selector,
-        [t.to_k8s() for t in gw.tolerations or []],
-    )
-    service = _service(
-        name,
-        ns,
-        labels,
-        owner,
-        deployment["spec"]["selector"]["matchLabels"],
-        [("http", GATEWAY_PORT)],
-    )
-    return [config_map, deployment, service]
+    volumes = [{"name": "config", "configMap": {"name": name}}]
+    served = _served(name, ns, labels, owner, gw, container, volumes, [("http", GATEWAY_PORT)])
+    return [config_map, *served]

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import redis.asyncio
 from aiohttp import web
@@ -39,6 +38,7 @@ from redis.backoff import NoBackoff
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.gateway.config import GatewayConfig, RoutingTable, parse_routing
 from recsys_workloads.gateway.control import IndexAlias
+from recsys_workloads.gateway.http1 import KeepAlivePool
 from recsys_workloads.gateway.index_pool import (
     IndexPool,
     load_serving_index,
@@ -152,7 +152,7 @@ class Gateway:
         self.served = StreamWriter(
             self.redis, self.keys.served, cfg.served_log_max_len, self._dropped(self.keys.served)
         )
-        self.session: aiohttp.ClientSession | None = None
+        self.triton_http = KeepAlivePool()
         self.service: RecommendationService | None = None
         self.redis_ok = False
         self.poller: asyncio.Task[None] | None = None
@@ -161,14 +161,10 @@ class Gateway:
 
     async def start(self, _app: web.Application | None = None) -> None:
         single_threaded_search()
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
-            headers={"Content-Type": "application/json"},
-        )
         self.service = RecommendationService(
             self.cfg,
             self.store,
-            TritonClient(self.session),
+            TritonClient(self.triton_http),
             self.pool,
             self.metrics,
             self.served,
@@ -184,8 +180,7 @@ class Gateway:
         await self.pool.close()
         with contextlib.suppress(Exception):
             await self.served.close()
-        if self.session is not None:
-            await self.session.close()
+        await self.triton_http.close()
         await self.redis.aclose()
 
     def _index_event(self, event: str, uri: str) -> None:

@@ -1,8 +1,8 @@
 """Calling a version's models on Triton over the KServe v2 HTTP/JSON protocol, with a deadline.
 
 JSON (orjson, straight from numpy arrays) rather than the binary tensor extension: the
-tensors are small (one user, a few hundred item ids and scores) and JSON keeps the client a
-few lines of aiohttp on the gateway's own connection pool. Every failure becomes
+tensors are small (one user, a few hundred item ids and scores). The transport is the
+gateway's lean keep-alive client (``http1.py``). Every failure becomes
 ``TritonUnavailable`` with a short reason that ends up in the response's ``fallback`` and in
 the metrics' ``reason`` label.
 
@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from recsys_workloads.gateway.http1 import KeepAlivePool
 from recsys_workloads.serving.contract import (
     EMBEDDING,
     HISTORY,
@@ -120,10 +120,10 @@ def output_of(response: Mapping[str, Any], name: str) -> FloatArray:
 
 
 class TritonClient:
-    """One per gateway: a shared aiohttp session, a breaker per Triton endpoint."""
+    """One per gateway: a shared connection pool, a breaker per Triton endpoint."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
+    def __init__(self, http: KeepAlivePool) -> None:
+        self.http = http
         self.breakers: dict[str, Breaker] = {}
 
     def breaker(self, endpoint: str) -> Breaker:
@@ -139,16 +139,13 @@ class TritonClient:
             raise TritonUnavailable("triton-circuit-open", endpoint)
         if budget_s <= 0:
             raise TritonUnavailable("triton-timeout", "no time left before the deadline")
-        url = f"http://{endpoint}/v2/models/{model}/infer"
+        path = f"/v2/models/{model}/infer"
         try:
             async with asyncio.timeout(budget_s):
                 data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-                async with self.session.post(url, data=data) as resp:
-                    payload = await resp.read()
-                    if resp.status != 200:
-                        raise TritonUnavailable(
-                            "triton-error", f"{model}: HTTP {resp.status} {payload[:200]!r}"
-                        )
+                status, payload = await self.http.post(endpoint, path, data)
+            if status != 200:
+                raise TritonUnavailable("triton-error", f"{model}: HTTP {status} {payload[:200]!r}")
             result: dict[str, Any] = orjson.loads(payload)
         except TritonUnavailable:
             breaker.failure()
@@ -157,7 +154,7 @@ class TritonClient:
             breaker.failure()
             detail = f"{model} after {budget_s * 1000:.0f}ms"
             raise TritonUnavailable("triton-timeout", detail) from exc
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (OSError, EOFError, ValueError) as exc:
             breaker.failure()
             raise TritonUnavailable("triton-unavailable", f"{model}: {exc}") from exc
         breaker.success()

@@ -233,10 +233,11 @@ class RankerScorer:
         item_feats = {name: table[rows] for name, table in self.item_tables.items()}
         with torch.inference_mode():
             logits = self.ranker(
-                torch.from_numpy(user_idx[repeat]).to(self.device),
-                _tensors({k: v[repeat] for k, v in user_feats.items()}, self.device),
+                torch.from_numpy(user_idx).to(self.device),
+                _tensors(user_feats, self.device),
                 torch.from_numpy(self.item.encode_ids(item_ids)).to(self.device),
                 _tensors(item_feats, self.device),
+                user_rows=torch.from_numpy(repeat).to(self.device),
             )
         flat = np.ascontiguousarray(logits.cpu().numpy(), dtype=np.float32)
         return list(np.split(flat, np.cumsum(sizes)[:-1]))
