@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from fixtures.kube import Testbed
-from fixtures.operator import OperatorProcess, condition, eventually, finish_pod, get
+from fixtures.operator import (
+    TEST_IMAGES,
+    OperatorProcess,
+    condition,
+    eventually,
+    finish_pod,
+    get,
+)
 
 pytestmark = pytest.mark.testbed
 
@@ -137,7 +144,19 @@ def test_first_version_trains_indexes_and_serves(
     rec = eventually(rec_ready, 90, "Recommender Ready", operator=operator)
     assert rec["status"]["stableVersion"] == "movies-v1"
     assert rec["status"]["activeIndex"] == "s3://models/movies/indexes/movies-v1"
-    assert get(testbed, "deployment", "movies-triton-movies-v1", namespace) is not None
+    triton = get(testbed, "deployment", "movies-triton-movies-v1", namespace)
+    assert triton is not None
+    # the version's model repository is built from its artifact by an init container
+    pod = triton["spec"]["template"]["spec"]
+    (builder,) = pod["initContainers"]
+    assert builder["image"] == TEST_IMAGES["RECSYS_WORKLOADS_IMAGE"]
+    assert builder["command"] == ["python", "-m", "recsys_workloads.serving.repository"]
+    assert builder["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "--model-repository=/models" in pod["containers"][0]["args"]
+    build = json.loads(get(testbed, "configmap", "movies-triton-movies-v1", namespace)["data"][  # type: ignore[index]
+        "config.json"])
+    assert build == {"artifactUri": mv["status"]["artifactUri"], "repositoryUri": "/models",
+                     "maxBatchSize": 64, "device": "cpu"}
     routing = json.loads(get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
         "gateway.json"])["routing"]
     assert routing["stable"]["modelVersion"] == "movies-v1"
@@ -205,6 +224,8 @@ def test_without_steps_a_better_model_is_promoted_and_pinning_rolls_back(
     wait_phase(testbed, namespace, "movies-v1", "Retired", operator)
     eventually(lambda: get(testbed, "deployment", "movies-triton-movies-v1", namespace) is None,
                60, "the replaced version's Triton removed", operator=operator)
+    assert get(testbed, "service", "movies-triton-movies-v1", namespace) is None
+    assert get(testbed, "configmap", "movies-triton-movies-v1", namespace) is None
 
     def pin(docs: list[dict[str, Any]]) -> None:
         immediate(docs)

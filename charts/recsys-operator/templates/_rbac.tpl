@@ -33,10 +33,10 @@ tests/integration/test_chart.py runs the operator on exactly these rules and fai
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Rendered workload configs.
+# Rendered workload configs (a replaced Triton's goes with it).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 # Triton, gateway and torchrun-rendezvous Services.
 - apiGroups: [""]
   resources: ["services"]

@@ -6,7 +6,6 @@ API; the Redis password reaches it from the user's Secret as an environment vari
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +17,9 @@ from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name, short_hash
 from recsys_operator.planning.jobstatus import JobOutcome
 from recsys_operator.planning.pods import (
-    CONFIG_FILE,
     object_meta,
     pod_failure_policy,
+    workload_config_map,
     workload_container,
     workload_pod_spec,
 )
@@ -138,12 +137,7 @@ def plan(fv: FeatureView, owner: Mapping[str, Any], image: str) -> FeatureViewPl
     name, ns = fv.metadata.name, fv.metadata.namespace or "default"
     cm_name = child_name(name, "materialize")
     config = materialize_config(fv)
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": object_meta(cm_name, ns, _labels(fv, "materialize-config"), owner),
-        "data": {CONFIG_FILE: json.dumps(config, indent=1, sort_keys=True)},
-    }
+    config_map = workload_config_map(cm_name, ns, _labels(fv, "materialize-config"), owner, config)
     schedule = fv.spec.materialization.cron_job
     cron_spec: dict[str, Any] = {
         "schedule": schedule.schedule,
@@ -175,12 +169,9 @@ def plan(fv: FeatureView, owner: Mapping[str, Any], image: str) -> FeatureViewPl
         window = f"{backfill.start_time}/{backfill.end_time or ''}"
         bf_cm = child_name(name, "backfill", short_hash(window))
         bf_config = materialize_config(fv, as_of=backfill.end_time) | {"mode": "full"}
-        config_map_bf = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": object_meta(bf_cm, ns, _labels(fv, "backfill-config"), owner),
-            "data": {CONFIG_FILE: json.dumps(bf_config, indent=1, sort_keys=True)},
-        }
+        config_map_bf = workload_config_map(
+            bf_cm, ns, _labels(fv, "backfill-config"), owner, bf_config
+        )
         backfill_job = {
             "apiVersion": "batch/v1",
             "kind": "Job",

@@ -8,6 +8,7 @@ through their termination message).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,6 +57,18 @@ def object_meta(
         "namespace": namespace,
         "labels": dict(labels),
         "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def workload_config_map(
+    name: str, ns: str, labels: Mapping[str, str], owner: Mapping[str, Any], cfg: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ConfigMap a workload reads its JSON config from (mounted at ``CONFIG_DIR``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(name, ns, labels, owner),
+        "data": {CONFIG_FILE: json.dumps(cfg, indent=1, sort_keys=True)},
     }
 
 

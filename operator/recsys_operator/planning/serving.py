@@ -23,10 +23,14 @@ from recsys_operator.planning.pods import (
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
     object_meta,
+    workload_config_map,
+    workload_container,
 )
-from recsys_operator.planning.training import join_uri
+from recsys_operator.planning.training import artifact_env_from
 
 TRITON_HTTP, TRITON_GRPC, TRITON_METRICS, GATEWAY_PORT = 8000, 8001, 8002, 8080
+#: Where the init container writes the version's Triton model repository (an emptyDir).
+REPOSITORY_DIR = "/models"
 
 
 def triton_name(rec: Recommender, version: str) -> str:
@@ -47,6 +51,7 @@ def _deployment(
     volumes: list[dict[str, Any]],
     node_selector: Mapping[str, str] | None,
     tolerations: list[dict[str, Any]],
+    init_containers: list[dict[str, Any]],
 ) -> dict[str, Any]:
     selector = {k: labels[k] for k in ("app.kubernetes.io/instance", "app.kubernetes.io/component")}
     selector["app.kubernetes.io/name"] = labels["app.kubernetes.io/name"]
@@ -59,6 +64,8 @@ def _deployment(
         "containers": [container],
         "volumes": [{"name": "scratch", "emptyDir": {}}, *volumes],
     }
+    if init_containers:
+        pod["initContainers"] = init_containers
     if node_selector:
         pod["nodeSelector"] = dict(node_selector)
     if tolerations:
@@ -103,6 +110,7 @@ def _served(
     container: dict[str, Any],
     volumes: list[dict[str, Any]],
     ports: list[tuple[str, int]],
+    init_containers: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """A Deployment of ``container`` placed and sized as ``spec`` says, and its Service."""
     if spec.resources:
@@ -117,14 +125,37 @@ def _served(
         volumes,
         spec.node_selector,
         [t.to_k8s() for t in spec.tolerations or []],
+        init_containers or [],
     )
     selector = deployment["spec"]["selector"]["matchLabels"]
     return [deployment, _service(name, ns, labels, owner, selector, ports)]
 
 
+def repository_config(rec: Recommender, artifact_uri: str) -> dict[str, Any]:
+    """What the init container builds the version's Triton repository from: models on the GPU
+    when the Triton container asks for one."""
+    tr = rec.spec.serving.triton
+    limits = (tr.resources.limits or {}) if tr.resources else {}
+    on_gpu = any(name.endswith("/gpu") for name in limits)
+    return {
+        "artifactUri": artifact_uri,
+        "repositoryUri": REPOSITORY_DIR,
+        "maxBatchSize": tr.max_batch_size,
+        "device": "cuda" if on_gpu else "cpu",
+    }
+
+
 def triton_objects(
-    rec: Recommender, owner: Mapping[str, Any], version: str, artifact_uri: str, image: str
+    rec: Recommender,
+    owner: Mapping[str, Any],
+    version: str,
+    artifact_uri: str,
+    image: str,
+    workloads_image: str,
 ) -> list[dict[str, Any]]:
+    """A version's Triton: a ConfigMap, a Deployment whose init container builds the model
+    repository from the version's artifact into an emptyDir (the repository is derived data,
+    see ``recsys_workloads.serving.repository``), and its Service."""
     ns = rec.metadata.namespace or "default"
     name = triton_name(rec, version)
     tr = rec.spec.serving.triton
@@ -134,12 +165,21 @@ def triton_objects(
         recommender=rec.metadata.name,
         model_version=version,
     )
+    config_map = workload_config_map(name, ns, labels, owner, repository_config(rec, artifact_uri))
+    models = {"name": "models", "mountPath": REPOSITORY_DIR}
+    builder = workload_container(
+        image=workloads_image,
+        module="recsys_workloads.serving.repository",
+        env_from=artifact_env_from(rec),
+        extra_mounts=[models],
+    )
+    builder["name"] = "repository"
     container: dict[str, Any] = {
         "name": "triton",
         "image": tr.image or image,
         "args": [
             "tritonserver",
-            f"--model-repository={join_uri(artifact_uri, 'triton')}",
+            f"--model-repository={REPOSITORY_DIR}",
             f"--http-port={TRITON_HTTP}",
             f"--grpc-port={TRITON_GRPC}",
             f"--metrics-port={TRITON_METRICS}",
@@ -151,13 +191,18 @@ def triton_objects(
         ],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": TRITON_HTTP}},
         "securityContext": CONTAINER_SECURITY_CONTEXT,
-        "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "scratch", "mountPath": "/tmp"},
+            {**models, "readOnly": True},
+        ],
     }
-    env_from = rec.spec.stores.artifacts.secret_ref
-    if env_from:
-        container["envFrom"] = [{"secretRef": {"name": env_from.name}}]
+    volumes = [
+        {"name": "config", "configMap": {"name": name}},
+        {"name": "models", "emptyDir": {}},
+    ]
     ports = [("http", TRITON_HTTP), ("grpc", TRITON_GRPC), ("metrics", TRITON_METRICS)]
-    return _served(name, ns, labels, owner, tr, container, [], ports)
+    served = _served(name, ns, labels, owner, tr, container, volumes, ports, [builder])
+    return [config_map, *served]
 
 
 def routing_table(

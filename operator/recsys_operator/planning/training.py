@@ -7,7 +7,6 @@ processes each, rank 0 reachable through a headless Service; with a queue name t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +16,9 @@ from recsys_operator.api.recommender import Recommender
 from recsys_operator.labels import KUEUE_QUEUE_LABEL, standard_labels
 from recsys_operator.naming import child_name
 from recsys_operator.planning.pods import (
-    CONFIG_FILE,
     object_meta,
     pod_failure_policy,
+    workload_config_map,
     workload_container,
     workload_pod_spec,
 )
@@ -129,18 +128,7 @@ def _labels(rec: Recommender, mv: ModelVersion, component: str) -> dict[str, str
     )
 
 
-def _config_map(
-    name: str, ns: str, labels: Mapping[str, str], owner: Mapping[str, Any], cfg: Mapping[str, Any]
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": object_meta(name, ns, labels, owner),
-        "data": {CONFIG_FILE: json.dumps(cfg, indent=1, sort_keys=True)},
-    }
-
-
-def _artifact_env_from(rec: Recommender) -> list[dict[str, Any]]:
+def artifact_env_from(rec: Recommender) -> list[dict[str, Any]]:
     ref = rec.spec.stores.artifacts.secret_ref
     return [{"secretRef": {"name": ref.name}}] if ref else []
 
@@ -165,7 +153,7 @@ def training_job(
     ns = mv.metadata.namespace or "default"
     name = child_name(mv.metadata.name, "train")
     labels = _labels(rec, mv, "train")
-    cm = _config_map(name, ns, labels, owner, train_config(rec, mv, sources))
+    cm = workload_config_map(name, ns, labels, owner, train_config(rec, mv, sources))
     image = (mv.spec.training.image if mv.spec.training and mv.spec.training.image else None) or (
         tr.image or image
     )
@@ -203,7 +191,7 @@ def training_job(
         module=TRAIN_MODULE,
         resources=resources or None,
         env=env,
-        env_from=_artifact_env_from(rec),
+        env_from=artifact_env_from(rec),
         command=command,
     )
     pod = workload_pod_spec(
@@ -248,11 +236,11 @@ def index_job(rec: Recommender, mv: ModelVersion, owner: Mapping[str, Any], imag
     ns = mv.metadata.namespace or "default"
     name = child_name(mv.metadata.name, "index")
     labels = _labels(rec, mv, "index")
-    cm = _config_map(name, ns, labels, owner, index_config(rec, mv))
+    cm = workload_config_map(name, ns, labels, owner, index_config(rec, mv))
     container = workload_container(
         image=rec.spec.training.image or image,
         module=INDEX_MODULE,
-        env_from=_artifact_env_from(rec),
+        env_from=artifact_env_from(rec),
     )
     job = {
         "apiVersion": "batch/v1",

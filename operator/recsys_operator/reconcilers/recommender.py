@@ -73,17 +73,20 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     if plan.stable:
         by_name = {m["metadata"]["name"]: m for m in mv_objs}
         indexes = {v.name: v.index_name for v in versions}
-        images = ctx.images
+        triton_image, workloads_image = (
+            ctx.images.get("triton", ""),
+            ctx.images.get("workloads", ""),
+        )
         try:
             ready = True
             for version in filter(None, (plan.stable, plan.canary)):
                 uri = (by_name[version].get("status") or {}).get("artifactUri", "")
-                for child in triton_objects(rec, obj, version, uri, images.get("triton", "")):
+                for child in triton_objects(rec, obj, version, uri, triton_image, workloads_image):
                     applied = await ensure(ctx.kube, child)
                     if child["kind"] == "Deployment":
                         ready = ready and _available(applied)
             table = routing_table(rec, plan.stable, plan.canary, plan.canary_weight, indexes)
-            for child in gateway_objects(rec, obj, table, images.get("gateway", "")):
+            for child in gateway_objects(rec, obj, table, ctx.images.get("gateway", "")):
                 applied = await ensure(ctx.kube, child)
                 if child["kind"] == "Deployment":
                     ready = ready and _available(applied)
@@ -114,7 +117,8 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
 
 
 async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str | None]) -> None:
-    """Triton Deployments of versions that no longer serve (their Services go the same way)."""
+    """Triton Deployments of versions that no longer serve (their Services and repository
+    ConfigMaps go the same way)."""
     for dep in await ctx.kube.list(
         "apps/v1",
         "Deployment",
@@ -125,3 +129,4 @@ async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str 
         if version not in keep:
             await ctx.kube.delete("apps/v1", "Deployment", dep["metadata"]["name"], ns)
             await ctx.kube.delete("v1", "Service", dep["metadata"]["name"], ns)
+            await ctx.kube.delete("v1", "ConfigMap", dep["metadata"]["name"], ns)
