@@ -23,8 +23,9 @@ p50s: what HTTP, JSON, the event loop and queueing add). Two reference figures c
     .venv/bin/python benchmarks/serving_bench.py --rates 50 100 --duration 10 --items 20000
 
 Raw samples' summaries go to benchmarks/results/serving_bench-<time>.json; a markdown table is
-printed. The load generator shares the machine with everything it measures: on a 2-core box
-its own CPU is part of the figures.
+printed. The load generator (benchmarks/loadgen: Go, in its own process, latency from each
+request's scheduled time) shares the machine with everything it measures: on a 2-core box its
+own CPU is part of the figures, reported per request next to the other parts'.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
 
+import loadgen  # noqa: E402
 import serving_support as ss  # noqa: E402
 
 from recsys_workloads.artifact_store import ArtifactReader, ArtifactWriter, Store  # noqa: E402
@@ -188,47 +190,15 @@ async def wait_ready(url: str, within_s: float = 120) -> None:
     raise RuntimeError(f"gateway at {url} not ready within {within_s}s")
 
 
-@dataclass
-class Sample:
-    status: int
-    latency_ms: float
-    fallback: bool
-    stages: dict[str, float]
-    send_lag_ms: float
-
-
-async def one(session: aiohttp.ClientSession, url: str, user: int, at: float) -> Sample:
-    loop = asyncio.get_running_loop()
-    lag = (loop.time() - at) * 1000
-    try:
-        async with session.get(f"{url}/v1/recommendations?user_id={user}") as resp:
-            body = await resp.json()
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError):
-        return Sample(0, (loop.time() - at) * 1000, False, {}, lag)
-    latency = (loop.time() - at) * 1000
-    if status != 200:
-        return Sample(status, latency, False, {}, lag)
-    return Sample(status, latency, body["fallback"] is not None, body["timingsMs"], lag)
-
-
-async def run_rate(url: str, rate: float, duration: float, seed: int) -> list[Sample]:
+async def run_rate(url: str, rate: float, duration: float, seed: int) -> loadgen.LoadRun:
+    """Open-loop load from the Go generator in its own process (a thread waits for it, so the
+    event loop stays free); the users are drawn here, so a seed repeats a run."""
     rng = np.random.default_rng(seed)
-    n = int(rate * duration)
-    users = rng.integers(1, 944, n)
-    loop = asyncio.get_running_loop()
-    timeout = aiohttp.ClientTimeout(total=2.0)
-    connector = aiohttp.TCPConnector(limit=1024)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        start = loop.time() + 0.05
-        tasks = []
-        for i in range(n):
-            at = start + i / rate
-            delay = at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(session, url, int(users[i]), at)))
-        return list(await asyncio.gather(*tasks))
+    users = rng.integers(1, 944, loadgen.requests_in(rate, duration)).tolist()
+    template = f"{url}/v1/recommendations?user_id={{user}}"
+    return await asyncio.to_thread(
+        loadgen.run, template, users, rate, duration, timeout_s=2.0, max_conns=1024
+    )
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -257,25 +227,30 @@ def _children(pid: int) -> list[int]:
 
 
 def cpu_snapshot(stack: Stack) -> dict[str, float]:
-    """CPU seconds so far of each part: the gateway, Triton (server and python stubs), Redis,
-    and this load generator."""
+    """CPU seconds so far of each server: the gateway, Triton (server and python stubs), Redis.
+    The load generator's comes with its run (its process ends with it)."""
     assert stack.gateway is not None
     triton = stack.triton.process.pid
-    own = os.times()
     return {
         "gateway": _proc_cpu(stack.gateway.pid),
         "triton": sum(_proc_cpu(p) for p in [triton, *_children(triton)]),
         "redis": _proc_cpu(stack.redis.procs.processes[0].pid),
-        "loadGenerator": own.user + own.system,
     }
+
+
+def cpu_ms_per_request(
+    before: dict[str, float], after: dict[str, float], load: loadgen.LoadRun
+) -> dict[str, float]:
+    spent = {k: after[k] - before[k] for k in after} | {"loadGenerator": load.cpu_seconds}
+    return {k: round(v * 1000 / len(load.samples), 2) for k, v in spent.items()}
 
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def summarize(rate: float, duration: float, samples: list[Sample]) -> dict[str, Any]:
-    ok = [s for s in samples if s.status == 200]
+def summarize(rate: float, duration: float, samples: list[loadgen.Sample]) -> dict[str, Any]:
+    ok = [s for s in samples if s.ok]
     lat = [s.latency_ms for s in ok]
     stage_p50 = {st: pct([s.stages[st] for s in ok], 50) for st in STAGES}
     stage_sum = sum(stage_p50.values())
@@ -357,12 +332,10 @@ async def measure(args: argparse.Namespace, stack: Stack, triton_http: str) -> d
         await run_rate(stack.gateway_url, args.rates[0], 2, seed=99)  # warm-up
         floor_rate = 200.0 if 200.0 in args.rates else args.rates[-1]
         before = cpu_snapshot(stack)
-        samples = await run_rate(stack.gateway_url, floor_rate, args.duration, seed=1)
+        load = await run_rate(stack.gateway_url, floor_rate, args.duration, seed=1)
         after = cpu_snapshot(stack)
-        floor = summarize(floor_rate, args.duration, samples)
-        floor["cpuMsPerRequest"] = {
-            k: round((after[k] - before[k]) * 1000 / len(samples), 2) for k in after
-        }
+        floor = summarize(floor_rate, args.duration, load.samples)
+        floor["cpuMsPerRequest"] = cpu_ms_per_request(before, after, load)
         rows.append({**floor, "label": f"{floor_rate:g} (floor: no Triton)"})
     finally:
         stop_gateway(stack)
@@ -372,14 +345,13 @@ async def measure(args: argparse.Namespace, stack: Stack, triton_http: str) -> d
         await run_rate(stack.gateway_url, args.rates[0], 3, seed=98)  # warm-up
         for n, rate in enumerate(args.rates):
             before = cpu_snapshot(stack)
-            samples = await run_rate(stack.gateway_url, rate, args.duration, seed=n)
+            load = await run_rate(stack.gateway_url, rate, args.duration, seed=n)
             after = cpu_snapshot(stack)
-            cpu = {k: round((after[k] - before[k]) * 1000 / len(samples), 2) for k in after}
             rows.append(
                 {
-                    **summarize(rate, args.duration, samples),
+                    **summarize(rate, args.duration, load.samples),
                     "label": f"{rate:g}",
-                    "cpuMsPerRequest": cpu,
+                    "cpuMsPerRequest": cpu_ms_per_request(before, after, load),
                 }
             )
             print(
@@ -403,6 +375,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--workdir", type=Path, default=None, help="reuse a built stack")
     args = parser.parse_args()
+    loadgen.build()  # before any server starts: a missing Go fails here, in a second
     root = args.workdir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
     marker = root / "stack.json"
     if marker.exists():

@@ -1,0 +1,3 @@
+module recsys-operator/benchmarks/loadgen
+
+go 1.26
