@@ -46,6 +46,7 @@ from typing import Any
 import aiohttp
 import faiss
 import numpy as np
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
@@ -56,6 +57,7 @@ import serving_support as ss  # noqa: E402
 from recsys_workloads.artifact_store import ArtifactReader, ArtifactWriter, Store  # noqa: E402
 from recsys_workloads.datasets import movielens  # noqa: E402
 from recsys_workloads.datasets.layout import DatasetPaths  # noqa: E402
+from recsys_workloads.gateway.http1 import KeepAlivePool  # noqa: E402
 from recsys_workloads.gateway.triton_client import user_tower_request  # noqa: E402
 from recsys_workloads.index_build import build as build_index  # noqa: E402
 from recsys_workloads.index_build import load_index  # noqa: E402
@@ -286,23 +288,55 @@ async def placement_figures(stack: Stack, triton_http: str, n: int = 300) -> dic
         t = time.perf_counter()
         index.search(q[None, :], 300)
         search_us.append((time.perf_counter() - t) * 1e6)
-    rtt_ms = []
     body = user_tower_request(1, {"age": 30, "gender": "M", "occupation": "engineer"})
-    async with aiohttp.ClientSession() as session:
-        url = f"http://{triton_http}/v2/models/{stack.version}.user-tower/infer"
-        for _ in range(n // 3):
-            t = time.perf_counter()
-            async with session.post(url, json=body) as resp:
-                await resp.read()
-            rtt_ms.append((time.perf_counter() - t) * 1000)
+    clients = await triton_client_figures(triton_http, f"{stack.version}.user-tower", body, n)
     return {
         "faissSearchUsP50": round(pct(search_us, 50), 1),
         "faissSearchUsP99": round(pct(search_us, 99), 1),
-        "tritonUserTowerRoundTripMsP50": round(pct(rtt_ms, 50), 3),
-        "tritonUserTowerRoundTripMsP99": round(pct(rtt_ms, 99), 3),
+        "tritonUserTowerRoundTripMsP50": clients["keepAlivePool"]["roundTripMsP50"],
+        "tritonUserTowerRoundTripMsP99": clients["keepAlivePool"]["roundTripMsP99"],
+        "tritonClients": clients,
         "items": manifest["itemCount"],
         "k": 300,
     }
+
+
+async def triton_client_figures(
+    triton_http: str, model: str, body: dict[str, Any], n: int
+) -> dict[str, dict[str, float]]:
+    """The gateway's Triton client (``http1.KeepAlivePool``) against aiohttp's, the reference,
+    on the same calls in turn: round-trip time and this process's CPU per call."""
+    path = f"/v2/models/{model}/infer"
+    data = orjson.dumps(body)
+    pool = KeepAlivePool()
+
+    async def via_pool() -> None:
+        status, _ = await pool.post(triton_http, path, data)
+        assert status == 200
+
+    async def via_aiohttp() -> None:
+        async with session.post(f"http://{triton_http}{path}", data=data) as resp:
+            await resp.read()
+            assert resp.status == 200
+
+    out: dict[str, dict[str, float]] = {}
+    async with aiohttp.ClientSession(headers={"Content-Type": "application/json"}) as session:
+        for name, call in (("aiohttp", via_aiohttp), ("keepAlivePool", via_pool)):
+            for _ in range(20):
+                await call()
+            rtt_ms = []
+            cpu = time.process_time()
+            for _ in range(n):
+                t = time.perf_counter()
+                await call()
+                rtt_ms.append((time.perf_counter() - t) * 1000)
+            out[name] = {
+                "roundTripMsP50": round(pct(rtt_ms, 50), 3),
+                "roundTripMsP99": round(pct(rtt_ms, 99), 3),
+                "clientCpuMsPerCall": round((time.process_time() - cpu) * 1000 / n, 3),
+            }
+    await pool.close()
+    return out
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -434,6 +468,11 @@ def main() -> None:
         f"trip (user tower) p50 {p['tritonUserTowerRoundTripMsP50']} ms / "
         f"p99 {p['tritonUserTowerRoundTripMsP99']} ms\n"
     )
+    for name, c in p["tritonClients"].items():
+        print(
+            f"Triton client {name}: round trip p50 {c['roundTripMsP50']} ms, "
+            f"CPU {c['clientCpuMsPerCall']} ms per call"
+        )
     print(table(result["rows"]))
     print("\nCPU ms per request (gateway / Triton / Redis / load generator):")
     for r in result["rows"]:
