@@ -10,8 +10,12 @@ What it does, in order:
    kwok plays the node, the workload code is the real one): the FeatureViews' backfills
    materialize into Redis, the first ModelVersion trains with torch on the CPU, passes the
    evaluation gate, gets a FAISS index, and becomes the stable version;
-6. prints what ``kubectl get recsys`` shows and the version's metrics, then keeps everything
-   up until Ctrl-C (``--exit`` to stop at once), printing the KUBECONFIG to explore with.
+6. plays the serving Deployments the operator made (tests/testbed/local_serving.py): the
+   Triton pod's init container builds the version's model repository from its artifact, the
+   real ``tritonserver`` loads it, the gateway starts with the operator's routing config;
+7. prints what ``kubectl get recsys`` shows, the version's metrics and a recommendation the
+   gateway served, then keeps everything up until Ctrl-C (``--exit`` to stop at once),
+   printing the KUBECONFIG and the gateway's URL to explore with.
 
     make demo            # or: .venv/bin/python demo/run_demo.py [--workdir DIR] [--exit]
 """
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from testbed import controlplane  # noqa: E402
 from testbed.local_runner import LocalRunner  # noqa: E402
+from testbed.local_serving import LocalServing, ServingPlayer  # noqa: E402
 from testbed.processes import free_port  # noqa: E402
 from testbed.redis_server import start_redis  # noqa: E402
 
@@ -70,6 +76,7 @@ def main() -> int:
     redis = start_redis()
     operator: subprocess.Popen[bytes] | None = None
     runner: LocalRunner | None = None
+    serving: LocalServing | None = None
     try:
         cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         cp.kubectl("wait", "--for=condition=Established", "-f", str(REPO / "crds"))
@@ -116,7 +123,19 @@ def main() -> int:
         mv = json.loads(cp.kubectl("get", "mv", version, "-n", NAMESPACE, "-o", "json").stdout)
         print(json.dumps({k: mv["status"].get(k) for k in ("phase", "evaluation", "metrics",
                                                           "artifactUri", "indexName")}, indent=1))
+        say("serving: the Triton pod's init container builds the model repository, then "
+            "tritonserver and the gateway start (pods played locally)")
+        player = ServingPlayer(cp.kubectl_path, cp.kubeconfig, NAMESPACE, work / "serving")
+        serving = player.serve("movies")
+        query = f"{serving.url}/v1/recommendations?user_id=1&k=5"
+        with urllib.request.urlopen(query, timeout=10) as resp:
+            served = json.loads(resp.read())
+        say(f"GET {query}")
+        print(json.dumps({k: served[k] for k in ("requestId", "modelVersion", "variant",
+                                                 "items", "fallback")}, indent=1))
         say(f"export KUBECONFIG={cp.kubeconfig}   (kubectl: {cp.kubectl_path})")
+        say(f"gateway: {serving.url}  (GET /v1/recommendations?user_id=N, POST /v1/events, "
+            "GET /metrics)")
         if args.exit:
             return 0
         say("up until Ctrl-C")
@@ -126,6 +145,8 @@ def main() -> int:
         except KeyboardInterrupt:
             return 0
     finally:
+        if serving is not None:
+            serving.stop()
         if runner is not None:
             runner.stop()
         if operator is not None and operator.poll() is None:

@@ -1,11 +1,16 @@
 """End to end: `make demo`'s loop closes — real control plane, operator, Redis, torch, FAISS.
 
 The FeatureViews' backfills materialize MovieLens-100k into Redis, the first ModelVersion
-trains on the CPU, passes its gate, gets its index, and serves; the demo exits 0 only then.
+trains on the CPU, passes its gate, gets its index, and serves: the Triton Deployment's init
+container builds the model repository, the real tritonserver loads it, and the gateway, run
+with the operator's config, answers a recommendation from the models; the demo exits 0 only
+then.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +39,15 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     # and item.
     assert "943" in out
     assert "1682" in out
+    # A recommendation served by the models (no fallback) of the version the operator promoted.
+    served = json.loads(re.search(r"==> GET \S+\n(\{.*?\n\})\n", out, re.S).group(1))  # type: ignore[union-attr]
+    assert served["modelVersion"] == "movies-v1"
+    assert served["variant"] == "stable"
+    assert served["fallback"] is None
+    assert len(served["items"]) == 5
+    assert len({i["itemId"] for i in served["items"]}) == 5
+    scores = [i["score"] for i in served["items"]]
+    assert scores == sorted(scores, reverse=True)
+    # the repository the init container built from the artifact, as Triton loaded it
+    assert (tmp_path / "serving" / "movies-triton-movies-v1" / "models" / "movies-v1.ranker"
+            / "config.pbtxt").is_file()
