@@ -8,8 +8,9 @@ What it does, in order:
 4. applies ``demo/recommender.yaml`` (two FeatureViews and a Recommender over that parquet);
 5. runs the Job pods the operator creates as local processes (tests/testbed/local_runner.py:
    kwok plays the node, the workload code is the real one): the FeatureViews' backfills
-   materialize into Redis, the first ModelVersion trains with torch on the CPU, passes the
-   evaluation gate, gets a FAISS index, and becomes the stable version;
+   materialize into Redis, the users' histories are seeded from the interactions, the first
+   ModelVersion trains with torch on the CPU, passes the evaluation gate, gets a FAISS index,
+   and becomes the stable version;
 6. plays the serving Deployments the operator made (tests/testbed/local_serving.py): the
    Triton pod's init container builds the version's model repository from its artifact, the
    real ``tritonserver`` loads it, the gateway starts with the operator's routing config;
@@ -123,6 +124,9 @@ def main() -> int:
         mv = json.loads(cp.kubectl("get", "mv", version, "-n", NAMESPACE, "-o", "json").stdout)
         print(json.dumps({k: mv["status"].get(k) for k in ("phase", "evaluation", "metrics",
                                                           "artifactUri", "indexName")}, indent=1))
+        cp.kubectl("wait", "-n", NAMESPACE, "--for=condition=Complete", "job", "-l",
+                   "app.kubernetes.io/component=history", "--timeout=300s")
+        say("users' histories seeded from the interactions into Redis (the history Job)")
         say("serving: the Triton pod's init container builds the model repository, then "
             "tritonserver and the gateway start (pods played locally)")
         player = ServingPlayer(cp.kubectl_path, cp.kubeconfig, NAMESPACE, work / "serving")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +49,15 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     assert len({i["itemId"] for i in served["items"]}) == 5
     scores = [i["score"] for i in served["items"]]
     assert scores == sorted(scores, reverse=True)
+    # user 1's history was seeded from the interactions (the newest 200 items, the Job's
+    # default cap): none of those is served again
+    rated = pq.read_table(tmp_path / "data" / "interactions.parquet").to_pylist()
+    mine = sorted((r for r in rated if r["user_id"] == 1), key=lambda r: r["event_timestamp"])
+    cutoff = mine[-200]["event_timestamp"]  # ties at the cap may go either way: left out
+    newest = {r["item_id"] for r in mine if r["event_timestamp"] > cutoff}
+    assert len(newest) > 100
+    assert not newest & {i["itemId"] for i in served["items"]}
+    assert "users' histories seeded" in out
     # the repository the init container built from the artifact, as Triton loaded it
     assert (tmp_path / "serving" / "movies-triton-movies-v1" / "models" / "movies-v1.ranker"
             / "config.pbtxt").is_file()

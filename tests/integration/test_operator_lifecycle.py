@@ -157,6 +157,17 @@ def test_first_version_trains_indexes_and_serves(
         "config.json"])
     assert build == {"artifactUri": mv["status"]["artifactUri"], "repositoryUri": "/models",
                      "maxBatchSize": 64, "device": "cpu"}
+    # the users' histories are seeded from the interactions for the gateway, once
+    (history,) = json.loads(testbed.kubectl(
+        "get", "jobs", "-n", namespace, "-l", "app.kubernetes.io/component=history", "-o", "json"
+    ).stdout)["items"]
+    assert history["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "python", "-m", "recsys_workloads.history"]
+    seeding = json.loads(get(testbed, "configmap", history["metadata"]["name"], namespace)[  # type: ignore[index]
+        "data"]["config.json"])
+    assert seeding == {"recommender": f"{namespace}.movies",
+                       "interactionsUri": "s3://data/interactions/",
+                       "onlineStore": {"redisUrl": "redis://redis:6379/0"}}
     routing = json.loads(get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
         "gateway.json"])["routing"]
     assert routing["stable"]["modelVersion"] == "movies-v1"

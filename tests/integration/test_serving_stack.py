@@ -482,6 +482,34 @@ async def test_redis_down_is_a_clear_503_and_no_crash(art: Artifacts, triton: Tr
         server.stop()
 
 
+async def test_requests_past_max_in_flight_are_shed_with_503(
+    art: Artifacts, triton: TritonServer, online: str
+) -> None:
+    cfg = gateway_config(art, triton.http_url, online, scoringTimeout="1s", maxInFlight=2)
+    async with gateway_client(cfg) as (_, base, session):
+        await wait_ready(session, base)
+
+        async def ask(user: int) -> tuple[int, Json, str | None]:
+            async with session.get(f"{base}/v1/recommendations?user_id={user}") as resp:
+                return resp.status, await resp.json(), resp.headers.get("Retry-After")
+
+        os.kill(triton.process.pid, signal.SIGSTOP)  # admitted requests wait for the deadline
+        try:
+            answers = await asyncio.gather(*(ask(u) for u in range(1, 6)))
+        finally:
+            os.kill(triton.process.pid, signal.SIGCONT)
+        assert sorted(status for status, _, _ in answers) == [200, 200, 503, 503, 503]
+        for status, body, retry_after in answers:
+            if status == 503:
+                assert "maxInFlight" in body["error"]
+                assert retry_after == "1"
+            else:
+                assert body["fallback"] == "triton-timeout"
+        assert (await ask(1))[0] == 200  # the slots were given back
+        text = await metrics_text(session, base)
+        assert metric(text, "recsys_gateway_errors_total", reason="overloaded") == 3
+
+
 # --- last: this test stops Triton -------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from recsys_operator.planning.jobstatus import JobOutcome
 from recsys_operator.planning.pods import (
     object_meta,
     pod_failure_policy,
+    redis_password_env,
     workload_config_map,
     workload_container,
     workload_pod_spec,
@@ -101,25 +102,13 @@ def _labels(fv: FeatureView, component: str) -> dict[str, str]:
     )
 
 
-def _env(fv: FeatureView) -> list[dict[str, Any]]:
-    ref = fv.spec.online_store.redis.password_secret_ref
-    if ref is None:
-        return []
-    return [
-        {
-            "name": "REDIS_PASSWORD",
-            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-        }
-    ]
-
-
 def _job_spec(fv: FeatureView, image: str, config_map: str, component: str) -> dict[str, Any]:
     m = fv.spec.materialization
     container = workload_container(
         image=m.image or image,
         module=MATERIALIZE_MODULE,
         resources=m.resources.to_k8s() if m.resources else None,
-        env=_env(fv),
+        env=redis_password_env(fv.spec.online_store.redis.password_secret_ref),
     )
     return {
         "backoffLimit": 3,

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from recsys_operator.api.common import SecretKeyRef
 from recsys_workloads.runtime import EXIT_BAD_INPUT
 
 CONFIG_DIR = "/etc/recsys"
@@ -70,6 +71,14 @@ def workload_config_map(
         "metadata": object_meta(name, ns, labels, owner),
         "data": {CONFIG_FILE: json.dumps(cfg, indent=1, sort_keys=True)},
     }
+
+
+def redis_password_env(ref: SecretKeyRef | None) -> list[dict[str, Any]]:
+    """``REDIS_PASSWORD`` from the user's Secret, the only way a workload gets it."""
+    if ref is None:
+        return []
+    secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+    return [{"name": "REDIS_PASSWORD", "valueFrom": secret}]
 
 
 def workload_container(

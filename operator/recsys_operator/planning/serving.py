@@ -18,15 +18,18 @@ from typing import Any
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.api.serving import GatewayServing, TritonServing
 from recsys_operator.labels import standard_labels
-from recsys_operator.naming import child_name
+from recsys_operator.naming import child_name, short_hash
 from recsys_operator.planning.pods import (
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
     object_meta,
+    pod_failure_policy,
+    redis_password_env,
     workload_config_map,
     workload_container,
+    workload_pod_spec,
 )
-from recsys_operator.planning.training import artifact_env_from
+from recsys_operator.planning.training import JOB_TTL_SECONDS, JobPlan, artifact_env_from
 
 TRITON_HTTP, TRITON_GRPC, TRITON_METRICS, GATEWAY_PORT = 8000, 8001, 8002, 8080
 #: Where the init container writes the version's Triton model repository (an emptyDir).
@@ -280,15 +283,10 @@ def gateway_objects(
         "metadata": object_meta(name, ns, labels, owner),
         "data": {"gateway.json": json.dumps(config, indent=1, sort_keys=True)},
     }
-    env: list[dict[str, Any]] = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
-    if redis.password_secret_ref:
-        ref = redis.password_secret_ref
-        env.append(
-            {
-                "name": "REDIS_PASSWORD",
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-            }
-        )
+    env = [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *redis_password_env(redis.password_secret_ref),
+    ]
     container: dict[str, Any] = {
         "name": "gateway",
         "image": gw.image or image,
@@ -307,3 +305,52 @@ def gateway_objects(
     volumes = [{"name": "config", "configMap": {"name": name}}]
     served = _served(name, ns, labels, owner, gw, container, volumes, [("http", GATEWAY_PORT)])
     return [config_map, *served]
+
+
+HISTORY_MODULE = "recsys_workloads.history"
+
+
+def history_config(rec: Recommender) -> dict[str, Any]:
+    redis = rec.spec.stores.redis
+    store: dict[str, Any] = {"redisUrl": redis.url}
+    if redis.key_prefix:
+        store["keyPrefix"] = redis.key_prefix
+    return {
+        "recommender": f"{rec.metadata.namespace or 'default'}.{rec.metadata.name}",
+        "interactionsUri": rec.spec.interactions.path,
+        "onlineStore": store,
+    }
+
+
+def history_job(rec: Recommender, owner: Mapping[str, Any], image: str) -> JobPlan:
+    """The Job that seeds the gateway's per-user history (recent and seen items) from
+    ``spec.interactions`` (``recsys_workloads.history``): the models were trained on those
+    histories and must see the same at serving. One Job per interactions source and store,
+    named by their hash; the gateway's events keep the histories current afterwards."""
+    ns = rec.metadata.namespace or "default"
+    cfg = history_config(rec)
+    name = child_name(rec.metadata.name, "history", short_hash(json.dumps(cfg, sort_keys=True)))
+    labels = standard_labels(
+        component="history", instance=rec.metadata.name, recommender=rec.metadata.name
+    )
+    container = workload_container(
+        image=image,
+        module=HISTORY_MODULE,
+        env=redis_password_env(rec.spec.stores.redis.password_secret_ref),
+        env_from=artifact_env_from(rec),
+    )
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": object_meta(name, ns, labels, owner),
+        "spec": {
+            "backoffLimit": 3,
+            "podFailurePolicy": pod_failure_policy(),
+            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": workload_pod_spec(container, name),
+            },
+        },
+    }
+    return JobPlan(workload_config_map(name, ns, labels, owner, cfg), job)

@@ -12,7 +12,12 @@ from recsys_operator.controller import Context, Key
 from recsys_operator.kube import ApiError
 from recsys_operator.labels import RECOMMENDER_LABEL
 from recsys_operator.planning import recommender as planner
-from recsys_operator.planning.serving import gateway_objects, routing_table, triton_objects
+from recsys_operator.planning.serving import (
+    gateway_objects,
+    history_job,
+    routing_table,
+    triton_objects,
+)
 from recsys_operator.reconcilers.common import ensure, ensure_created, post_event, write_status
 from recsys_operator.reconcilers.modelversion import feature_sources
 
@@ -97,6 +102,8 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                 raise
             plan.messages.append(f"the API server refused a serving object: {exc.message}")
 
+    await _seed_history(ctx, obj, rec, plan.messages)
+
     previous = obj.get("status") or {}
     new_status = planner.status(rec, previous, plan, versions, serving_ready, blocked, now)
     if await write_status(ctx.kube, obj, new_status):
@@ -130,3 +137,27 @@ async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str 
             await ctx.kube.delete("apps/v1", "Deployment", dep["metadata"]["name"], ns)
             await ctx.kube.delete("v1", "Service", dep["metadata"]["name"], ns)
             await ctx.kube.delete("v1", "ConfigMap", dep["metadata"]["name"], ns)
+
+
+async def _seed_history(
+    ctx: Context, obj: dict[str, Any], rec: Recommender, messages: list[str]
+) -> None:
+    """The Job that loads users' histories into the gateway's store, once per source."""
+    plan = history_job(rec, obj, ctx.images.get("workloads", ""))
+    try:
+        await ensure(ctx.kube, plan.config_map)
+        _, created = await ensure_created(ctx.kube, plan.job)
+    except ApiError as exc:
+        if exc.retryable:
+            raise
+        messages.append(f"the API server refused the history Job: {exc.message}")
+        return
+    if created:
+        await post_event(
+            ctx.kube,
+            obj,
+            "Normal",
+            "HistorySeeding",
+            f"started Job {plan.job['metadata']['name']}: users' recent items from "
+            "spec.interactions into the gateway's history",
+        )

@@ -3,8 +3,9 @@
 - ``GET /v1/recommendations?user_id=…&k=…`` (other query parameters are the request's context,
   logged with it): 200 with ``requestId``, ``variant``, ``modelVersion``, ``index``,
   ``items[{itemId, score}]``, ``fallback`` (null, or why fallback items were served) and
-  ``timingsMs`` per stage; 400 naming the bad parameter; 503 when Redis is unavailable or no
-  index is loaded yet, always with a JSON ``error``.
+  ``timingsMs`` per stage; 400 naming the bad parameter; 503 when Redis is unavailable, no
+  index is loaded yet, or ``maxInFlight`` requests are already being handled (with
+  ``Retry-After``), always with a JSON ``error``.
 - ``POST /v1/events``: one event object, a list, or ``{"events": [...]}``; each
   ``{requestId, itemId, type: click|purchase, userId?, timestamp? (ms)}``. 202 with the count;
   400 naming the bad field; 503 when Redis is unavailable. Clicks and purchases also mark the
@@ -25,6 +26,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +157,8 @@ class Gateway:
         self.triton_http = KeepAlivePool()
         self.service: RecommendationService | None = None
         self.redis_ok = False
+        #: recommendation requests being handled now (``maxInFlight``)
+        self.in_flight = 0
         self.poller: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -273,6 +277,21 @@ class Gateway:
         except BadInputError as exc:
             self.metrics.requests.labels("none", "", "400").inc()
             return _error(400, str(exc))
+        limit = self.cfg.max_in_flight
+        if limit and self.in_flight >= limit:
+            self.metrics.requests.labels("none", "", "503").inc()
+            self.metrics.errors.labels("none", "", "overloaded").inc()
+            response = _error(503, f"overloaded: {limit} requests in flight (maxInFlight)")
+            response.headers["Retry-After"] = "1"
+            return response
+        self.in_flight += 1
+        try:
+            return await self._recommend(user_id, k, q)
+        finally:
+            self.in_flight -= 1
+
+    async def _recommend(self, user_id: int, k: int, q: Mapping[str, str]) -> web.Response:
+        assert self.service is not None
         context = {key: value for key, value in q.items() if key not in ("user_id", "k")}
         try:
             variant = self.service.resolve(user_id)

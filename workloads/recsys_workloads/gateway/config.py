@@ -25,9 +25,10 @@ Example (``recommender``, ``routing`` and ``redisUrl`` are required)::
                    "diversity": {"key": "genres", "maxPerValue": 3}}
     }
 
-``routing`` here is the table the gateway starts from; the operator also writes it to Redis
-(``keys.routing``), which the gateway polls every ``pollInterval`` and which wins when present
-(a mounted ConfigMap reaches a running pod only after the kubelet's sync, about a minute).
+``routing`` here is the table the gateway starts from; a table in Redis (``keys.routing``,
+written with ``control.publish_routing``), which the gateway polls every ``pollInterval``,
+wins when present (a mounted ConfigMap reaches a running pod only after the kubelet's sync,
+about a minute). The operator renders the ConfigMap; it does not write Redis yet.
 ``featureViews`` name FeatureViews as they are stored online (``<namespace>.<name>``), with the
 key prefix they were materialized under. Durations are Go-style (``50ms``, ``1s``, ``720h``).
 The Redis password comes from ``$REDIS_PASSWORD``, never from here.
@@ -182,6 +183,11 @@ class GatewayConfig(_Section):
     item_cache_ttl: str = "60s"
     #: approximate cap on the served-response stream (XADD MAXLEN ~)
     served_log_max_len: int = Field(default=1_000_000, ge=1000)
+    #: recommendation requests handled at once; past it a request is answered 503 at once
+    #: (``Retry-After``) instead of queueing behind the others: when the gateway's one core
+    #: is saturated, queueing makes every request late, shedding keeps the admitted ones
+    #: fast (KServe's ``containerConcurrency``, per replica). 0: no limit
+    max_in_flight: int = Field(default=64, ge=0, le=100_000)
     #: fsspec options for reading index and model artifacts
     storage_options: dict[str, Any] = Field(default_factory=dict)
 

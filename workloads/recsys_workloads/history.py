@@ -1,0 +1,127 @@
+"""Seed the gateway's per-user history from the interactions table.
+
+``python -m recsys_workloads.history --config PATH`` with (camelCase, unknown fields refused)::
+
+    {
+      "recommender": "shop.movies",
+      "interactionsUri": "s3://data/interactions/",
+      "storageOptions": {},
+      "onlineStore": {"redisUrl": "redis://redis.shop.svc:6379/0", "keyPrefix": ""},
+      "maxItemsPerUser": 200
+    }
+
+Why: the models take a user's most recent items as input (``historyLength``), and the gateway
+reads them, with the items to filter out as already seen, from one sorted set per user
+(``gateway.keys``: item -> time of the last interaction). The gateway's own events keep those
+sets current, but a user's past lives in the interactions table the models were trained on:
+without this seeding, serving would see empty histories where training saw full ones.
+
+Each user keeps the newest ``maxItemsPerUser`` items (enough for any ``historyLength`` and for
+filtering what was seen recently). Writes are ``ZADD GT``: a newer time already in the set (an
+event the gateway logged after the table was written) is never moved back, so the Job can run
+again at any time. The table is validated as training validates it (``train.data``).
+The Redis password comes from ``REDIS_PASSWORD``, as for materialization.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from recsys_workloads.artifact_store import Store
+from recsys_workloads.gateway.control import backfill_seen
+from recsys_workloads.gateway.keys import GatewayKeys
+from recsys_workloads.materialize import (
+    PASSWORD_ENV,
+    OnlineStoreConfig,
+    describe_validation_error,
+    redis_errors,
+)
+from recsys_workloads.runtime import BadInputError, run_entrypoint
+from recsys_workloads.train.data import Interactions, read_table, validate_interactions
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class GatewayStoreConfig(OnlineStoreConfig):
+    #: the gateway's keys carry no prefix unless the Recommender's store names one
+    key_prefix: str = ""
+
+
+class HistoryConfig(_Section):
+    recommender: str = Field(min_length=3, pattern=r"^[^.\s]+\.[^.\s]+$")
+    interactions_uri: str = Field(min_length=1)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    online_store: GatewayStoreConfig
+    max_items_per_user: int = Field(default=200, ge=1, le=100_000)
+
+
+def parse_history_config(raw: dict[str, Any]) -> HistoryConfig:
+    try:
+        return HistoryConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise BadInputError("history config: " + describe_validation_error(exc)) from exc
+
+
+def newest_per_user(interactions: Interactions, limit: int) -> Interactions:
+    """Each user's ``limit`` most recent (user, item) pairs, one per item (its last time)."""
+    users, items, times = interactions.user_ids, interactions.item_ids, interactions.times_us
+    # the last interaction with each (user, item): sort by time, keep the final occurrence
+    order = np.lexsort((times, items, users))
+    users, items, times = users[order], items[order], times[order]
+    last = np.ones(users.size, dtype=bool)
+    last[:-1] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
+    users, items, times = users[last], items[last], times[last]
+    # newest first within each user, then the first ``limit`` of each
+    order = np.lexsort((-times, users))
+    users, items, times = users[order], items[order], times[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    rank: npt.NDArray[np.int64] = np.arange(users.size) - np.repeat(
+        starts, np.diff(np.r_[starts, users.size])
+    )
+    keep: npt.NDArray[np.bool_] = rank < limit
+    ratings = np.ones(int(keep.sum()), dtype=np.float32)
+    return Interactions(users[keep], items[keep], ratings, times[keep])
+
+
+def seed(raw: dict[str, Any]) -> dict[str, Any]:
+    cfg = parse_history_config(raw)
+    table = read_table(Store(cfg.storage_options), cfg.interactions_uri, "interactions")
+    pairs = newest_per_user(validate_interactions(table), cfg.max_items_per_user)
+    store = cfg.online_store
+    keys = GatewayKeys.of(cfg.recommender, store.key_prefix)
+    client = redis.Redis.from_url(
+        store.redis_url,
+        password=os.environ.get(PASSWORD_ENV) or None,
+        socket_connect_timeout=store.connect_timeout_seconds,
+    )
+    users = np.unique(pairs.user_ids)
+    with redis_errors(store.redis_url), client:
+        written = backfill_seen(
+            client, keys, pairs.user_ids, pairs.item_ids, (pairs.times_us // 1000).tolist()
+        )
+        # events logged since may have pushed a set past the cap: keep the newest only
+        pipe = client.pipeline(transaction=False)
+        for user in users.tolist():
+            pipe.zremrangebyrank(keys.seen(user), 0, -cfg.max_items_per_user - 1)
+        pipe.execute()
+    return {"users": int(users.size), "pairs": written, "interactions": table.num_rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entrypoint("history", seed, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
