@@ -23,13 +23,11 @@ from recsys_operator.planning.pods import (
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
     object_meta,
-    pod_failure_policy,
     redis_password_env,
     workload_config_map,
     workload_container,
-    workload_pod_spec,
 )
-from recsys_operator.planning.training import JOB_TTL_SECONDS, JobPlan, artifact_env_from
+from recsys_operator.planning.training import JobPlan, artifact_env_from, single_pod_job
 
 TRITON_HTTP, TRITON_GRPC, TRITON_METRICS, GATEWAY_PORT = 8000, 8001, 8002, 8080
 #: Where the init container writes the version's Triton model repository (an emptyDir).
@@ -339,18 +337,5 @@ def history_job(rec: Recommender, owner: Mapping[str, Any], image: str) -> JobPl
         env=redis_password_env(rec.spec.stores.redis.password_secret_ref),
         env_from=artifact_env_from(rec),
     )
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": object_meta(name, ns, labels, owner),
-        "spec": {
-            "backoffLimit": 3,
-            "podFailurePolicy": pod_failure_policy(),
-            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": workload_pod_spec(container, name),
-            },
-        },
-    }
+    job = single_pod_job(name, ns, labels, owner, container)
     return JobPlan(workload_config_map(name, ns, labels, owner, cfg), job)

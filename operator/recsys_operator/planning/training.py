@@ -242,7 +242,19 @@ def index_job(rec: Recommender, mv: ModelVersion, owner: Mapping[str, Any], imag
         module=INDEX_MODULE,
         env_from=artifact_env_from(rec),
     )
-    job = {
+    return JobPlan(cm, single_pod_job(name, ns, labels, owner, container))
+
+
+def single_pod_job(
+    name: str,
+    ns: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    container: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A one-pod workload Job reading the ConfigMap of the same name: a few retries for
+    transient failures, none for bad input (``pod_failure_policy``), kept a week."""
+    return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": object_meta(name, ns, labels, owner),
@@ -251,9 +263,8 @@ def index_job(rec: Recommender, mv: ModelVersion, owner: Mapping[str, Any], imag
             "podFailurePolicy": pod_failure_policy(),
             "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": dict(labels)},
                 "spec": workload_pod_spec(container, name),
             },
         },
     }
-    return JobPlan(cm, job)
