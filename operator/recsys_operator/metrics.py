@@ -22,7 +22,7 @@ OBJECTS_BY_PHASE = Gauge(
 )
 JOBS_STARTED = Counter(
     "recsys_operator_jobs_started_total",
-    "Jobs the operator created, by purpose (train, index, backfill).",
+    "Jobs the operator created, by purpose (train, index, history).",
     ["purpose"],
 )
 JOBS_FAILED = Counter(

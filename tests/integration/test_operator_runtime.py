@@ -109,4 +109,6 @@ def test_metrics_count_reconciles_jobs_and_phases(
                       in (body := scrape()) and body, 30, "phase gauge", operator=operator)
     assert 'recsys_operator_jobs_started_total{purpose="train"} 1.0' in text
     assert 'recsys_operator_reconcile_duration_seconds_count{kind="Recommender"}' in text
-    assert 'recsys_operator_api_requests_total{kind="Job",verb="post"} 1.0' in text
+    assert 'recsys_operator_jobs_started_total{purpose="history"} 1.0' in text
+    # the two Jobs: training movies-v1, seeding the users' histories
+    assert 'recsys_operator_api_requests_total{kind="Job",verb="post"} 2.0' in text

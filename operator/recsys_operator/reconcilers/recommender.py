@@ -11,6 +11,7 @@ from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context, Key
 from recsys_operator.kube import ApiError
 from recsys_operator.labels import RECOMMENDER_LABEL
+from recsys_operator.metrics import JOBS_STARTED
 from recsys_operator.planning import recommender as planner
 from recsys_operator.planning.serving import (
     gateway_objects,
@@ -153,6 +154,7 @@ async def _seed_history(
         messages.append(f"the API server refused the history Job: {exc.message}")
         return
     if created:
+        JOBS_STARTED.labels("history").inc()
         await post_event(
             ctx.kube,
             obj,
