@@ -324,7 +324,9 @@ def history_job(rec: Recommender, owner: Mapping[str, Any], image: str) -> JobPl
     """The Job that seeds the gateway's per-user history (recent and seen items) from
     ``spec.interactions`` (``recsys_workloads.history``): the models were trained on those
     histories and must see the same at serving. One Job per interactions source and store,
-    named by their hash; the gateway's events keep the histories current afterwards."""
+    named by their hash; the gateway's events keep the histories current afterwards. When the
+    finished Job expires (``JOB_TTL_SECONDS``, a week) the next reconcile makes it again,
+    which re-reads the table: ``ZADD GT`` makes that a refresh, never a step back."""
     ns = rec.metadata.namespace or "default"
     cfg = history_config(rec)
     name = child_name(rec.metadata.name, "history", short_hash(json.dumps(cfg, sort_keys=True)))

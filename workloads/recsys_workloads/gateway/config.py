@@ -18,6 +18,7 @@ Example (``recommender``, ``routing`` and ``redisUrl`` are required)::
       "candidates": 200,
       "topK": 20,
       "scoringTimeout": "50ms",
+      "maxInFlight": 64,
       "filtering": {"excludeSeen": true, "seenWindow": "720h", "excludeBlocked": true,
                     "itemSelector": {"matchExpressions": [{"key": "in_stock", "operator": "In",
                                                            "values": ["true"]}]}},
