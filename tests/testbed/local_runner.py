@@ -19,13 +19,38 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from testbed.controlplane import run_kubectl
 
 MANAGED = "app.kubernetes.io/managed-by=recsys-operator"
+
+
+def map_mount_paths(value: Any, mounts: Mapping[str, Path]) -> Any:
+    """``value`` (a string, or JSON made of lists and dicts) with every path under a volume's
+    mountPath, bare or as ``--flag=PATH``, pointed at the local folder standing in for it."""
+    if isinstance(value, dict):
+        return {k: map_mount_paths(v, mounts) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_mount_paths(v, mounts) for v in value]
+    if isinstance(value, str):
+        flag, eq, path = value.partition("=") if value.startswith("--") else ("", "", value)
+        for mount_path, local in mounts.items():
+            if path == mount_path or path.startswith(mount_path + "/"):
+                return f"{flag}{eq}{local}{path[len(mount_path):]}"
+    return value
+
+
+def local_argv(container: Mapping[str, Any], mounts: Mapping[str, Path]) -> list[str]:
+    """The container's command line for this machine: mount paths mapped, and ``python -m X``
+    (or ``torchrun ... -m X``) run as the module with this Python."""
+    argv = [str(a) for a in map_mount_paths(
+        [*container.get("command", []), *container.get("args", [])], mounts)]
+    if "-m" in argv:
+        return [sys.executable, *argv[argv.index("-m"):]]
+    return argv
 
 
 class LocalRunner:
@@ -111,28 +136,13 @@ class LocalRunner:
             out[mount["mountPath"]] = local
         return out
 
-    @staticmethod
-    def _local_argv(command: Sequence[str], args: Sequence[str], mounts: Mapping[str, Path]
-                    ) -> list[str]:
-        def rewrite(arg: str) -> str:
-            for mount_path, local in mounts.items():
-                if arg.startswith(mount_path + "/"):
-                    return str(local / arg[len(mount_path) + 1:])
-            return arg
-
-        argv = [rewrite(a) for a in [*command, *args]]
-        if "-m" in argv:  # python -m X / torchrun ... -m X: run the module with this Python
-            i = argv.index("-m")
-            return [sys.executable, "-m", *argv[i + 1:]]
-        return argv
-
     def _run_pod(self, pod: Mapping[str, Any]) -> None:
         name = pod["metadata"]["name"]
         container = pod["spec"]["containers"][0]
         root = self.workdir / name
         mounts = self._mounts(pod, root)
         term = root / "termination-log"
-        argv = self._local_argv(container.get("command", []), container.get("args", []), mounts)
+        argv = local_argv(container, mounts)
         started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with (root / "output.log").open("wb") as out:
             code = subprocess.call(

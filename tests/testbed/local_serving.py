@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,25 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from testbed.controlplane import run_kubectl
+from testbed.local_runner import local_argv, map_mount_paths
 from testbed.processes import free_port
 from testbed.triton_server import TritonServer, start_triton
 
 RECOMMENDER_LABEL = "recsys.dev/recommender"
 COMPONENT_LABEL = "app.kubernetes.io/component"
-
-
-def _map_paths(value: Any, mounts: Mapping[str, Path]) -> Any:
-    """``value`` with every string under a mount path pointed at its local folder."""
-    if isinstance(value, dict):
-        return {k: _map_paths(v, mounts) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_map_paths(v, mounts) for v in value]
-    if isinstance(value, str):
-        flag, eq, path = value.partition("=") if value.startswith("--") else ("", "", value)
-        for mount_path, local in mounts.items():
-            if path == mount_path or path.startswith(mount_path + "/"):
-                return f"{flag}{eq}{local}{path[len(mount_path):]}"
-    return value
 
 
 @dataclass
@@ -94,17 +80,9 @@ class ServingPlayer:
                 cm = self._get("configmap", vol["configMap"]["name"])
                 for key, text in (cm.get("data") or {}).items():
                     if key.endswith(".json"):
-                        text = json.dumps(_map_paths(json.loads(text), mounts))
+                        text = json.dumps(map_mount_paths(json.loads(text), mounts))
                     (mounts[mount["mountPath"]] / key).write_text(text)
         return mounts
-
-    @staticmethod
-    def _argv(container: Mapping[str, Any], mounts: Mapping[str, Path]) -> list[str]:
-        argv = [str(a) for a in _map_paths([*container.get("command", []),
-                                            *container.get("args", [])], mounts)]
-        if "-m" in argv:  # python -m X: the module with this Python
-            return [sys.executable, *argv[argv.index("-m"):]]
-        return argv
 
     def _triton(self, deployment: Mapping[str, Any]) -> TritonServer:
         name = deployment["metadata"]["name"]
@@ -114,14 +92,14 @@ class ServingPlayer:
         mounts = self._volumes(pod, builder, root)
         log = root / "repository.log"
         with log.open("wb") as out:
-            code = subprocess.call(self._argv(builder, mounts), stdout=out,
+            code = subprocess.call(local_argv(builder, mounts), stdout=out,
                                    stderr=subprocess.STDOUT, cwd=root)
         if code != 0:
             raise RuntimeError(f"{name}: the repository init container exited {code}:\n"
                                + log.read_text()[-3000:])
         (main,) = pod["containers"]
         served = self._volumes(pod, main, root)
-        repository = next(a.split("=", 1)[1] for a in self._argv(main, served)
+        repository = next(a.split("=", 1)[1] for a in local_argv(main, served)
                           if a.startswith("--model-repository="))
         return start_triton(Path(repository), timeout=600)
 
@@ -163,7 +141,7 @@ class ServingPlayer:
                     target["triton"] = endpoints[target["triton"]]
             path.write_text(json.dumps(cfg))
         port = free_port()
-        argv = [a for a in self._argv(main, mounts) if not a.startswith("--port")]
+        argv = [a for a in local_argv(main, mounts) if not a.startswith("--port")]
         log = (root / "gateway.log").open("wb")
         proc = subprocess.Popen([*argv, f"--port={port}", "--host=127.0.0.1"], stdout=log,
                                 stderr=subprocess.STDOUT, cwd=root)

@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError
 
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.gateway.control import backfill_seen
@@ -41,17 +40,15 @@ from recsys_workloads.gateway.keys import GatewayKeys
 from recsys_workloads.materialize import (
     PASSWORD_ENV,
     OnlineStoreConfig,
-    describe_validation_error,
     redis_errors,
 )
-from recsys_workloads.runtime import BadInputError, run_entrypoint
+from recsys_workloads.runtime import (
+    BadInputError,
+    ConfigSection,
+    describe_validation_error,
+    run_entrypoint,
+)
 from recsys_workloads.train.data import Interactions, read_table, validate_interactions
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
 
 
 class GatewayStoreConfig(OnlineStoreConfig):
@@ -59,7 +56,7 @@ class GatewayStoreConfig(OnlineStoreConfig):
     key_prefix: str = ""
 
 
-class HistoryConfig(_Section):
+class HistoryConfig(ConfigSection):
     recommender: str = Field(min_length=3, pattern=r"^[^.\s]+\.[^.\s]+$")
     interactions_uri: str = Field(min_length=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)

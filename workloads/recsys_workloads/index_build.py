@@ -38,8 +38,7 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError
 
 from recsys_workloads import ann_index
 from recsys_workloads.artifact_store import (
@@ -49,8 +48,12 @@ from recsys_workloads.artifact_store import (
     Store,
     join_uri,
 )
-from recsys_workloads.runtime import BadInputError, run_entrypoint
-from recsys_workloads.train.config import describe_validation_error
+from recsys_workloads.runtime import (
+    BadInputError,
+    ConfigSection,
+    describe_validation_error,
+    run_entrypoint,
+)
 
 log = logging.getLogger("recsys_workloads.index_build")
 
@@ -59,13 +62,8 @@ INDEX_FILE = "index.faiss"
 MODEL_KIND = "model"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
 
-
-class IndexSection(_Section):
+class IndexSection(ConfigSection):
     kind: Literal["auto", "hnsw", "flat"] = "auto"
     flat_threshold: int = Field(default=20_000, ge=0)
     hnsw_m: int = Field(default=32, ge=4, le=256)
@@ -73,7 +71,7 @@ class IndexSection(_Section):
     ef_search: int = Field(default=128, ge=1, le=65536)
 
 
-class ValidationSection(_Section):
+class ValidationSection(ConfigSection):
     k: int = Field(default=10, ge=1, le=1000)
     queries: int = Field(default=1000, ge=1)
     min_recall: float = Field(default=0.95, ge=0, le=1)
@@ -81,7 +79,7 @@ class ValidationSection(_Section):
     auto_tune_ef_search: bool = True
 
 
-class IndexBuildConfig(_Section):
+class IndexBuildConfig(ConfigSection):
     version: str = Field(default="dev", min_length=1)
     model_artifact_uri: str = Field(min_length=1)
     index_uri: str = Field(min_length=1)

@@ -79,8 +79,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import redis
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from recsys_workloads.featurestore import codec
 from recsys_workloads.featurestore.codec import FeatureType
@@ -98,31 +97,32 @@ from recsys_workloads.featurestore.keys import (
 from recsys_workloads.featurestore.point_in_time import latest_rows, window_bounds_us
 from recsys_workloads.featurestore.resp import BulkWriter, hset_commands, key_commands
 from recsys_workloads.featurestore.source import OfflineSource, open_source
-from recsys_workloads.runtime import BadInputError, TransientError, run_entrypoint
+from recsys_workloads.runtime import (
+    BadInputError,
+    ConfigSection,
+    TransientError,
+    describe_validation_error,
+    run_entrypoint,
+)
 
 log = logging.getLogger("recsys_workloads.materialize")
 PASSWORD_ENV = "REDIS_PASSWORD"
 _SCAN_COUNT = 10_000
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
 
-
-class SourceConfig(_Section):
+class SourceConfig(ConfigSection):
     uri: str = Field(min_length=1)
     event_timestamp_column: str = Field(default="event_timestamp", min_length=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
-class FeatureConfig(_Section):
+class FeatureConfig(ConfigSection):
     name: str = Field(min_length=1)
     type: FeatureType
 
 
-class OnlineStoreConfig(_Section):
+class OnlineStoreConfig(ConfigSection):
     redis_url: str = Field(min_length=1)
     key_prefix: str = "fv"
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -145,7 +145,7 @@ class OnlineStoreConfig(_Section):
         return value
 
 
-class MaterializeConfig(_Section):
+class MaterializeConfig(ConfigSection):
     feature_view: str
     join_key: str = Field(min_length=1)
     source: SourceConfig
@@ -188,22 +188,6 @@ class MaterializeConfig(_Section):
     def feature_schema(self) -> list[FeatureSchema]:
         return [FeatureSchema(f.name, f.type) for f in self.features]
 
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One clause per problem, each led by the camelCase path of the field (never the input of
-    a whole-object check, which would echo the entire config)."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{loc}: unknown field (check the spelling)")
-        elif err["type"] == "missing":
-            parts.append(f"{loc}: required field is missing")
-        elif err["loc"]:
-            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-        else:
-            parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def parse_config(raw: dict[str, Any]) -> MaterializeConfig:

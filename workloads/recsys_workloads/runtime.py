@@ -17,6 +17,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+
 #: Done; the summary says what was produced.
 EXIT_OK = 0
 #: An unexpected crash (a bug or an unknown failure): retried, within the Job's backoffLimit.
@@ -113,3 +116,29 @@ def run_entrypoint(
         print(f"recsys-{name}: {summary['message']}", file=sys.stderr)
     write_termination_message(summary, args.termination_log)
     return code
+
+
+class ConfigSection(BaseModel):
+    """Base of every section of a workload's config: the camelCase JSON the operator renders,
+    unknown fields refused (a misspelt field is an error, never a silent default), frozen."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One clause per problem, each led by the camelCase path of the field (never the input of
+    a whole-object check, which would echo the entire config)."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown field (check the spelling)")
+        elif err["type"] == "missing":
+            parts.append(f"{loc}: required field is missing")
+        elif err["loc"]:
+            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        else:
+            parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -40,11 +40,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from recsys_workloads.runtime import BadInputError
-from recsys_workloads.train.config import describe_validation_error
+from recsys_workloads.runtime import BadInputError, ConfigSection, describe_validation_error
 
 PASSWORD_ENV = "REDIS_PASSWORD"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -60,18 +58,13 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
 
 def _duration(value: str) -> str:
     parse_duration(value)
     return value
 
 
-class Variant(_Section):
+class Variant(ConfigSection):
     model_version: str = Field(min_length=1)
     #: ``host:port`` of the Triton HTTP endpoint serving this version's models
     triton: str = Field(min_length=1)
@@ -79,7 +72,7 @@ class Variant(_Section):
     index: str | None = None
 
 
-class RoutingTable(_Section):
+class RoutingTable(ConfigSection):
     stable: Variant
     canary: Variant | None = None
     canary_weight: int = Field(default=0, ge=0, le=100)
@@ -95,7 +88,7 @@ class RoutingTable(_Section):
 MatchOperator = Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
 
 
-class MatchExpression(_Section):
+class MatchExpression(ConfigSection):
     key: str = Field(min_length=1)
     operator: MatchOperator
     values: list[str] | None = None
@@ -118,11 +111,11 @@ class MatchExpression(_Section):
         return self
 
 
-class ItemSelector(_Section):
+class ItemSelector(ConfigSection):
     match_expressions: list[MatchExpression] = Field(min_length=1)
 
 
-class Filtering(_Section):
+class Filtering(ConfigSection):
     exclude_seen: bool = True
     seen_window: str | None = None
     exclude_blocked: bool = True
@@ -134,35 +127,35 @@ class Filtering(_Section):
         return value if value is None else _duration(value)
 
 
-class Boost(_Section):
+class Boost(ConfigSection):
     name: str = Field(min_length=1)
     match_expressions: list[MatchExpression] = Field(min_length=1)
     factor: float = Field(gt=0, le=100)
 
 
-class Diversity(_Section):
+class Diversity(ConfigSection):
     key: str = Field(min_length=1)
     max_per_value: int = Field(ge=1, le=1000)
 
 
-class Ordering(_Section):
+class Ordering(ConfigSection):
     boosts: list[Boost] | None = None
     diversity: Diversity | None = None
 
 
-class FeatureViewRef(_Section):
+class FeatureViewRef(ConfigSection):
     name: str = Field(min_length=1)
     key_prefix: str = "fv"
     #: features to read; all of the view's when unset
     features: list[str] | None = None
 
 
-class FeatureViews(_Section):
+class FeatureViews(ConfigSection):
     user: list[FeatureViewRef] = Field(default_factory=list)
     item: list[FeatureViewRef] = Field(default_factory=list)
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(ConfigSection):
     recommender: str = Field(min_length=1)
     routing: RoutingTable
     redis_url: str = Field(min_length=1)

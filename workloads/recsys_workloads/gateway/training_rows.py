@@ -46,16 +46,20 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError
 
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.datasets.layout import INTERACTIONS_SCHEMA, TIMESTAMP
 from recsys_workloads.gateway.config import PASSWORD_ENV
 from recsys_workloads.gateway.keys import GatewayKeys
 from recsys_workloads.gateway.served_log import EventRecord, ServedRecord
-from recsys_workloads.runtime import BadInputError, TransientError, run_entrypoint
-from recsys_workloads.train.config import describe_validation_error
+from recsys_workloads.runtime import (
+    BadInputError,
+    ConfigSection,
+    TransientError,
+    describe_validation_error,
+    run_entrypoint,
+)
 
 PAGE = 1000
 OUTCOME_RATING = {"click": 1.0, "purchase": 2.0}
@@ -193,13 +197,8 @@ def read_training_rows(
     return impressions, interactions, summary
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
 
-
-class TrainingRowsConfig(_Section):
+class TrainingRowsConfig(ConfigSection):
     redis_url: str = Field(min_length=1)
     recommender: str = Field(min_length=1)
     key_prefix: str = ""

@@ -45,11 +45,15 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError
 
 from recsys_workloads.artifact_store import ArtifactReader, Store, join_uri
-from recsys_workloads.runtime import BadInputError, run_entrypoint
+from recsys_workloads.runtime import (
+    BadInputError,
+    ConfigSection,
+    describe_validation_error,
+    run_entrypoint,
+)
 from recsys_workloads.serving.contract import (
     EMBEDDING,
     HISTORY,
@@ -67,7 +71,7 @@ from recsys_workloads.serving.inference import (
     TWO_TOWER_WEIGHTS,
     ItemFeatureTable,
 )
-from recsys_workloads.train.config import describe_validation_error, parse_train_config
+from recsys_workloads.train.config import parse_train_config
 from recsys_workloads.train.data import EVENT_TIME, ITEM_KEY, read_table, validate_entity_table
 from recsys_workloads.train.dataset import EntityRows
 from recsys_workloads.train.features import EntityEncoder
@@ -93,13 +97,8 @@ for _p in _os.environ.get("{PYTHONPATH_VARIABLE}", "").split(_os.pathsep):
 """
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
 
-
-class RepositoryConfig(_Section):
+class RepositoryConfig(ConfigSection):
     artifact_uri: str = Field(min_length=1)
     repository_uri: str = Field(min_length=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)

@@ -60,29 +60,23 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, model_validator
 
 from recsys_workloads.artifact_store import join_uri
-from recsys_workloads.runtime import BadInputError
+from recsys_workloads.runtime import BadInputError, ConfigSection, describe_validation_error
 
 Baseline = Literal["popularity", "als"]
 BASELINES: tuple[Baseline, ...] = ("popularity", "als")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
 
-
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     interactions_uri: str = Field(min_length=1)
     users_uri: str | None = None
     items_uri: str | None = None
 
 
-class FeatureConfig(_Section):
+class FeatureConfig(ConfigSection):
     user: list[str] | None = None
     item: list[str] | None = None
     numeric_buckets: int = Field(default=10, ge=2, le=1000)
@@ -90,7 +84,7 @@ class FeatureConfig(_Section):
     max_multi_hot: int = Field(default=8, ge=1, le=256)
 
 
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     embedding_dim: int = Field(default=64, ge=2, le=4096)
     feature_dim: int = Field(default=16, ge=1, le=1024)
     tower_hidden: list[int] = Field(default_factory=lambda: [128])
@@ -113,7 +107,7 @@ class ModelConfig(_Section):
         return self
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(ConfigSection):
     epochs: int = Field(default=10, ge=1, le=10_000)
     batch_size: int = Field(default=1024, ge=2, le=1 << 20)
     learning_rate: float = Field(default=0.003, gt=0, le=10)
@@ -124,14 +118,14 @@ class TrainingConfig(_Section):
     cpu_threads: int | None = Field(default=None, ge=1, le=1024)
 
 
-class AlsConfig(_Section):
+class AlsConfig(ConfigSection):
     factors: int = Field(default=64, ge=1)
     regularization: float = Field(default=0.05, ge=0)
     iterations: int = Field(default=15, ge=1)
     alpha: float = Field(default=1.0, gt=0)
 
 
-class EvaluationConfig(_Section):
+class EvaluationConfig(ConfigSection):
     k: list[int] = Field(default_factory=lambda: [10, 20, 50], min_length=1)
     holdout_fraction: float = Field(default=0.1, gt=0, lt=1)
     users: Literal["warm", "all"] = "warm"
@@ -146,7 +140,7 @@ class EvaluationConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(ConfigSection):
     version: str = Field(default="dev", min_length=1, max_length=253)
     seed: int = 0
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -170,16 +164,3 @@ def parse_train_config(raw: dict[str, Any]) -> TrainConfig:
     except ValidationError as exc:
         raise BadInputError("train config: " + describe_validation_error(exc)) from exc
 
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem, each starting with the camelCase JSON path of the field."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{loc}: unknown field (check the spelling)")
-        elif err["type"] == "missing":
-            parts.append(f"{loc}: required field is missing")
-        else:
-            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-    return "; ".join(parts)
