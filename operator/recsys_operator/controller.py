@@ -1,9 +1,10 @@
-"""Wiring between kopf's watch streams and the reconcilers.
+"""Wiring between kopf's watch streams, the cache and the reconcilers.
 
-kopf watches; this module turns every event into a key on the work queue (an event on a child
-enqueues its owner) and runs a bounded pool of workers over the queue. Reconcilers are plain
-async functions ``(ctx, namespace, name) -> seconds-until-next-look | None``: level-based, they
-read the object and its children afresh and decide from that, never from the event.
+kopf watches; this module puts every delivered object into the cache (cache.py) and turns the
+event into a key on the work queue (an event on a child enqueues its owner), and runs a bounded
+pool of workers over the queue. Reconcilers are plain async functions
+``(ctx, namespace, name) -> seconds-until-next-look | None``: level-based, they read the object
+and its children from the cache and decide from that, never from the event.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 import kopf
 
 from recsys_operator import GROUP, VERSION
+from recsys_operator.cache import Store
 from recsys_operator.kube import KubeClient
 from recsys_operator.labels import MANAGED_BY
 from recsys_operator.metrics import PHASES, RECONCILE_DURATION, RECONCILE_ERRORS
@@ -28,17 +30,21 @@ from recsys_operator.workqueue import Backoff, WorkQueue, run_workers
 
 log = logging.getLogger(__name__)
 
+API_VERSION = f"{GROUP}/{VERSION}"
 PRIMARY_KINDS = ("FeatureView", "ModelVersion", "Recommender")
 PLURALS = {
     "FeatureView": "featureviews",
     "ModelVersion": "modelversions",
     "Recommender": "recommenders",
 }
-#: Children whose changes wake their owner up: (group, version, plural).
+#: Children the operator makes, watched (selected by label on the server) into the cache; a
+#: change wakes their owner: (group, version, plural, kind).
 CHILD_RESOURCES = (
-    ("batch", "v1", "jobs"),
-    ("batch", "v1", "cronjobs"),
-    ("apps", "v1", "deployments"),
+    ("batch", "v1", "jobs", "Job"),
+    ("batch", "v1", "cronjobs", "CronJob"),
+    ("apps", "v1", "deployments", "Deployment"),
+    ("", "v1", "configmaps", "ConfigMap"),
+    ("", "v1", "services", "Service"),
 )
 
 
@@ -57,6 +63,8 @@ class Context:
 
     kube: KubeClient
     queue: WorkQueue[Key]
+    #: What the watches delivered: reconciles read here, the API server only gets writes.
+    cache: Store = field(default_factory=Store)
     images: Mapping[str, str] = field(default_factory=dict)
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     #: Who to wake when an object changes: a Recommender reads its FeatureViews, so an event on
@@ -90,6 +98,7 @@ class Controller:
     workers: int = 8
     resync_seconds: float = 600.0
     queue: WorkQueue[Key] = field(default_factory=lambda: WorkQueue(Backoff(base=2, cap=300)))
+    cache: Store = field(default_factory=Store)
     ctx: Context | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -110,19 +119,31 @@ class Controller:
     def start(self, ctx: Context) -> None:
         self.ctx = ctx
         ctx.queue = self.queue
+        ctx.cache = self.cache
         self._task = asyncio.create_task(run_workers(self.queue, self._reconcile, self.workers))
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float = 30.0) -> None:
+        """Let the reconciles in flight finish (up to ``drain_seconds``), start no new one."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self.queue.shut_down()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), drain_seconds)
+            except TimeoutError:
+                log.warning(
+                    "%d reconciles still running after %.0f s; cancelling",
+                    self.queue.processing,
+                    drain_seconds,
+                )
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         if self.ctx is not None:
             await self.ctx.kube.close()
 
     def on_primary_event(self, kind: str, body: Mapping[str, Any], event_type: str | None) -> None:
         meta = body.get("metadata", {})
         if event_type == "DELETED":
+            self.cache.remove(API_VERSION, kind, meta["name"], meta.get("namespace"))
             # Children go with the owner (garbage collector); only our own books need it.
             PHASES.observe(kind, f"{meta.get('namespace')}/{meta['name']}", None)
             return
@@ -134,7 +155,12 @@ class Controller:
             for dependent in self.ctx.dependents.get(key, ()):
                 self.queue.add(dependent)
 
-    def on_child_event(self, body: Mapping[str, Any]) -> None:
+    def on_child_event(
+        self, api_version: str, kind: str, body: Mapping[str, Any], event_type: str | None
+    ) -> None:
+        if event_type == "DELETED":
+            meta = body.get("metadata", {})
+            self.cache.remove(api_version, kind, meta["name"], meta.get("namespace"))
         for owner in owner_keys(body):
             self.queue.add(owner)
 
@@ -143,28 +169,42 @@ def register(
     controller: Controller,
     registry: kopf.OperatorRegistry | None = None,
 ) -> None:
-    """Register kopf handlers that feed ``controller``'s queue."""
+    """Register kopf handlers that fill ``controller``'s cache and feed its queue.
+
+    Each kind gets an index handler, which only stores the object: kopf runs no other handler
+    before every indexed kind's initial listing is in, so the first reconcile already sees the
+    whole cluster. The event handlers then enqueue keys (and drop deleted objects)."""
     reg = registry or kopf.get_default_registry()
+
+    def indexer(api_version: str, kind: str) -> Callable[..., None]:
+        def store(body: kopf.Body, **_: Any) -> None:
+            controller.cache.upsert({**body, "apiVersion": api_version, "kind": kind})
+
+        return store
 
     for kind in PRIMARY_KINDS:
 
         def primary(body: kopf.Body, type: str | None, _kind: str = kind, **_: Any) -> None:
             controller.on_primary_event(_kind, body, type)
 
+        kopf.index(GROUP, VERSION, PLURALS[kind], registry=reg, id=f"cache-{kind}")(
+            indexer(API_VERSION, kind)
+        )
         kopf.on.event(GROUP, VERSION, PLURALS[kind], registry=reg)(primary)
 
-    for group, version, plural in CHILD_RESOURCES:
+    for group, version, plural, kind in CHILD_RESOURCES:
+        api_version = f"{group}/{version}" if group else version
 
-        def child(body: kopf.Body, **_: Any) -> None:
-            controller.on_child_event(body)
+        def child(
+            body: kopf.Body, type: str | None, _api: str = api_version, _kind: str = kind, **_: Any
+        ) -> None:
+            controller.on_child_event(_api, _kind, body, type)
 
-        kopf.on.event(
-            group,
-            version,
-            plural,
-            registry=reg,
-            labels={"app.kubernetes.io/managed-by": MANAGED_BY},
-        )(child)
+        selected = {"app.kubernetes.io/managed-by": MANAGED_BY}
+        kopf.index(group, version, plural, registry=reg, labels=selected, id=f"cache-{kind}")(
+            indexer(api_version, kind)
+        )
+        kopf.on.event(group, version, plural, registry=reg, labels=selected)(child)
 
 
 class RetryForever:
@@ -188,8 +228,8 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.batching.worker_limit = 32
     # Children are selected on the server: the operator never streams other teams' Jobs.
     selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
-    for group, _version, plural in CHILD_RESOURCES:
-        settings.watching.label_selectors[f"{group}/{plural}"] = selector
+    for group, version, plural, _kind in CHILD_RESOURCES:
+        settings.watching.label_selectors[group, version, plural] = selector
     # kopf would post a Kubernetes Event for every handler call, a write per watch event; the
     # reconcilers post the Events a user needs themselves.
     settings.posting.enabled = False

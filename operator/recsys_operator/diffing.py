@@ -1,16 +1,26 @@
-"""Decide whether a child already looks as desired, so a quiet reconcile sends no write.
+"""Decide whether a child must be applied, so a quiet reconcile sends no write and a removal
+still reaches the child.
 
-A server-side apply of unchanged content leaves etcd alone but is still a PATCH request; an
-operator that re-applies everything on every pass floods the API server with writes (and its
-audit log). The operator therefore compares what it would apply with what it observes and
-applies only on a difference. The observed object carries server defaults and other managers'
-fields, so the test is "desired is contained in observed", not equality.
+Server-side apply removes a field only when the operator's field manager applies an intent
+that leaves it out, so the operator must send its full intent whenever that intent may have
+changed. Comparing "desired is contained in observed" cannot see a removal (the old field is
+still in observed, and nothing desired is missing), so every applied child carries a hash of
+the intent it was applied with: a different hash means the intent changed, removals included.
+Containment is still checked, so a field someone else changed on a child (``kubectl edit``)
+is put back. Only the hash annotation is the operator's own bookkeeping; both tests are local.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
+
+from recsys_operator import GROUP
+
+#: The annotation that records the hash of the intent a child was last applied with.
+INTENT_HASH = f"{GROUP}/intent-hash"
 
 #: Metadata the server owns; never part of the comparison.
 _SERVER_METADATA = frozenset(
@@ -41,9 +51,27 @@ def contains(observed: Any, desired: Any) -> bool:
     return False
 
 
+def intent_hash(desired: Mapping[str, Any]) -> str:
+    """A stable digest of what the operator means a child to be (key order does not matter)."""
+    canonical = json.dumps(desired, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def stamped(desired: Mapping[str, Any]) -> dict[str, Any]:
+    """``desired`` with its intent hash in its annotations: what is sent to the server."""
+    meta = dict(desired.get("metadata") or {})
+    meta["annotations"] = {**(meta.get("annotations") or {}), INTENT_HASH: intent_hash(desired)}
+    return {**desired, "metadata": meta}
+
+
 def needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
-    """Whether ``desired`` must be sent: the object is missing or differs in a field we set."""
+    """Whether ``desired`` (as :func:`stamped` made it) must be sent: the object is missing, was
+    applied with another intent, or differs in a field the operator sets."""
     if observed is None:
+        return True
+    want = (desired.get("metadata", {}).get("annotations") or {}).get(INTENT_HASH)
+    have = (observed.get("metadata", {}).get("annotations") or {}).get(INTENT_HASH)
+    if want != have:
         return True
     meta = {k: v for k, v in desired.get("metadata", {}).items() if k not in _SERVER_METADATA}
     body = {k: v for k, v in desired.items() if k not in ("metadata", "status")}

@@ -1,8 +1,13 @@
-"""A child is re-applied only when a field the operator sets differs."""
+"""A child is re-applied only when the operator's intent changed (removals included) or a field
+it sets differs."""
 
 from __future__ import annotations
 
-from recsys_operator.diffing import contains, needs_apply
+import copy
+
+import pytest
+
+from recsys_operator.diffing import INTENT_HASH, contains, intent_hash, needs_apply, stamped
 
 DESIRED = {
     "apiVersion": "apps/v1",
@@ -58,30 +63,60 @@ def observed_with_defaults() -> dict:  # type: ignore[type-arg]
     }
 
 
-def test_server_defaults_and_status_are_not_a_difference() -> None:
-    assert not needs_apply(DESIRED, observed_with_defaults())
-
-
-def test_a_missing_object_needs_apply() -> None:
-    assert needs_apply(DESIRED, None)
-
-
-def test_a_changed_field_needs_apply() -> None:
+def applied(desired: dict, **change: object) -> dict:  # type: ignore[type-arg]
+    """What the server holds after applying ``desired`` (as stamped), with defaults."""
     observed = observed_with_defaults()
-    observed["spec"]["replicas"] = 3
-    assert needs_apply(DESIRED, observed)
+    observed["metadata"]["annotations"] = dict(stamped(desired)["metadata"]["annotations"])
+    for path, value in change.items():
+        node = observed
+        *parents, leaf = path.split("__")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return observed
 
 
-def test_a_changed_label_needs_apply() -> None:
-    observed = observed_with_defaults()
-    observed["metadata"]["labels"] = {"app": "other"}
-    assert needs_apply(DESIRED, observed)
+def without_gpu_limit() -> dict:  # type: ignore[type-arg]
+    desired = copy.deepcopy(DESIRED)
+    del desired["spec"]["template"]["spec"]["containers"][0]["resources"]
+    return desired
+
+
+@pytest.mark.parametrize(
+    ("case", "desired", "observed", "apply"),
+    [
+        ("server defaults and status are no difference", DESIRED, applied(DESIRED), False),
+        ("a missing object", DESIRED, None, True),
+        ("a changed field", DESIRED, applied(DESIRED, spec__replicas=3), True),
+        ("a changed label", DESIRED, applied(DESIRED, metadata__labels={"app": "x"}), True),
+        # The old child still has the limit, so containment alone sees nothing to do; the
+        # intent hash differs, so the full intent is applied and the limit goes.
+        ("a removed optional field", without_gpu_limit(), applied(DESIRED), True),
+        (
+            "applied without the annotation (older operator)",
+            DESIRED,
+            observed_with_defaults(),
+            True,
+        ),
+        ("the removal once applied", without_gpu_limit(), applied(without_gpu_limit()), False),
+    ],
+)
+def test_needs_apply(case: str, desired: dict, observed: dict | None, apply: bool) -> None:  # type: ignore[type-arg]
+    assert needs_apply(stamped(desired), observed) is apply, case
 
 
 def test_a_list_of_a_different_length_is_a_difference() -> None:
-    observed = observed_with_defaults()
+    observed = applied(DESIRED)
     observed["spec"]["template"]["spec"]["containers"].append({"name": "sidecar"})
-    assert needs_apply(DESIRED, observed)
+    assert needs_apply(stamped(DESIRED), observed)
+
+
+def test_the_hash_ignores_key_order_and_sees_values() -> None:
+    reordered = dict(reversed(list(DESIRED.items())))
+    assert intent_hash(reordered) == intent_hash(DESIRED)
+    assert intent_hash(without_gpu_limit()) != intent_hash(DESIRED)
+    assert INTENT_HASH in stamped(DESIRED)["metadata"]["annotations"]
+    assert "annotations" not in DESIRED["metadata"], "stamping copies, never mutates"
 
 
 def test_numbers_match_their_string_form_but_booleans_do_not() -> None:

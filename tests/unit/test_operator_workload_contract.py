@@ -86,9 +86,11 @@ def test_every_example_kind_is_covered() -> None:
 
 def test_the_gate_reads_the_headline_metrics_training_reports() -> None:
     nested = {
-        "retrieval": {"twoTower": {"recall@20": 0.13, "ndcg@20": 0.2},
-                      "als": {"recall@20": 0.11}},
+        "retrieval": {"twoTower": {"recall@20": 0.13, "ndcg@20": 0.2}, "als": {"recall@20": 0.11}},
         "ranking": {"ranker": {"auc": 0.76, "ndcg@10": 0.5}},
     }
     assert gate_metrics(headline_metrics(nested), 20) == {
-        "recall@20": 0.13, "ndcg@20": 0.2, "auc": 0.76}
+        "recall@20": 0.13,
+        "ndcg@20": 0.2,
+        "auc": 0.76,
+    }

@@ -29,8 +29,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = write_tables(root / "data", tiny_tables())
     artifact = f"file://{root}/artifact"
     # A history input, explicitly: the user tower's history path must be exercised.
-    model = {"embeddingDim": 8, "featureDim": 4, "towerHidden": [16], "rankerHidden": [16],
-             "historyLength": 5}
+    model = {
+        "embeddingDim": 8,
+        "featureDim": 4,
+        "towerHidden": [16],
+        "rankerHidden": [16],
+        "historyLength": 5,
+    }
     train(train_config(data, artifact, evaluation={"baselines": []}, model=model))
     summary = build_repository(
         {"artifactUri": artifact, "repositoryUri": str(root / "repo"), "maxBatchSize": 16}

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from recsys_operator.workqueue import Backoff, WorkQueue, run_workers
+from recsys_operator.workqueue import Backoff, TerminalError, WorkQueue, run_workers
 
 
 class FakeClock:
@@ -92,3 +92,48 @@ async def test_workers_retry_a_failing_reconcile() -> None:
             await task
     assert attempts == ["k", "k", "k"]
     assert queue.failures("k") == 0
+
+
+async def test_a_terminal_error_is_not_retried() -> None:
+    queue: WorkQueue[str] = WorkQueue(backoff=Backoff(base=0.01, cap=0.05))
+    attempts: list[str] = []
+
+    async def reconcile(key: str) -> float | None:
+        attempts.append(key)
+        raise TerminalError("the object does not parse")
+
+    queue.add("k")
+    task = asyncio.create_task(run_workers(queue, reconcile, workers=1))
+    try:
+        await asyncio.sleep(0.3)  # many backoff periods
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert attempts == ["k"]
+    assert queue.failures("k") == 0
+    assert len(queue) == 0
+
+
+async def test_shutdown_drains_the_reconciles_in_flight_and_starts_no_new_one() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    started = asyncio.Event()
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def reconcile(key: str) -> float | None:
+        started.set()
+        await release.wait()
+        finished.append(key)
+        return None
+
+    queue.add("in-flight")
+    task = asyncio.create_task(run_workers(queue, reconcile, workers=2))
+    await asyncio.wait_for(started.wait(), 1)
+    queue.add("waiting")
+    queue.shut_down()
+    await asyncio.sleep(0.05)
+    assert not task.done(), "a reconcile in flight is waited for"
+    release.set()
+    await asyncio.wait_for(task, 1)
+    assert finished == ["in-flight"], "no key is started after shutdown"

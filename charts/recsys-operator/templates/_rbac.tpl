@@ -4,11 +4,12 @@ namespaces) or into a Role per watched namespace. Each rule names the code that 
 tests/integration/test_chart.py runs the operator on exactly these rules and fails on any 403.
 */}}
 {{- define "recsys-operator.rules" -}}
-# kopf watches the three kinds; the reconcilers read them.
+# kopf watches the three kinds into the cache the reconcilers read.
 - apiGroups: ["recsys.dev"]
   resources: ["featureviews", "recommenders"]
-  verbs: ["get", "list", "watch"]
-# A Recommender creates a ModelVersion per training run and prunes old ones.
+  verbs: ["list", "watch"]
+# A Recommender creates a ModelVersion per training run (get: only after a create conflict)
+# and prunes old ones.
 - apiGroups: ["recsys.dev"]
   resources: ["modelversions"]
   verbs: ["get", "list", "watch", "create", "delete"]
@@ -21,26 +22,27 @@ tests/integration/test_chart.py runs the operator on exactly these rules and fai
 - apiGroups: ["recsys.dev"]
   resources: ["featureviews/finalizers", "modelversions/finalizers", "recommenders/finalizers"]
   verbs: ["update"]
-# Training, index and backfill Jobs: created once (Jobs are immutable), watched for the outcome.
+# Training, index and backfill Jobs: created once (Jobs are immutable; get: only after a create
+# conflict), watched for the outcome.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create"]
 # Materialization CronJobs: server-side apply (patch; create when the object is new).
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 # Triton and gateway Deployments: applied, watched for availability, removed when unused.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Rendered workload configs (a replaced Triton's goes with it).
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Rendered workload configs (a replaced Triton's goes with it), watched into the cache.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create", "patch", "delete"]
-# Triton, gateway and torchrun-rendezvous Services.
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Triton, gateway and torchrun-rendezvous Services, watched into the cache.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # A finished Job's pods carry the workload's JSON summary in their termination message.
 - apiGroups: [""]
   resources: ["pods"]

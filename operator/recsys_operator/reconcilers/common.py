@@ -1,4 +1,5 @@
-"""The I/O steps every reconciler shares: apply-if-different, create-once, status, Events."""
+"""The I/O steps every reconciler shares: apply-if-different, create-once, remove, status and
+Events. Reads come from the watch-fed cache; every write's answer goes back into it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from recsys_operator.conditions import now_rfc3339
-from recsys_operator.diffing import needs_apply
+from recsys_operator.controller import Context
+from recsys_operator.diffing import needs_apply, stamped
 from recsys_operator.kube import ApiError, KubeClient
 from recsys_operator.metrics import PHASES
 from recsys_operator.planning.jobstatus import termination_summary
@@ -20,41 +22,59 @@ _SUMMARIES: dict[str, dict[str, Any] | None] = {}
 _SUMMARY_CACHE_LIMIT = 10_000
 
 
-async def ensure(kube: KubeClient, desired: Mapping[str, Any]) -> dict[str, Any]:
-    """Make ``desired`` true and return the object as the server has it; writes only on a diff."""
+async def ensure(ctx: Context, desired: Mapping[str, Any]) -> dict[str, Any]:
+    """Make ``desired`` true and return the object as the server has it. Reads the cache;
+    writes only when the intent or a field the operator sets differs (diffing.py)."""
     meta = desired["metadata"]
-    observed = await kube.get(
+    want = stamped(desired)
+    observed = ctx.cache.get(
         desired["apiVersion"], desired["kind"], meta["name"], meta.get("namespace")
     )
-    if not needs_apply(desired, observed):
+    if not needs_apply(want, observed):
         assert observed is not None
         return observed
     log.info("applying %s %s/%s", desired["kind"], meta.get("namespace"), meta["name"])
-    return await kube.apply(desired)
+    applied = await ctx.kube.apply(want)
+    ctx.cache.upsert(applied)
+    return applied
 
 
-async def ensure_created(
-    kube: KubeClient, desired: Mapping[str, Any]
-) -> tuple[dict[str, Any], bool]:
+async def ensure_created(ctx: Context, desired: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
     """Create ``desired`` unless it exists (Jobs are immutable: a Job is made once, never
     re-applied). Returns the object and whether this call created it."""
     meta = desired["metadata"]
-    observed = await kube.get(
-        desired["apiVersion"], desired["kind"], meta["name"], meta.get("namespace")
+    api_version, kind, name, ns = (
+        desired["apiVersion"],
+        desired["kind"],
+        meta["name"],
+        meta.get("namespace"),
     )
+    observed = ctx.cache.get(api_version, kind, name, ns)
     if observed is not None:
         return observed, False
     try:
-        return await kube.create(desired), True
+        created = await ctx.kube.create(desired)
     except ApiError as exc:
-        if exc.status != 409:  # AlreadyExists: a concurrent pass made it; take that one
+        if exc.status != 409:
             raise
-    again = await kube.get(
-        desired["apiVersion"], desired["kind"], meta["name"], meta.get("namespace")
-    )
+    else:
+        ctx.cache.upsert(created)
+        return created, True
+    # AlreadyExists: made by a pass whose watch event has not arrived yet; take that one.
+    again = await ctx.kube.get(api_version, kind, name, ns)
     if again is None:
-        raise ApiError(409, "Conflict", f"{desired['kind']} {meta['name']} vanished after 409")
+        raise ApiError(409, "Conflict", f"{kind} {name} vanished after 409")
+    ctx.cache.upsert(again)
     return again, False
+
+
+async def remove(ctx: Context, api_version: str, kind: str, name: str, namespace: str) -> bool:
+    """Delete a child the operator no longer wants; False when it was already gone."""
+    if ctx.cache.get(api_version, kind, name, namespace) is None:
+        return False
+    gone = await ctx.kube.delete(api_version, kind, name, namespace)
+    ctx.cache.remove(api_version, kind, name, namespace)
+    return gone
 
 
 def _phase(status: Mapping[str, Any]) -> str:
@@ -67,15 +87,16 @@ def _phase(status: Mapping[str, Any]) -> str:
     return "Unknown"
 
 
-async def write_status(kube: KubeClient, obj: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+async def write_status(ctx: Context, obj: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     """Patch status only when it differs from what the object has; True when written."""
     meta = obj["metadata"]
     PHASES.observe(obj["kind"], f"{meta.get('namespace')}/{meta['name']}", _phase(status))
     if dict(obj.get("status") or {}) == dict(status):
         return False
-    await kube.patch_status(
+    written = await ctx.kube.patch_status(
         obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"), status
     )
+    ctx.cache.upsert(written)
     return True
 
 

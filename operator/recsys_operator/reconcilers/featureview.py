@@ -22,6 +22,7 @@ from recsys_operator.reconcilers.common import (
     summary_of,
     write_status,
 )
+from recsys_operator.workqueue import TerminalError
 
 log = logging.getLogger(__name__)
 API_VERSION = "recsys.dev/v1alpha1"
@@ -34,14 +35,14 @@ async def _outcome(ctx: Context, ns: str, job: Mapping[str, Any] | None) -> JobO
 
 
 async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
-    obj = await ctx.kube.get(API_VERSION, "FeatureView", name, ns)
+    obj = ctx.cache.get(API_VERSION, "FeatureView", name, ns)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         return None
     previous = obj.get("status") or {}
     try:
         fv = FeatureView.model_validate(obj)
     except ValidationError as exc:  # the CRD admitted it, so this is an operator/CRD mismatch
-        raise RuntimeError(f"FeatureView {ns}/{name} does not parse: {exc}") from exc
+        raise TerminalError(f"FeatureView {ns}/{name} does not parse: {exc}") from exc
 
     spec_error: planner.SpecError | None = None
     cron_job: dict[str, Any] | None = None
@@ -51,11 +52,11 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
         spec_error = exc
     else:
         try:
-            await ensure(ctx.kube, plan.config_map)
-            cron_job = await ensure(ctx.kube, plan.cron_job)
+            await ensure(ctx, plan.config_map)
+            cron_job = await ensure(ctx, plan.cron_job)
             if plan.backfill_job is not None and plan.backfill_config_map is not None:
-                await ensure(ctx.kube, plan.backfill_config_map)
-                _, created = await ensure_created(ctx.kube, plan.backfill_job)
+                await ensure(ctx, plan.backfill_config_map)
+                _, created = await ensure_created(ctx, plan.backfill_job)
                 if created:
                     await post_event(
                         ctx.kube,
@@ -69,14 +70,14 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                 # Report it where the user looks, and look again: fixing RBAC heals it.
                 log.warning("FeatureView %s/%s: %s", ns, name, exc.message)
                 denied = planner.permission_denied(fv, previous, exc.message, now_rfc3339())
-                await write_status(ctx.kube, obj, denied)
+                await write_status(ctx, obj, denied)
                 return 60.0
             if exc.retryable:
                 raise
             # 4xx about the object itself (e.g. 422): retrying the same spec cannot help.
             spec_error = planner.SpecError("spec", f"the API server refused a child: {exc.message}")
 
-    jobs = await ctx.kube.list("batch/v1", "Job", ns, {FEATURE_VIEW_LABEL: name})
+    jobs = ctx.cache.list("batch/v1", "Job", ns, {FEATURE_VIEW_LABEL: name})
     runs = [
         j
         for j in jobs
@@ -97,7 +98,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
         spec_error=spec_error,
         now=now_rfc3339(),
     )
-    if await write_status(ctx.kube, obj, new_status):
+    if await write_status(ctx, obj, new_status):
         await _announce(ctx, obj, previous, new_status, last_run, last_backfill)
     running = any(o is not None and not o.finished for o in (last_run, last_backfill))
     return 30.0 if running else None

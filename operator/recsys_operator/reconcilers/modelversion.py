@@ -11,7 +11,7 @@ from recsys_operator.api.modelversion import ModelVersion
 from recsys_operator.api.recommender import FeatureViewRef, Recommender
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context, Key
-from recsys_operator.kube import ApiError, KubeClient
+from recsys_operator.kube import ApiError
 from recsys_operator.metrics import JOBS_FAILED, JOBS_STARTED
 from recsys_operator.naming import child_name
 from recsys_operator.planning import modelversion as planner
@@ -29,14 +29,14 @@ log = logging.getLogger(__name__)
 API_VERSION = f"{GROUP}/{VERSION}"
 
 
-async def _job(kube: KubeClient, ns: str, name: str) -> JobOutcome | None:
-    job = await kube.get("batch/v1", "Job", name, ns)
+async def _job(ctx: Context, ns: str, name: str) -> JobOutcome | None:
+    job = ctx.cache.get("batch/v1", "Job", name, ns)
     if job is None:
         return None
-    return job_outcome(job, await summary_of(kube, ns, job))
+    return job_outcome(job, await summary_of(ctx.kube, ns, job))
 
 
-async def feature_sources(kube: KubeClient, rec: Recommender) -> tuple[FeatureSources, str | None]:
+def feature_sources(ctx: Context, rec: Recommender) -> tuple[FeatureSources, str | None]:
     """The parquet of the first user and item FeatureViews; a message when one is missing."""
     refs = rec.spec.feature_views
     found: dict[str, tuple[str, list[str]]] = {}
@@ -47,7 +47,7 @@ async def feature_sources(kube: KubeClient, rec: Recommender) -> tuple[FeatureSo
         if not lst:
             continue
         ref: FeatureViewRef = lst[0]
-        obj = await kube.get(API_VERSION, "FeatureView", ref.name, rec.metadata.namespace)
+        obj = ctx.cache.get(API_VERSION, "FeatureView", ref.name, rec.metadata.namespace)
         if obj is None:
             return FeatureSources(), (
                 f"FeatureView {ref.name} (spec.featureViews.{entity}) does not exist; create it"
@@ -65,10 +65,10 @@ async def feature_sources(kube: KubeClient, rec: Recommender) -> tuple[FeatureSo
 
 
 async def _run(ctx: Context, plan: JobPlan, purpose: str, obj: dict[str, Any]) -> None:
-    await ensure(ctx.kube, plan.config_map)
+    await ensure(ctx, plan.config_map)
     if plan.service is not None:
-        await ensure(ctx.kube, plan.service)
-    _, created = await ensure_created(ctx.kube, plan.job)
+        await ensure(ctx, plan.service)
+    _, created = await ensure_created(ctx, plan.job)
     if created:
         JOBS_STARTED.labels(purpose).inc()
         await post_event(
@@ -81,12 +81,12 @@ async def _run(ctx: Context, plan: JobPlan, purpose: str, obj: dict[str, Any]) -
 
 
 async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
-    obj = await ctx.kube.get(API_VERSION, "ModelVersion", name, ns)
+    obj = ctx.cache.get(API_VERSION, "ModelVersion", name, ns)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         return None
     mv = ModelVersion.model_validate(obj)
     rec_name = mv.spec.recommender_ref.name
-    rec_obj = await ctx.kube.get(API_VERSION, "Recommender", rec_name, ns)
+    rec_obj = ctx.cache.get(API_VERSION, "Recommender", rec_name, ns)
     rec = Recommender.model_validate(rec_obj) if rec_obj else None
     rec_status = (rec_obj or {}).get("status") or {}
     role: planner.Role = None
@@ -97,16 +97,16 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     baseline = baseline_name = None
     stable = rec_status.get("stableVersion")
     if stable and stable != name:
-        stable_obj = await ctx.kube.get(API_VERSION, "ModelVersion", stable, ns)
+        stable_obj = ctx.cache.get(API_VERSION, "ModelVersion", stable, ns)
         if stable_obj:
             baseline = (stable_obj.get("status") or {}).get("metrics")
             baseline_name = stable
     phase = (obj.get("status") or {}).get("phase") or "Pending"
-    train = await _job(ctx.kube, ns, child_name(name, "train")) if phase == "Training" else None
-    index = await _job(ctx.kube, ns, child_name(name, "index")) if phase == "Indexing" else None
+    train = await _job(ctx, ns, child_name(name, "train")) if phase == "Training" else None
+    index = await _job(ctx, ns, child_name(name, "index")) if phase == "Indexing" else None
     sources, blocked = FeatureSources(), None
     if rec is not None and phase in ("Pending", "Training") and mv.spec.storage_uri is None:
-        sources, blocked = await feature_sources(ctx.kube, rec)
+        sources, blocked = feature_sources(ctx, rec)
     observed = planner.Observed(rec, train, index, baseline, baseline_name, role, blocked)
     now = now_rfc3339()
     decision = planner.decide(mv, observed, now)
@@ -126,7 +126,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     for outcome, purpose in ((train, "train"), (index, "index")):
         if outcome is not None and outcome.failed and decision.status.get("phase") == "Failed":
             JOBS_FAILED.labels(purpose, outcome.reason).inc()
-    if await write_status(ctx.kube, obj, decision.status):
+    if await write_status(ctx, obj, decision.status):
         for type_, reason, message in decision.events:
             await post_event(ctx.kube, obj, type_, reason, message)
         ctx.queue.add(Key("Recommender", ns, rec_name))  # a new phase may change serving

@@ -19,7 +19,13 @@ from recsys_operator.planning.serving import (
     routing_table,
     triton_objects,
 )
-from recsys_operator.reconcilers.common import ensure, ensure_created, post_event, write_status
+from recsys_operator.reconcilers.common import (
+    ensure,
+    ensure_created,
+    post_event,
+    remove,
+    write_status,
+)
 from recsys_operator.reconcilers.modelversion import feature_sources
 
 log = logging.getLogger(__name__)
@@ -32,16 +38,17 @@ def _available(deployment: dict[str, Any]) -> bool:
 
 
 async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
-    obj = await ctx.kube.get(API_VERSION, "Recommender", name, ns)
+    obj = ctx.cache.get(API_VERSION, "Recommender", name, ns)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         return None
     rec = Recommender.model_validate(obj)
     now_dt = ctx.now()
     now = now_rfc3339()
-    # spec.recommenderRef.name is a selectable field: the server filters, so a namespace with
-    # many Recommenders costs each one only its own versions.
-    mv_objs = await ctx.kube.list(
-        API_VERSION, "ModelVersion", ns, fields={"spec.recommenderRef.name": name}
+    mv_objs = ctx.cache.list(
+        API_VERSION,
+        "ModelVersion",
+        ns,
+        where=lambda m: (m.get("spec") or {}).get("recommenderRef", {}).get("name") == name,
     )
     versions = [planner.version_of(m) for m in mv_objs]
     refs = rec.spec.feature_views
@@ -51,11 +58,11 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
         if refs
         else [],
     )
-    _, blocked = await feature_sources(ctx.kube, rec)
+    _, blocked = feature_sources(ctx, rec)
     plan = planner.plan(obj, rec, versions, now_dt)
 
     for mv in plan.create:
-        _, created = await ensure_created(ctx.kube, mv)
+        _, created = await ensure_created(ctx, mv)
         if created:
             reason = mv["spec"]["reason"]
             await post_event(
@@ -66,7 +73,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                 f"created ModelVersion {mv['metadata']['name']} ({reason})",
             )
     for old in plan.delete:
-        if await ctx.kube.delete(API_VERSION, "ModelVersion", old, ns):
+        if await remove(ctx, API_VERSION, "ModelVersion", old, ns):
             await post_event(
                 ctx.kube,
                 obj,
@@ -88,12 +95,12 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
             for version in filter(None, (plan.stable, plan.canary)):
                 uri = (by_name[version].get("status") or {}).get("artifactUri", "")
                 for child in triton_objects(rec, obj, version, uri, triton_image, workloads_image):
-                    applied = await ensure(ctx.kube, child)
+                    applied = await ensure(ctx, child)
                     if child["kind"] == "Deployment":
                         ready = ready and _available(applied)
             table = routing_table(rec, plan.stable, plan.canary, plan.canary_weight, indexes)
             for child in gateway_objects(rec, obj, table, ctx.images.get("gateway", "")):
-                applied = await ensure(ctx.kube, child)
+                applied = await ensure(ctx, child)
                 if child["kind"] == "Deployment":
                     ready = ready and _available(applied)
             serving_ready = ready
@@ -107,7 +114,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
 
     previous = obj.get("status") or {}
     new_status = planner.status(rec, previous, plan, versions, serving_ready, blocked, now)
-    if await write_status(ctx.kube, obj, new_status):
+    if await write_status(ctx, obj, new_status):
         if new_status.get("stableVersion") != previous.get("stableVersion"):
             await post_event(
                 ctx.kube,
@@ -127,7 +134,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
 async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str | None]) -> None:
     """Triton Deployments of versions that no longer serve (their Services and repository
     ConfigMaps go the same way)."""
-    for dep in await ctx.kube.list(
+    for dep in ctx.cache.list(
         "apps/v1",
         "Deployment",
         ns,
@@ -135,9 +142,12 @@ async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str 
     ):
         version = dep["metadata"]["labels"].get("recsys.dev/model-version")
         if version not in keep:
-            await ctx.kube.delete("apps/v1", "Deployment", dep["metadata"]["name"], ns)
-            await ctx.kube.delete("v1", "Service", dep["metadata"]["name"], ns)
-            await ctx.kube.delete("v1", "ConfigMap", dep["metadata"]["name"], ns)
+            for api_version, kind in (
+                ("apps/v1", "Deployment"),
+                ("v1", "Service"),
+                ("v1", "ConfigMap"),
+            ):
+                await remove(ctx, api_version, kind, dep["metadata"]["name"], ns)
 
 
 async def _seed_history(
@@ -146,8 +156,8 @@ async def _seed_history(
     """The Job that loads users' histories into the gateway's store, once per source."""
     plan = history_job(rec, obj, ctx.images.get("workloads", ""))
     try:
-        await ensure(ctx.kube, plan.config_map)
-        _, created = await ensure_created(ctx.kube, plan.job)
+        await ensure(ctx, plan.config_map)
+        _, created = await ensure_created(ctx, plan.job)
     except ApiError as exc:
         if exc.retryable:
             raise
