@@ -117,6 +117,35 @@ def test_spec_change_updates_the_cronjob(
     assert condition(obj, "Ready")["reason"] == "Suspended"  # type: ignore[index]
 
 
+def test_removed_spec_fields_leave_the_cronjob(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    """The reproduction from the foundations issue: resources set, then removed from the spec,
+    stayed on the CronJob forever (the operator only checked that what it wants is there)."""
+    resources = {"limits": {"memory": "3Gi"}, "requests": {"cpu": "500m", "memory": "1Gi"}}
+    apply(testbed, namespace, fv(resources=resources))
+
+    def container() -> dict[str, Any]:
+        cron = get(testbed, "cronjob", "users-materialize", namespace) or {}
+        spec = cron.get("spec", {}).get("jobTemplate", {}).get("spec", {})
+        return spec.get("template", {}).get("spec", {}).get("containers", [{}])[0]
+
+    eventually(
+        lambda: container().get("resources", {}).get("limits", {}).get("memory") == "3Gi",
+        60,
+        "the CronJob has the limits",
+        operator=operator,
+    )
+    apply(testbed, namespace, fv())  # the same manager, without materialization.resources
+    eventually(
+        lambda: not container().get("resources"),
+        60,
+        "the limits and requests are gone from the CronJob",
+        operator=operator,
+    )
+    eventually(lambda: ready(testbed, namespace), 60, "Ready at generation 2", operator=operator)
+
+
 def test_backfill_result_reaches_status_and_events(
     testbed: Testbed, namespace: str, operator: OperatorProcess
 ) -> None:

@@ -175,6 +175,49 @@ def test_first_version_trains_indexes_and_serves(
                     "--timeout=10s")
 
 
+def test_removed_serving_fields_leave_the_deployments(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    """Every optional pod field of the serving spec, set and then removed, leaves the Triton
+    and gateway Deployments (server-side apply of the full intent under one field manager)."""
+    placement = {
+        "resources": {"limits": {"memory": "3Gi"}, "requests": {"cpu": "250m"}},
+        "nodeSelector": {"node-pool": "serving"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+
+    def with_placement(docs: list[dict[str, Any]]) -> None:
+        docs[1]["spec"]["serving"]["triton"].update(placement)
+        docs[1]["spec"]["serving"]["gateway"].update(placement)
+
+    apply_stack(testbed, namespace, with_placement)
+    walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
+    names = ("movies-triton-movies-v1", "movies-gateway")
+
+    def pods() -> list[dict[str, Any]]:
+        deps = [get(testbed, "deployment", n, namespace) or {} for n in names]
+        return [d.get("spec", {}).get("template", {}).get("spec", {}) for d in deps]
+
+    def placed(pod: dict[str, Any]) -> bool:
+        return (
+            pod.get("nodeSelector") == placement["nodeSelector"]
+            and bool(pod.get("tolerations"))
+            and pod["containers"][0].get("resources", {}).get("limits", {}).get("memory") == "3Gi"
+        )
+
+    eventually(lambda: all(placed(p) for p in pods()), 60, "placed as asked", operator=operator)
+    apply_stack(testbed, namespace)  # the same manager, without the placement fields
+
+    def cleared(pod: dict[str, Any]) -> bool:
+        return (
+            "nodeSelector" not in pod
+            and "tolerations" not in pod
+            and not pod["containers"][0].get("resources")
+        )
+
+    eventually(lambda: all(cleared(p) for p in pods()), 60, "fields removed", operator=operator)
+
+
 def test_a_worse_model_is_rejected_with_its_numbers_and_manual_retrain_works(
     testbed: Testbed, namespace: str, operator: OperatorProcess
 ) -> None:

@@ -63,6 +63,16 @@ def version_of(obj: Mapping[str, Any]) -> Version:
     )
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Something a user must hear about in status. ``degrades`` problems set ``Degraded=True``
+    with their ``reason``; the others are only told (in the Progressing message)."""
+
+    reason: str
+    message: str
+    degrades: bool = True
+
+
 @dataclass
 class Plan:
     create: list[dict[str, Any]] = field(default_factory=list)
@@ -73,7 +83,7 @@ class Plan:
     rollout: dict[str, Any] = field(default_factory=dict)
     next_training: dt.datetime | None = None
     last_training: dict[str, Any] | None = None
-    messages: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
 
 def _iso(t: dt.datetime) -> str:
@@ -152,7 +162,9 @@ def plan(
         if any(v.phase in ("Pending", "Training", "Evaluating", "Indexing") for v in versions) or (
             out.create
         ):
-            out.messages.append(f"{reason} training waits for the running one")
+            out.problems.append(
+                Problem("TrainingQueued", f"{reason} training waits for the running one", False)
+            )
             continue
         number += 1
         out.create.append(new_version(rec_obj, rec, number, reason, trigger))
@@ -175,9 +187,12 @@ def plan(
             out.rollout = {"phase": "Promoted", "message": f"pinned to {pinned}"}
         else:
             out.stable = previous_stable
-            out.messages.append(
-                f"spec.serving.pinnedModelVersion {pinned} is not a servable version of this "
-                "Recommender; keeping the current one"
+            out.problems.append(
+                Problem(
+                    "PinnedVersionNotServable",
+                    f"spec.serving.pinnedModelVersion {pinned} is not a servable version of this "
+                    "Recommender; keeping the current one",
+                )
             )
     else:
         current = by_name.get(previous_stable) if previous_stable else None
@@ -292,12 +307,20 @@ def status(
         conds = set_condition(
             conds, "Progressing", "False", "Idle", "nothing in progress", gen, now
         )
-    problems = list(p.messages if any("pinned" in m for m in p.messages) else [])
+    problems = [q for q in p.problems if q.degrades]
     if latest and latest.phase in ("Failed", "Rejected"):
-        problems.append(f"the latest ModelVersion {latest.name} is {latest.phase}")
+        problems.append(
+            Problem("VersionProblem", f"the latest ModelVersion {latest.name} is {latest.phase}")
+        )
     if problems:
         conds = set_condition(
-            conds, "Degraded", "True", "VersionProblem", "; ".join(problems), gen, now
+            conds,
+            "Degraded",
+            "True",
+            problems[0].reason,
+            "; ".join(q.message for q in problems),
+            gen,
+            now,
         )
     else:
         conds = set_condition(conds, "Degraded", "False", "AsExpected", "no problem", gen, now)

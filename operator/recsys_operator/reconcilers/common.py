@@ -22,6 +22,23 @@ _SUMMARIES: dict[str, dict[str, Any] | None] = {}
 _SUMMARY_CACHE_LIMIT = 10_000
 
 
+class Refusal(Exception):
+    """The API server refused a child for a reason about the object itself (a 4xx that is not
+    a conflict, throttling or missing RBAC): the same intent would be refused again, so the
+    reconciler reports it in status instead of retrying. Retryable errors propagate as
+    :class:`ApiError` to the work queue's backoff."""
+
+    def __init__(self, desired: Mapping[str, Any], error: ApiError) -> None:
+        self.kind = str(desired["kind"])
+        self.name = str(desired["metadata"]["name"])
+        self.error = error
+        super().__init__(f"the API server refused {self.kind} {self.name}: {error.message}")
+
+
+def _refusal(desired: Mapping[str, Any], exc: ApiError) -> Exception:
+    return exc if exc.retryable else Refusal(desired, exc)
+
+
 async def ensure(ctx: Context, desired: Mapping[str, Any]) -> dict[str, Any]:
     """Make ``desired`` true and return the object as the server has it. Reads the cache;
     writes only when the intent or a field the operator sets differs (diffing.py)."""
@@ -34,7 +51,10 @@ async def ensure(ctx: Context, desired: Mapping[str, Any]) -> dict[str, Any]:
         assert observed is not None
         return observed
     log.info("applying %s %s/%s", desired["kind"], meta.get("namespace"), meta["name"])
-    applied = await ctx.kube.apply(want)
+    try:
+        applied = await ctx.kube.apply(want)
+    except ApiError as exc:
+        raise _refusal(desired, exc) from exc
     ctx.cache.upsert(applied)
     return applied
 
@@ -56,7 +76,7 @@ async def ensure_created(ctx: Context, desired: Mapping[str, Any]) -> tuple[dict
         created = await ctx.kube.create(desired)
     except ApiError as exc:
         if exc.status != 409:
-            raise
+            raise _refusal(desired, exc) from exc
     else:
         ctx.cache.upsert(created)
         return created, True

@@ -16,6 +16,7 @@ from recsys_operator.labels import FEATURE_VIEW_LABEL
 from recsys_operator.planning import featureview as planner
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, newest
 from recsys_operator.reconcilers.common import (
+    Refusal,
     ensure,
     ensure_created,
     post_event,
@@ -72,10 +73,9 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                 denied = planner.permission_denied(fv, previous, exc.message, now_rfc3339())
                 await write_status(ctx, obj, denied)
                 return 60.0
-            if exc.retryable:
-                raise
-            # 4xx about the object itself (e.g. 422): retrying the same spec cannot help.
-            spec_error = planner.SpecError("spec", f"the API server refused a child: {exc.message}")
+            raise
+        except Refusal as refusal:
+            spec_error = planner.SpecError("spec", str(refusal))
 
     jobs = ctx.cache.list("batch/v1", "Job", ns, {FEATURE_VIEW_LABEL: name})
     runs = [

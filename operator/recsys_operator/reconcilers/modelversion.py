@@ -11,13 +11,13 @@ from recsys_operator.api.modelversion import ModelVersion
 from recsys_operator.api.recommender import FeatureViewRef, Recommender
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context, Key
-from recsys_operator.kube import ApiError
 from recsys_operator.metrics import JOBS_FAILED, JOBS_STARTED
 from recsys_operator.naming import child_name
 from recsys_operator.planning import modelversion as planner
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome
 from recsys_operator.planning.training import FeatureSources, JobPlan, index_job, training_job
 from recsys_operator.reconcilers.common import (
+    Refusal,
     ensure,
     ensure_created,
     post_event,
@@ -118,11 +118,8 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                 await _run(ctx, training_job(rec, mv, obj, image, sources), "train", obj)
             else:
                 await _run(ctx, index_job(rec, mv, obj, image), "index", obj)
-        except ApiError as exc:
-            if exc.retryable:
-                raise
-            message = f"the API server refused the {decision.run} Job: {exc.message}"
-            decision = planner.fail(mv, "JobRejected", message, now)
+        except Refusal as refusal:
+            decision = planner.fail(mv, "JobRejected", str(refusal), now)
     for outcome, purpose in ((train, "train"), (index, "index")):
         if outcome is not None and outcome.failed and decision.status.get("phase") == "Failed":
             JOBS_FAILED.labels(purpose, outcome.reason).inc()

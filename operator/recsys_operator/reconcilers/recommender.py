@@ -9,7 +9,6 @@ from recsys_operator import GROUP, VERSION
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context, Key
-from recsys_operator.kube import ApiError
 from recsys_operator.labels import RECOMMENDER_LABEL
 from recsys_operator.metrics import JOBS_STARTED
 from recsys_operator.planning import recommender as planner
@@ -20,6 +19,7 @@ from recsys_operator.planning.serving import (
     triton_objects,
 )
 from recsys_operator.reconcilers.common import (
+    Refusal,
     ensure,
     ensure_created,
     post_event,
@@ -105,12 +105,10 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                     ready = ready and _available(applied)
             serving_ready = ready
             await _remove_unused_tritons(ctx, ns, name, {plan.stable, plan.canary})
-        except ApiError as exc:
-            if exc.retryable:
-                raise
-            plan.messages.append(f"the API server refused a serving object: {exc.message}")
+        except Refusal as refusal:
+            plan.problems.append(planner.Problem("ServingObjectRefused", str(refusal)))
 
-    await _seed_history(ctx, obj, rec, plan.messages)
+    await _seed_history(ctx, obj, rec, plan.problems)
 
     previous = obj.get("status") or {}
     new_status = planner.status(rec, previous, plan, versions, serving_ready, blocked, now)
@@ -151,17 +149,15 @@ async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str 
 
 
 async def _seed_history(
-    ctx: Context, obj: dict[str, Any], rec: Recommender, messages: list[str]
+    ctx: Context, obj: dict[str, Any], rec: Recommender, problems: list[planner.Problem]
 ) -> None:
     """The Job that loads users' histories into the gateway's store, once per source."""
     plan = history_job(rec, obj, ctx.images.get("workloads", ""))
     try:
         await ensure(ctx, plan.config_map)
         _, created = await ensure_created(ctx, plan.job)
-    except ApiError as exc:
-        if exc.retryable:
-            raise
-        messages.append(f"the API server refused the history Job: {exc.message}")
+    except Refusal as refusal:
+        problems.append(planner.Problem("HistoryJobRefused", str(refusal)))
         return
     if created:
         JOBS_STARTED.labels("history").inc()

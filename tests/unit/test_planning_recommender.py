@@ -1,0 +1,221 @@
+"""Recommender decisions without a cluster: which version serves, which conditions say so, and
+what the reconciler's typed outcomes do to them. One row per case, as Argo Rollouts' tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from recsys_operator.api.recommender import Recommender
+from recsys_operator.planning import recommender as planner
+from recsys_operator.planning.recommender import Plan, Problem, Version
+
+NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
+CREATED = "2026-11-23T10:00:00Z"
+
+
+def rec(pinned: str | None = None, steps: bool = False) -> Recommender:
+    serving: dict[str, Any] = {"rollout": {"steps": []}}
+    if pinned:
+        serving["pinnedModelVersion"] = pinned
+    if steps:
+        serving["rollout"] = {"steps": [{"setWeight": 10}, {"pause": {}}]}
+    return Recommender.model_validate(
+        {
+            "apiVersion": "recsys.dev/v1alpha1",
+            "kind": "Recommender",
+            "metadata": {
+                "name": "movies",
+                "namespace": "ns",
+                "uid": "u",
+                "generation": 3,
+                "creationTimestamp": CREATED,
+            },
+            "spec": {
+                "interactions": {"path": "s3://d/i/"},
+                "serving": serving,
+                "stores": {
+                    "redis": {"url": "redis://r:6379/0"},
+                    "artifacts": {"storageUri": "s3://m/"},
+                },
+            },
+        }
+    )
+
+
+def v(n: int, phase: str, trigger: str | None = None) -> Version:
+    index = f"s3://m/indexes/movies-v{n}" if phase in planner.SERVABLE else None
+    return Version(f"movies-v{n}", phase, f"2026-11-23T1{n}:00:00Z", trigger, n, index)
+
+
+def plan_of(r: Recommender, versions: list[Version], stable: str | None = None) -> Plan:
+    obj = {
+        "apiVersion": "recsys.dev/v1alpha1",
+        "kind": "Recommender",
+        "metadata": r.metadata.model_dump(by_alias=True),
+        "status": {"stableVersion": stable},
+    }
+    return planner.plan(obj, r, versions, NOW)
+
+
+@pytest.mark.parametrize(
+    ("case", "r", "versions", "stable", "want_stable", "want_canary", "want_create"),
+    [
+        ("no version yet: the initial one is created", rec(), [], None, None, None, 1),
+        (
+            "one version training: nothing to serve",
+            rec(),
+            [v(1, "Training", "initial")],
+            None,
+            None,
+            None,
+            0,
+        ),
+        (
+            "the first Ready version is promoted",
+            rec(),
+            [v(1, "Ready", "initial")],
+            None,
+            "movies-v1",
+            None,
+            0,
+        ),
+        (
+            "without steps a newer Ready version is promoted",
+            rec(),
+            [v(1, "Serving", "initial"), v(2, "Ready", "manual/x")],
+            "movies-v1",
+            "movies-v2",
+            None,
+            0,
+        ),
+        (
+            "with steps a newer Ready version becomes the canary",
+            rec(steps=True),
+            [v(1, "Serving", "initial"), v(2, "Ready", "manual/x")],
+            "movies-v1",
+            "movies-v1",
+            "movies-v2",
+            0,
+        ),
+        (
+            "a pin to a servable version wins",
+            rec(pinned="movies-v1"),
+            [v(1, "Retired", "initial"), v(2, "Serving", "manual/x")],
+            "movies-v2",
+            "movies-v1",
+            None,
+            0,
+        ),
+        (
+            "a pin to a version that is not servable keeps the stable",
+            rec(pinned="movies-v9"),
+            [v(1, "Serving", "initial")],
+            "movies-v1",
+            "movies-v1",
+            None,
+            0,
+        ),
+    ],
+)
+def test_plan(
+    case: str,
+    r: Recommender,
+    versions: list[Version],
+    stable: str | None,
+    want_stable: str | None,
+    want_canary: str | None,
+    want_create: int,
+) -> None:
+    p = plan_of(r, versions, stable)
+    assert (p.stable, p.canary, len(p.create)) == (want_stable, want_canary, want_create), case
+
+
+def conditions(
+    r: Recommender, versions: list[Version], p: Plan, ready: bool = True
+) -> dict[str, tuple[str, str]]:
+    st = planner.status(r, {}, p, versions, ready, None, "2026-11-23T12:00:00Z")
+    assert st["observedGeneration"] == 3
+    return {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
+
+
+SERVING = [v(1, "Serving", "initial")]
+
+
+@pytest.mark.parametrize(
+    ("case", "r", "versions", "problems", "ready", "want"),
+    [
+        (
+            "serving, nothing wrong",
+            rec(),
+            SERVING,
+            [],
+            True,
+            {
+                "Ready": ("True", "Serving"),
+                "Degraded": ("False", "AsExpected"),
+                "Progressing": ("False", "Idle"),
+            },
+        ),
+        (
+            "a refused Deployment degrades (it was a filtered message before)",
+            rec(),
+            SERVING,
+            [Problem("ServingObjectRefused", "the API server refused Deployment x: bad")],
+            False,
+            {"Ready": ("False", "Deploying"), "Degraded": ("True", "ServingObjectRefused")},
+        ),
+        (
+            "a refused history Job degrades",
+            rec(),
+            SERVING,
+            [Problem("HistoryJobRefused", "refused")],
+            True,
+            {"Degraded": ("True", "HistoryJobRefused")},
+        ),
+        (
+            "a queued training is told, not a problem",
+            rec(),
+            SERVING,
+            [Problem("TrainingQueued", "Manual training waits", degrades=False)],
+            True,
+            {"Degraded": ("False", "AsExpected")},
+        ),
+        (
+            "a failed latest version degrades",
+            rec(),
+            [*SERVING, v(2, "Failed", "manual/x")],
+            [],
+            True,
+            {"Degraded": ("True", "VersionProblem"), "Ready": ("True", "Serving")},
+        ),
+        (
+            "nothing servable",
+            rec(),
+            [v(1, "Training", "initial")],
+            [],
+            False,
+            {"Ready": ("False", "NoServableVersion"), "Progressing": ("True", "InProgress")},
+        ),
+    ],
+)
+def test_status_conditions(
+    case: str,
+    r: Recommender,
+    versions: list[Version],
+    problems: list[Problem],
+    ready: bool,
+    want: dict[str, tuple[str, str]],
+) -> None:
+    p = plan_of(r, versions, "movies-v1" if versions[0].phase == "Serving" else None)
+    p.problems.extend(problems)
+    got = conditions(r, versions, p, ready)
+    assert {k: got[k] for k in want} == want, case
+
+
+def test_a_pin_that_cannot_serve_degrades_with_its_reason() -> None:
+    r = rec(pinned="movies-v9")
+    p = plan_of(r, SERVING, "movies-v1")
+    assert conditions(r, SERVING, p)["Degraded"] == ("True", "PinnedVersionNotServable")
