@@ -43,7 +43,9 @@ def _connection(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
     return info
 
 
-def build(workers: int, registry: kopf.OperatorRegistry) -> Controller:
+def build(
+    workers: int, registry: kopf.OperatorRegistry, namespaces: Sequence[str] = ()
+) -> Controller:
     controller = Controller(reconcilers=RECONCILERS, workers=workers)
     register(controller, registry)
 
@@ -55,6 +57,7 @@ def build(workers: int, registry: kopf.OperatorRegistry) -> Controller:
     async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings)
         kube = KubeClient(_connection(settings))
+        await controller.prime(kube, list(namespaces) or [None])
         controller.start(Context(kube=kube, queue=controller.queue, images=DEFAULT_IMAGES))
         log.info("recsys-operator started with %d workers", workers)
 
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.metrics_port:
         start_http_server(args.metrics_port)
     registry = kopf.OperatorRegistry()
-    build(args.workers, registry)
+    build(args.workers, registry, args.namespace)
     clusterwide = not args.namespace
     asyncio.run(
         kopf.operator(

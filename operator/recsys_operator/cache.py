@@ -6,9 +6,15 @@ writes. The store holds what the watches delivered last, plus what the operator'
 returned (write-through): without that a pass that runs before the watch event of its previous
 write arrives would see the old object and write again.
 
-kopf's index handlers feed the store, because kopf holds every other handler back until each
-indexed kind's initial listing is done: no reconcile starts from a half-filled store, which
-would, for example, count the ModelVersions of a Recommender wrong and plan a new one.
+Before the first reconcile the controller lists every kind once into the store, so no
+reconcile starts from a half-filled one (which would, for example, count a Recommender's
+ModelVersions wrong and plan a new one, or lose a finished Job from a status). It does not wait
+for kopf's own initial listing (kopf's index handlers would give that barrier), because a kind
+the operator may not list would then hold every reconcile back for good; a kind whose listing
+fails is logged and filled by its watch when that starts working.
+
+Watch events and write answers can arrive out of order (the answer to a write, then a listing
+that began before it); an object older than the stored one, by resourceVersion, is ignored.
 """
 
 from __future__ import annotations
@@ -39,8 +45,12 @@ class Store:
     def upsert(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         kind = (str(body.get("apiVersion", "")), str(body.get("kind", "")))
-        by_ns = self._objects.setdefault(kind, {})
-        by_ns.setdefault(str(meta.get("namespace") or ""), {})[str(meta["name"])] = _trim(body)
+        names = self._objects.setdefault(kind, {}).setdefault(str(meta.get("namespace") or ""), {})
+        name = str(meta["name"])
+        held = names.get(name)
+        if held is not None and _older(meta, held["metadata"]):
+            return
+        names[name] = _trim(body)
 
     def remove(self, api_version: str, kind: str, name: str, namespace: str | None) -> None:
         by_ns = self._objects.get((api_version, kind), {})
@@ -72,6 +82,19 @@ class Store:
         for by_ns in self._objects.values():
             for names in by_ns.values():
                 yield from names.values()
+
+
+def _older(incoming: Mapping[str, Any], held: Mapping[str, Any]) -> bool:
+    """Whether ``incoming`` is an older state of the same object than ``held``.
+
+    resourceVersions are opaque to clients in general; the API server's etcd storage makes them
+    increasing integers, which is what this relies on, and anything else is taken as newer."""
+    if incoming.get("uid") != held.get("uid"):
+        return False  # deleted and made again: the newer object
+    try:
+        return int(incoming.get("resourceVersion", "")) < int(held.get("resourceVersion", ""))
+    except ValueError:
+        return False
 
 
 def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:

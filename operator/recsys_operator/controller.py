@@ -15,7 +15,7 @@ import datetime as dt
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -23,7 +23,7 @@ import kopf
 
 from recsys_operator import GROUP, VERSION
 from recsys_operator.cache import Store
-from recsys_operator.kube import KubeClient
+from recsys_operator.kube import ApiError, KubeClient
 from recsys_operator.labels import MANAGED_BY
 from recsys_operator.metrics import PHASES, RECONCILE_DURATION, RECONCILE_ERRORS
 from recsys_operator.workqueue import Backoff, WorkQueue, run_workers
@@ -147,6 +147,7 @@ class Controller:
             # Children go with the owner (garbage collector); only our own books need it.
             PHASES.observe(kind, f"{meta.get('namespace')}/{meta['name']}", None)
             return
+        self.cache.upsert({**body, "apiVersion": API_VERSION, "kind": kind})
         key = Key(kind, meta.get("namespace", ""), meta["name"])
         self.queue.add(key)
         for owner in owner_keys(body):  # a ModelVersion wakes its Recommender
@@ -155,12 +156,36 @@ class Controller:
             for dependent in self.ctx.dependents.get(key, ()):
                 self.queue.add(dependent)
 
+    async def prime(self, kube: KubeClient, namespaces: Sequence[str | None]) -> None:
+        """List every watched kind once into the cache, before the first reconcile."""
+        kinds = [(API_VERSION, kind, None) for kind in PRIMARY_KINDS] + [
+            (f"{g}/{v}" if g else v, kind, {"app.kubernetes.io/managed-by": MANAGED_BY})
+            for g, v, _plural, kind in CHILD_RESOURCES
+        ]
+        for api_version, kind, labels in kinds:
+            for ns in namespaces:
+                try:
+                    items = await kube.list(api_version, kind, ns, labels)
+                except ApiError as exc:
+                    log.warning(
+                        "cannot list %s in %s (%s); its watch fills the cache once it works",
+                        kind,
+                        ns or "all namespaces",
+                        exc,
+                    )
+                    continue
+                for item in items:
+                    self.cache.upsert(item)
+        log.info("cache primed with %d objects", len(self.cache))
+
     def on_child_event(
         self, api_version: str, kind: str, body: Mapping[str, Any], event_type: str | None
     ) -> None:
+        meta = body.get("metadata", {})
         if event_type == "DELETED":
-            meta = body.get("metadata", {})
             self.cache.remove(api_version, kind, meta["name"], meta.get("namespace"))
+        else:
+            self.cache.upsert({**body, "apiVersion": api_version, "kind": kind})
         for owner in owner_keys(body):
             self.queue.add(owner)
 
@@ -169,27 +194,14 @@ def register(
     controller: Controller,
     registry: kopf.OperatorRegistry | None = None,
 ) -> None:
-    """Register kopf handlers that fill ``controller``'s cache and feed its queue.
-
-    Each kind gets an index handler, which only stores the object: kopf runs no other handler
-    before every indexed kind's initial listing is in, so the first reconcile already sees the
-    whole cluster. The event handlers then enqueue keys (and drop deleted objects)."""
+    """Register kopf handlers that keep ``controller``'s cache current and feed its queue."""
     reg = registry or kopf.get_default_registry()
-
-    def indexer(api_version: str, kind: str) -> Callable[..., None]:
-        def store(body: kopf.Body, **_: Any) -> None:
-            controller.cache.upsert({**body, "apiVersion": api_version, "kind": kind})
-
-        return store
 
     for kind in PRIMARY_KINDS:
 
         def primary(body: kopf.Body, type: str | None, _kind: str = kind, **_: Any) -> None:
             controller.on_primary_event(_kind, body, type)
 
-        kopf.index(GROUP, VERSION, PLURALS[kind], registry=reg, id=f"cache-{kind}")(
-            indexer(API_VERSION, kind)
-        )
         kopf.on.event(GROUP, VERSION, PLURALS[kind], registry=reg)(primary)
 
     for group, version, plural, kind in CHILD_RESOURCES:
@@ -200,11 +212,13 @@ def register(
         ) -> None:
             controller.on_child_event(_api, _kind, body, type)
 
-        selected = {"app.kubernetes.io/managed-by": MANAGED_BY}
-        kopf.index(group, version, plural, registry=reg, labels=selected, id=f"cache-{kind}")(
-            indexer(api_version, kind)
-        )
-        kopf.on.event(group, version, plural, registry=reg, labels=selected)(child)
+        kopf.on.event(
+            group,
+            version,
+            plural,
+            registry=reg,
+            labels={"app.kubernetes.io/managed-by": MANAGED_BY},
+        )(child)
 
 
 class RetryForever:

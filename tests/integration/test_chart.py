@@ -579,7 +579,7 @@ def test_a_missing_rule_is_reported_and_the_rest_keeps_working(
                 return ready if ready and ready["status"] == "False" else None
 
             ready = until(refused, "the FeatureView reports the refusal", operator)
-            assert 'cannot get resource "cronjobs" in API group "batch"' in ready["message"]
+            assert 'cannot patch resource "cronjobs" in API group "batch"' in ready["message"]
             assert account in ready["message"]
             # Everything that needs no CronJob goes on.
             until(lambda: phase(testbed, team_a, "movies-v1") == "Training",
