@@ -1,5 +1,10 @@
 """``recsys-operator``: run the operator against the cluster in the kubeconfig or in-cluster.
 
+The credentials are loaded once, at start (``kubeconfig.load``: ``$KUBECONFIG``, else the
+in-cluster service account, else ``~/.kube/config``); kopf's login handler and the operator's
+client both draw on that one object, so kopf's watches and the reconcilers' requests are always
+the same identity, and a bad kubeconfig stops the process with one line saying why.
+
 Watch scope: ``--namespace`` (repeatable) for a list of namespaces, or ``--all-namespaces``
 (the default). The RBAC the Helm chart grants matches each choice (Role per namespace or one
 ClusterRole).
@@ -15,10 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import kopf
+from lightkube import ConfigError
 from prometheus_client import start_http_server
 
 from recsys_operator.controller import Context, Controller, configure_settings, register
 from recsys_operator.kube import KubeClient
+from recsys_operator.kubeconfig import Credentials, load
 from recsys_operator.reconcilers import RECONCILERS
 
 log = logging.getLogger("recsys_operator")
@@ -33,30 +40,24 @@ DEFAULT_IMAGES = {
 }
 
 
-def _connection(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
-    """The credentials kopf itself would use: in-cluster service account, else kubeconfig."""
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
-    )
-    if info is None:
-        raise SystemExit("recsys-operator: no in-cluster service account and no kubeconfig found")
-    return info
-
-
 def build(
-    workers: int, registry: kopf.OperatorRegistry, namespaces: Sequence[str] = ()
+    workers: int,
+    registry: kopf.OperatorRegistry,
+    credentials: Credentials,
+    namespaces: Sequence[str] = (),
 ) -> Controller:
     controller = Controller(reconcilers=RECONCILERS, workers=workers)
     register(controller, registry)
 
+    # kopf calls it at start, when the token's expiration passes, and after a 401.
     @kopf.on.login(registry=registry)
-    def _login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-        return _connection(settings)
+    async def _login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        return await credentials.login(trust_env=settings.networking.trust_env)
 
     @kopf.on.startup(registry=registry)
     async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings)
-        kube = KubeClient(_connection(settings))
+        kube = KubeClient(credentials, trust_env=settings.networking.trust_env)
         await controller.prime(kube, list(namespaces) or [None])
         controller.start(Context(kube=kube, queue=controller.queue, images=DEFAULT_IMAGES))
         log.info("recsys-operator started with %d workers", workers)
@@ -94,10 +95,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     # kopf logs every handler call at INFO; the reconcilers log what they decide.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        credentials = load()
+    except ConfigError as exc:
+        raise SystemExit(f"recsys-operator: {exc}") from None
     if args.metrics_port:
         start_http_server(args.metrics_port)
+    log.info(
+        "recsys-operator: API server %s, credentials from %s",
+        credentials.server,
+        credentials.source,
+    )
     registry = kopf.OperatorRegistry()
-    build(args.workers, registry, args.namespace)
+    build(args.workers, registry, credentials, args.namespace)
     clusterwide = not args.namespace
     asyncio.run(
         kopf.operator(
