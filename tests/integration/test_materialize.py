@@ -175,6 +175,33 @@ def test_string_join_keys_and_no_ttl(
     assert redis_client.pttl(layer_prefix("fv", "shop.items", got.version or 0) + "A-1") == -1
 
 
+def test_rows_with_the_same_event_time_are_told_apart_by_the_created_time(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    schema = SCHEMA.append(pa.field("created", pa.timestamp("ms", tz="UTC")))
+    at = T0 - HOUR
+    source = write_rows(
+        tmp_path / "users.parquet",
+        [
+            {**row(1, at, 31), "created": T0 - timedelta(minutes=10)},  # the correction
+            {**row(1, at, 30), "created": T0 - timedelta(minutes=50)},  # the first write
+            {**row(1, T0 - 2 * HOUR, 29), "created": T0},  # older event, written last
+            {**row(2, at, 41), "created": T0 - 2 * HOUR},
+            {**row(2, at, 40), "created": None},  # no created time: earliest
+        ],
+        schema,
+    )
+    config = make_config(source, redis_url)
+    code, summary = run(config, tmp_path)
+    assert code == EXIT_OK, summary
+    assert [f and f["age"] for f in features(redis_client, [1, 2])] == [30, 40], "read last wins"
+    config["source"] = {**config["source"], "createdTimestampColumn": "created"}
+    code, summary = run(config, tmp_path)
+    assert code == EXIT_OK, summary
+    assert summary["mode"] == "full", "a new tie-break is not an increment of the old one"
+    assert [f and f["age"] for f in features(redis_client, [1, 2])] == [31, 41]
+
+
 def test_readers_see_the_old_or_the_new_version_never_a_mix(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -286,6 +313,14 @@ BAD_INPUTS: dict[str, tuple[Change, str]] = {
     "event time not a timestamp": (
         lambda c: {**c, "source": {**c["source"], "eventTimestampColumn": "big"}},
         "event timestamp column 'big' has type int64",
+    ),
+    "created time not a timestamp": (
+        lambda c: {**c, "source": {**c["source"], "createdTimestampColumn": "big"}},
+        "created timestamp column 'big' has type int64",
+    ),
+    "missing created time column": (
+        lambda c: {**c, "source": {**c["source"], "createdTimestampColumn": "written_at"}},
+        "created timestamp column 'written_at' is missing",
     ),
     "value beyond the declared type": (
         lambda c: {**c, "features": [{"name": "big", "type": "int32"}]},

@@ -86,6 +86,17 @@ def offline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "index": {"kind": "hnsw"},
         },
     )
+    ivf = run(
+        index_main,
+        tmp,
+        "index-ivf",
+        {
+            "version": "ml-v1",
+            "modelArtifactUri": artifact,
+            "indexUri": f"file://{tmp}/indexes/ml-v1-ivf",
+            "index": {"kind": "ivfFlat", "nlist": 40, "nprobe": 8},
+        },
+    )
     return {
         "tmp": tmp,
         "paths": paths,
@@ -93,6 +104,7 @@ def offline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "train": train,
         "flat": flat,
         "hnsw": hnsw,
+        "ivf": ivf,
     }
 
 
@@ -121,6 +133,11 @@ def test_index_over_the_exported_embeddings(offline: dict[str, Any]) -> None:
     assert hnsw["recall"] >= 0.95
     assert flat["itemCount"] == hnsw["itemCount"] == offline["train"]["itemCount"]
     assert flat["modelDigest"] == hnsw["modelDigest"] == offline["train"]["digest"]
+    ivf = offline["ivf"]
+    assert ivf["indexType"] == "ivfFlat"
+    assert ivf["recall"] >= 0.95  # the trained model's held-out users, against exact search
+    assert ivf["nprobe"] >= 8
+    assert ivf["itemCount"] == flat["itemCount"]
 
 
 def test_serving_path_user_tower_then_index(offline: dict[str, Any]) -> None:

@@ -87,6 +87,17 @@ def wait_phase(
     return get(testbed, "modelversion", name, ns)  # type: ignore[return-value]
 
 
+def event_reasons(testbed: Testbed, ns: str, name: str) -> list[str]:
+    """Reasons of the Events on ModelVersion ``name``, oldest first."""
+    events = json.loads(testbed.kubectl(
+        "get", "events", "-n", ns, "--field-selector",
+        f"involvedObject.kind=ModelVersion,involvedObject.name={name}", "-o", "json",
+    ).stdout)["items"]
+    # Timestamps have second resolution; etcd's revision orders writes (the testbed's etcd).
+    events.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))
+    return [e["reason"] for e in events]
+
+
 def train_summary(version: str, recall: float) -> dict[str, Any]:
     return {
         "status": "Succeeded", "version": version,
@@ -135,6 +146,12 @@ def test_first_version_trains_indexes_and_serves(
     assert mv["status"]["evaluation"]["recallAtK"] == pytest.approx(0.12)
     assert mv["status"]["metrics"]["als.recall@20"] == pytest.approx(0.11)
     assert mv["status"]["indexName"] == "s3://models/movies/indexes/movies-v1"
+    for stage in ("Trained", "Evaluated", "Indexed"):
+        assert (condition(mv, stage) or {}).get("status") == "True", stage
+    # the gate judged it in a phase of its own, between training and indexing
+    phases = [r for r in event_reasons(testbed, namespace, "movies-v1")
+              if r in ("Training", "Evaluating", "Indexing", "Ready")]
+    assert phases == ["Training", "Evaluating", "Indexing", "Ready"]
 
     def rec_ready() -> dict[str, Any] | None:
         rec = get(testbed, "recommender", "movies", namespace)
@@ -392,6 +409,9 @@ def test_an_imported_version_skips_training_and_its_digest_is_checked(
                summary={**index_summary("nb-good"), "modelDigest": IMPORTED_DIGEST})
     good = wait_phase(testbed, namespace, "nb-good", "Serving", operator)
     assert good["status"]["artifactUri"] == "s3://notebooks/nb-good"
+    assert (condition(good, "Trained") or {}).get("reason") == "Imported"
+    assert condition(good, "Evaluated") is None, "an import is not judged by the gate"
+    assert "Evaluating" not in event_reasons(testbed, namespace, "nb-good")
     finish_pod(testbed, namespace, "nb-wrong-index", exit_code=0,
                summary={**index_summary("nb-wrong"), "modelDigest": "sha256:" + "c" * 64})
     wrong = wait_phase(testbed, namespace, "nb-wrong", "Failed", operator)

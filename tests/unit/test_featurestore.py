@@ -11,7 +11,11 @@ import pytest
 
 from recsys_workloads.featurestore import codec
 from recsys_workloads.featurestore.keys import FeatureSchema, LivePointer
-from recsys_workloads.featurestore.point_in_time import latest_rows, window_bounds_us
+from recsys_workloads.featurestore.point_in_time import (
+    NO_CREATED_US,
+    latest_rows,
+    window_bounds_us,
+)
 from recsys_workloads.featurestore.resp import hset_commands, key_commands
 from recsys_workloads.materialize import parse_config, plan_mode
 from recsys_workloads.runtime import BadInputError
@@ -57,6 +61,17 @@ def test_latest_rows_picks_the_newest_row_per_entity_last_on_ties() -> None:
     times = np.array([10, 5, 30, 7, 30, 1], dtype=np.int64)
     assert latest_rows(keys, times).tolist() == [1, 3, 4]
     assert latest_rows(pa.array([], pa.int64()), np.array([], np.int64)).tolist() == []
+
+
+def test_created_time_breaks_event_time_ties_as_in_feast() -> None:
+    keys = pa.array(["a", "a", "a", "b", "b", "c", "c"])
+    times = np.array([30, 30, 10, 5, 5, 7, 7], dtype=np.int64)
+    created = np.array([200, 100, 900, NO_CREATED_US, 50, 60, 60], dtype=np.int64)
+    # a: of the two rows at 30 the one created at 200 (not the later-read one, nor the row
+    # created last at the older event time 10); b: a created time beats none; c: equal created
+    # times fall back to the row read last
+    assert latest_rows(keys, times, created).tolist() == [0, 4, 6]
+    assert latest_rows(keys, times).tolist() == [1, 4, 6]
 
 
 def test_window_is_bounded_by_ttl_and_watermark() -> None:
@@ -118,6 +133,9 @@ def test_pointer_round_trips_through_json() -> None:
     pointer = _pointer(run={"rows": 3})
     assert LivePointer.from_json(pointer.to_json()) == pointer
     assert pointer.version == 3
+    assert b"created" not in pointer.to_json(), "unchanged for views without a created column"
+    with_created = _pointer(created_timestamp_column="created_at")
+    assert LivePointer.from_json(with_created.to_json()) == with_created
 
 
 def test_plan_mode_is_incremental_only_when_it_equals_a_full_run() -> None:
@@ -126,6 +144,8 @@ def test_plan_mode_is_incremental_only_when_it_equals_a_full_run() -> None:
     assert plan_mode("full", live, same, 2_000, 8)[0] == "full"
     assert plan_mode("auto", None, same, 2_000, 8)[1] == "no live version yet"
     assert "changed" in plan_mode("auto", live, _pointer(ttl_seconds=5), 2_000, 8)[1]
+    retied = _pointer(layers=[], created_timestamp_column="created_at")
+    assert "changed" in plan_mode("auto", live, retied, 2_000, 8)[1]
     assert "backfill" in plan_mode("auto", live, same, 500, 8)[1]
     assert "compacting" in plan_mode("auto", live, same, 2_000, 2)[1]
 
@@ -150,6 +170,14 @@ GOOD = {
         ({"onlineStore": {"redisUrl": "http://x"}}, "onlineStore.redisUrl"),
         ({"onlineStore": {"redisUrl": "redis://u:pw@x:1/0"}}, "must not contain a password"),
         ({"ttlSeconds": -1}, "ttlSeconds"),
+        (
+            {"source": {"uri": "/d", "createdTimestampColumn": "age"}},
+            "source.createdTimestampColumn: 'age' is a feature or the join key",
+        ),
+        (
+            {"source": {"uri": "/d", "createdTimestampColumn": "event_timestamp"}},
+            "must differ from eventTimestampColumn",
+        ),
     ],
 )
 def test_config_errors_name_the_field(change: dict[str, Any], message: str) -> None:

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import pytest
 
@@ -155,6 +156,78 @@ def test_too_low_ef_search_is_raised_until_recall_passes(model: str, tmp_path: P
     assert (
         json.loads((tmp_path / "idx/manifest.json").read_text())["index"]["efSearchTuned"] is True
     )
+
+
+def test_ivf_flat_index_is_a_real_ivf_checked_and_served_at_its_nprobe(
+    model: str, tmp_path: Path
+) -> None:
+    uri = f"file://{tmp_path}/idx"
+    cfg = {
+        "modelArtifactUri": model,
+        "indexUri": uri,
+        "index": {"flatThreshold": 1000, "approximate": "ivfFlat", "nlist": 64, "nprobe": 16},
+    }
+    code, summary = run_cli(tmp_path, cfg)
+    assert code == EXIT_OK, summary
+    assert summary["indexType"] == "ivfFlat"
+    assert summary["recall"] >= 0.95
+    assert summary["nprobe"] == 16
+    assert summary["efSearch"] is None
+    manifest = json.loads((tmp_path / "idx/manifest.json").read_text())
+    assert manifest["index"]["nlist"] == 64
+    assert manifest["index"]["nprobeTuned"] is False
+    curve = manifest["validation"]["curve"]
+    assert [p["nprobe"] for p in curve] == [1, 2, 4, 8, 16, 32, 64]  # capped at nlist
+    assert curve[0]["recall"] < curve[-1]["recall"] == 1.0  # every list probed: exact
+    index, _ = load_index(Store({}), uri)
+    inner = faiss.downcast_index(index.index)
+    assert isinstance(inner, faiss.IndexIVFFlat)
+    assert (inner.nlist, inner.nprobe, inner.ntotal) == (64, 16, 5_000)
+    assert ann_index.index_kind(index) == "ivfFlat"
+    vectors = np.load(Path(model) / "embeddings/item_embeddings.npy")
+    ids = np.load(Path(model) / "embeddings/item_ids.npy")
+    q = clustered(100, 16, 9)
+    _, found = ann_index.search(index, q, 10)
+    assert set(np.unique(found)) <= set(ids.tolist())
+    assert ann_index.recall_at_k(found, ann_index.exact_top_k(vectors, ids, q, 10)) >= 0.9
+
+
+def test_too_low_nprobe_is_raised_until_recall_passes(model: str, tmp_path: Path) -> None:
+    cfg = {
+        "modelArtifactUri": model,
+        "indexUri": str(tmp_path / "idx"),
+        "index": {"kind": "ivfFlat", "nlist": 128, "nprobe": 1},
+    }
+    code, summary = run_cli(tmp_path, cfg)
+    assert code == EXIT_OK, summary
+    assert summary["nprobe"] > 1
+    assert summary["recall"] >= 0.95
+    assert json.loads((tmp_path / "idx/manifest.json").read_text())["index"]["nprobeTuned"]
+
+
+def test_unreachable_ivf_recall_names_nprobe_and_nlist(model: str, tmp_path: Path) -> None:
+    cfg = {
+        "modelArtifactUri": model,
+        "indexUri": str(tmp_path / "idx"),
+        "index": {"kind": "ivfFlat", "nlist": 256, "nprobe": 1},
+        "validation": {"minRecall": 0.99, "nprobeCurve": [1]},
+    }
+    code, summary = run_cli(tmp_path, cfg)
+    assert code == EXIT_BAD_INPUT
+    assert "at nprobe 1" in summary["message"]
+    assert "raise index.nprobe or lower index.nlist" in summary["message"]
+    assert not (tmp_path / "idx").exists()
+
+
+def test_ivf_lists_are_capped_by_the_catalogue() -> None:
+    vectors = clustered(50, 8, 3)
+    ids = np.arange(50, dtype=np.int64)
+    params = ann_index.IndexParams(kind="ivfFlat", nlist=1024, nprobe=2000)
+    index = ann_index.build_index(vectors, ids, params)
+    inner = faiss.downcast_index(index.index)
+    assert (inner.nlist, inner.nprobe) == (50, 50)
+    _, found = ann_index.search(index, vectors[:5], 1)
+    assert found[:, 0].tolist() == [0, 1, 2, 3, 4]
 
 
 def test_unreachable_recall_fails_without_publishing(model: str, tmp_path: Path) -> None:

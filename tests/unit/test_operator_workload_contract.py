@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
+from api_objects import model_version, recommender
 
 from recsys_operator.api.featureview import FeatureView
 from recsys_operator.api.modelversion import ModelVersion
@@ -23,6 +25,7 @@ from recsys_workloads.index_build import parse_index_config
 from recsys_workloads.materialize import parse_config as parse_materialize_config
 from recsys_workloads.train.config import parse_train_config
 from recsys_workloads.train.export import headline_metrics
+from recsys_workloads.train.models import EntityShape, ModelShape, Ranker, TwoTower
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 META = {
@@ -86,11 +89,69 @@ def test_every_example_kind_is_covered() -> None:
 
 def test_the_gate_reads_the_headline_metrics_training_reports() -> None:
     nested = {
-        "retrieval": {"twoTower": {"recall@20": 0.13, "ndcg@20": 0.2}, "als": {"recall@20": 0.11}},
+        "retrieval": {"twoTower": {"recall@20": 0.13, "ndcg@20": 0.2},
+                      "als": {"recall@20": 0.11}},
         "ranking": {"ranker": {"auc": 0.76, "ndcg@10": 0.5}},
     }
     assert gate_metrics(headline_metrics(nested), 20) == {
-        "recall@20": 0.13,
-        "ndcg@20": 0.2,
-        "auc": 0.76,
-    }
+        "recall@20": 0.13, "ndcg@20": 0.2, "auc": 0.76}
+
+
+V1 = model_version("movies-v1", reason="Initial")
+
+
+def _widths(mlp: torch.nn.Module) -> list[int]:
+    return [layer.out_features for layer in mlp if isinstance(layer, torch.nn.Linear)]
+
+
+def test_hidden_units_are_the_layer_widths_of_the_towers_and_the_ranker() -> None:
+    rec = recommender(
+        retrieval={"embeddingDim": 16, "hiddenUnits": [48, 24]},
+        ranking={"hiddenUnits": [40]},
+    )
+    cfg = parse_train_config(train_config(rec, V1, FeatureSources()))
+    assert (cfg.model.tower_hidden, cfg.model.ranker_hidden) == ([48, 24], [40])
+    ids_only = EntityShape(10, ())
+    shape = ModelShape(
+        user=ids_only,
+        item=ids_only,
+        embedding_dim=cfg.model.embedding_dim,
+        feature_dim=cfg.model.feature_dim,
+        tower_hidden=tuple(cfg.model.tower_hidden),
+        temperature=cfg.model.temperature,
+        ranker_cross_layers=cfg.model.ranker_cross_layers,
+        ranker_hidden=tuple(cfg.model.ranker_hidden),
+    )
+    two_tower, ranker = TwoTower(shape), Ranker(shape)
+    assert _widths(two_tower.user_tower.mlp) == [48, 24, 16]
+    assert _widths(two_tower.item_tower.mlp) == [48, 24, 16]
+    assert _widths(ranker.deep) == [40, 1]
+    # unset: the trainer's defaults, which the field descriptions name
+    default = parse_train_config(train_config(recommender(), V1, FeatureSources()))
+    assert (default.model.tower_hidden, default.model.ranker_hidden) == ([128], [128, 64])
+
+
+def test_ivf_flat_reaches_the_index_build_with_its_lists() -> None:
+    rec = recommender(retrieval={"index": {"type": "IVFFlat", "ivf": {"nlist": 256, "nprobe": 8}}})
+    params = parse_index_config(index_config(rec, V1)).params()
+    assert (params.kind, params.approximate, params.nlist, params.nprobe) == (
+        "auto",
+        "ivfFlat",
+        256,
+        8,
+    )
+    assert params.resolved_kind(rec.spec.retrieval.index.flat_below_items) == "ivfFlat"
+    assert params.resolved_kind(rec.spec.retrieval.index.flat_below_items - 1) == "flat"
+    defaults = recommender(retrieval={"index": {"type": "IVFFlat"}})
+    params = parse_index_config(index_config(defaults, V1)).params()
+    assert (params.nlist, params.nprobe) == (1024, 16)  # the API's defaults
+    hnsw = parse_index_config(index_config(recommender(), V1)).params()
+    assert hnsw.resolved_kind(10**6) == "hnsw"
+
+
+def test_created_timestamp_field_reaches_the_materializer() -> None:
+    doc = _docs("FeatureView")[0]
+    doc["spec"]["source"]["createdTimestampField"] = "created"
+    fv = FeatureView.model_validate(doc)
+    parsed = parse_materialize_config(fv_planner.materialize_config(fv))
+    assert parsed.source.created_timestamp_column == "created"

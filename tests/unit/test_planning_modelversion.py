@@ -4,48 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from api_objects import NOW, model_version, recommender
+
 from recsys_operator.api.modelversion import ModelVersion
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning import modelversion as planner
 from recsys_operator.planning.jobstatus import JobOutcome
 
-NOW = "2026-11-23T12:00:00Z"
-META = {"namespace": "ns", "uid": "u", "generation": 1, "creationTimestamp": NOW}
-
 
 def rec() -> Recommender:
-    return Recommender.model_validate(
-        {
-            "apiVersion": "recsys.dev/v1alpha1",
-            "kind": "Recommender",
-            "metadata": {**META, "name": "movies"},
-            "spec": {
-                "interactions": {"path": "s3://d/i/"},
-                "training": {
-                    "evaluation": {
-                        "k": 20,
-                        "metrics": [{"name": "recallAtK", "maxRegression": 0.05}],
-                    }
-                },
-                "stores": {
-                    "redis": {"url": "redis://r:6379/0"},
-                    "artifacts": {"storageUri": "s3://m/"},
-                },
-            },
-        }
-    )
+    gate = {"k": 20, "metrics": [{"name": "recallAtK", "maxRegression": 0.05}]}
+    return recommender(training={"evaluation": gate})
 
 
 def training_mv() -> ModelVersion:
-    return ModelVersion.model_validate(
-        {
-            "apiVersion": "recsys.dev/v1alpha1",
-            "kind": "ModelVersion",
-            "metadata": {**META, "name": "movies-v2"},
-            "spec": {"recommenderRef": {"name": "movies"}, "reason": "Manual"},
-            "status": {"phase": "Training"},
-        }
-    )
+    return model_version("movies-v2", reason="Manual", status={"phase": "Training"})
 
 
 def trained(recall: float) -> JobOutcome:
@@ -56,11 +29,45 @@ def trained(recall: float) -> JobOutcome:
     return JobOutcome("movies-v2-train", True, True, "Succeeded", "completed", summary=summary)
 
 
+def with_status(mv: ModelVersion, decision: planner.Decision) -> ModelVersion:
+    """The version as the next reconcile reads it, after the decision's status was written."""
+    return ModelVersion.model_validate(
+        {**mv.model_dump(by_alias=True, mode="json"), "status": decision.status}
+    )
+
+
+def condition_types(decision: planner.Decision) -> set[str]:
+    return {c["type"] for c in decision.status["conditions"]}
+
+
+def condition(decision: planner.Decision, type_: str) -> dict[str, Any]:
+    assert type_ in condition_types(decision), f"no {type_} condition"
+    return next(c for c in decision.status["conditions"] if c["type"] == type_)
+
+
+def evaluating(recall: float) -> ModelVersion:
+    """A version whose training Job just succeeded with ``recall``."""
+    decision = planner.decide(training_mv(), planner.Observed(rec(), train=trained(recall)), NOW)
+    return with_status(training_mv(), decision)
+
+
+def test_a_finished_training_job_enters_evaluating_with_its_metrics_kept() -> None:
+    decision = planner.decide(training_mv(), planner.Observed(rec(), train=trained(0.12)), NOW)
+    assert decision.status["phase"] == "Evaluating"
+    assert decision.status["metrics"] == {"twoTower.recall@20": 0.12}
+    assert decision.status["trainingJob"] == "movies-v2-train"
+    assert decision.run is None, "nothing to run while the gate judges"
+    assert decision.events == [("Normal", "Evaluating", decision.status["message"])]
+    trained_cond = condition(decision, "Trained")
+    assert (trained_cond["status"], trained_cond["reason"]) == ("True", "TrainingSucceeded")
+    assert condition(decision, "Progressing")["status"] == "True"
+
+
 def test_regression_against_the_serving_versions_headline_metrics_is_rejected() -> None:
     observed = planner.Observed(
-        rec(), train=trained(0.10), baseline={"twoTower.recall@20": 0.12}, baseline_name="movies-v1"
+        rec(), baseline={"twoTower.recall@20": 0.12}, baseline_name="movies-v1"
     )
-    decision = planner.decide(training_mv(), observed, NOW)
+    decision = planner.decide(evaluating(0.10), observed, NOW)
     assert decision.status["phase"] == "Rejected"
     assert (
         "recall@20=0.1000 regresses more than 5% from 0.1200 of movies-v1"
@@ -68,19 +75,76 @@ def test_regression_against_the_serving_versions_headline_metrics_is_rejected() 
     )
     assert decision.run is None
     assert decision.events == [("Warning", "Rejected", decision.status["message"])]
+    evaluated = condition(decision, "Evaluated")
+    assert (evaluated["status"], evaluated["reason"]) == ("False", "GateFailed")
+    assert "Trained" in condition_types(decision), "earlier stages' conditions stay"
 
 
 def test_within_the_allowed_regression_it_goes_on_to_indexing() -> None:
     observed = planner.Observed(
-        rec(),
-        train=trained(0.118),
-        baseline={"twoTower.recall@20": 0.12},
-        baseline_name="movies-v1",
+        rec(), baseline={"twoTower.recall@20": 0.12}, baseline_name="movies-v1"
     )
-    decision = planner.decide(training_mv(), observed, NOW)
+    decision = planner.decide(evaluating(0.118), observed, NOW)
     assert decision.status["phase"] == "Indexing"
     assert decision.run == "index"
     assert decision.status["evaluation"]["comparedTo"] == "movies-v1"
+    assert decision.status["evaluation"]["recallAtK"] == 0.118
+    assert condition(decision, "Evaluated")["status"] == "True"
+
+
+def index_built(name: str, **summary: Any) -> JobOutcome:
+    return JobOutcome(
+        f"{name}-index",
+        True,
+        True,
+        "Succeeded",
+        "completed",
+        summary={"indexUri": f"s3://m/indexes/{name}", "recall": 0.99, **summary},
+    )
+
+
+def test_a_built_index_makes_the_trained_version_ready_and_indexed() -> None:
+    indexing = with_status(
+        evaluating(0.12), planner.decide(evaluating(0.12), planner.Observed(rec()), NOW)
+    )
+    decision = planner.decide(
+        indexing, planner.Observed(rec(), index=index_built("movies-v2")), NOW
+    )
+    assert decision.status["phase"] == "Ready"
+    assert decision.status["message"] == "trained, evaluated and indexed; ready to serve"
+    indexed = condition(decision, "Indexed")
+    assert indexed["status"] == "True"
+    assert "recall 0.9900" in indexed["message"]
+    assert condition_types(decision) == {
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "Trained",
+        "Evaluated",
+        "Indexed",
+    }
+
+
+def imported_mv() -> ModelVersion:
+    return model_version("nb-1", storageUri="s3://notebooks/nb-1")
+
+
+def test_an_imported_version_skips_training_and_the_gate_and_says_so() -> None:
+    mv = imported_mv()
+    first = planner.decide(mv, planner.Observed(rec()), NOW)
+    assert first.status["phase"] == "Indexing"
+    assert first.run == "index"
+    assert "skips training and the evaluation gate" in first.status["message"]
+    trained_cond = condition(first, "Trained")
+    assert (trained_cond["status"], trained_cond["reason"]) == ("True", "Imported")
+    mv = with_status(mv, first)
+    ready = planner.decide(mv, planner.Observed(rec(), index=index_built("nb-1")), NOW)
+    assert ready.status["phase"] == "Ready"
+    assert "not evaluated" in ready.status["message"]
+    assert "Evaluated" not in condition_types(ready), "no gate judged it"
+    assert ready.status["evaluation"] == {"indexRecallAtK": 0.99}
+    again = planner.decide(with_status(mv, ready), planner.Observed(rec()), NOW)
+    assert again.status == ready.status, "a later reconcile keeps the import's own message"
 
 
 def test_a_failed_training_job_fails_the_version_with_the_workloads_words() -> None:

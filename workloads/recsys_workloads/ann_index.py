@@ -2,11 +2,13 @@
 
 The index maps a user vector to the ids of the nearest item vectors by inner product (the
 two-tower's vectors are L2-normalised, so this is cosine similarity). Below
-``flat_threshold`` items an exact ``IndexFlatIP`` is both fast enough and exact; above it,
-HNSW (``IndexHNSWFlat``), whose quality is checked here against exact search rather than
-assumed: recall@K over held-out queries, and the recall-vs-efSearch curve that tells serving
-what a faster or more accurate setting would cost. Item ids ride inside the index
-(``IndexIDMap2``), so a search returns catalogue ids, not row numbers.
+``flat_threshold`` items an exact ``IndexFlatIP`` is both fast enough and exact; above it, an
+approximate index: HNSW (``IndexHNSWFlat``) or IVF-Flat (``IndexIVFFlat``: k-means into
+``nlist`` lists, ``nprobe`` of them searched per query). Its quality is checked here against
+exact search rather than assumed: recall@K over held-out queries, and the recall curve over
+the search breadth (efSearch for HNSW, nprobe for IVF) that tells serving what a faster or
+more accurate setting would cost. Item ids ride inside the index (``IndexIDMap2``), so a
+search returns catalogue ids, not row numbers.
 """
 
 from __future__ import annotations
@@ -22,21 +24,37 @@ import numpy.typing as npt
 
 FloatMatrix = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-IndexKind = Literal["hnsw", "flat"]
+IndexKind = Literal["hnsw", "ivfFlat", "flat"]
+ApproximateKind = Literal["hnsw", "ivfFlat"]
 
 
 @dataclass(frozen=True)
 class IndexParams:
-    kind: Literal["auto", "hnsw", "flat"] = "auto"
+    kind: Literal["auto", "hnsw", "ivfFlat", "flat"] = "auto"
     flat_threshold: int = 20_000
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 128
+    #: the index ``auto`` builds for catalogues of at least ``flat_threshold`` items
+    approximate: ApproximateKind = "hnsw"
+    nlist: int = 1024
+    nprobe: int = 16
 
     def resolved_kind(self, n_items: int) -> IndexKind:
         if self.kind != "auto":
             return self.kind
-        return "flat" if n_items < self.flat_threshold else "hnsw"
+        return "flat" if n_items < self.flat_threshold else self.approximate
+
+    def effective_nlist(self, n_items: int) -> int:
+        """k-means needs at least one item per list: ``nlist``, capped by the item count."""
+        return max(1, min(self.nlist, n_items))
+
+    def search_breadth(self, kind: IndexKind, n_items: int) -> int | None:
+        """The search-time setting of ``kind``: efSearch, or nprobe (at most the lists there
+        are); None for an exact index."""
+        if kind == "ivfFlat":
+            return min(self.nprobe, self.effective_nlist(n_items))
+        return self.ef_search if kind == "hnsw" else None
 
 
 def build_index(vectors: FloatMatrix, ids: IntArray, params: IndexParams) -> Any:
@@ -44,8 +62,14 @@ def build_index(vectors: FloatMatrix, ids: IntArray, params: IndexParams) -> Any
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     dim = vectors.shape[1]
     inner: Any
-    if params.resolved_kind(vectors.shape[0]) == "flat":
+    kind = params.resolved_kind(vectors.shape[0])
+    if kind == "flat":
         inner = faiss.IndexFlatIP(dim)
+    elif kind == "ivfFlat":
+        nlist = params.effective_nlist(vectors.shape[0])
+        inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        inner.train(vectors)  # k-means with FAISS's fixed seed: the same items, the same lists
+        inner.nprobe = params.search_breadth(kind, vectors.shape[0])
     else:
         inner = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = params.ef_construction
@@ -55,16 +79,36 @@ def build_index(vectors: FloatMatrix, ids: IntArray, params: IndexParams) -> Any
     return index
 
 
+def _inner(index: Any) -> Any:
+    return faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+
+
 def set_ef_search(index: Any, ef_search: int) -> None:
     """Set efSearch on an HNSW index (wrapped or not); a no-op for exact indexes."""
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    inner = _inner(index)
     if hasattr(inner, "hnsw"):
         inner.hnsw.efSearch = int(ef_search)
 
 
+def set_search_breadth(index: Any, value: int) -> None:
+    """efSearch of an HNSW index, nprobe of an IVF one (at most its nlist); exact: no-op."""
+    inner = _inner(index)
+    if hasattr(inner, "hnsw"):
+        inner.hnsw.efSearch = int(value)
+    elif isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = max(1, min(int(value), int(inner.nlist)))
+
+
+def breadth_name(kind: IndexKind) -> str:
+    """What the recall curve varies for an index of ``kind``."""
+    return "nprobe" if kind == "ivfFlat" else "efSearch"
+
+
 def index_kind(index: Any) -> IndexKind:
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-    return "hnsw" if hasattr(inner, "hnsw") else "flat"
+    inner = _inner(index)
+    if hasattr(inner, "hnsw"):
+        return "hnsw"
+    return "ivfFlat" if isinstance(inner, faiss.IndexIVF) else "flat"
 
 
 def search(index: Any, queries: FloatMatrix, k: int) -> tuple[FloatMatrix, IntArray]:
@@ -94,18 +138,20 @@ def recall_at_k(found: IntArray, truth: IntArray) -> float:
 
 
 def recall_curve(
-    index: Any, queries: FloatMatrix, truth: IntArray, k: int, ef_values: Sequence[int]
+    index: Any, queries: FloatMatrix, truth: IntArray, k: int, values: Sequence[int]
 ) -> list[dict[str, float]]:
-    """Recall@k and mean search time per query (batched) at each efSearch value."""
+    """Recall@k and mean search time per query (batched) at each search breadth: efSearch
+    for HNSW (and exact indexes, where it changes nothing), nprobe for IVF."""
     points = []
-    for ef in ef_values:
-        set_ef_search(index, ef)
+    name = breadth_name(index_kind(index))
+    for value in values:
+        set_search_breadth(index, value)
         started = time.perf_counter()
         _, found = search(index, queries, k)
         elapsed = time.perf_counter() - started
         points.append(
             {
-                "efSearch": int(ef),
+                name: int(value),
                 "recall": round(recall_at_k(found, truth), 5),
                 "usPerQuery": round(elapsed / max(len(queries), 1) * 1e6, 2),
             }

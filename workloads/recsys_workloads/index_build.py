@@ -9,25 +9,30 @@ rejected; everything but the two URIs has a default)::
       "indexUri": "s3://recsys/movies/indexes/movies-v3",
       "storageOptions": {},
       "index": {"kind": "auto", "flatThreshold": 20000, "hnswM": 32,
-                "efConstruction": 200, "efSearch": 128},
+                "efConstruction": 200, "efSearch": 128,
+                "approximate": "hnsw", "nlist": 1024, "nprobe": 16},
       "validation": {"k": 10, "queries": 1000, "minRecall": 0.95,
-                     "efSearchCurve": [16, 32, 64, 128, 256, 512], "autoTuneEfSearch": true},
+                     "efSearchCurve": [16, 32, 64, 128, 256, 512], "autoTuneEfSearch": true,
+                     "nprobeCurve": [1, 2, 4, 8, 16, 32, 64, 128, 256], "autoTuneNprobe": true},
       "seed": 0
     }
 
 What it does: reads ``embeddings/item_ids.npy`` and ``embeddings/item_embeddings.npy`` from
-the published model artifact (digests checked), builds the index (exact below
-``flatThreshold`` items, HNSW above), and measures recall@k against exact search on held-out
-queries — the model's own held-out user vectors (``embeddings/query_embeddings.npy``) when the
-artifact has them, jittered item vectors otherwise. Below ``minRecall`` at ``efSearch`` it
-raises efSearch along ``efSearchCurve`` when ``autoTuneEfSearch`` is on and records the value
-that passed; if none passes, the build fails as bad input (retrying cannot help; the message
-says which parameter to raise).
+the published model artifact (digests checked), builds the index (``kind``: ``auto`` is exact
+below ``flatThreshold`` items and ``approximate`` — ``hnsw`` or ``ivfFlat`` — above; or
+``hnsw``, ``ivfFlat``, ``flat`` whatever the count), and measures recall@k against exact
+search on held-out queries — the model's own held-out user vectors
+(``embeddings/query_embeddings.npy``) when the artifact has them, jittered item vectors
+otherwise. Below ``minRecall`` at the configured search breadth (``efSearch`` for HNSW,
+``nprobe`` for IVF-Flat) it raises it along ``efSearchCurve`` / ``nprobeCurve`` when
+``autoTuneEfSearch`` / ``autoTuneNprobe`` is on and records the value that passed; if none
+passes, the build fails as bad input (retrying cannot help; the message says which parameter
+to raise). IVF-Flat trains ``nlist`` k-means lists, at most one per item.
 
 It publishes ``<indexUri>/index.faiss`` and ``manifest.json`` (kind "index": params, item
-count, dimension, recall, the curve, the efSearch serving must use, the model artifact's
-digest, and the index's own digest). It never moves the alias serving follows: the operator's
-rollout does that after reading this Job's summary.
+count, dimension, recall, the curve, the efSearch or nprobe serving must use, the model
+artifact's digest, and the index's own digest). It never moves the alias serving follows: the
+operator's rollout does that after reading this Job's summary.
 """
 
 from __future__ import annotations
@@ -64,11 +69,14 @@ MODEL_KIND = "model"
 
 
 class IndexSection(ConfigSection):
-    kind: Literal["auto", "hnsw", "flat"] = "auto"
+    kind: Literal["auto", "hnsw", "ivfFlat", "flat"] = "auto"
     flat_threshold: int = Field(default=20_000, ge=0)
     hnsw_m: int = Field(default=32, ge=4, le=256)
     ef_construction: int = Field(default=200, ge=8, le=4096)
     ef_search: int = Field(default=128, ge=1, le=65536)
+    approximate: ann_index.ApproximateKind = "hnsw"
+    nlist: int = Field(default=1024, ge=1, le=65536)
+    nprobe: int = Field(default=16, ge=1, le=65536)
 
 
 class ValidationSection(ConfigSection):
@@ -77,6 +85,8 @@ class ValidationSection(ConfigSection):
     min_recall: float = Field(default=0.95, ge=0, le=1)
     ef_search_curve: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
     auto_tune_ef_search: bool = True
+    nprobe_curve: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256])
+    auto_tune_nprobe: bool = True
 
 
 class IndexBuildConfig(ConfigSection):
@@ -91,7 +101,14 @@ class IndexBuildConfig(ConfigSection):
     def params(self) -> ann_index.IndexParams:
         i = self.index
         return ann_index.IndexParams(
-            i.kind, i.flat_threshold, i.hnsw_m, i.ef_construction, i.ef_search
+            i.kind,
+            i.flat_threshold,
+            i.hnsw_m,
+            i.ef_construction,
+            i.ef_search,
+            i.approximate,
+            i.nlist,
+            i.nprobe,
         )
 
 
@@ -143,6 +160,7 @@ def summary_of(manifest: dict[str, Any], uri: str) -> dict[str, Any]:
         "itemCount": manifest["itemCount"],
         "indexType": manifest["index"]["type"],
         "efSearch": manifest["index"].get("efSearch"),
+        "nprobe": manifest["index"].get("nprobe"),
         "recall": manifest["validation"]["recall"],
         "k": manifest["validation"]["k"],
         "modelDigest": manifest["model"]["digest"],
@@ -173,25 +191,36 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     k = min(v.k, vectors.shape[0])
     queries, query_source = choose_queries(reader, vectors, v.queries, cfg.seed)
     truth = ann_index.exact_top_k(vectors, ids, queries, k)
-    curve = ann_index.recall_curve(index, queries, truth, k, sorted(set(v.ef_search_curve)))
-    ef_search = params.ef_search if kind == "hnsw" else None
-    ann_index.set_ef_search(index, params.ef_search)
+    nlist = params.effective_nlist(ids.size) if kind == "ivfFlat" else None
+    breadth = params.search_breadth(kind, ids.size)
+    name = ann_index.breadth_name(kind)
+    if nlist is not None:  # nprobe beyond nlist searches nothing more
+        values = sorted({min(n, nlist) for n in v.nprobe_curve})
+        auto_tune = v.auto_tune_nprobe
+        advice = "raise index.nprobe or lower index.nlist"
+    else:
+        values = sorted(set(v.ef_search_curve))
+        auto_tune = v.auto_tune_ef_search and kind == "hnsw"
+        advice = "raise index.efSearch, index.hnswM or index.efConstruction"
+    curve = ann_index.recall_curve(index, queries, truth, k, values)
+    ann_index.set_search_breadth(index, breadth or 1)
     _, found = ann_index.search(index, queries, k)
     recall = ann_index.recall_at_k(found, truth)
     tuned = False
-    if recall < v.min_recall and kind == "hnsw" and v.auto_tune_ef_search:
+    if recall < v.min_recall and auto_tune and breadth is not None:
         for point in curve:
-            if point["efSearch"] > params.ef_search and point["recall"] >= v.min_recall:
-                ef_search, recall, tuned = int(point["efSearch"]), float(point["recall"]), True
+            if point[name] > breadth and point["recall"] >= v.min_recall:
+                breadth, recall, tuned = int(point[name]), float(point["recall"]), True
                 break
     if recall < v.min_recall:
         raise BadInputError(
             f"validation.minRecall: recall@{k} of the {kind} index is {recall:.4f} < "
-            f"{v.min_recall} at efSearch {ef_search} (curve: {curve}); raise index.efSearch, "
-            "index.hnswM or index.efConstruction"
+            f"{v.min_recall} at {name} {breadth} (curve: {curve}); {advice}"
         )
-    if ef_search is not None:
-        ann_index.set_ef_search(index, ef_search)
+    if breadth is not None:
+        ann_index.set_search_breadth(index, breadth)
+    ef_search = breadth if kind == "hnsw" else None
+    nprobe = breadth if kind == "ivfFlat" else None
     log.info(
         "%s index: %d items, recall@%d=%.4f, built in %.2fs",
         kind,
@@ -215,7 +244,11 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
                 "hnswM": params.hnsw_m if kind == "hnsw" else None,
                 "efConstruction": params.ef_construction if kind == "hnsw" else None,
                 "efSearch": ef_search,
-                "efSearchTuned": tuned,
+                "efSearchTuned": tuned and kind == "hnsw",
+                "nlist": nlist,
+                "nlistRequested": params.nlist if kind == "ivfFlat" else None,
+                "nprobe": nprobe,
+                "nprobeTuned": tuned and kind == "ivfFlat",
                 "flatThreshold": params.flat_threshold,
                 "buildSeconds": round(build_seconds, 3),
             },
@@ -234,12 +267,14 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_index(store: Store, uri: str) -> tuple[Any, dict[str, Any]]:
-    """The published index, checked against its manifest, with efSearch set as validated."""
+    """The published index, checked against its manifest, with efSearch (HNSW) or nprobe
+    (IVF-Flat) set as validated."""
     reader = ArtifactReader(store, uri, INDEX_KIND)
     index = ann_index.deserialize(reader.read(INDEX_FILE))
-    ef = reader.manifest["index"].get("efSearch")
-    if ef:
-        ann_index.set_ef_search(index, int(ef))
+    params = reader.manifest["index"]
+    breadth = params.get("efSearch") or params.get("nprobe")
+    if breadth:
+        ann_index.set_search_breadth(index, int(breadth))
     return index, reader.manifest
 
 

@@ -10,6 +10,7 @@ Config (rendered by the operator from the FeatureView spec; camelCase, unknown f
       "source": {
         "uri": "s3://bucket/movies/users.parquet",   # file or directory, any fsspec URI
         "eventTimestampColumn": "event_timestamp",   # timestamp column (naive = UTC)
+        "createdTimestampColumn": "created",         # optional: breaks event-time ties
         "storageOptions": {}                          # passed to fsspec (endpoint, ...)
       },
       "features": [{"name": "age", "type": "int32"}, {"name": "gender", "type": "string"}],
@@ -38,7 +39,9 @@ What a run does:
    ``asOf`` is not before its watermark and the chain is shorter than ``maxLayers``; otherwise
    *full*. It reads only the source rows in the window ``(lo, asOf]``, where ``lo`` is the later
    of ``asOf - ttl`` and (incremental) the watermark, and keeps per entity the latest row in it:
-   point-in-time correct, a value from after ``asOf`` is never read.
+   point-in-time correct, a value from after ``asOf`` is never read. Of rows with the same
+   event time, the one with the latest ``createdTimestampColumn`` wins (null: earliest), as in
+   Feast; without that column, the row read last.
 4. Writes those entities into a fresh layer (not yet visible) with large non-transactional
    pipelines, each key expiring at the end of its value's TTL window, measured from now:
    ``now + (event_time + ttl - asOf)``.
@@ -115,6 +118,7 @@ class SourceConfig(ConfigSection):
     uri: str = Field(min_length=1)
     event_timestamp_column: str = Field(default="event_timestamp", min_length=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    created_timestamp_column: str | None = Field(default=None, min_length=1)
 
 
 class FeatureConfig(ConfigSection):
@@ -182,6 +186,16 @@ class MaterializeConfig(ConfigSection):
         for reserved in (self.join_key, self.source.event_timestamp_column):
             if reserved in names:
                 raise ValueError(f"features: {reserved!r} is the join key or event-time column")
+        created = self.source.created_timestamp_column
+        if created is not None and created in (*names, self.join_key):
+            raise ValueError(
+                f"source.createdTimestampColumn: {created!r} is a feature or the join key"
+            )
+        if created == self.source.event_timestamp_column:
+            raise ValueError(
+                "source.createdTimestampColumn: must differ from eventTimestampColumn (it "
+                "breaks ties between rows with the same event time)"
+            )
         return self
 
     @property
@@ -459,6 +473,7 @@ def materialize(
         cfg.source.event_timestamp_column,
         cfg.feature_schema,
         cfg.source.storage_options,
+        cfg.source.created_timestamp_column,
     )
     url = cfg.online_store.redis_url
     client = redis.Redis.from_url(
@@ -503,6 +518,7 @@ def _run(
         ttl_seconds=cfg.ttl_seconds,
         source_uri=cfg.source.uri,
         event_timestamp_column=cfg.source.event_timestamp_column,
+        created_timestamp_column=cfg.source.created_timestamp_column,
         watermark_us=as_of_us,
         switched_at_us=now_us,
     )
@@ -519,7 +535,7 @@ def _run(
             f"(column {source.event_column!r}, ttlSeconds {cfg.ttl_seconds}); check asOf, the "
             "TTL and the source's event times — the live version is left as it is"
         )
-    chosen = latest_rows(table[source.join_key], event_us)
+    chosen = latest_rows(table[source.join_key], event_us, source.created_us(table))
     table, event_us = table.take(pa.array(chosen)), event_us[chosen]
     _check_values(source, table)
     read_seconds = time.monotonic() - read_started
@@ -568,6 +584,7 @@ def _run(
         ttl_seconds=cfg.ttl_seconds,
         source_uri=cfg.source.uri,
         event_timestamp_column=cfg.source.event_timestamp_column,
+        created_timestamp_column=cfg.source.created_timestamp_column,
         watermark_us=as_of_us,
         switched_at_us=_now_us(),
         run={k: summary[k] for k in ("mode", "asOf", "rowsRead", "entitiesWritten")},

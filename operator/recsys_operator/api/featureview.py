@@ -55,6 +55,17 @@ class Entity(ApiModel):
 class FileSource(ApiModel):
     """The offline source: parquet files with one row per entity and event time."""
 
+    __rules__ = (
+        Rule(
+            cel="!has(self.createdTimestampField) || "
+            "self.createdTimestampField != self.timestampField",
+            message="must differ from timestampField: it breaks ties between rows with the "
+            "same event time; name the column of when rows were written, or remove it",
+            field_path=".createdTimestampField",
+            check=lambda m: m.created_timestamp_field != m.timestamp_field,
+        ),
+    )
+
     path: StorageUri
     """Parquet file or directory, any fsspec URI: ``s3://bucket/features/users/``,
     ``file:///data/users.parquet``."""
@@ -62,8 +73,11 @@ class FileSource(ApiModel):
     """Event-time column: when each row's values became true. Materialization takes, per
     entity, the newest row at or before the run's time (never a value from the future)."""
     created_timestamp_field: Identifier | None = None
-    """Optional column that breaks ties between rows with the same event time (the later
-    write wins)."""
+    """Optional timestamp column of when each row was written: of an entity's rows with the
+    same event time, materialization keeps the one created last (a row without a value counts
+    as created earliest), as Feast's ``created_timestamp_column`` does. Without it, ties go to
+    the row read last (as they still do in training's point-in-time join, which does not read
+    this column yet)."""
 
 
 class Feature(ApiModel):
@@ -125,6 +139,14 @@ class FeatureViewSpec(ApiModel):
                 f.name not in m.entity.join_keys and f.name != m.source.timestamp_field
                 for f in m.features
             ),
+        ),
+        Rule(
+            cel="!has(self.source.createdTimestampField) || "
+            "self.features.all(f, f.name != self.source.createdTimestampField)",
+            message="a feature may not reuse the createdTimestampField column: remove it from "
+            "features or name another column as source.createdTimestampField",
+            field_path=".features",
+            check=lambda m: all(f.name != m.source.created_timestamp_field for f in m.features),
         ),
     )
 

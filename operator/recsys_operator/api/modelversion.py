@@ -2,7 +2,11 @@
 immutable once created and the unit of promotion and rollback.
 
 The operator creates one per training run; a user creates one to import a model trained
-elsewhere (``storageUri``, as KServe names a model's location).
+elsewhere (``storageUri``, as KServe names a model's location). A trained version goes
+Pending → Training → Evaluating (the gate judges the training Job's holdout metrics) →
+Indexing → Ready; an imported one goes Pending → Indexing → Ready: it is neither trained nor
+evaluated, since the operator holds no holdout result for it, but its index is built and
+checked like any other and its digest verified.
 """
 
 from __future__ import annotations
@@ -84,7 +88,9 @@ class ModelVersionSpec(ApiModel):
     schedule), Drift (drift detected), Manual (requested or imported by a user)."""
     storage_uri: StorageUri | None = None
     """Import: the artifact directory of a model trained elsewhere, in the layout the
-    training Job writes. Training is skipped; evaluation and indexing still run."""
+    training Job writes. Training and the evaluation gate are skipped (phases Pending →
+    Indexing → Ready): the index is built and checked against minRecall, the digest verified,
+    and the canary's live analysis is what judges the model."""
     digest: Digest | None = None
     """Expected digest of the imported artifact's manifest; a mismatch fails the version."""
     training: TrainingOverrides | None = None
@@ -92,7 +98,8 @@ class ModelVersionSpec(ApiModel):
 
 
 class Evaluation(ApiModel):
-    """Offline evaluation on the holdout, as the gate judged it."""
+    """Offline evaluation on the holdout, as the gate judged it (trained versions; an imported
+    version carries only indexRecallAtK)."""
 
     k: Annotated[int, Field(ge=1, le=1000)] | None = None
     """The cut-off K of recallAtK and ndcgAtK."""
@@ -116,10 +123,15 @@ class ModelVersionStatus(ApiModel):
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The ``metadata.generation`` this status describes."""
     conditions: Conditions | None = None
-    """Ready (can serve), Progressing, Degraded, Trained, Evaluated, Indexed."""
+    """Ready (can serve), Progressing, Degraded; and per stage Trained (the training Job
+    succeeded or failed; True with reason Imported for an import), Evaluated (whether the
+    gate passed; trained versions only) and Indexed (whether the index was built and
+    checked)."""
     phase: Phase | None = None
     """Pending → Training → Evaluating → Indexing → Ready → Canary → Serving → Retired, or
-    Failed / Rejected (see reason and message)."""
+    Failed / Rejected (see reason and message). Evaluating: training finished and the
+    evaluation gate judges its holdout metrics; Rejected: the gate refused the version. An
+    imported version skips Training and Evaluating."""
     reason: (
         Annotated[str, Field(max_length=128, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
         | None
@@ -163,7 +175,7 @@ MODEL_VERSION = KindInfo(
     description="ModelVersion: one trained model of a Recommender (two-tower, ranker, item "
     "embeddings and their ANN index), immutable once created and the unit of promotion and "
     "rollback. Created by the operator for each training run, or by a user to import a model "
-    "trained elsewhere.",
+    "trained elsewhere (an import skips training and the evaluation gate).",
     object_model=ModelVersion,
     spec_model=ModelVersionSpec,
     status_model=ModelVersionStatus,

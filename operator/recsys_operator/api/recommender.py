@@ -128,9 +128,12 @@ class IvfParams(ApiModel):
     )
 
     nlist: Annotated[int, Field(ge=1, le=65536)] = 1024
-    """Number of clusters (inverted lists)."""
+    """Number of k-means clusters (inverted lists), at most one per item: a catalogue with
+    fewer items gets as many lists as it has items. About 4·sqrt(items) is a common choice."""
     nprobe: Annotated[int, Field(ge=1, le=65536)] = 16
-    """Clusters searched per query; more raises recall and latency."""
+    """Clusters searched per query; more raises recall and latency. When the index misses
+    minRecall at this value, the index build raises it until recall passes (the value used is
+    in the index manifest)."""
 
 
 class AnnIndex(ApiModel):
@@ -150,13 +153,25 @@ class AnnIndex(ApiModel):
             field_path=".ivf",
             check=lambda m: m.type == "IVFFlat" or m.ivf is None,
         ),
+        Rule(
+            cel="!has(self.metric) || self.metric == 'InnerProduct'",
+            message="L2 is not supported yet: the two-tower model ends in L2-normalised "
+            "vectors trained for inner product (cosine), on which L2 finds the same neighbours; "
+            "remove metric or set InnerProduct",
+            field_path=".metric",
+            check=lambda m: m.metric == "InnerProduct",
+        ),
     )
 
     type: Literal["HNSW", "IVFFlat", "Flat"] = "HNSW"
-    """HNSW: graph index, the best recall/latency for most catalogues; IVFFlat: clustered,
-    less memory; Flat: exact search, for small catalogues and for checking the others."""
+    """HNSW: graph index, the best recall/latency for most catalogues; IVFFlat: k-means
+    clusters (FAISS ``IndexIVFFlat``), searched ``nprobe`` at a time, less memory and a faster
+    build; Flat: exact search, for small catalogues and for checking the others. HNSW and
+    IVFFlat are checked against exact search (minRecall) before their version may serve."""
     metric: Literal["InnerProduct", "L2"] = "InnerProduct"
-    """Similarity of the two-tower embeddings (the model is trained for inner product)."""
+    """Similarity the index searches by. InnerProduct: the dot product, a cosine here because
+    the towers end in L2-normalised vectors (the model is trained for it). L2 is refused for
+    now: on normalised vectors it finds the same neighbours."""
     hnsw: HnswParams | None = None
     """HNSW parameters; defaults when unset."""
     ivf: IvfParams | None = None
@@ -185,8 +200,8 @@ class Retrieval(ApiModel):
         ]
         | None
     ) = None
-    """Widths of each tower's hidden layers, e.g. ``[256, 128]``; the trainer's default when
-    unset."""
+    """Widths of the hidden layers of each tower's MLP (user and item tower alike), e.g.
+    ``[256, 128]``; the tower then ends in a layer of embeddingDim. ``[128]`` when unset."""
     num_candidates: Annotated[int, Field(ge=1, le=10000)] = 200
     """Candidates retrieved per request and passed on to filtering and ranking."""
     index: AnnIndex = Field(default_factory=AnnIndex)
@@ -210,7 +225,8 @@ class Ranking(ApiModel):
         ]
         | None
     ) = None
-    """Widths of the deep part's hidden layers; the trainer's default when unset."""
+    """Widths of the hidden layers of the DCN's deep part (the MLP after the cross layers,
+    which ends in one logit), e.g. ``[256, 128]``. ``[128, 64]`` when unset."""
 
 
 # --- business rules -----------------------------------------------------------------------------

@@ -71,7 +71,7 @@ class EvaluationMetric(ApiModel):
     max_regression: Fraction | None = None
     """Largest relative drop allowed against the version serving now, e.g. ``0.05``: a new
     model more than 5% worse than the one it would replace is Rejected. Not checked for the
-    first version."""
+    first version, nor against an imported version (it has no holdout metrics)."""
 
 
 def _default_gate_metrics() -> list[EvaluationMetric]:

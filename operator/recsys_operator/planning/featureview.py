@@ -88,6 +88,8 @@ def materialize_config(fv: FeatureView, *, as_of: str | None = None) -> dict[str
         "ttlSeconds": int(parse_duration(spec.ttl)) if spec.ttl else 0,
         "onlineStore": {"redisUrl": redis.url},
     }
+    if spec.source.created_timestamp_field:
+        config["source"]["createdTimestampColumn"] = spec.source.created_timestamp_field
     if redis.key_prefix:
         config["onlineStore"]["keyPrefix"] = redis.key_prefix
     if as_of:

@@ -7,20 +7,28 @@
 One step per reconcile, decided from the previous phase and what the Jobs report; the
 Recommender's status says which version serves (stable or canary), and this module turns that
 into Canary / Serving / Retired. Failed and Rejected are final and say why, with numbers.
-An imported version (``spec.storageUri``) skips training: its artifact is indexed, its digest
-checked, and the gate applies to the metrics its manifest carries.
+
+When the training Job succeeds, its headline metrics (measured on the Recommender's time-split
+holdout) go to ``status.metrics`` and the version enters Evaluating; the next step judges them
+against the gate (and the serving version's metrics) and moves on to Indexing or ends Rejected.
+An imported version (``spec.storageUri``) goes Pending -> Indexing: the operator has no
+holdout result for a model trained elsewhere, so it skips training and the gate; its index is
+built and checked against minRecall like any other, and its digest verified.
+
+Besides Ready / Progressing / Degraded, each stage leaves its own condition: Trained,
+Evaluated and Indexed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from recsys_operator.api.modelversion import ModelVersion
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.api.training import EvaluationGate
-from recsys_operator.conditions import set_condition
+from recsys_operator.conditions import Status, set_condition
 from recsys_operator.planning.jobstatus import JobOutcome
 
 Role = Literal["stable", "canary"] | None
@@ -107,9 +115,17 @@ def evaluate_gate(
 
 
 def _conds(
-    prev: Mapping[str, Any], gen: int, now: str, phase: str, ready: bool, message: str
+    prev: Mapping[str, Any],
+    gen: int,
+    now: str,
+    phase: str,
+    ready: bool,
+    message: str,
+    stages: Sequence[_Stage] = (),
 ) -> list[dict[str, Any]]:
     conds: list[dict[str, Any]] = list(prev.get("conditions", []) or [])
+    for stage in stages:
+        conds = set_condition(conds, *stage, gen, now)
     final_bad = phase in ("Failed", "Rejected")
     busy = phase in ("Pending", "Training", "Evaluating", "Indexing")
     conds = set_condition(conds, "Ready", "True" if ready else "False", phase, message, gen, now)
@@ -128,6 +144,10 @@ def _conds(
     return conds
 
 
+#: A stage condition set on this step: (type, status, reason, message).
+_Stage = tuple[Literal["Trained", "Evaluated", "Indexed"], Status, str, str]
+
+
 @dataclass
 class _Step:
     """Builds the Decision of one reconcile: the new phase, its conditions and its Event."""
@@ -137,6 +157,17 @@ class _Step:
     now: str
     st: dict[str, Any]
     run: Literal["train", "index"] | None = None
+    stages: list[_Stage] = field(default_factory=list)
+
+    def stage(
+        self,
+        type_: Literal["Trained", "Evaluated", "Indexed"],
+        ok: bool,
+        reason: str,
+        message: str,
+    ) -> None:
+        """Record how a stage ended, as its condition (kept by later steps)."""
+        self.stages.append((type_, "True" if ok else "False", reason, message))
 
     def to(self, phase: str, message: str, reason: str | None = None) -> Decision:
         old = self.prev.get("phase") or "Pending"
@@ -151,7 +182,9 @@ class _Step:
         if phase in ("Ready", "Failed", "Rejected") and "completionTime" not in self.st:
             self.st["completionTime"] = self.now
         ready = phase in ("Ready", "Canary", "Serving")
-        self.st["conditions"] = _conds(self.prev, self.gen, self.now, phase, ready, message)
+        self.st["conditions"] = _conds(
+            self.prev, self.gen, self.now, phase, ready, message, self.stages
+        )
         return Decision(self.st, self.run, events)
 
 
@@ -180,7 +213,13 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
     if phase == "Pending":
         step.run = "index" if imported else "train"
         if imported:
-            return step.to("Indexing", "indexing the imported model")
+            step.stage(
+                "Trained", True, "Imported", f"imported from {mv.spec.storage_uri}, not trained"
+            )
+            return step.to(
+                "Indexing",
+                "indexing the imported model (an import skips training and the evaluation gate)",
+            )
         return step.to("Training", "training Job created")
 
     if phase == "Training":
@@ -189,6 +228,7 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
         if t is None or not t.finished:
             return step.to("Training", t.message if t else "creating the training Job")
         if t.failed:
+            step.stage("Trained", False, t.reason, t.message)
             return step.to("Failed", f"training failed: {t.message}", t.reason)
         for key in ("artifactUri", "digest"):
             if t.summary.get(key):
@@ -199,7 +239,15 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
         st["metrics"] = {
             k: float(v) for k, v in sorted(headline.items()) if isinstance(v, int | float)
         }
-        metrics = gate_metrics(headline, rec.spec.training.evaluation.k)
+        step.run = None
+        step.stage("Trained", True, "TrainingSucceeded", f"Job {t.name} succeeded")
+        return step.to(
+            "Evaluating", "training finished; the evaluation gate judges its holdout metrics"
+        )
+
+    if phase == "Evaluating":
+        # The gate reads the metrics the Training step kept in status: nothing else to wait for.
+        metrics = gate_metrics(prev.get("metrics") or {}, rec.spec.training.evaluation.k)
         return _gate_then_index(rec, observed, metrics, step)
 
     if phase == "Indexing":
@@ -208,6 +256,7 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
         if ix is None or not ix.finished:
             return step.to("Indexing", ix.message if ix else "creating the index build Job")
         if ix.failed:
+            step.stage("Indexed", False, ix.reason, ix.message)
             return step.to("Failed", f"index build failed: {ix.message}", ix.reason)
         model_digest = ix.summary.get("modelDigest")
         if imported and mv.spec.digest and model_digest and model_digest != mv.spec.digest:
@@ -223,13 +272,16 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
             if model_digest:
                 st.setdefault("digest", model_digest)
         recall = ix.summary.get("recall")
+        built = f"index {st['indexName']} built"
         if isinstance(recall, int | float):
             st["evaluation"] = {**(st.get("evaluation") or {}), "indexRecallAtK": float(recall)}
             st["metrics"] = {**(st.get("metrics") or {}), "indexRecall": float(recall)}
-        return _serving_phase(observed.role, "Ready", step)
+            built += f", recall {float(recall):.4f} against exact search"
+        step.stage("Indexed", True, "IndexBuilt", built)
+        return _serving_phase(observed.role, "Ready", step, imported)
 
     # Ready / Canary / Serving / Retired: the Recommender's status decides.
-    return _serving_phase(observed.role, phase, step)
+    return _serving_phase(observed.role, phase, step, imported)
 
 
 def fail(mv: ModelVersion, reason: str, message: str, now: str) -> Decision:
@@ -262,16 +314,23 @@ def _gate_then_index(
     st["evaluation"] = evaluation
     if not passed:
         step.run = None
+        step.stage("Evaluated", False, "GateFailed", message)
         return step.to("Rejected", f"evaluation gate: {message}", "EvaluationGate")
     step.run = "index"
+    step.stage("Evaluated", True, "GatePassed", message)
     return step.to("Indexing", f"evaluation gate {message}; building the index")
 
 
-def _serving_phase(role: Role, phase: str, step: _Step) -> Decision:
+def _serving_phase(role: Role, phase: str, step: _Step, imported: bool) -> Decision:
     if role == "stable":
         return step.to("Serving", "serving as the stable version")
     if role == "canary":
         return step.to("Canary", "serving as the canary")
     if phase in ("Serving", "Canary", "Retired"):
         return step.to("Retired", "replaced; kept for rollback", "Replaced")
+    if imported:
+        return step.to(
+            "Ready",
+            "imported and indexed (not evaluated: an import skips the gate); ready to serve",
+        )
     return step.to("Ready", "trained, evaluated and indexed; ready to serve")

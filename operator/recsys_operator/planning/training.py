@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recsys_operator.api.modelversion import ModelVersion
-from recsys_operator.api.recommender import Recommender
+from recsys_operator.api.recommender import IvfParams, Recommender
 from recsys_operator.labels import KUEUE_QUEUE_LABEL, standard_labels
 from recsys_operator.naming import child_name
 from recsys_operator.planning.pods import (
@@ -96,6 +96,10 @@ def train_config(rec: Recommender, mv: ModelVersion, sources: FeatureSources) ->
     }
     if features:
         config["features"] = features
+    if spec.retrieval.hidden_units is not None:
+        config["model"]["towerHidden"] = list(spec.retrieval.hidden_units)
+    if spec.ranking.hidden_units is not None:
+        config["model"]["rankerHidden"] = list(spec.ranking.hidden_units)
     return config
 
 
@@ -110,6 +114,9 @@ def index_config(rec: Recommender, mv: ModelVersion) -> dict[str, Any]:
             "efConstruction": hnsw.ef_construction,
             "efSearch": hnsw.ef_search,
         }
+    if idx.type == "IVFFlat":
+        ivf = idx.ivf or IvfParams()
+        params |= {"approximate": "ivfFlat", "nlist": ivf.nlist, "nprobe": ivf.nprobe}
     return {
         "version": mv.metadata.name,
         "modelArtifactUri": artifact_uri(rec, mv),

@@ -94,13 +94,18 @@ class LivePointer:
     switched_at_us: int
     run: dict[str, Any] = field(default_factory=dict)
     format: int = POINTER_FORMAT
+    #: The column that broke event-time ties, if any (left out of the JSON when None).
+    created_timestamp_column: str | None = None
 
     @property
     def version(self) -> int:
         return self.layers[0]
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+        data = asdict(self)
+        if data["created_timestamp_column"] is None:
+            del data["created_timestamp_column"]
+        return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> LivePointer:
@@ -113,11 +118,13 @@ class LivePointer:
         return cls(**data)
 
     def same_schema(self, other: LivePointer) -> bool:
-        """Whether ``other`` can extend this chain (same entity, features, TTL and source)."""
+        """Whether ``other`` can extend this chain (same entity, features, TTL and source,
+        timestamp columns included)."""
         return (
             self.features == other.features
             and self.join_key == other.join_key
             and self.ttl_seconds == other.ttl_seconds
             and self.source_uri == other.source_uri
             and self.event_timestamp_column == other.event_timestamp_column
+            and self.created_timestamp_column == other.created_timestamp_column
         )

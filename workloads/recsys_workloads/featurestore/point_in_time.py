@@ -1,5 +1,8 @@
 """Point-in-time selection: per entity, the latest row at or before the as-of time, within TTL.
 
+Rows with the same event time are told apart, as Feast does, by a created timestamp when the
+source has one (the row written last wins); otherwise the row read last wins.
+
 Pure functions over Arrow tables. The time window is applied by the source scan (so parquet
 row groups outside it are never read); :func:`latest_per_entity` then keeps one row per entity.
 It uses numpy's stable sorts, which are radix sorts for 64-bit integers: linear time, so 10^7
@@ -40,15 +43,29 @@ def entity_codes(keys: pa.Array | pa.ChunkedArray) -> NDArray[np.int64]:
     return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def latest_rows(keys: pa.Array | pa.ChunkedArray, event_us: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Row indices, one per entity: its row with the greatest event time (last on ties).
+#: The created time of a row that has none: earlier than any real one.
+NO_CREATED_US = np.iinfo(np.int64).min
 
-    ``event_us`` holds each row's event time in µs (rows already limited to the window).
+
+def latest_rows(
+    keys: pa.Array | pa.ChunkedArray,
+    event_us: NDArray[np.int64],
+    created_us: NDArray[np.int64] | None = None,
+) -> NDArray[np.int64]:
+    """Row indices, one per entity: its row with the greatest event time; on ties the one with
+    the greatest ``created_us`` when given, then the last row.
+
+    ``event_us`` holds each row's event time in µs (rows already limited to the window),
+    ``created_us`` its created time (:data:`NO_CREATED_US` where the row has none).
     The indices come back ascending, so taking them keeps the source's order.
     """
     if len(event_us) == 0:
         return np.zeros(0, dtype=np.int64)
-    order = np.argsort(event_us, kind="stable")
+    # Two stable sorts make (event time, created time, row) order: created first, then event.
+    order = np.arange(len(event_us))
+    if created_us is not None:
+        order = np.argsort(created_us, kind="stable")
+    order = order[np.argsort(event_us[order], kind="stable")]
     codes = entity_codes(keys)[order]
     # In reversed time order, the first occurrence of each entity is its latest row.
     _, first = np.unique(codes[::-1], return_index=True)

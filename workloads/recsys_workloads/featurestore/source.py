@@ -1,8 +1,9 @@
 """The offline source of a FeatureView: a parquet file or directory at a path or fsspec URI.
 
 Checks everything a run depends on *before* anything is written to Redis (so a bad source can
-never disturb the live version): the join key, the event-time column and every declared
-feature exist with usable types, and the source is not empty. Each problem names the column.
+never disturb the live version): the join key, the event-time column (and the created-time
+column, when one is named) and every declared feature exist with usable types, and the source
+is not empty. Each problem names the column.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from numpy.typing import NDArray
 from recsys_workloads.artifact_store import local_path, store_errors
 from recsys_workloads.featurestore.codec import type_mismatch
 from recsys_workloads.featurestore.keys import FeatureSchema
+from recsys_workloads.featurestore.point_in_time import NO_CREATED_US
 from recsys_workloads.runtime import BadInputError
 
 
@@ -30,10 +32,20 @@ class OfflineSource:
     join_key: str
     event_column: str
     features: list[FeatureSchema]
+    #: the column saying when each row was written, which breaks event-time ties
+    created_column: str | None = None
 
     @property
     def columns(self) -> list[str]:
-        return [self.join_key, self.event_column, *(f.name for f in self.features)]
+        created = [self.created_column] if self.created_column else []
+        return [self.join_key, self.event_column, *created, *(f.name for f in self.features)]
+
+    def created_us(self, table: pa.Table) -> NDArray[np.int64] | None:
+        """Each row's created time in µs (:data:`NO_CREATED_US` where null); None without a
+        created column."""
+        if self.created_column is None:
+            return None
+        return _micros(table[self.created_column], NO_CREATED_US)
 
     def _bound(self, micros: int) -> pa.Scalar:
         """A µs bound as a scalar of the column's own type (floored to coarser units)."""
@@ -49,9 +61,7 @@ class OfflineSource:
             condition = condition & (column > self._bound(lo_us))
         with store_errors(self.uri, "read FeatureView source"):
             table = self.dataset.to_table(columns=self.columns, filter=condition)
-        events = table[self.event_column]
-        as_us = pc.cast(events, pa.timestamp("us", tz=events.type.tz))
-        micros = np.asarray(pc.cast(as_us, pa.int64()).to_numpy(), dtype=np.int64)
+        micros = _micros(table[self.event_column], None)
         if table[self.join_key].null_count:
             raise BadInputError(
                 f"source {self.uri}: join key column {self.join_key!r} has "
@@ -60,12 +70,21 @@ class OfflineSource:
         return table, micros
 
 
+def _micros(column: pa.ChunkedArray, null: int | None) -> NDArray[np.int64]:
+    """A timestamp column as µs since the epoch; nulls become ``null`` (when given)."""
+    as_int = pc.cast(pc.cast(column, pa.timestamp("us", tz=column.type.tz)), pa.int64())
+    if null is not None:
+        as_int = pc.fill_null(as_int, null)
+    return np.asarray(as_int.to_numpy(), dtype=np.int64)
+
+
 def open_source(
     uri: str,
     join_key: str,
     event_column: str,
     features: list[FeatureSchema],
     storage_options: dict[str, Any] | None = None,
+    created_column: str | None = None,
 ) -> OfflineSource:
     where = f"source {uri}"
     with store_errors(uri, "open FeatureView source"):
@@ -98,12 +117,15 @@ def open_source(
             f"{where}: join key column {join_key!r} has type {key_type}; it must be an integer "
             "or a string"
         )
-    event_type = column_type(event_column, "event timestamp")
-    if not pat.is_timestamp(event_type):
-        raise BadInputError(
-            f"{where}: event timestamp column {event_column!r} has type {event_type}; it must be "
-            "a timestamp (naive timestamps are read as UTC)"
-        )
+    for column, role in ((event_column, "event timestamp"), (created_column, "created timestamp")):
+        if column is None:
+            continue
+        found = column_type(column, role)
+        if not pat.is_timestamp(found):
+            raise BadInputError(
+                f"{where}: {role} column {column!r} has type {found}; it must be a timestamp "
+                "(naive timestamps are read as UTC)"
+            )
     for feature in features:
         problem = type_mismatch(feature.type, column_type(feature.name, "feature"))
         if problem:
@@ -115,4 +137,4 @@ def open_source(
         rows = dataset.count_rows()
     if rows == 0:
         raise BadInputError(f"{where} is empty (0 rows): nothing to materialize")
-    return OfflineSource(uri, dataset, join_key, event_column, features)
+    return OfflineSource(uri, dataset, join_key, event_column, features, created_column)
