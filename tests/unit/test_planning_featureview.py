@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from recsys_operator.api.featureview import FeatureView
+from recsys_operator.api.featureview import FeatureView, FeatureViewStatus
 from recsys_operator.planning import featureview as planner
 from recsys_operator.planning.jobstatus import JobOutcome
 
@@ -150,6 +150,7 @@ def test_status(
         now=NOW,
     )
     assert st["observedGeneration"] == 2, case
+    FeatureViewStatus.model_validate(st)  # the planner's status is the API's status shape
     got = {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
     assert {k: got[k] for k in want} == want, case
     assert st.get("keyspaceVersion") == live, case

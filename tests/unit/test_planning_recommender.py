@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from recsys_operator.api.recommender import Recommender
+from recsys_operator.api.recommender import Recommender, RecommenderStatus
 from recsys_operator.planning import recommender as planner
 from recsys_operator.planning.recommender import Plan, Problem, Version
 
@@ -138,6 +138,7 @@ def conditions(
 ) -> dict[str, tuple[str, str]]:
     st = planner.status(r, {}, p, versions, ready, None, "2026-11-23T12:00:00Z")
     assert st["observedGeneration"] == 3
+    RecommenderStatus.model_validate(st)  # the planner's status is the API's status shape
     return {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
 
 
