@@ -36,9 +36,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from recsys_contract.train import AlsConfig, TrainConfig
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.datasets import movielens
-from recsys_workloads.train.config import AlsConfig, TrainConfig, parse_train_config
+from recsys_workloads.train.config import parse_train_config
 from recsys_workloads.train.data import Interactions, time_split, validate_interactions
 from recsys_workloads.train.dataset import Prepared, prepare
 from recsys_workloads.train.evaluate import (

@@ -22,6 +22,7 @@ import redis
 import torch
 from aiohttp import web
 
+from recsys_contract.keyspace import GatewayKeys
 from recsys_workloads import materialize
 from recsys_workloads.artifact_store import ArtifactReader, ArtifactWriter, Store
 from recsys_workloads.datasets import movielens
@@ -29,7 +30,6 @@ from recsys_workloads.datasets.layout import DatasetPaths
 from recsys_workloads.gateway.app import Gateway, create_app
 from recsys_workloads.gateway.config import parse_gateway_config
 from recsys_workloads.gateway.control import backfill_seen
-from recsys_workloads.gateway.keys import GatewayKeys
 from recsys_workloads.index_build import build as build_index
 from recsys_workloads.serving.repository import build_repository
 from recsys_workloads.train.pipeline import run as train

@@ -12,9 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
+import yaml
 
+from recsys_contract.keyspace import GatewayKeys
+from recsys_operator.api.recommender import Recommender
+from recsys_operator.planning.serving import history_config
 from recsys_workloads.gateway.control import mark_seen
-from recsys_workloads.gateway.keys import GatewayKeys
 from recsys_workloads.history import main, newest_per_user, seed
 from recsys_workloads.runtime import EXIT_BAD_INPUT, EXIT_TRANSIENT, BadInputError
 from recsys_workloads.train.data import Interactions
@@ -91,9 +94,7 @@ def test_a_key_prefix_is_the_gateways(
 ) -> None:
     uri = write_interactions(tmp_path / "i", [(7, 70, 1)])
     seed(config(uri, redis_url, onlineStore={"redisUrl": redis_url, "keyPrefix": "team-a:"}))
-    assert redis_client.zrange(GatewayKeys.of("shop.movies", "team-a:").seen(7), 0, -1) == [
-        b"70"
-    ]
+    assert redis_client.zrange(GatewayKeys.of("shop.movies", "team-a:").seen(7), 0, -1) == [b"70"]
     assert redis_client.zrange(GatewayKeys.of("shop.movies").seen(7), 0, -1) == []
 
 
@@ -121,3 +122,25 @@ def test_bad_input_names_the_field_and_unreachable_redis_is_transient(
     path.write_text(json.dumps(config(uri, redis_url, extra=1)))
     assert main(["--config", str(path), "--termination-log", str(term)]) == EXIT_BAD_INPUT
     assert "extra" in term.read_text()
+
+
+def test_the_recommenders_column_names_are_read(
+    tmp_path: Path, redis_client: redis.Redis, redis_url: str
+) -> None:
+    """spec.interactions names the columns; the Job the operator renders reads them."""
+    uri = write_interactions(tmp_path / "i", [(7, 70, 1), (7, 71, 2)])
+    table = pq.read_table(tmp_path / "i" / "part-0.parquet")
+    renamed = table.rename_columns({"user_id": "uid", "item_id": "sku", "event_timestamp": "at"})
+    pq.write_table(renamed, tmp_path / "i" / "part-0.parquet")
+    example = Path(__file__).resolve().parents[2] / "examples" / "recommender.yaml"
+    raw = next(d for d in yaml.safe_load_all(example.read_text()) if d["kind"] == "Recommender")
+    raw["metadata"] |= {"namespace": "shop", "uid": "u-1"}
+    raw["spec"]["interactions"] = {
+        "path": uri, "userIdColumn": "uid", "itemIdColumn": "sku", "timestampField": "at"
+    }  # fmt: skip
+    raw["spec"]["stores"]["redis"]["url"] = redis_url
+    rendered = history_config(Recommender.model_validate(raw)).to_wire()
+    assert rendered["interactionColumns"] == {"userId": "uid", "itemId": "sku", "timestamp": "at"}
+    assert seed(rendered) == {"users": 1, "pairs": 2, "interactions": 2}
+    seen = redis_client.zrevrange(GatewayKeys.of("shop.movies").seen(7), 0, -1)
+    assert seen == [b"71", b"70"]

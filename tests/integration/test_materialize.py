@@ -27,8 +27,8 @@ import pytest
 import redis
 import redis.asyncio
 
+from recsys_contract.keyspace import FeatureViewKeys
 from recsys_workloads import materialize
-from recsys_workloads.featurestore.keys import layer_prefix, lock_key, pointer_key
 from recsys_workloads.featurestore.reader import aread_online_features, read_online_features
 from recsys_workloads.runtime import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT
 
@@ -108,7 +108,7 @@ def _no_password(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def features(client: redis.Redis, ids: list[int]) -> list[dict[str, Any] | None]:
-    return read_online_features(client, VIEW, ids).rows
+    return read_online_features(client, FeatureViewKeys.of(VIEW), ids).rows
 
 
 def test_point_in_time_value_and_ttl(
@@ -139,7 +139,7 @@ def test_point_in_time_value_and_ttl(
     assert (three["age"], three["city"], three["tags"], three["active"]) == (50, None, [], True)
     assert four is None
     # The key lives as long as its value's TTL window: written at T0-1h, ttl 24h -> 23h left.
-    key = layer_prefix("fv", VIEW, summary["version"]) + "1"
+    key = FeatureViewKeys.of(VIEW).layer(summary["version"]) + "1"
     ttl_ms = redis_client.pttl(key)
     assert 23 * 3600_000 - 120_000 < ttl_ms <= 23 * 3600_000
 
@@ -170,9 +170,9 @@ def test_string_join_keys_and_no_ttl(
     }
     code, summary = run(config, tmp_path)
     assert code == EXIT_OK, summary
-    got = read_online_features(redis_client, "shop.items", ["A-1", "B:2", "C"])
+    got = read_online_features(redis_client, FeatureViewKeys.of("shop.items"), ["A-1", "B:2", "C"])
     assert got.rows == [{"price": 2.5}, {"price": 9.0}, None]
-    assert redis_client.pttl(layer_prefix("fv", "shop.items", got.version or 0) + "A-1") == -1
+    assert redis_client.pttl(FeatureViewKeys.of("shop.items").layer(got.version or 0) + "A-1") == -1
 
 
 def test_rows_with_the_same_event_time_are_told_apart_by_the_created_time(
@@ -237,7 +237,7 @@ def test_readers_see_the_old_or_the_new_version_never_a_mix(
     )
     seen: set[int] = set()
     mid_run_reads = 0
-    new_layer_key = layer_prefix("fv", VIEW, first["version"] + 1) + str(sample[0])
+    new_layer_key = FeatureViewKeys.of(VIEW).layer(first["version"] + 1) + str(sample[0])
     runner.start()
     while runner.is_alive():
         new_layer_started = redis_client.exists(new_layer_key)
@@ -254,7 +254,7 @@ def test_readers_see_the_old_or_the_new_version_never_a_mix(
     assert {r["generation"] for r in features(redis_client, sample) if r} == {2}
     assert outcome["summary"]["retiredLayers"] == [first["version"]]
     # The replaced version stays readable for the grace period (60 s), then expires.
-    old_key = layer_prefix("fv", VIEW, first["version"]) + str(sample[0])
+    old_key = FeatureViewKeys.of(VIEW).layer(first["version"]) + str(sample[0])
     assert 0 < redis_client.pttl(old_key) <= 60_000
 
 
@@ -293,7 +293,7 @@ def test_incremental_runs_write_only_changed_entities_then_compact(
 
 
 def _live_state(client: redis.Redis) -> tuple[bytes | str | None, int]:
-    return client.get(pointer_key("fv", VIEW)), client.dbsize()
+    return client.get(FeatureViewKeys.of(VIEW).live), client.dbsize()
 
 
 Change = Callable[[dict[str, Any]], dict[str, Any]]
@@ -412,11 +412,11 @@ def test_a_second_run_while_one_holds_the_lock_is_transient(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
     source = write_rows(tmp_path / "users.parquet", [row(1, T0 - HOUR, 30)])
-    redis_client.set(lock_key("fv", VIEW), "someone-else", px=60_000)
+    redis_client.set(FeatureViewKeys.of(VIEW).lock, "someone-else", px=60_000)
     code, summary = run(make_config(source, redis_url), tmp_path)
     assert code == EXIT_TRANSIENT
     assert "another materialization of shop.users" in summary["message"]
-    assert redis_client.get(pointer_key("fv", VIEW)) is None
+    assert redis_client.get(FeatureViewKeys.of(VIEW).live) is None
 
 
 def test_a_killed_run_leaves_the_live_version_and_is_reclaimed(
@@ -426,7 +426,7 @@ def test_a_killed_run_leaves_the_live_version_and_is_reclaimed(
     config = make_config(source, redis_url, lockLeaseSeconds=2)
     code, first = run(config, tmp_path)
     assert code == EXIT_OK
-    before = redis_client.get(pointer_key("fv", VIEW))
+    before = redis_client.get(FeatureViewKeys.of(VIEW).live)
     big = tmp_path / "big.parquet"
     entities = 400_000
     pq.write_table(
@@ -452,7 +452,7 @@ def test_a_killed_run_leaves_the_live_version_and_is_reclaimed(
         )
     )
     orphan = first["version"] + 1
-    probe = layer_prefix("fv", VIEW, orphan) + "0"
+    probe = FeatureViewKeys.of(VIEW).layer(orphan) + "0"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -474,14 +474,14 @@ def test_a_killed_run_leaves_the_live_version_and_is_reclaimed(
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    assert redis_client.get(pointer_key("fv", VIEW)) == before
+    assert redis_client.get(FeatureViewKeys.of(VIEW).live) == before
     assert features(redis_client, [1])[0] == first_age(30)
     time.sleep(2.5)  # the killed run's lock lease runs out
     code, again = run(config, tmp_path)
     assert code == EXIT_OK, again
     assert again["reclaimedLayers"] == [orphan]
     assert not list(
-        redis_client.scan_iter(match=layer_prefix("fv", VIEW, orphan) + "*", count=10_000)
+        redis_client.scan_iter(match=FeatureViewKeys.of(VIEW).layer(orphan) + "*", count=10_000)
     )
 
 
@@ -504,7 +504,7 @@ def test_replaced_version_expires_and_leftovers_are_reclaimed(
     code, second = run({**config, "source": {"uri": four}}, tmp_path)
     assert code == EXIT_OK
     assert second["retiredLayers"] == [first["version"]]
-    old = layer_prefix("fv", VIEW, first["version"])
+    old = FeatureViewKeys.of(VIEW).layer(first["version"])
     assert 0 < redis_client.pttl(old + "1") <= 1000  # still served entity: grace period
     assert redis_client.pttl(old + "5") == -1  # dropped entity: left for the next run
     assert features(redis_client, [1, 5]) == [first_age(41), None]
@@ -529,7 +529,7 @@ async def test_fsspec_source_and_the_async_reader(
     assert code == EXIT_OK, summary
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        rows = (await aread_online_features(client, VIEW, [7, 8])).rows
+        rows = (await aread_online_features(client, FeatureViewKeys.of(VIEW), [7, 8])).rows
     finally:
         await client.aclose()
     assert rows[1] is None

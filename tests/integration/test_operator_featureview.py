@@ -13,6 +13,7 @@ import yaml
 
 from fixtures.kube import Testbed
 from fixtures.operator import OperatorProcess, condition, eventually, finish_pod, get
+from recsys_contract.materialize import MaterializeSummary
 
 pytestmark = pytest.mark.testbed
 
@@ -167,10 +168,21 @@ def test_backfill_result_reaches_status_and_events(
         exit_code=0,
         summary={
             "status": "Succeeded",
-            "entitiesWritten": 943,
-            "watermark": "2024-05-01T00:00:00Z",
-            "version": 7,
-            "durationSeconds": 1.5,
+            **MaterializeSummary(
+                feature_view=f"{namespace}.users",
+                mode="full",
+                mode_reason="mode: full requested",
+                as_of="2024-05-01T00:00:00Z",
+                watermark="2024-05-01T00:00:00Z",
+                rows_read=1000,
+                entities_written=943,
+                read_seconds=0.5,
+                write_seconds=1.0,
+                rows_per_second=943,
+                version=7,
+                layers=[7],
+                duration_seconds=1.5,
+            ).to_wire(),
         },
     )
 

@@ -18,6 +18,8 @@ from fixtures.operator import (
     finish_pod,
     get,
 )
+from recsys_contract.index import IndexSummary
+from recsys_contract.train import TrainSummary
 
 pytestmark = pytest.mark.testbed
 
@@ -99,19 +101,25 @@ def event_reasons(testbed: Testbed, ns: str, name: str) -> list[str]:
 
 
 def train_summary(version: str, recall: float) -> dict[str, Any]:
-    return {
-        "status": "Succeeded", "version": version,
-        "artifactUri": f"s3://models/movies/models/{version}",
-        "digest": "sha256:" + "a" * 64,
+    """What the training Job of ``version`` writes (``recsys_contract.train``)."""
+    summary = TrainSummary(
+        version=version, artifact_uri=f"s3://models/movies/models/{version}",
+        digest="sha256:" + "a" * 64,
         # The flat headline metrics the training Job reports (train.export.headline_metrics).
-        "metrics": {"twoTower.recall@20": recall, "twoTower.ndcg@20": recall / 2,
-                    "als.recall@20": 0.11, "ranker.ranking.auc": 0.8},
-    }
+        metrics={"twoTower.recall@20": recall, "twoTower.ndcg@20": recall / 2,
+                 "als.recall@20": 0.11, "ranker.ranking.auc": 0.8},
+    )
+    return {"status": "Succeeded", **summary.to_wire()}
 
 
 def index_summary(version: str) -> dict[str, Any]:
-    return {"status": "Succeeded", "indexUri": f"s3://models/movies/indexes/{version}",
-            "recall": 0.99, "efSearch": 128}
+    """What the index build Job of ``version`` writes (``recsys_contract.index``)."""
+    summary = IndexSummary(
+        version=version, index_uri=f"s3://models/movies/indexes/{version}",
+        digest="sha256:" + "b" * 64, item_count=100, index_type="hnsw", ef_search=128,
+        recall=0.99, k=10, model_digest="sha256:" + "a" * 64,
+    )
+    return {"status": "Succeeded", **summary.to_wire()}
 
 
 def walk_to_ready(testbed: Testbed, ns: str, version: str, recall: float,

@@ -35,16 +35,15 @@ from serving_support import (
     user_history,
 )
 
+from recsys_contract.keyspace import FeatureViewKeys, GatewayKeys, IndexAlias
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.featurestore.reader import read_online_features
 from recsys_workloads.gateway.control import (
-    IndexAlias,
     block_items,
     mark_seen,
     move_index_alias,
     publish_routing,
 )
-from recsys_workloads.gateway.keys import GatewayKeys
 from recsys_workloads.gateway.training_rows import work as training_rows
 from recsys_workloads.index_build import load_index
 from recsys_workloads.serving.inference import RankerScorer, RankQuery, UserTower
@@ -191,7 +190,7 @@ def test_two_versions_serve_side_by_side_as_the_models_do_in_process(
 def expected_ranking(art: Artifacts, redis_url: str, user: int, k: int) -> list[int]:
     """The four stages computed independently, in-process, from the same stores."""
     client = redis.Redis.from_url(redis_url)
-    row = read_online_features(client, USERS_VIEW, [user]).rows[0]
+    row = read_online_features(client, FeatureViewKeys.of(USERS_VIEW), [user]).rows[0]
     history = [int(i) for i in client.zrevrange(KEYS.seen(user), 0, 99)]
     client.close()
     tower = UserTower.load(art.repository / "ml-v1.user-tower" / "1")
@@ -301,7 +300,7 @@ async def test_item_rules_use_the_materialized_item_features(
         for user in (1, 2, 3):
             ids = [it["itemId"] for it in (await recommend(session, base, user))["items"]]
             assert ids
-            rows = read_online_features(client, ITEMS_VIEW, ids).rows
+            rows = read_online_features(client, FeatureViewKeys.of(ITEMS_VIEW), ids).rows
             assert all(r is not None and r["release_year"] > 1990 for r in rows)
             genres = [g for r in rows if r is not None for g in r["genres"]]
             assert max(genres.count(g) for g in set(genres)) <= 2

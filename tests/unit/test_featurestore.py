@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from recsys_contract.keyspace import FeatureSchema, LivePointer
 from recsys_workloads.featurestore import codec
-from recsys_workloads.featurestore.keys import FeatureSchema, LivePointer
 from recsys_workloads.featurestore.point_in_time import (
     NO_CREATED_US,
     latest_rows,

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
+from recsys_contract.formats import parse_duration
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning.serving import gateway_objects, routing_table
 from recsys_workloads.gateway.__main__ import main as gateway_main
 from recsys_workloads.gateway.app import Gateway
-from recsys_workloads.gateway.config import parse_duration, parse_gateway_config, parse_routing
+from recsys_workloads.gateway.config import parse_gateway_config, parse_routing
 from recsys_workloads.runtime import EXIT_BAD_INPUT, BadInputError
 
 BASE: dict[str, Any] = {
@@ -145,7 +146,7 @@ def test_the_gateway_accepts_what_the_operator_renders_for_the_example() -> None
         "kind": "Recommender",
         "metadata": {"name": "x", "uid": "u"},
     }
-    config_map = gateway_objects(rec, owner, table, "img")[0]
+    config_map = gateway_objects(rec, owner, table, "img", {})[0]
     cfg = parse_gateway_config(json.loads(config_map["data"]["gateway.json"]))
     assert cfg.recommender == f"shop.{raw['metadata']['name']}"
     assert cfg.routing.canary is not None

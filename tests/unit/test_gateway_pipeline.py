@@ -10,18 +10,13 @@ import numpy as np
 import pytest
 import redis.asyncio
 
+from recsys_contract.gateway import RoutingTable, Variant
+from recsys_contract.keyspace import GatewayKeys, IndexAlias
 from recsys_workloads import ann_index
 from recsys_workloads.gateway.app import parse_events
-from recsys_workloads.gateway.config import (
-    RoutingTable,
-    Variant,
-    parse_gateway_config,
-    parse_routing,
-)
-from recsys_workloads.gateway.control import IndexAlias
+from recsys_workloads.gateway.config import parse_gateway_config, parse_routing
 from recsys_workloads.gateway.http1 import KeepAlivePool
 from recsys_workloads.gateway.index_pool import Candidates, IndexPool, LoadedIndex
-from recsys_workloads.gateway.keys import GatewayKeys
 from recsys_workloads.gateway.metrics import GatewayMetrics
 from recsys_workloads.gateway.pipeline import (
     NotReady,

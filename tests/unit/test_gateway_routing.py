@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_workloads.gateway.config import RoutingTable, Variant
+from recsys_contract.gateway import RoutingTable, Variant
 from recsys_workloads.gateway.routing import bucket, choose_variant
 
 

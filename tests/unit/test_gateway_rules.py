@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from recsys_workloads.gateway.config import Diversity, MatchExpression, Ordering
+from recsys_contract.gateway import Diversity, MatchExpression, Ordering
 from recsys_workloads.gateway.rules import Scored, matches, order, top_k
 
 ROWS: dict[int, Any] = {

@@ -125,7 +125,7 @@ def test_the_operator_stops_at_once_with_one_line_on_a_bad_kubeconfig(tmp_path: 
     env = {
         **os.environ,
         "KUBECONFIG": str(tmp_path / "absent"),
-        "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("operator", "workloads")),
+        "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("contract", "operator", "workloads")),
     }
     out = subprocess.run(
         [sys.executable, "-m", "recsys_operator", "--metrics-port", "0", "--health-port", "0"],

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from recsys_contract.materialize import MaterializeSummary
 from recsys_operator.api.featureview import FeatureView, FeatureViewStatus
 from recsys_operator.planning import featureview as planner
 from recsys_operator.planning.jobstatus import JobOutcome
@@ -32,7 +33,15 @@ def fv(suspend: bool = False) -> FeatureView:
 
 
 def run(name: str, *, finished: bool = True, ok: bool = True, version: int = 3) -> JobOutcome:
-    summary = {"entitiesWritten": 943, "version": version} if ok else {}
+    summary = (
+        MaterializeSummary(
+            feature_view="ns.users", mode="full", mode_reason="no live version yet",
+            as_of=NOW, watermark=NOW, rows_read=943, entities_written=943, read_seconds=1.0,
+            write_seconds=1.0, rows_per_second=943, version=version, layers=[version],
+        ).to_wire()
+        if ok
+        else {}
+    )  # fmt: skip
     return JobOutcome(
         name,
         finished,

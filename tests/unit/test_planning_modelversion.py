@@ -6,6 +6,7 @@ from typing import Any
 
 from api_objects import NOW, model_version, recommender
 
+from recsys_contract.index import IndexSummary
 from recsys_operator.api.modelversion import ModelVersion
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning import modelversion as planner
@@ -23,7 +24,9 @@ def training_mv() -> ModelVersion:
 
 def trained(recall: float) -> JobOutcome:
     summary: dict[str, Any] = {
+        "status": "Succeeded",
         "artifactUri": "s3://m/models/movies-v2",
+        "digest": "sha256:" + "0" * 64,
         "metrics": {"twoTower.recall@20": recall},
     }
     return JobOutcome("movies-v2-train", True, True, "Succeeded", "completed", summary=summary)
@@ -93,13 +96,19 @@ def test_within_the_allowed_regression_it_goes_on_to_indexing() -> None:
 
 
 def index_built(name: str, **summary: Any) -> JobOutcome:
+    """What the index build Job writes (``recsys_contract.index``); ``summary`` overrides."""
+    built = IndexSummary(
+        version=name, index_uri=f"s3://m/indexes/{name}", digest="sha256:" + "b" * 64,
+        item_count=100, index_type="hnsw", ef_search=128, recall=0.99, k=10,
+        model_digest="sha256:" + "0" * 64,
+    )  # fmt: skip
     return JobOutcome(
         f"{name}-index",
         True,
         True,
         "Succeeded",
         "completed",
-        summary={"indexUri": f"s3://m/indexes/{name}", "recall": 0.99, **summary},
+        summary={"status": "Succeeded", **built.to_wire(), **summary},
     )
 
 

@@ -8,13 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys_workloads.artifact_store import (
-    ArtifactReader,
-    ArtifactWriter,
-    Store,
-    digest_of_files,
-    join_uri,
-)
+from recsys_contract.formats import join_uri
+from recsys_workloads.artifact_store import ArtifactReader, ArtifactWriter, Store, digest_of_files
 from recsys_workloads.runtime import BadInputError
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from offline_frames import tiny_tables
 
-from recsys_workloads.train.config import AlsConfig, parse_train_config
+from recsys_contract.train import AlsConfig
+from recsys_workloads.train.config import parse_train_config
 from recsys_workloads.train.data import validate_interactions
 from recsys_workloads.train.dataset import prepare
 from recsys_workloads.train.evaluate import (

@@ -436,3 +436,27 @@ def test_history_input_round_trips_through_the_artifact(
     np.testing.assert_allclose(vecs, expected, rtol=1e-5, atol=1e-6)
     without = inference.user_vectors(loaded, query_ids, features, None)
     assert not np.allclose(without, expected)
+
+
+RENAMED = {"user_id": "uid", "item_id": "iid", "event_timestamp": "ts", "rating": "stars"}
+
+
+def test_interactions_with_their_own_column_names_train_the_same_model(
+    data: dict[str, str], tmp_path: Path, published: tuple[Path, dict[str, Any]]
+) -> None:
+    """The Recommender's spec.interactions column names reach training (interactionColumns):
+    the same table under other names trains the same model."""
+    table = tiny_tables()["interactions"]
+    renamed = _write_interactions(tmp_path, table.rename_columns(RENAMED), data)
+    cfg = train_config(renamed, str(tmp_path / "out"))
+    cfg["data"]["interactionColumns"] = {
+        "userId": "uid", "itemId": "iid", "timestamp": "ts", "label": "stars"
+    }  # fmt: skip
+    code, summary = run_cli(tmp_path, cfg)
+    assert code == EXIT_OK, summary
+    _assert_same_model(published[0], tmp_path / "out")
+    # the default names are not looked for
+    cfg["data"]["interactionColumns"]["userId"] = "user_id"
+    code, summary = run_cli(tmp_path, {**cfg, "artifactUri": str(tmp_path / "out2")}, "default")
+    assert code == EXIT_BAD_INPUT
+    assert "interactions: missing column(s) 'user_id'" in summary["message"]

@@ -22,10 +22,11 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from recsys_contract.index import ApproximateKind
+
 FloatMatrix = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 IndexKind = Literal["hnsw", "ivfFlat", "flat"]
-ApproximateKind = Literal["hnsw", "ivfFlat"]
 
 
 @dataclass(frozen=True)

@@ -27,19 +27,12 @@ from typing import Any
 
 import fsspec
 
+from recsys_contract.formats import join_uri
 from recsys_workloads.runtime import BadInputError, TransientError
 
 MANIFEST_NAME = "manifest.json"
 #: Bumped when the manifest's shape changes; readers refuse versions they do not know.
 MANIFEST_FORMAT = 1
-
-
-def join_uri(base: str, *parts: str) -> str:
-    """Join path segments onto a URI without doubling or dropping slashes."""
-    out = base.rstrip("/")
-    for part in parts:
-        out = f"{out}/{part.strip('/')}"
-    return out
 
 
 @contextlib.contextmanager

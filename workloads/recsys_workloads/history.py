@@ -1,20 +1,14 @@
 """Seed the gateway's per-user history from the interactions table.
 
-``python -m recsys_workloads.history --config PATH`` with (camelCase, unknown fields refused)::
-
-    {
-      "recommender": "shop.movies",
-      "interactionsUri": "s3://data/interactions/",
-      "storageOptions": {},
-      "onlineStore": {"redisUrl": "redis://redis.shop.svc:6379/0", "keyPrefix": ""},
-      "maxItemsPerUser": 200
-    }
+``python -m recsys_workloads.history --config PATH`` with a ``recsys_contract.history``
+config (its module shows an example); the summary is ``HistorySummary``.
 
 Why: the models take a user's most recent items as input (``historyLength``), and the gateway
 reads them, with the items to filter out as already seen, from one sorted set per user
-(``gateway.keys``: item -> time of the last interaction). The gateway's own events keep those
-sets current, but a user's past lives in the interactions table the models were trained on:
-without this seeding, serving would see empty histories where training saw full ones.
+(``recsys_contract.keyspace.GatewayKeys``: item -> time of the last interaction). The
+gateway's own events keep those sets current, but a user's past lives in the interactions
+table the models were trained on: without this seeding, serving would see empty histories
+where training saw full ones.
 
 Each user keeps the newest ``maxItemsPerUser`` items (enough for any ``historyLength`` and for
 filtering what was seen recently). Writes are ``ZADD GT``: a newer time already in the set (an
@@ -32,43 +26,24 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import redis
-from pydantic import Field, ValidationError
 
+from recsys_contract.formats import REDIS_PASSWORD_ENV
+from recsys_contract.history import HistoryConfig, HistorySummary
+from recsys_contract.keyspace import GatewayKeys
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.gateway.control import backfill_seen
-from recsys_workloads.gateway.keys import GatewayKeys
-from recsys_workloads.materialize import (
-    PASSWORD_ENV,
-    OnlineStoreConfig,
-    redis_errors,
+from recsys_workloads.materialize import redis_errors
+from recsys_workloads.runtime import parse_config, run_entrypoint
+from recsys_workloads.train.data import (
+    Interactions,
+    interaction_columns,
+    read_table,
+    validate_interactions,
 )
-from recsys_workloads.runtime import (
-    BadInputError,
-    ConfigSection,
-    describe_validation_error,
-    run_entrypoint,
-)
-from recsys_workloads.train.data import Interactions, read_table, validate_interactions
 
 
-class GatewayStoreConfig(OnlineStoreConfig):
-    #: the gateway's keys carry no prefix unless the Recommender's store names one
-    key_prefix: str = ""
-
-
-class HistoryConfig(ConfigSection):
-    recommender: str = Field(min_length=3, pattern=r"^[^.\s]+\.[^.\s]+$")
-    interactions_uri: str = Field(min_length=1)
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    online_store: GatewayStoreConfig
-    max_items_per_user: int = Field(default=200, ge=1, le=100_000)
-
-
-def parse_history_config(raw: dict[str, Any]) -> HistoryConfig:
-    try:
-        return HistoryConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise BadInputError("history config: " + describe_validation_error(exc)) from exc
+def parse_history_config(raw: Any) -> HistoryConfig:
+    return parse_config(HistoryConfig, raw, "history config")
 
 
 def newest_per_user(interactions: Interactions, limit: int) -> Interactions:
@@ -94,13 +69,19 @@ def newest_per_user(interactions: Interactions, limit: int) -> Interactions:
 
 def seed(raw: dict[str, Any]) -> dict[str, Any]:
     cfg = parse_history_config(raw)
-    table = read_table(Store(cfg.storage_options), cfg.interactions_uri, "interactions")
-    pairs = newest_per_user(validate_interactions(table), cfg.max_items_per_user)
+    columns = cfg.columns
+    table = read_table(
+        Store(cfg.storage_options),
+        cfg.interactions_uri,
+        "interactions",
+        columns=interaction_columns(columns),
+    )
+    pairs = newest_per_user(validate_interactions(table, columns), cfg.max_items_per_user)
     store = cfg.online_store
     keys = GatewayKeys.of(cfg.recommender, store.key_prefix)
     client = redis.Redis.from_url(
         store.redis_url,
-        password=os.environ.get(PASSWORD_ENV) or None,
+        password=os.environ.get(REDIS_PASSWORD_ENV) or None,
         socket_connect_timeout=store.connect_timeout_seconds,
     )
     users = np.unique(pairs.user_ids)
@@ -113,7 +94,9 @@ def seed(raw: dict[str, Any]) -> dict[str, Any]:
         for user in users.tolist():
             pipe.zremrangebyrank(keys.seen(user), 0, -cfg.max_items_per_user - 1)
         pipe.execute()
-    return {"users": int(users.size), "pairs": written, "interactions": table.num_rows}
+    return HistorySummary(
+        users=int(users.size), pairs=written, interactions=table.num_rows
+    ).to_wire()
 
 
 def main(argv: list[str] | None = None) -> int:

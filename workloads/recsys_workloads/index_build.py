@@ -1,21 +1,7 @@
 """The index build Job: item embeddings of a ModelVersion in, a checked ANN index artifact out.
 
-``python -m recsys_workloads.index_build --config PATH`` with (camelCase, unknown fields
-rejected; everything but the two URIs has a default)::
-
-    {
-      "version": "movies-v3",
-      "modelArtifactUri": "s3://recsys/movies/models/movies-v3",
-      "indexUri": "s3://recsys/movies/indexes/movies-v3",
-      "storageOptions": {},
-      "index": {"kind": "auto", "flatThreshold": 20000, "hnswM": 32,
-                "efConstruction": 200, "efSearch": 128,
-                "approximate": "hnsw", "nlist": 1024, "nprobe": 16},
-      "validation": {"k": 10, "queries": 1000, "minRecall": 0.95,
-                     "efSearchCurve": [16, 32, 64, 128, 256, 512], "autoTuneEfSearch": true,
-                     "nprobeCurve": [1, 2, 4, 8, 16, 32, 64, 128, 256], "autoTuneNprobe": true},
-      "seed": 0
-    }
+``python -m recsys_workloads.index_build --config PATH`` with a ``recsys_contract.index``
+config (its module shows an example; everything but the two URIs has a default).
 
 What it does: reads ``embeddings/item_ids.npy`` and ``embeddings/item_embeddings.npy`` from
 the published model artifact (digests checked), builds the index (``kind``: ``auto`` is exact
@@ -32,7 +18,7 @@ to raise). IVF-Flat trains ``nlist`` k-means lists, at most one per item.
 It publishes ``<indexUri>/index.faiss`` and ``manifest.json`` (kind "index": params, item
 count, dimension, recall, the curve, the efSearch or nprobe serving must use, the model
 artifact's digest, and the index's own digest). It never moves the alias serving follows: the
-operator's rollout does that after reading this Job's summary.
+operator's rollout does that after reading this Job's summary (``IndexSummary``).
 """
 
 from __future__ import annotations
@@ -40,25 +26,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field, ValidationError
 
+from recsys_contract.formats import join_uri
+from recsys_contract.index import IndexBuildConfig, IndexSummary
 from recsys_workloads import ann_index
-from recsys_workloads.artifact_store import (
-    MANIFEST_NAME,
-    ArtifactReader,
-    ArtifactWriter,
-    Store,
-    join_uri,
-)
-from recsys_workloads.runtime import (
-    BadInputError,
-    ConfigSection,
-    describe_validation_error,
-    run_entrypoint,
-)
+from recsys_workloads.artifact_store import MANIFEST_NAME, ArtifactReader, ArtifactWriter, Store
+from recsys_workloads.runtime import BadInputError, parse_config, run_entrypoint
 
 log = logging.getLogger("recsys_workloads.index_build")
 
@@ -67,56 +43,22 @@ INDEX_FILE = "index.faiss"
 MODEL_KIND = "model"
 
 
-
-class IndexSection(ConfigSection):
-    kind: Literal["auto", "hnsw", "ivfFlat", "flat"] = "auto"
-    flat_threshold: int = Field(default=20_000, ge=0)
-    hnsw_m: int = Field(default=32, ge=4, le=256)
-    ef_construction: int = Field(default=200, ge=8, le=4096)
-    ef_search: int = Field(default=128, ge=1, le=65536)
-    approximate: ann_index.ApproximateKind = "hnsw"
-    nlist: int = Field(default=1024, ge=1, le=65536)
-    nprobe: int = Field(default=16, ge=1, le=65536)
-
-
-class ValidationSection(ConfigSection):
-    k: int = Field(default=10, ge=1, le=1000)
-    queries: int = Field(default=1000, ge=1)
-    min_recall: float = Field(default=0.95, ge=0, le=1)
-    ef_search_curve: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
-    auto_tune_ef_search: bool = True
-    nprobe_curve: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256])
-    auto_tune_nprobe: bool = True
+def index_params(cfg: IndexBuildConfig) -> ann_index.IndexParams:
+    i = cfg.index
+    return ann_index.IndexParams(
+        i.kind,
+        i.flat_threshold,
+        i.hnsw_m,
+        i.ef_construction,
+        i.ef_search,
+        i.approximate,
+        i.nlist,
+        i.nprobe,
+    )
 
 
-class IndexBuildConfig(ConfigSection):
-    version: str = Field(default="dev", min_length=1)
-    model_artifact_uri: str = Field(min_length=1)
-    index_uri: str = Field(min_length=1)
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    index: IndexSection = Field(default_factory=IndexSection)
-    validation: ValidationSection = Field(default_factory=ValidationSection)
-    seed: int = 0
-
-    def params(self) -> ann_index.IndexParams:
-        i = self.index
-        return ann_index.IndexParams(
-            i.kind,
-            i.flat_threshold,
-            i.hnsw_m,
-            i.ef_construction,
-            i.ef_search,
-            i.approximate,
-            i.nlist,
-            i.nprobe,
-        )
-
-
-def parse_index_config(raw: dict[str, Any]) -> IndexBuildConfig:
-    try:
-        return IndexBuildConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise BadInputError("index build config: " + describe_validation_error(exc)) from exc
+def parse_index_config(raw: Any) -> IndexBuildConfig:
+    return parse_config(IndexBuildConfig, raw, "index build config")
 
 
 def check_embeddings(ids: Any, vectors: Any, where: str) -> None:
@@ -152,19 +94,19 @@ def choose_queries(
     return ann_index.held_out_queries(vectors, n, seed), "jittered item vectors"
 
 
-def summary_of(manifest: dict[str, Any], uri: str) -> dict[str, Any]:
-    return {
-        "version": manifest.get("version"),
-        "indexUri": uri,
-        "digest": manifest["digest"],
-        "itemCount": manifest["itemCount"],
-        "indexType": manifest["index"]["type"],
-        "efSearch": manifest["index"].get("efSearch"),
-        "nprobe": manifest["index"].get("nprobe"),
-        "recall": manifest["validation"]["recall"],
-        "k": manifest["validation"]["k"],
-        "modelDigest": manifest["model"]["digest"],
-    }
+def summary_of(manifest: dict[str, Any], uri: str) -> IndexSummary:
+    return IndexSummary(
+        version=manifest.get("version"),
+        index_uri=uri,
+        digest=manifest["digest"],
+        item_count=manifest["itemCount"],
+        index_type=manifest["index"]["type"],
+        ef_search=manifest["index"].get("efSearch"),
+        nprobe=manifest["index"].get("nprobe"),
+        recall=manifest["validation"]["recall"],
+        k=manifest["validation"]["k"],
+        model_digest=manifest["model"]["digest"],
+    )
 
 
 def build(raw: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +114,8 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     store = Store(cfg.storage_options)
     if store.exists(join_uri(cfg.index_uri, MANIFEST_NAME), what="look up index"):
         existing = ArtifactReader(store, cfg.index_uri, INDEX_KIND)
-        return {**summary_of(existing.manifest, cfg.index_uri), "alreadyPublished": True}
+        published = summary_of(existing.manifest, cfg.index_uri)
+        return published.model_copy(update={"already_published": True}).to_wire()
 
     reader = ArtifactReader(store, cfg.model_artifact_uri, MODEL_KIND)
     ids = reader.read_npy("embeddings/item_ids.npy")
@@ -180,7 +123,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     check_embeddings(ids, vectors, cfg.model_artifact_uri)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = ids.astype(np.int64)
-    params = cfg.params()
+    params = index_params(cfg)
     kind = params.resolved_kind(vectors.shape[0])
 
     started = time.perf_counter()
@@ -263,7 +206,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
             "model": {"uri": cfg.model_artifact_uri, "digest": reader.manifest["digest"]},
         }
     )
-    return summary_of(manifest, cfg.index_uri)
+    return summary_of(manifest, cfg.index_uri).to_wire()
 
 
 def load_index(store: Store, uri: str) -> tuple[Any, dict[str, Any]]:

@@ -2,32 +2,11 @@
 
 ``python -m recsys_workloads.materialize --config PATH [--termination-log PATH]``
 
-Config (rendered by the operator from the FeatureView spec; camelCase, unknown fields refused)::
-
-    {
-      "featureView": "movies.users",          # [A-Za-z0-9._/-], unique per Redis database
-      "joinKey": "user_id",                    # int or string column
-      "source": {
-        "uri": "s3://bucket/movies/users.parquet",   # file or directory, any fsspec URI
-        "eventTimestampColumn": "event_timestamp",   # timestamp column (naive = UTC)
-        "createdTimestampColumn": "created",         # optional: breaks event-time ties
-        "storageOptions": {}                          # passed to fsspec (endpoint, ...)
-      },
-      "features": [{"name": "age", "type": "int32"}, {"name": "gender", "type": "string"}],
-      "ttlSeconds": 86400,                     # 0: values never expire
-      "onlineStore": {"redisUrl": "redis://redis:6379/0", "keyPrefix": "fv"},  # prefix may hold ':'
-      "asOf": "2024-05-01T00:00:00Z",          # default: now
-      "mode": "auto",                          # "auto" (incremental when possible) | "full"
-      "maxLayers": 8,                          # incremental layers before a compacting full run
-      "graceSeconds": 300,                     # how long a replaced version stays readable
-      "batchRows": 50000,                      # entities per pipelined batch
-      "lockLeaseSeconds": 600
-    }
-
-The Redis password comes from the environment variable ``REDIS_PASSWORD`` (a Secret), never
-from the config: a URL with a password is refused. Feature types are those of
-:mod:`recsys_workloads.featurestore.codec`; the key layout is documented in
-:mod:`recsys_workloads.featurestore.keys`.
+The config is ``recsys_contract.materialize.MaterializeConfig`` (rendered by the operator from
+the FeatureView spec; its module shows an example), the keys ``recsys_contract.keyspace``'s
+(``FeatureViewKeys``), the summary ``MaterializeSummary``. The Redis password comes from
+``$REDIS_PASSWORD`` (a Secret), never from the config. Feature types are those of
+:mod:`recsys_workloads.featurestore.codec`.
 
 What a run does:
 
@@ -82,133 +61,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import redis
 from numpy.typing import NDArray
-from pydantic import Field, ValidationError, field_validator, model_validator
 
+from recsys_contract.formats import REDIS_PASSWORD_ENV
+from recsys_contract.keyspace import FeatureViewKeys, LivePointer
+from recsys_contract.materialize import MaterializeConfig, MaterializeSummary
+from recsys_workloads import runtime
 from recsys_workloads.featurestore import codec
-from recsys_workloads.featurestore.codec import FeatureType
-from recsys_workloads.featurestore.keys import (
-    NAME_PATTERN,
-    PREFIX_PATTERN,
-    FeatureSchema,
-    LivePointer,
-    layer_prefix,
-    layers_key,
-    lock_key,
-    pointer_key,
-    seq_key,
-)
 from recsys_workloads.featurestore.point_in_time import latest_rows, window_bounds_us
 from recsys_workloads.featurestore.resp import BulkWriter, hset_commands, key_commands
 from recsys_workloads.featurestore.source import OfflineSource, open_source
-from recsys_workloads.runtime import (
-    BadInputError,
-    ConfigSection,
-    TransientError,
-    describe_validation_error,
-    run_entrypoint,
-)
+from recsys_workloads.runtime import BadInputError, TransientError, run_entrypoint
 
 log = logging.getLogger("recsys_workloads.materialize")
-PASSWORD_ENV = "REDIS_PASSWORD"
 _SCAN_COUNT = 10_000
 
 
-
-class SourceConfig(ConfigSection):
-    uri: str = Field(min_length=1)
-    event_timestamp_column: str = Field(default="event_timestamp", min_length=1)
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    created_timestamp_column: str | None = Field(default=None, min_length=1)
-
-
-class FeatureConfig(ConfigSection):
-    name: str = Field(min_length=1)
-    type: FeatureType
-
-
-class OnlineStoreConfig(ConfigSection):
-    redis_url: str = Field(min_length=1)
-    key_prefix: str = "fv"
-    connect_timeout_seconds: float = Field(default=10.0, gt=0)
-
-    @field_validator("redis_url")
-    @classmethod
-    def _no_secret_in_url(cls, url: str) -> str:
-        if not url.startswith(("redis://", "rediss://")):
-            raise ValueError("must start with redis:// or rediss://")
-        authority = url.split("://", 1)[1].split("/", 1)[0]
-        if "@" in authority and ":" in authority.split("@", 1)[0]:
-            raise ValueError(f"must not contain a password; put it in ${PASSWORD_ENV}")
-        return url
-
-    @field_validator("key_prefix")
-    @classmethod
-    def _prefix_name(cls, value: str) -> str:
-        if not PREFIX_PATTERN.match(value):
-            raise ValueError(f"must match {PREFIX_PATTERN.pattern}")
-        return value
-
-
-class MaterializeConfig(ConfigSection):
-    feature_view: str
-    join_key: str = Field(min_length=1)
-    source: SourceConfig
-    features: list[FeatureConfig] = Field(min_length=1)
-    ttl_seconds: int = Field(default=0, ge=0)
-    online_store: OnlineStoreConfig
-    as_of: datetime | None = None
-    mode: Literal["auto", "full"] = "auto"
-    max_layers: int = Field(default=8, ge=1, le=64)
-    grace_seconds: int = Field(default=300, ge=0)
-    batch_rows: int = Field(default=50_000, ge=1, le=1_000_000)
-    lock_lease_seconds: int = Field(default=600, ge=1)
-
-    @field_validator("feature_view")
-    @classmethod
-    def _view_name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
-            raise ValueError(f"must match {NAME_PATTERN.pattern} (no ':' or glob characters)")
-        return value
-
-    @field_validator("as_of")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("must carry a UTC offset, e.g. 2024-05-01T00:00:00Z")
-        return value
-
-    @model_validator(mode="after")
-    def _distinct_columns(self) -> MaterializeConfig:
-        names = [f.name for f in self.features]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"features: duplicate names {duplicates}")
-        for reserved in (self.join_key, self.source.event_timestamp_column):
-            if reserved in names:
-                raise ValueError(f"features: {reserved!r} is the join key or event-time column")
-        created = self.source.created_timestamp_column
-        if created is not None and created in (*names, self.join_key):
-            raise ValueError(
-                f"source.createdTimestampColumn: {created!r} is a feature or the join key"
-            )
-        if created == self.source.event_timestamp_column:
-            raise ValueError(
-                "source.createdTimestampColumn: must differ from eventTimestampColumn (it "
-                "breaks ties between rows with the same event time)"
-            )
-        return self
-
-    @property
-    def feature_schema(self) -> list[FeatureSchema]:
-        return [FeatureSchema(f.name, f.type) for f in self.features]
-
-
-
-def parse_config(raw: dict[str, Any]) -> MaterializeConfig:
-    try:
-        return MaterializeConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise BadInputError("materialize config: " + describe_validation_error(exc)) from exc
+def parse_config(raw: Any) -> MaterializeConfig:
+    return runtime.parse_config(MaterializeConfig, raw, "materialize config")
 
 
 # --- Redis control operations (small commands through redis-py) ----------------------------
@@ -239,13 +108,13 @@ def redis_errors(where: str) -> Iterator[None]:
         yield
     except redis.exceptions.AuthenticationError as exc:
         raise BadInputError(
-            f"Redis at {where} refused the credentials ({exc}); set {PASSWORD_ENV}"
+            f"Redis at {where} refused the credentials ({exc}); set {REDIS_PASSWORD_ENV}"
         ) from exc
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise TransientError(f"Redis at {where} is unreachable ({exc})") from exc
     except redis.exceptions.ResponseError as exc:
         if str(exc).startswith(("NOAUTH", "WRONGPASS")):
-            raise BadInputError(f"Redis at {where}: {exc}; set {PASSWORD_ENV}") from exc
+            raise BadInputError(f"Redis at {where}: {exc}; set {REDIS_PASSWORD_ENV}") from exc
         raise TransientError(f"Redis at {where} failed: {exc}") from exc
 
 
@@ -256,33 +125,28 @@ class Store:
     client: redis.Redis
     url: str
     password: str | None
-    prefix: str
-    view: str
+    keys: FeatureViewKeys
     timeout: float
     token: str = ""
 
     def lock(self, lease_s: int) -> None:
         self.token = uuid.uuid4().hex
-        if not self.client.set(
-            lock_key(self.prefix, self.view), self.token, nx=True, px=lease_s * 1000
-        ):
+        if not self.client.set(self.keys.lock, self.token, nx=True, px=lease_s * 1000):
             raise TransientError(
-                f"another materialization of {self.view} holds {lock_key(self.prefix, self.view)}; "
+                f"another materialization of {self.keys.view} holds {self.keys.lock}; "
                 "retry when it has finished"
             )
 
     def refresh(self, lease_s: int) -> None:
-        if not self.client.eval(
-            _REFRESH, 1, lock_key(self.prefix, self.view), self.token, lease_s * 1000
-        ):
-            raise TransientError(f"lost the lock of {self.view} (lease expired); retry")
+        if not self.client.eval(_REFRESH, 1, self.keys.lock, self.token, lease_s * 1000):
+            raise TransientError(f"lost the lock of {self.keys.view} (lease expired); retry")
 
     def unlock(self) -> None:
         with contextlib.suppress(redis.exceptions.RedisError):
-            self.client.eval(_RELEASE, 1, lock_key(self.prefix, self.view), self.token)
+            self.client.eval(_RELEASE, 1, self.keys.lock, self.token)
 
     def live(self) -> tuple[bytes, LivePointer | None]:
-        key = pointer_key(self.prefix, self.view)
+        key = self.keys.live
         found = self.client.get(key)
         if not found:
             return b"", None
@@ -296,12 +160,12 @@ class Store:
             ) from exc
 
     def layer_states(self) -> dict[int, str]:
-        raw = self.client.hgetall(layers_key(self.prefix, self.view))
+        raw = self.client.hgetall(self.keys.layers)
         return {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
 
     def new_layer(self, now_us: int) -> int:
-        layer = int(self.client.incr(seq_key(self.prefix, self.view)))
-        self.client.hset(layers_key(self.prefix, self.view), str(layer), f"writing:{now_us}")
+        layer = int(self.client.incr(self.keys.seq))
+        self.client.hset(self.keys.layers, str(layer), f"writing:{now_us}")
         return layer
 
     def switch(
@@ -315,8 +179,8 @@ class Store:
         done = self.client.eval(
             _SWITCH,
             2,
-            pointer_key(self.prefix, self.view),
-            layers_key(self.prefix, self.view),
+            self.keys.live,
+            self.keys.layers,
             expected,
             pointer.to_json(),
             "" if new_layer is None else str(new_layer),
@@ -325,13 +189,13 @@ class Store:
         )
         if not done:
             raise TransientError(
-                f"the live pointer of {self.view} changed during the run (another writer?); "
+                f"the live pointer of {self.keys.view} changed during the run (another writer?); "
                 "nothing was switched, retry"
             )
 
     def layer_keys(self, layer: int) -> Iterator[list[bytes | str]]:
         cursor = 0
-        pattern = layer_prefix(self.prefix, self.view, layer) + "*"
+        pattern = self.keys.layer(layer) + "*"
         while True:
             cursor, keys = self.client.scan(cursor, match=pattern, count=_SCAN_COUNT)
             if keys:
@@ -359,14 +223,14 @@ class Store:
         args = (str(ms).encode(), b"LT")
         with BulkWriter(self.url, self.password, self.timeout) as writer:
             for layer in layers:
-                head = layer_prefix(self.prefix, self.view, layer).encode()
+                head = self.keys.layer(layer).encode()
                 for start in range(0, len(ids), batch_rows):
                     keys = pc.binary_join_element_wise(head, ids.slice(start, batch_rows), b"")
                     writer.send(key_commands(b"PEXPIRE", keys, args), len(keys))
             writer.wait()
 
     def forget_layer(self, layer: int) -> None:
-        self.client.hdel(layers_key(self.prefix, self.view), str(layer))
+        self.client.hdel(self.keys.layers, str(layer))
 
 
 # --- The run ---------------------------------------------------------------------------------
@@ -441,7 +305,7 @@ def write_layer(
     lease_s: int,
 ) -> None:
     """Stream every row of ``table`` (one per entity) into ``layer``'s hashes."""
-    key_head = layer_prefix(store.prefix, store.view, layer).encode()
+    key_head = store.keys.layer(layer).encode()
     last_refresh = time.monotonic()
     with BulkWriter(store.url, store.password, store.timeout) as writer:
         for start in range(0, table.num_rows, batch_rows):
@@ -486,8 +350,7 @@ def materialize(
         client,
         url,
         password,
-        cfg.online_store.key_prefix,
-        cfg.feature_view,
+        cfg.keys,
         cfg.online_store.connect_timeout_seconds,
     )
     where = url.split("://", 1)[1].split("/", 1)[0]
@@ -565,17 +428,11 @@ def _run(
     else:
         layers = [layer] if layer is not None else []
         retired = previous
-    summary: dict[str, Any] = {
-        "featureView": cfg.feature_view,
+    run = {
         "mode": mode,
-        "modeReason": reason,
         "asOf": _iso(as_of_us),
-        "watermark": _iso(as_of_us),
         "rowsRead": rows_read,
         "entitiesWritten": int(table.num_rows),
-        "readSeconds": round(read_seconds, 3),
-        "writeSeconds": round(write_seconds, 3),
-        "rowsPerSecond": round(table.num_rows / write_seconds) if write_seconds > 0 else 0,
     }
     pointer = LivePointer(
         layers=layers,
@@ -587,10 +444,11 @@ def _run(
         created_timestamp_column=cfg.source.created_timestamp_column,
         watermark_us=as_of_us,
         switched_at_us=_now_us(),
-        run={k: summary[k] for k in ("mode", "asOf", "rowsRead", "entitiesWritten")},
+        run=run,
     )
     store.switch(expected_raw, pointer, layer, retired, now_us)
     retire_started = time.monotonic()
+    retire_error: str | None = None
     if retired and table.num_rows:
         ids = pc.cast(pc.cast(table[source.join_key], pa.string()), pa.binary()).combine_chunks()
         try:
@@ -599,23 +457,33 @@ def _run(
             # The new version is live: this run succeeded. The old layers stay "retired" in
             # the layers hash, and the next run unlinks them once the grace period is over.
             log.warning("could not expire the replaced layers %s: %s", retired, exc)
-            summary["retireError"] = str(exc)
-    summary.update(
-        {
-            "version": pointer.layers[0] if pointer.layers else None,
-            "layers": pointer.layers,
-            "retiredLayers": retired,
-            "reclaimedLayers": reclaimed,
-            "retireSeconds": round(time.monotonic() - retire_started, 3),
-            "durationSeconds": round(time.monotonic() - started, 3),
-        }
+            retire_error = str(exc)
+    summary = MaterializeSummary(
+        feature_view=cfg.feature_view,
+        mode=mode,
+        mode_reason=reason,
+        as_of=_iso(as_of_us),
+        watermark=_iso(as_of_us),
+        rows_read=rows_read,
+        entities_written=int(table.num_rows),
+        read_seconds=round(read_seconds, 3),
+        write_seconds=round(write_seconds, 3),
+        rows_per_second=round(table.num_rows / write_seconds) if write_seconds > 0 else 0,
+        version=pointer.layers[0] if pointer.layers else None,
+        layers=pointer.layers,
+        retired_layers=retired,
+        reclaimed_layers=reclaimed,
+        retire_seconds=round(time.monotonic() - retire_started, 3),
+        duration_seconds=round(time.monotonic() - started, 3),
     )
-    log.info("materialized %s: %s", cfg.feature_view, summary)
-    return summary
+    if retire_error:
+        summary = summary.model_copy(update={"retire_error": retire_error})
+    log.info("materialized %s: %s", cfg.feature_view, summary.to_wire())
+    return summary.to_wire()
 
 
 def work(raw: dict[str, Any]) -> dict[str, Any]:
-    return materialize(parse_config(raw), os.environ.get(PASSWORD_ENV) or None)
+    return materialize(parse_config(raw), os.environ.get(REDIS_PASSWORD_ENV) or None)
 
 
 def main(argv: list[str] | None = None) -> int:

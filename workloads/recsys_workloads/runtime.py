@@ -1,9 +1,10 @@
-"""The contract every workload entry point keeps with the operator.
+"""How every workload entry point keeps its contract with the operator.
 
-Each entry point takes the JSON config the operator renders (``--config PATH``) and ends by
-writing a small JSON summary to its container termination message, which the operator reads
-from the finished pod: no extra storage and no RBAC for pods to write status. The exit code
-tells the Job's ``podFailurePolicy`` whether a retry can help.
+Each entry point takes the JSON config the operator renders (``--config PATH``), parses it with
+its model in ``recsys_contract``, and ends by writing its summary (a ``recsys_contract`` model
+too) to its container termination message, which the operator reads from the finished pod: no
+extra storage and no RBAC for pods to write status. The exit codes and the message's envelope
+are ``recsys_contract.termination``'s.
 """
 
 from __future__ import annotations
@@ -15,24 +16,37 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, ValidationError
 
-#: Done; the summary says what was produced.
-EXIT_OK = 0
-#: An unexpected crash (a bug or an unknown failure): retried, within the Job's backoffLimit.
-EXIT_CRASH = 1
-#: Bad input that no retry can fix (missing column, wrong type, empty source, invalid config).
-#: The same code argparse uses for usage errors, so both fail the Job fast.
-EXIT_BAD_INPUT = 2
-#: A transient failure (an unreachable store, a timeout): worth retrying. EX_TEMPFAIL of sysexits.h.
-EXIT_TRANSIENT = 75
+from recsys_contract.termination import (
+    EXIT_BAD_INPUT,
+    EXIT_CRASH,
+    EXIT_OK,
+    EXIT_TRANSIENT,
+    TERMINATION_MESSAGE_LIMIT,
+    Outcome,
+    failure,
+)
 
-#: Kubernetes truncates termination messages at 4096 bytes; summaries must stay below it.
-TERMINATION_MESSAGE_LIMIT = 4096
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_CRASH",
+    "EXIT_OK",
+    "EXIT_TRANSIENT",
+    "BadInputError",
+    "TransientError",
+    "describe_validation_error",
+    "load_config",
+    "parse_config",
+    "run_entrypoint",
+]
+
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+M = TypeVar("M", bound=BaseModel)
+#: a failure's message is cut to this when the whole summary would not fit
+_MESSAGE_KEPT = TERMINATION_MESSAGE_LIMIT - 256
 
 log = logging.getLogger("recsys_workloads")
 
@@ -49,9 +63,10 @@ def write_termination_message(summary: Mapping[str, Any], path: str | os.PathLik
     """Write ``summary`` as compact JSON, shrinking it rather than letting Kubernetes cut it."""
     text = json.dumps(summary, separators=(",", ":"), sort_keys=True, default=str)
     if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
-        keep = {k: summary[k] for k in ("status", "reason", "message") if k in summary}
-        keep["truncated"] = True
-        text = json.dumps(keep, separators=(",", ":"), sort_keys=True, default=str)
+        outcome = Outcome.model_validate(summary)
+        message = outcome.message[:_MESSAGE_KEPT] if outcome.message else None
+        keep = outcome.model_copy(update={"truncated": True, "message": message})
+        text = json.dumps(keep.to_wire(), separators=(",", ":"), sort_keys=True, default=str)
         text = text[: TERMINATION_MESSAGE_LIMIT - 1]
     try:
         Path(path).write_text(text)
@@ -99,32 +114,17 @@ def run_entrypoint(
         summary = {"status": "Succeeded", **work(load_config(args.config))}
         code = EXIT_OK
     except BadInputError as exc:
-        summary, code = (
-            {"status": "Failed", "reason": "BadInput", "message": str(exc)},
-            EXIT_BAD_INPUT,
-        )
+        summary, code = failure("BadInput", str(exc)).to_wire(), EXIT_BAD_INPUT
     except TransientError as exc:
-        summary, code = (
-            {"status": "Failed", "reason": "Transient", "message": str(exc)},
-            EXIT_TRANSIENT,
-        )
+        summary, code = failure("Transient", str(exc)).to_wire(), EXIT_TRANSIENT
     except Exception as exc:
         log.exception("%s crashed", name)
-        summary = {"status": "Failed", "reason": "Crash", "message": f"{type(exc).__name__}: {exc}"}
+        summary = failure("Crash", f"{type(exc).__name__}: {exc}").to_wire()
         code = EXIT_CRASH
     if code != EXIT_OK:
         print(f"recsys-{name}: {summary['message']}", file=sys.stderr)
     write_termination_message(summary, args.termination_log)
     return code
-
-
-class ConfigSection(BaseModel):
-    """Base of every section of a workload's config: the camelCase JSON the operator renders,
-    unknown fields refused (a misspelt field is an error, never a silent default), frozen."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -142,3 +142,12 @@ def describe_validation_error(exc: ValidationError) -> str:
         else:
             parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
+
+
+def parse_config(model: type[M], raw: Any, what: str) -> M:
+    """``raw`` as ``model`` (a ``recsys_contract`` document); any problem is bad input, one
+    clause per field, led by ``what``."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise BadInputError(f"{what}: " + describe_validation_error(exc)) from exc

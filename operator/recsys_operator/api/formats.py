@@ -12,6 +12,10 @@ import re
 from datetime import datetime
 from decimal import Decimal
 
+#: A Go duration (``30s``, ``1h30m``) and its parser are the workloads' too: one definition.
+from recsys_contract.formats import DURATION as DURATION
+from recsys_contract.formats import parse_duration as parse_duration
+
 #: A DNS-1123 label: Service names, label values, the names of the objects this API refers to.
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 #: A DNS-1123 subdomain: most Kubernetes object names (Secrets, PriorityClasses).
@@ -20,8 +24,6 @@ DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 #: A key of a Secret or ConfigMap.
 CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
-#: A Go duration as Flagger, Argo Rollouts and CEL's ``duration()`` read it: ``30s``, ``1h30m``.
-DURATION = r"^([0-9]{1,6}(\.[0-9]{1,3})?(ms|s|m|h))+$"
 #: A Kubernetes quantity (``500m``, ``2Gi``, ``1e3``), the form resource.Quantity parses.
 QUANTITY = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -77,17 +79,6 @@ CRON = (
     )
     + r")$"
 )
-
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go duration such as ``1h30m`` or ``250ms``."""
-    if not re.fullmatch(DURATION, text):
-        raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h30m")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
-
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {

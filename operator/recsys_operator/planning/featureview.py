@@ -10,8 +10,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from recsys_contract.formats import parse_duration
+from recsys_contract.keyspace import feature_prefix, store_name
+from recsys_contract.materialize import (
+    FeatureConfig,
+    FeatureType,
+    MaterializeConfig,
+    MaterializeSummary,
+    OnlineStoreConfig,
+    SourceConfig,
+)
 from recsys_operator.api.featureview import FeatureView
-from recsys_operator.api.formats import parse_duration
 from recsys_operator.conditions import set_condition
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name, short_hash
@@ -28,7 +37,7 @@ from recsys_operator.planning.pods import (
 MATERIALIZE_MODULE = "recsys_workloads.materialize"
 
 #: API feature types -> the materializer's encodings. Types missing here cannot be served yet.
-FEATURE_TYPES = {
+FEATURE_TYPES: dict[str, FeatureType] = {
     "Int32": "int32",
     "Int64": "int64",
     "Float32": "float32",
@@ -59,10 +68,16 @@ class FeatureViewPlan:
 
 def store_view_name(fv: FeatureView) -> str:
     """The FeatureView's name in the online store: namespaced, so two teams never collide."""
-    return f"{fv.metadata.namespace}.{fv.metadata.name}"
+    return store_name(fv.metadata.namespace, fv.metadata.name)
 
 
-def materialize_config(fv: FeatureView, *, as_of: str | None = None) -> dict[str, Any]:
+def key_prefix(fv: FeatureView) -> str:
+    """The prefix of the FeatureView's keys: the materializer writes and the gateway reads them
+    under it."""
+    return feature_prefix(fv.spec.online_store.redis.key_prefix)
+
+
+def materialize_config(fv: FeatureView, *, as_of: str | None = None) -> MaterializeConfig:
     spec = fv.spec
     if len(spec.entity.join_keys) != 1:
         raise SpecError(
@@ -78,24 +93,25 @@ def materialize_config(fv: FeatureView, *, as_of: str | None = None) -> dict[str
                 f"{feature.dtype} cannot be materialized yet; use one of "
                 f"{', '.join(FEATURE_TYPES)}",
             )
-        features.append({"name": feature.name, "type": FEATURE_TYPES[feature.dtype]})
-    redis = spec.online_store.redis
-    config: dict[str, Any] = {
-        "featureView": store_view_name(fv),
-        "joinKey": spec.entity.join_keys[0],
-        "source": {"uri": spec.source.path, "eventTimestampColumn": spec.source.timestamp_field},
-        "features": features,
-        "ttlSeconds": int(parse_duration(spec.ttl)) if spec.ttl else 0,
-        "onlineStore": {"redisUrl": redis.url},
-    }
-    if spec.source.created_timestamp_field:
-        config["source"]["createdTimestampColumn"] = spec.source.created_timestamp_field
-    if redis.key_prefix:
-        config["onlineStore"]["keyPrefix"] = redis.key_prefix
-    if as_of:
-        config["asOf"] = as_of
-        config["mode"] = "full"
-    return config
+        features.append(FeatureConfig(name=feature.name, type=FEATURE_TYPES[feature.dtype]))
+    return MaterializeConfig.model_validate(
+        {
+            "feature_view": store_view_name(fv),
+            "join_key": spec.entity.join_keys[0],
+            "source": SourceConfig(
+                uri=spec.source.path,
+                event_timestamp_column=spec.source.timestamp_field,
+                created_timestamp_column=spec.source.created_timestamp_field or None,
+            ),
+            "features": features,
+            "ttl_seconds": int(parse_duration(spec.ttl)) if spec.ttl else 0,
+            "online_store": OnlineStoreConfig(
+                redis_url=spec.online_store.redis.url, key_prefix=key_prefix(fv)
+            ),
+            # a backfill pins its window's end and rewrites it whole
+            **({"as_of": as_of, "mode": "full"} if as_of else {}),
+        }
+    )
 
 
 def _labels(fv: FeatureView, component: str) -> dict[str, str]:
@@ -159,7 +175,9 @@ def plan(fv: FeatureView, owner: Mapping[str, Any], image: str) -> FeatureViewPl
         # One Job per backfill window: a new window (a spec edit) is a new Job; the name hashes it.
         window = f"{backfill.start_time}/{backfill.end_time or ''}"
         bf_cm = child_name(name, "backfill", short_hash(window))
-        bf_config = materialize_config(fv, as_of=backfill.end_time) | {"mode": "full"}
+        bf_config = materialize_config(fv, as_of=backfill.end_time).model_copy(
+            update={"mode": "full"}
+        )
         config_map_bf = workload_config_map(
             bf_cm, ns, _labels(fv, "backfill-config"), owner, bf_config
         )
@@ -218,9 +236,10 @@ def status(
         out["lastBackfill"] = last_backfill.run_status()
     for outcome in finished:
         out["lastMaterialization"] = outcome.run_status()
-        if outcome.succeeded and outcome.summary.get("version") is not None:
-            out["keyspaceVersion"] = int(outcome.summary["version"])
-            out["liveKeyspace"] = f"{store_view_name(fv)}@{outcome.summary['version']}"
+        summary = outcome.parsed(MaterializeSummary) if outcome.succeeded else None
+        if summary is not None and summary.version is not None:
+            out["keyspaceVersion"] = summary.version
+            out["liveKeyspace"] = f"{store_view_name(fv)}@{summary.version}"
     failed = next((o for o in (last_run, last_backfill) if o and o.failed), None)
     running = any(o is not None and not o.finished for o in (last_run, last_backfill))
     if cron_job is None:

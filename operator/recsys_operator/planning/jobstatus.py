@@ -1,7 +1,9 @@
 """What a finished (or running) Job says: its conditions plus its pod's termination message.
 
 Workloads report their result as a JSON summary in the termination message, so the operator
-learns rows written, metrics or artifact digests without extra storage or RBAC for pods.
+learns rows written, metrics or artifact digests without extra storage or RBAC for pods. The
+message's envelope is ``recsys_contract.termination.Outcome``, each workload's summary a
+``recsys_contract`` model (``JobOutcome.parsed``).
 """
 
 from __future__ import annotations
@@ -9,9 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from recsys_contract.base import Summary
+from recsys_contract.materialize import MaterializeSummary
+from recsys_contract.termination import Outcome
 from recsys_operator.planning.pods import MAIN_CONTAINER
+
+S = TypeVar("S", bound=Summary)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,11 @@ class JobOutcome:
     def failed(self) -> bool:
         return self.finished and not self.succeeded
 
+    def parsed(self, model: type[S]) -> S | None:
+        """The summary as the workload's ``recsys_contract`` model; None when the pod left
+        none, or one that is not a successful run's of that model."""
+        return model.read(dict(self.summary))
+
     def run_status(self) -> dict[str, Any]:
         """The FeatureView's ``MaterializationRun`` status block."""
         out: dict[str, Any] = {"jobName": self.name}
@@ -36,18 +48,20 @@ class JobOutcome:
             out["startTime"] = self.start_time
         if self.completion_time:
             out["completionTime"] = self.completion_time
-        if "entitiesWritten" in self.summary:
-            out["rows"] = int(self.summary["entitiesWritten"])
-        if self.summary.get("watermark"):
-            out["watermark"] = str(self.summary["watermark"])
-        if "durationSeconds" in self.summary:
-            out["durationSeconds"] = float(self.summary["durationSeconds"])
+        summary = self.parsed(MaterializeSummary)
+        if summary is not None:
+            out["rows"] = summary.entities_written
+            out["watermark"] = summary.watermark
+            if summary.duration_seconds is not None:
+                out["durationSeconds"] = summary.duration_seconds
         return out
 
 
 def termination_summary(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The JSON summary of the most recently terminated main container among ``pods``."""
-    best: tuple[str, dict[str, Any]] | None = None
+    """The JSON summary of the most recently terminated main container among ``pods``; a
+    worker's (a pod of a multi-process run whose result rank 0 reports) only when no other
+    pod left one."""
+    best: tuple[bool, str, dict[str, Any]] | None = None
     for pod in pods:
         for cs in pod.get("status", {}).get("containerStatuses", []) or []:
             if cs.get("name") != MAIN_CONTAINER:
@@ -62,10 +76,12 @@ def termination_summary(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | N
                 parsed = {"status": "Unknown", "message": text[:1024]}
             if not isinstance(parsed, dict):
                 continue
-            finished = str(term.get("finishedAt", ""))
-            if best is None or finished > best[0]:
-                best = (finished, parsed)
-    return best[1] if best else None
+            outcome = Outcome.read(parsed)
+            reports = outcome is None or outcome.role != "worker"
+            rank = (reports, str(term.get("finishedAt", "")))
+            if best is None or rank > best[:2]:
+                best = (*rank, parsed)
+    return best[2] if best else None
 
 
 def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -93,8 +109,9 @@ def job_outcome(job: Mapping[str, Any], summary: Mapping[str, Any] | None) -> Jo
         )
     if failed is not None:
         # The workload's own words first: they name the column or field to fix.
-        reason = str(summary.get("reason") or failed.get("reason") or "Failed")
-        message = str(summary.get("message") or failed.get("message") or "the Job failed")
+        said = Outcome.read(summary)
+        reason = str((said and said.reason) or failed.get("reason") or "Failed")
+        message = str((said and said.message) or failed.get("message") or "the Job failed")
         return JobOutcome(
             name,
             True,

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from recsys_contract.index import IndexSummary
+from recsys_contract.train import RANKER, TWO_TOWER, TrainSummary, ranking_metric, retrieval_metric
 from recsys_operator.api.modelversion import ModelVersion
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.api.training import EvaluationGate
@@ -63,14 +65,14 @@ class Decision:
 def gate_metrics(headline: Mapping[str, Any], k: int) -> dict[str, float]:
     """The gate's numbers from the training summary's headline metrics.
 
-    The training Job reports flat keys (``recsys_workloads.train.export.headline_metrics``):
-    ``<model>.recall@K``, ``<model>.ndcg@K`` for retrieval and ``<model>.ranking.auc``; the
-    gate judges the two-tower retrieval and the ranker.
+    The training Job reports flat names (``recsys_contract.train.retrieval_metric`` and
+    ``ranking_metric``): ``<model>.recall@K``, ``<model>.ndcg@K`` for retrieval and
+    ``<model>.ranking.auc``; the gate judges the two-tower retrieval and the ranker.
     """
     wanted = {
-        f"recall@{k}": f"twoTower.recall@{k}",
-        f"ndcg@{k}": f"twoTower.ndcg@{k}",
-        "auc": "ranker.ranking.auc",
+        f"recall@{k}": retrieval_metric(TWO_TOWER, f"recall@{k}"),
+        f"ndcg@{k}": retrieval_metric(TWO_TOWER, f"ndcg@{k}"),
+        "auc": ranking_metric(RANKER, "auc"),
     }
     return {
         name: float(headline[key])
@@ -230,15 +232,13 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
         if t.failed:
             step.stage("Trained", False, t.reason, t.message)
             return step.to("Failed", f"training failed: {t.message}", t.reason)
-        for key in ("artifactUri", "digest"):
-            if t.summary.get(key):
-                st[key] = t.summary[key]
+        trained = t.parsed(TrainSummary)
+        if trained is not None:
+            st["artifactUri"], st["digest"] = trained.artifact_uri, trained.digest
         st["trainingJob"] = t.name
-        headline = t.summary.get("metrics") or {}
+        headline = trained.metrics if trained is not None else {}
         # Every headline number (baselines too) is kept in status for `kubectl get -o yaml`.
-        st["metrics"] = {
-            k: float(v) for k, v in sorted(headline.items()) if isinstance(v, int | float)
-        }
+        st["metrics"] = dict(sorted(headline.items()))
         step.run = None
         step.stage("Trained", True, "TrainingSucceeded", f"Job {t.name} succeeded")
         return step.to(
@@ -258,7 +258,8 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
         if ix.failed:
             step.stage("Indexed", False, ix.reason, ix.message)
             return step.to("Failed", f"index build failed: {ix.message}", ix.reason)
-        model_digest = ix.summary.get("modelDigest")
+        built = ix.parsed(IndexSummary)
+        model_digest = built.model_digest if built is not None else None
         if imported and mv.spec.digest and model_digest and model_digest != mv.spec.digest:
             return step.to(
                 "Failed",
@@ -266,18 +267,18 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
                 f"{mv.spec.digest}: import the right artifact or fix the digest",
                 "DigestMismatch",
             )
-        st["indexName"] = str(ix.summary.get("indexUri") or ix.name)
+        st["indexName"] = built.index_uri if built is not None else ix.name
         if imported:
             st.setdefault("artifactUri", mv.spec.storage_uri)
             if model_digest:
                 st.setdefault("digest", model_digest)
-        recall = ix.summary.get("recall")
-        built = f"index {st['indexName']} built"
-        if isinstance(recall, int | float):
-            st["evaluation"] = {**(st.get("evaluation") or {}), "indexRecallAtK": float(recall)}
-            st["metrics"] = {**(st.get("metrics") or {}), "indexRecall": float(recall)}
-            built += f", recall {float(recall):.4f} against exact search"
-        step.stage("Indexed", True, "IndexBuilt", built)
+        recall = built.recall if built is not None else None
+        done = f"index {st['indexName']} built"
+        if recall is not None:
+            st["evaluation"] = {**(st.get("evaluation") or {}), "indexRecallAtK": recall}
+            st["metrics"] = {**(st.get("metrics") or {}), "indexRecall": recall}
+            done += f", recall {recall:.4f} against exact search"
+        step.stage("Indexed", True, "IndexBuilt", done)
         return _serving_phase(observed.role, "Ready", step, imported)
 
     # Ready / Canary / Serving / Retired: the Recommender's status decides.

@@ -12,8 +12,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from recsys_contract.base import ConfigSection
+from recsys_contract.termination import EXIT_BAD_INPUT
 from recsys_operator.api.common import SecretKeyRef
-from recsys_workloads.runtime import EXIT_BAD_INPUT
 
 CONFIG_DIR = "/etc/recsys"
 CONFIG_FILE = "config.json"
@@ -61,15 +62,25 @@ def object_meta(
     }
 
 
+def render_config(cfg: ConfigSection) -> str:
+    """A workload's config as the JSON it parses (``recsys_contract``): what the operator set."""
+    return json.dumps(cfg.to_wire(), indent=1, sort_keys=True)
+
+
 def workload_config_map(
-    name: str, ns: str, labels: Mapping[str, str], owner: Mapping[str, Any], cfg: Mapping[str, Any]
+    name: str,
+    ns: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    cfg: ConfigSection,
+    file: str = CONFIG_FILE,
 ) -> dict[str, Any]:
     """The ConfigMap a workload reads its JSON config from (mounted at ``CONFIG_DIR``)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_meta(name, ns, labels, owner),
-        "data": {CONFIG_FILE: json.dumps(cfg, indent=1, sort_keys=True)},
+        "data": {file: render_config(cfg)},
     }
 
 

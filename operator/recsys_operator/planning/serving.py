@@ -4,7 +4,7 @@
 Each version gets its own Triton so stable and canary load side by side and a rollback is a
 routing change, not a redeploy. The gateway reads the routing table (stable, canary, weight,
 each version's Triton and index) from its ConfigMap at start, and polls a copy of the table
-in Redis every second (``recsys:<ns>.<name>:routing``, see ``recsys_workloads.gateway.keys``),
+in Redis every second (``GatewayKeys.routing`` of ``recsys_contract.keyspace``),
 which wins when present: a mounted ConfigMap reaches running pods only after the kubelet's
 sync (about a minute), too slow for a rollout step or a rollback.
 """
@@ -15,11 +15,18 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from recsys_operator.api.recommender import Recommender
+from recsys_contract import gateway as wire
+from recsys_contract.history import HistoryConfig, RecommenderStoreConfig
+from recsys_contract.keyspace import DEFAULT_FEATURE_PREFIX, recommender_prefix, store_name
+from recsys_contract.repository import RepositoryConfig
+from recsys_operator.api.featureview import FeatureView
+from recsys_operator.api.recommender import FeatureViewRef, Recommender
 from recsys_operator.api.serving import GatewayServing, TritonServing
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name, short_hash
+from recsys_operator.planning.featureview import key_prefix
 from recsys_operator.planning.pods import (
+    CONFIG_DIR,
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
     object_meta,
@@ -27,9 +34,15 @@ from recsys_operator.planning.pods import (
     workload_config_map,
     workload_container,
 )
-from recsys_operator.planning.training import JobPlan, artifact_env_from, single_pod_job
+from recsys_operator.planning.training import (
+    JobPlan,
+    artifact_env_from,
+    interaction_columns,
+    single_pod_job,
+)
 
 TRITON_HTTP, TRITON_GRPC, TRITON_METRICS, GATEWAY_PORT = 8000, 8001, 8002, 8080
+GATEWAY_CONFIG_FILE = "gateway.json"
 #: Where the init container writes the version's Triton model repository (an emptyDir).
 REPOSITORY_DIR = "/models"
 
@@ -132,18 +145,18 @@ def _served(
     return [deployment, _service(name, ns, labels, owner, selector, ports)]
 
 
-def repository_config(rec: Recommender, artifact_uri: str) -> dict[str, Any]:
+def repository_config(rec: Recommender, artifact_uri: str) -> RepositoryConfig:
     """What the init container builds the version's Triton repository from: models on the GPU
     when the Triton container asks for one."""
     tr = rec.spec.serving.triton
     limits = (tr.resources.limits or {}) if tr.resources else {}
     on_gpu = any(name.endswith("/gpu") for name in limits)
-    return {
-        "artifactUri": artifact_uri,
-        "repositoryUri": REPOSITORY_DIR,
-        "maxBatchSize": tr.max_batch_size,
-        "device": "cuda" if on_gpu else "cpu",
-    }
+    return RepositoryConfig(
+        artifact_uri=artifact_uri,
+        repository_uri=REPOSITORY_DIR,
+        max_batch_size=tr.max_batch_size,
+        device="cuda" if on_gpu else "cpu",
+    )
 
 
 def triton_objects(
@@ -212,49 +225,77 @@ def routing_table(
     canary: str | None,
     weight: int | None,
     indexes: Mapping[str, str | None],
-) -> dict[str, Any]:
+) -> wire.RoutingTable:
     ns = rec.metadata.namespace or "default"
 
-    def variant(version: str) -> dict[str, Any]:
-        return {
-            "modelVersion": version,
-            "triton": f"{triton_name(rec, version)}.{ns}.svc:{TRITON_HTTP}",
-            "index": indexes.get(version),
-        }
+    def variant(version: str) -> wire.Variant:
+        return wire.Variant(
+            model_version=version,
+            triton=f"{triton_name(rec, version)}.{ns}.svc:{TRITON_HTTP}",
+            index=indexes.get(version),
+        )
 
-    table: dict[str, Any] = {
-        "stable": variant(stable),
-        "userSticky": rec.spec.serving.rollout.user_sticky,
-        "canaryWeight": 0,
-    }
-    if canary:
-        table["canary"] = variant(canary)
-        table["canaryWeight"] = weight or 0
-    return table
+    return wire.RoutingTable(
+        stable=variant(stable),
+        canary=variant(canary) if canary else None,
+        canary_weight=(weight or 0) if canary else 0,
+        user_sticky=rec.spec.serving.rollout.user_sticky,
+    )
 
 
-def gateway_feature_views(rec: Recommender) -> dict[str, list[dict[str, Any]]]:
-    """The FeatureViews the gateway reads, by their online-store names (``<ns>.<name>``, as
-    the materializer writes them) and the features taken from each. The materializer's key
-    prefix ``fv`` is assumed: a FeatureView with its own ``keyPrefix`` needs it passed here."""
+def gateway_feature_views(
+    rec: Recommender, feature_views: Mapping[str, FeatureView]
+) -> wire.FeatureViews:
+    """The FeatureViews the gateway reads, by their online-store names, each with the key
+    prefix it is materialized under and the features taken from it. ``feature_views`` holds
+    the FeatureView objects by name; one not found yet gets the default prefix (it is
+    rendered again when it appears: the Recommender watches its FeatureViews)."""
     ns = rec.metadata.namespace or "default"
     refs = rec.spec.feature_views
-    out: dict[str, list[dict[str, Any]]] = {"user": [], "item": []}
-    for entity, views in (
-        ("user", refs.user if refs else None),
-        ("item", refs.item if refs else None),
-    ):
-        for ref in views or []:
-            view: dict[str, Any] = {"name": f"{ns}.{ref.name}"}
-            if ref.features:
-                view["features"] = list(ref.features)
-            out[entity].append(view)
-    return out
+
+    def ref(r: FeatureViewRef) -> wire.FeatureViewRef:
+        fv = feature_views.get(r.name)
+        return wire.FeatureViewRef(
+            name=store_name(ns, r.name),
+            key_prefix=key_prefix(fv) if fv is not None else DEFAULT_FEATURE_PREFIX,
+            features=list(r.features) if r.features else None,
+        )
+
+    return wire.FeatureViews(
+        user=[ref(r) for r in (refs.user if refs else None) or []],
+        item=[ref(r) for r in (refs.item if refs else None) or []],
+    )
+
+
+def gateway_config(
+    rec: Recommender, table: wire.RoutingTable, feature_views: Mapping[str, FeatureView]
+) -> wire.GatewayConfig:
+    redis = rec.spec.stores.redis
+    return wire.GatewayConfig(
+        recommender=store_name(rec.metadata.namespace, rec.metadata.name),
+        routing=table,
+        redis_url=redis.url,
+        key_prefix=recommender_prefix(redis.key_prefix),
+        feature_views=gateway_feature_views(rec, feature_views),
+        candidates=rec.spec.retrieval.num_candidates,
+        top_k=rec.spec.ranking.top_k,
+        scoring_timeout=rec.spec.serving.gateway.scoring_timeout,
+        filtering=wire.Filtering.model_validate(rec.spec.filtering.to_k8s()),
+        ordering=wire.Ordering.model_validate(
+            rec.spec.ordering.to_k8s() if rec.spec.ordering else {}
+        ),
+    )
 
 
 def gateway_objects(
-    rec: Recommender, owner: Mapping[str, Any], table: Mapping[str, Any], image: str
+    rec: Recommender,
+    owner: Mapping[str, Any],
+    table: wire.RoutingTable,
+    image: str,
+    feature_views: Mapping[str, FeatureView],
 ) -> list[dict[str, Any]]:
+    """The gateway's ConfigMap (``gateway_config``), Deployment and Service; ``feature_views``
+    are the Recommender's FeatureViews by name, found so far."""
     ns = rec.metadata.namespace or "default"
     name = gateway_name(rec)
     gw = rec.spec.serving.gateway
@@ -262,25 +303,8 @@ def gateway_objects(
         component="gateway", instance=rec.metadata.name, recommender=rec.metadata.name
     )
     redis = rec.spec.stores.redis
-    config = {
-        "recommender": f"{ns}.{rec.metadata.name}",
-        "routing": table,
-        "redisUrl": redis.url,
-        "featureViews": gateway_feature_views(rec),
-        "candidates": rec.spec.retrieval.num_candidates,
-        "topK": rec.spec.ranking.top_k,
-        "scoringTimeout": gw.scoring_timeout,
-        "filtering": rec.spec.filtering.to_k8s(),
-        "ordering": rec.spec.ordering.to_k8s() if rec.spec.ordering else {},
-    }
-    if redis.key_prefix:
-        config["keyPrefix"] = redis.key_prefix
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": object_meta(name, ns, labels, owner),
-        "data": {"gateway.json": json.dumps(config, indent=1, sort_keys=True)},
-    }
+    config = gateway_config(rec, table, feature_views)
+    config_map = workload_config_map(name, ns, labels, owner, config, GATEWAY_CONFIG_FILE)
     env = [
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *redis_password_env(redis.password_secret_ref),
@@ -289,7 +313,7 @@ def gateway_objects(
         "name": "gateway",
         "image": gw.image or image,
         "command": ["python", "-m", "recsys_workloads.gateway"],
-        "args": ["--config", "/etc/recsys/gateway.json", f"--port={GATEWAY_PORT}"],
+        "args": ["--config", f"{CONFIG_DIR}/{GATEWAY_CONFIG_FILE}", f"--port={GATEWAY_PORT}"],
         "env": env,
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": GATEWAY_PORT}},
@@ -297,7 +321,7 @@ def gateway_objects(
         "securityContext": CONTAINER_SECURITY_CONTEXT,
         "volumeMounts": [
             {"name": "scratch", "mountPath": "/tmp"},
-            {"name": "config", "mountPath": "/etc/recsys", "readOnly": True},
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         ],
     }
     volumes = [{"name": "config", "configMap": {"name": name}}]
@@ -308,16 +332,16 @@ def gateway_objects(
 HISTORY_MODULE = "recsys_workloads.history"
 
 
-def history_config(rec: Recommender) -> dict[str, Any]:
+def history_config(rec: Recommender) -> HistoryConfig:
     redis = rec.spec.stores.redis
-    store: dict[str, Any] = {"redisUrl": redis.url}
-    if redis.key_prefix:
-        store["keyPrefix"] = redis.key_prefix
-    return {
-        "recommender": f"{rec.metadata.namespace or 'default'}.{rec.metadata.name}",
-        "interactionsUri": rec.spec.interactions.path,
-        "onlineStore": store,
-    }
+    # the prefix only when set, so the Job's name (a hash of this) stays as it was without one
+    prefix = {"key_prefix": redis.key_prefix} if redis.key_prefix else {}
+    return HistoryConfig(
+        recommender=store_name(rec.metadata.namespace, rec.metadata.name),
+        interactions_uri=rec.spec.interactions.path,
+        interaction_columns=interaction_columns(rec),
+        online_store=RecommenderStoreConfig.model_validate({"redis_url": redis.url, **prefix}),
+    )
 
 
 def history_job(rec: Recommender, owner: Mapping[str, Any], image: str) -> JobPlan:
@@ -329,7 +353,9 @@ def history_job(rec: Recommender, owner: Mapping[str, Any], image: str) -> JobPl
     which re-reads the table: ``ZADD GT`` makes that a refresh, never a step back."""
     ns = rec.metadata.namespace or "default"
     cfg = history_config(rec)
-    name = child_name(rec.metadata.name, "history", short_hash(json.dumps(cfg, sort_keys=True)))
+    name = child_name(
+        rec.metadata.name, "history", short_hash(json.dumps(cfg.to_wire(), sort_keys=True))
+    )
     labels = standard_labels(
         component="history", instance=rec.metadata.name, recommender=rec.metadata.name
     )

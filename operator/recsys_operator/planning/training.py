@@ -11,6 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from recsys_contract.formats import join_uri
+from recsys_contract.index import IndexBuildConfig, IndexSection, ValidationSection
+from recsys_contract.train import (
+    DataConfig,
+    EvaluationConfig,
+    FeatureConfig,
+    InteractionColumns,
+    ModelConfig,
+    TrainConfig,
+    TrainingConfig,
+)
 from recsys_operator.api.modelversion import ModelVersion
 from recsys_operator.api.recommender import IvfParams, Recommender
 from recsys_operator.labels import KUEUE_QUEUE_LABEL, standard_labels
@@ -27,13 +38,6 @@ TRAIN_MODULE = "recsys_workloads.train"
 INDEX_MODULE = "recsys_workloads.index_build"
 RENDEZVOUS_PORT = 29500
 JOB_TTL_SECONDS = 7 * 86400
-
-
-def join_uri(base: str, *parts: str) -> str:
-    out = base.rstrip("/")
-    for part in parts:
-        out = f"{out}/{part.strip('/')}"
-    return out
 
 
 def artifact_uri(rec: Recommender, mv: ModelVersion) -> str:
@@ -57,73 +61,84 @@ class FeatureSources:
     item_features: list[str] | None = None
 
 
-def train_config(rec: Recommender, mv: ModelVersion, sources: FeatureSources) -> dict[str, Any]:
+def interaction_columns(rec: Recommender) -> InteractionColumns | None:
+    """The interactions' column names from ``spec.interactions``, for training and history
+    seeding; None when they are the defaults (the configs then stay as they were without)."""
+    src = rec.spec.interactions
+    columns = InteractionColumns(
+        user_id=src.user_id_column,
+        item_id=src.item_id_column,
+        timestamp=src.timestamp_field,
+        label=src.label_column,
+    )
+    return None if columns.model_dump() == InteractionColumns().model_dump() else columns
+
+
+def train_config(rec: Recommender, mv: ModelVersion, sources: FeatureSources) -> TrainConfig:
     spec = rec.spec
     hp = spec.training.hyper_parameters
     overrides = mv.spec.training.hyper_parameters if mv.spec.training else None
     over = overrides.model_dump(exclude_none=True) if overrides else {}
     gate = spec.training.evaluation
-    data: dict[str, Any] = {"interactionsUri": spec.interactions.path}
-    features: dict[str, Any] = {}
-    if sources.users_uri:
-        data["usersUri"] = sources.users_uri
-        if sources.user_features:
-            features["user"] = sources.user_features
-    if sources.items_uri:
-        data["itemsUri"] = sources.items_uri
-        if sources.item_features:
-            features["item"] = sources.item_features
-    training = {
-        "epochs": over.get("epochs", hp.epochs),
-        "batchSize": over.get("batch_size", hp.batch_size),
-        "learningRate": over.get("learning_rate", hp.learning_rate),
-        "weightDecay": over.get("weight_decay", hp.weight_decay),
-        "maxStepsPerEpoch": over.get("max_steps_per_epoch", hp.max_steps_per_epoch),
+    model: dict[str, Any] = {
+        "embedding_dim": spec.retrieval.embedding_dim,
+        "temperature": over.get("temperature", hp.temperature),
+        "ranker_cross_layers": spec.ranking.cross_layers,
     }
-    ks = sorted({10, 20, 50, gate.k})
-    config: dict[str, Any] = {
-        "version": mv.metadata.name,
-        "seed": over.get("seed", hp.seed),
-        "data": data,
-        "artifactUri": artifact_uri(rec, mv),
-        "model": {
-            "embeddingDim": spec.retrieval.embedding_dim,
-            "temperature": over.get("temperature", hp.temperature),
-            "rankerCrossLayers": spec.ranking.cross_layers,
-        },
-        "training": training,
-        "evaluation": {"k": ks, "holdoutFraction": gate.holdout_fraction},
-    }
-    if features:
-        config["features"] = features
     if spec.retrieval.hidden_units is not None:
-        config["model"]["towerHidden"] = list(spec.retrieval.hidden_units)
+        model["tower_hidden"] = list(spec.retrieval.hidden_units)
     if spec.ranking.hidden_units is not None:
-        config["model"]["rankerHidden"] = list(spec.ranking.hidden_units)
-    return config
+        model["ranker_hidden"] = list(spec.ranking.hidden_units)
+    return TrainConfig(
+        version=mv.metadata.name,
+        seed=over.get("seed", hp.seed),
+        data=DataConfig(
+            interactions_uri=spec.interactions.path,
+            interaction_columns=interaction_columns(rec),
+            users_uri=sources.users_uri,
+            items_uri=sources.items_uri,
+        ),
+        artifact_uri=artifact_uri(rec, mv),
+        model=ModelConfig.model_validate(model),
+        training=TrainingConfig(
+            epochs=over.get("epochs", hp.epochs),
+            batch_size=over.get("batch_size", hp.batch_size),
+            learning_rate=over.get("learning_rate", hp.learning_rate),
+            weight_decay=over.get("weight_decay", hp.weight_decay),
+            max_steps_per_epoch=over.get("max_steps_per_epoch", hp.max_steps_per_epoch),
+        ),
+        evaluation=EvaluationConfig(
+            k=sorted({10, 20, 50, gate.k}), holdout_fraction=gate.holdout_fraction
+        ),
+        # an entity's features only with its table: without it the tower uses ids alone
+        features=FeatureConfig(
+            user=(sources.user_features or None) if sources.users_uri else None,
+            item=(sources.item_features or None) if sources.items_uri else None,
+        ),
+    )
 
 
-def index_config(rec: Recommender, mv: ModelVersion) -> dict[str, Any]:
+def index_config(rec: Recommender, mv: ModelVersion) -> IndexBuildConfig:
     idx = rec.spec.retrieval.index
     hnsw = idx.hnsw
     kind = {"HNSW": "auto", "Flat": "flat", "IVFFlat": "auto"}[idx.type]
-    params: dict[str, Any] = {"kind": kind, "flatThreshold": idx.flat_below_items}
+    params: dict[str, Any] = {"kind": kind, "flat_threshold": idx.flat_below_items}
     if hnsw is not None:
         params |= {
-            "hnswM": hnsw.m,
-            "efConstruction": hnsw.ef_construction,
-            "efSearch": hnsw.ef_search,
+            "hnsw_m": hnsw.m,
+            "ef_construction": hnsw.ef_construction,
+            "ef_search": hnsw.ef_search,
         }
     if idx.type == "IVFFlat":
         ivf = idx.ivf or IvfParams()
         params |= {"approximate": "ivfFlat", "nlist": ivf.nlist, "nprobe": ivf.nprobe}
-    return {
-        "version": mv.metadata.name,
-        "modelArtifactUri": artifact_uri(rec, mv),
-        "indexUri": index_uri(rec, mv),
-        "index": params,
-        "validation": {"minRecall": idx.min_recall},
-    }
+    return IndexBuildConfig(
+        version=mv.metadata.name,
+        model_artifact_uri=artifact_uri(rec, mv),
+        index_uri=index_uri(rec, mv),
+        index=IndexSection.model_validate(params),
+        validation=ValidationSection(min_recall=idx.min_recall),
+    )
 
 
 def _labels(rec: Recommender, mv: ModelVersion, component: str) -> dict[str, str]:

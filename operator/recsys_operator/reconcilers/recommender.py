@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from recsys_operator import GROUP, VERSION
+from recsys_operator.api.featureview import FeatureView
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context, Key
@@ -99,7 +100,8 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                     if child["kind"] == "Deployment":
                         ready = ready and _available(applied)
             table = routing_table(rec, plan.stable, plan.canary, plan.canary_weight, indexes)
-            for child in gateway_objects(rec, obj, table, ctx.images.get("gateway", "")):
+            views = _feature_views(ctx, rec)
+            for child in gateway_objects(rec, obj, table, ctx.images.get("gateway", ""), views):
                 applied = await ensure(ctx, child)
                 if child["kind"] == "Deployment":
                     ready = ready and _available(applied)
@@ -127,6 +129,18 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     if plan.next_training is not None:
         return max(1.0, (plan.next_training - now_dt).total_seconds())
     return None
+
+
+def _feature_views(ctx: Context, rec: Recommender) -> dict[str, FeatureView]:
+    """The Recommender's FeatureViews found in the cache, by name: the gateway reads each under
+    its own key prefix."""
+    refs = rec.spec.feature_views
+    found: dict[str, FeatureView] = {}
+    for ref in [*(refs.user or []), *(refs.item or [])] if refs else []:
+        obj = ctx.cache.get(API_VERSION, "FeatureView", ref.name, rec.metadata.namespace)
+        if obj is not None:
+            found[ref.name] = FeatureView.model_validate(obj)
+    return found
 
 
 async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str | None]) -> None:

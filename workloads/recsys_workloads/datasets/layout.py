@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from recsys_workloads.artifact_store import join_uri
+from recsys_contract.formats import join_uri
 from recsys_workloads.runtime import BadInputError
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")

@@ -24,7 +24,7 @@ decoding is per value, because the gateway reads a handful of entities per reque
 from __future__ import annotations
 
 import struct
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,10 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.types as pat
 from numpy.typing import NDArray
 
-FeatureType = Literal[
-    "int32", "int64", "float32", "float64", "bool", "string", "string_list", "float_list"
-]
-FEATURE_TYPES: tuple[str, ...] = get_args(FeatureType)
+from recsys_contract.materialize import FEATURE_TYPES
+
 LIST_SEPARATOR = "\x1f"
 
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}

@@ -4,7 +4,7 @@ Two round trips per call whatever the number of entities: ``GET`` the pointer, t
 pipeline of ``HGETALL`` over every (layer, entity) pair. The value with the newest event time
 across the pointer's layers is the entity's current value (see ``keys`` for why layers exist).
 Expired keys are gone from Redis, so stale values are never returned. The pure halves
-(:func:`plan_keys`, :func:`decode_rows`) are shared with async callers.
+(``FeatureViewKeys.entities``, :func:`decode_rows`) are shared with async callers.
 """
 
 from __future__ import annotations
@@ -16,16 +16,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from recsys_contract.keyspace import TS_FIELD, FeatureViewKeys, LivePointer, feature_field
 from recsys_workloads.featurestore.codec import decode
-from recsys_workloads.featurestore.keys import (
-    TS_FIELD,
-    LivePointer,
-    entity_key,
-    feature_field,
-    pointer_key,
-)
-
-DEFAULT_PREFIX = "fv"
 
 
 @dataclass(frozen=True)
@@ -38,13 +30,6 @@ class OnlineFeatures:
     rows: list[dict[str, Any] | None]
     #: Event time (µs) of each row's value, for logging what was served.
     event_us: list[int | None]
-
-
-def plan_keys(
-    prefix: str, feature_view: str, pointer: LivePointer, ids: Sequence[object]
-) -> list[str]:
-    """Keys to fetch, layer-major: ``len(layers) * len(ids)`` of them."""
-    return [entity_key(prefix, feature_view, layer, e) for layer in pointer.layers for e in ids]
 
 
 def decode_rows(
@@ -81,36 +66,28 @@ def decode_rows(
 
 
 def read_online_features(
-    client: redis.Redis,
-    feature_view: str,
-    entity_ids: Sequence[object],
-    *,
-    prefix: str = DEFAULT_PREFIX,
+    client: redis.Redis, keys: FeatureViewKeys, entity_ids: Sequence[object]
 ) -> OnlineFeatures:
     """The live features of ``entity_ids`` (ints or strings, as in the source's join key)."""
-    raw = client.get(pointer_key(prefix, feature_view))
+    raw = client.get(keys.live)
     pointer = LivePointer.from_json(raw) if raw else None
     if pointer is None or not entity_ids:
-        return decode_rows(feature_view, pointer, entity_ids, [])
+        return decode_rows(keys.view, pointer, entity_ids, [])
     pipe = client.pipeline(transaction=False)
-    for key in plan_keys(prefix, feature_view, pointer, entity_ids):
+    for key in keys.entities(pointer.layers, entity_ids):
         pipe.hgetall(key)
-    return decode_rows(feature_view, pointer, entity_ids, pipe.execute())
+    return decode_rows(keys.view, pointer, entity_ids, pipe.execute())
 
 
 async def aread_online_features(
-    client: redis.asyncio.Redis,
-    feature_view: str,
-    entity_ids: Sequence[object],
-    *,
-    prefix: str = DEFAULT_PREFIX,
+    client: redis.asyncio.Redis, keys: FeatureViewKeys, entity_ids: Sequence[object]
 ) -> OnlineFeatures:
-    """:func:`read_online_features` for asyncio callers (the gateway)."""
-    raw = await client.get(pointer_key(prefix, feature_view))
+    """:func:`read_online_features` for asyncio callers."""
+    raw = await client.get(keys.live)
     pointer = LivePointer.from_json(raw) if raw else None
     if pointer is None or not entity_ids:
-        return decode_rows(feature_view, pointer, entity_ids, [])
+        return decode_rows(keys.view, pointer, entity_ids, [])
     pipe = client.pipeline(transaction=False)
-    for key in plan_keys(prefix, feature_view, pointer, entity_ids):
+    for key in keys.entities(pointer.layers, entity_ids):
         pipe.hgetall(key)
-    return decode_rows(feature_view, pointer, entity_ids, await pipe.execute())
+    return decode_rows(keys.view, pointer, entity_ids, await pipe.execute())

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from redis.connection import parse_url
 
-from recsys_workloads.featurestore.keys import TS_FIELD, feature_field
+from recsys_contract.keyspace import TS_FIELD, feature_field
 from recsys_workloads.runtime import BadInputError, TransientError
 
 CRLF = b"\r\n"

@@ -18,9 +18,9 @@ import pyarrow.dataset as pads
 import pyarrow.types as pat
 from numpy.typing import NDArray
 
+from recsys_contract.keyspace import FeatureSchema
 from recsys_workloads.artifact_store import local_path, store_errors
 from recsys_workloads.featurestore.codec import type_mismatch
-from recsys_workloads.featurestore.keys import FeatureSchema
 from recsys_workloads.featurestore.point_in_time import NO_CREATED_US
 from recsys_workloads.runtime import BadInputError
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from recsys_contract.formats import REDIS_PASSWORD_ENV
 from recsys_workloads.gateway.app import create_app, gateway_from_file
-from recsys_workloads.gateway.config import PASSWORD_ENV
 from recsys_workloads.runtime import EXIT_BAD_INPUT, BadInputError
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        gateway = gateway_from_file(args.config, os.environ.get(PASSWORD_ENV) or None)
+        gateway = gateway_from_file(args.config, os.environ.get(REDIS_PASSWORD_ENV) or None)
     except BadInputError as exc:
         print(f"recsys-gateway: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

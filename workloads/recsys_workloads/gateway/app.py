@@ -37,16 +37,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from recsys_contract.gateway import GatewayConfig, RoutingTable
+from recsys_contract.keyspace import GatewayKeys, IndexAlias
 from recsys_workloads.artifact_store import Store
-from recsys_workloads.gateway.config import GatewayConfig, RoutingTable, parse_routing
-from recsys_workloads.gateway.control import IndexAlias
+from recsys_workloads.gateway.config import parse_gateway_config, parse_routing
 from recsys_workloads.gateway.http1 import KeepAlivePool
 from recsys_workloads.gateway.index_pool import (
     IndexPool,
     load_serving_index,
     single_threaded_search,
 )
-from recsys_workloads.gateway.keys import GatewayKeys
 from recsys_workloads.gateway.metrics import GatewayMetrics
 from recsys_workloads.gateway.pipeline import (
     NotReady,
@@ -132,7 +132,7 @@ class Gateway:
         self.config_path = config_path
         self.config_mtime = config_path.stat().st_mtime if config_path else None
         self.file_routing: RoutingTable = cfg.routing
-        self.keys = GatewayKeys.of(cfg.recommender, cfg.key_prefix)
+        self.keys: GatewayKeys = cfg.keys
         self.metrics = GatewayMetrics()
         timeout = cfg.redis_timeout_s
         self.redis = redis.asyncio.Redis.from_url(
@@ -384,8 +384,6 @@ def create_app(gateway: Gateway) -> web.Application:
 
 
 def gateway_from_file(path: Path, redis_password: str | None) -> Gateway:
-    from recsys_workloads.gateway.config import parse_gateway_config
-
     return Gateway(
         parse_gateway_config(load_config(path)), config_path=path, redis_password=redis_password
     )

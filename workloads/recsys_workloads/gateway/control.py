@@ -11,32 +11,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from recsys_contract.keyspace import GatewayKeys, IndexAlias
 from recsys_workloads.gateway.config import parse_routing
-from recsys_workloads.gateway.keys import GatewayKeys
-
-
-@dataclass(frozen=True)
-class IndexAlias:
-    """The index stable traffic follows: its URI and the ModelVersion it was built from."""
-
-    uri: str
-    version: str | None = None
-
-    def to_json(self) -> str:
-        return json.dumps({"uri": self.uri, "version": self.version}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> IndexAlias:
-        data = json.loads(raw)
-        if not isinstance(data, dict) or not isinstance(data.get("uri"), str) or not data["uri"]:
-            raise ValueError('the index alias must be JSON {"uri": "...", "version": "..."}')
-        version = data.get("version")
-        return cls(data["uri"], str(version) if version is not None else None)
 
 
 def publish_routing(client: redis.Redis, keys: GatewayKeys, table: Mapping[str, Any]) -> None:

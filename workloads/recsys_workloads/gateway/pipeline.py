@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from recsys_contract.gateway import GatewayConfig, RoutingTable, Variant, rule_feature_keys
+from recsys_contract.keyspace import IndexAlias
 from recsys_workloads.gateway import rules
-from recsys_workloads.gateway.config import GatewayConfig, RoutingTable, Variant, rule_feature_keys
-from recsys_workloads.gateway.control import IndexAlias
 from recsys_workloads.gateway.index_pool import Candidates, IndexPool, LoadedIndex
 from recsys_workloads.gateway.metrics import GatewayMetrics
 from recsys_workloads.gateway.routing import VariantName, choose_variant

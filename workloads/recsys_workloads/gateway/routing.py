@@ -13,7 +13,7 @@ import hashlib
 import random
 from typing import Literal
 
-from recsys_workloads.gateway.config import RoutingTable
+from recsys_contract.gateway import RoutingTable
 
 BUCKETS = 10_000
 VariantName = Literal["stable", "canary"]

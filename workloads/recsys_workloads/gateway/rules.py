@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from recsys_workloads.gateway.config import Diversity, MatchExpression, Ordering
+from recsys_contract.gateway import Diversity, MatchExpression, Ordering
 
 ItemRow = Mapping[str, Any] | None
 

@@ -1,9 +1,9 @@
 """The gateway's reads from Redis: user features, what to filter out, item features for rules.
 
-A request costs one round trip: the hash reads of the user's features (the feature store's
-``plan_keys``/``decode_rows``, with each FeatureView's pointer cached for a second) and the
-seen and blocked sets go in one pipeline. Rows of several user FeatureViews are merged, later
-views winning on a name clash. Item features, needed only
+A request costs one round trip: the hash reads of the user's features (``FeatureViewKeys
+.entities`` and the feature store's ``decode_rows``, with each FeatureView's pointer cached
+for a second) and the seen and blocked sets go in one pipeline. Rows of several user
+FeatureViews are merged, later views winning on a name clash. Item features, needed only
 when filtering or ordering rules test them, are cached for ``itemCacheTtl``: item attributes
 change on the scale of materialization runs, and the same popular items are candidates for
 most users, so the cache turns a few hundred hash reads per request into a few.
@@ -21,10 +21,9 @@ from typing import Any, TypeVar
 import redis.asyncio
 import redis.exceptions
 
-from recsys_workloads.featurestore.keys import LivePointer, pointer_key
-from recsys_workloads.featurestore.reader import decode_rows, plan_keys
-from recsys_workloads.gateway.config import FeatureViewRef
-from recsys_workloads.gateway.keys import GatewayKeys
+from recsys_contract.gateway import FeatureViewRef
+from recsys_contract.keyspace import FeatureViewKeys, GatewayKeys, LivePointer
+from recsys_workloads.featurestore.reader import decode_rows
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -104,24 +103,22 @@ class GatewayStore:
         self.item_views = list(item_views)
         self.item_cache_ttl_s = item_cache_ttl_s
         self._items: dict[int, tuple[float, Row | None]] = {}
-        self._pointers: dict[tuple[str, str], tuple[float, LivePointer | None]] = {}
+        self._pointers: dict[FeatureViewKeys, tuple[float, LivePointer | None]] = {}
 
     async def pointers(self, views: Sequence[FeatureViewRef]) -> list[LivePointer | None]:
         """Each view's live pointer, re-read at most once a second. A second-old pointer is
         safe: the materializer keeps replaced layers readable for a grace period (minutes)."""
         now = time.monotonic()
-        stale = [
-            v for v in views if self._pointers.get((v.key_prefix, v.name), (0.0, None))[0] <= now
-        ]
+        stale = [v.keys for v in views if self._pointers.get(v.keys, (0.0, None))[0] <= now]
         if stale:
             pipe = self.client.pipeline(transaction=False)
-            for v in stale:
-                pipe.get(pointer_key(v.key_prefix, v.name))
+            for keys in stale:
+                pipe.get(keys.live)
             raws = await guarded(pipe.execute())
-            for v, raw in zip(stale, raws, strict=True):
+            for keys, raw in zip(stale, raws, strict=True):
                 pointer = LivePointer.from_json(raw) if raw else None
-                self._pointers[(v.key_prefix, v.name)] = (now + POINTER_TTL_S, pointer)
-        return [self._pointers[(v.key_prefix, v.name)][1] for v in views]
+                self._pointers[keys] = (now + POINTER_TTL_S, pointer)
+        return [self._pointers[v.keys][1] for v in views]
 
     def _queue_rows(
         self,
@@ -133,7 +130,7 @@ class GatewayStore:
         """Queue every view's hash reads; returns how many replies each view gets."""
         counts = []
         for v, pointer in zip(views, pointers, strict=True):
-            keys = plan_keys(v.key_prefix, v.name, pointer, ids) if pointer else []
+            keys = v.keys.entities(pointer.layers, ids) if pointer else []
             for key in keys:
                 pipe.hgetall(key)
             counts.append(len(keys))

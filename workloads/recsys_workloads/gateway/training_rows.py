@@ -46,20 +46,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
-from pydantic import Field, ValidationError
+from pydantic import Field
 
+from recsys_contract.base import ConfigSection
+from recsys_contract.formats import REDIS_PASSWORD_ENV
+from recsys_contract.keyspace import GatewayKeys
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.datasets.layout import INTERACTIONS_SCHEMA, TIMESTAMP
-from recsys_workloads.gateway.config import PASSWORD_ENV
-from recsys_workloads.gateway.keys import GatewayKeys
 from recsys_workloads.gateway.served_log import EventRecord, ServedRecord
-from recsys_workloads.runtime import (
-    BadInputError,
-    ConfigSection,
-    TransientError,
-    describe_validation_error,
-    run_entrypoint,
-)
+from recsys_workloads.runtime import TransientError, parse_config, run_entrypoint
 
 PAGE = 1000
 OUTCOME_RATING = {"click": 1.0, "purchase": 2.0}
@@ -197,7 +192,6 @@ def read_training_rows(
     return impressions, interactions, summary
 
 
-
 class TrainingRowsConfig(ConfigSection):
     redis_url: str = Field(min_length=1)
     recommender: str = Field(min_length=1)
@@ -219,11 +213,10 @@ def _write(store: Store, uri: str, table: pa.Table) -> None:
 
 
 def work(raw: dict[str, Any]) -> dict[str, Any]:
-    try:
-        cfg = TrainingRowsConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise BadInputError("training rows config: " + describe_validation_error(exc)) from exc
-    client = redis.Redis.from_url(cfg.redis_url, password=os.environ.get(PASSWORD_ENV) or None)
+    cfg = parse_config(TrainingRowsConfig, raw, "training rows config")
+    client = redis.Redis.from_url(
+        cfg.redis_url, password=os.environ.get(REDIS_PASSWORD_ENV) or None
+    )
     keys = GatewayKeys.of(cfg.recommender, cfg.key_prefix)
     try:
         impressions, interactions, summary = read_training_rows(

@@ -1,18 +1,8 @@
 """Build the Triton model repository of one ModelVersion from its published artifact.
 
-``python -m recsys_workloads.serving.repository --config PATH`` with (camelCase, unknown
-fields rejected; everything but the two URIs has a default)::
-
-    {
-      "artifactUri": "s3://recsys/movies/models/movies-v3",
-      "repositoryUri": "/models",
-      "storageOptions": {},
-      "maxBatchSize": 64,
-      "maxQueueDelayMicroseconds": 500,
-      "instances": 1,
-      "torchThreads": 1,
-      "device": "cpu"
-    }
+``python -m recsys_workloads.serving.repository --config PATH`` with a
+``recsys_contract.repository`` config (its module shows an example; everything but the two
+URIs has a default); the summary is ``RepositorySummary``.
 
 It writes two python-backend models named after the version, so the repositories of a
 stable and a canary version can share one server (or one directory) without clashing::
@@ -45,15 +35,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, ValidationError
 
-from recsys_workloads.artifact_store import ArtifactReader, Store, join_uri
-from recsys_workloads.runtime import (
-    BadInputError,
-    ConfigSection,
-    describe_validation_error,
-    run_entrypoint,
-)
+from recsys_contract.formats import join_uri
+from recsys_contract.repository import RepositoryConfig, RepositoryModels, RepositorySummary
+from recsys_workloads.artifact_store import ArtifactReader, Store
+from recsys_workloads.runtime import BadInputError, parse_config, run_entrypoint
 from recsys_workloads.serving.contract import (
     EMBEDDING,
     HISTORY,
@@ -97,23 +83,8 @@ for _p in _os.environ.get("{PYTHONPATH_VARIABLE}", "").split(_os.pathsep):
 """
 
 
-
-class RepositoryConfig(ConfigSection):
-    artifact_uri: str = Field(min_length=1)
-    repository_uri: str = Field(min_length=1)
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    max_batch_size: int = Field(default=64, ge=1, le=4096)
-    max_queue_delay_microseconds: int = Field(default=500, ge=0, le=1_000_000)
-    instances: int = Field(default=1, ge=1, le=64)
-    torch_threads: int = Field(default=1, ge=1, le=256)
-    device: Literal["cpu", "cuda"] = "cpu"
-
-
-def parse_repository_config(raw: dict[str, Any]) -> RepositoryConfig:
-    try:
-        return RepositoryConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise BadInputError("repository config: " + describe_validation_error(exc)) from exc
+def parse_repository_config(raw: Any) -> RepositoryConfig:
+    return parse_config(RepositoryConfig, raw, "repository config")
 
 
 # --- config.pbtxt (pure) ---------------------------------------------------------------------
@@ -246,13 +217,13 @@ def build_repository(raw: dict[str, Any]) -> dict[str, Any]:
         text = model_config(name, kind, cfg, embedding_dim=dim, parameters=params)
         store.write_bytes(join_uri(folder, "config.pbtxt"), text.encode())
     log.info("built the Triton repository of %s at %s", version, cfg.repository_uri)
-    return {
-        "version": version,
-        "repositoryUri": cfg.repository_uri,
-        "artifactDigest": manifest["digest"],
-        "models": {"userTower": names.user_tower, "ranker": names.ranker},
-        "items": int(table.item_ids.size),
-    }
+    return RepositorySummary(
+        version=version,
+        repository_uri=cfg.repository_uri,
+        artifact_digest=manifest["digest"],
+        models=RepositoryModels(user_tower=names.user_tower, ranker=names.ranker),
+        items=int(table.item_ids.size),
+    ).to_wire()
 
 
 def main(argv: list[str] | None = None) -> int:

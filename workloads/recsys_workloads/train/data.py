@@ -3,6 +3,7 @@
 The layout (written by ``recsys_workloads.datasets`` and by the serving log reader)::
 
     interactions: user_id int64, item_id int64, rating float (optional), event_timestamp timestamp
+                  (the names are the config's ``interactionColumns``; these are the defaults)
     users:        user_id int64, event_timestamp timestamp, <user features...>
     items:        item_id int64, event_timestamp timestamp, <item features...>
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from recsys_contract.train import InteractionColumns
 from recsys_workloads.artifact_store import Store, store_errors
 from recsys_workloads.runtime import BadInputError
 
@@ -31,6 +33,8 @@ USER_KEY = "user_id"
 ITEM_KEY = "item_id"
 EVENT_TIME = "event_timestamp"
 RATING = "rating"
+#: the interactions' columns when the config names none
+DEFAULT_COLUMNS = InteractionColumns()
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -106,31 +110,42 @@ class Interactions:
         )
 
 
-def validate_interactions(table: pa.Table) -> Interactions:
+def interaction_columns(columns: InteractionColumns) -> list[str]:
+    """The columns of the interactions table to read: its ids, time and label (when any)."""
+    return [columns.user_id, columns.item_id, columns.label or RATING, columns.timestamp]
+
+
+def validate_interactions(
+    table: pa.Table, columns: InteractionColumns = DEFAULT_COLUMNS
+) -> Interactions:
+    """Check the interactions table, its columns named by ``columns`` (``interactionColumns``
+    of the config, the Recommender's ``spec.interactions``)."""
     what = "interactions"
-    _require_columns(table, what, [USER_KEY, ITEM_KEY, EVENT_TIME])
-    _require_integer(table, what, USER_KEY)
-    _require_integer(table, what, ITEM_KEY)
-    _require_timestamp(table, what, EVENT_TIME)
+    user, item, time = columns.user_id, columns.item_id, columns.timestamp
+    _require_columns(table, what, [user, item, time, *([columns.label] if columns.label else [])])
+    _require_integer(table, what, user)
+    _require_integer(table, what, item)
+    _require_timestamp(table, what, time)
     if table.num_rows == 0:
         raise BadInputError(
             "interactions: the table has no rows; training needs at least one interaction "
             "(check interactionsUri and that the source was written)"
         )
-    _require_no_nulls(table, what, [USER_KEY, ITEM_KEY, EVENT_TIME])
-    if RATING in table.schema.names:
-        rtype = table.schema.field(RATING).type
+    _require_no_nulls(table, what, [user, item, time])
+    label = columns.label or RATING
+    if label in table.schema.names:
+        rtype = table.schema.field(label).type
         if not (pa.types.is_floating(rtype) or pa.types.is_integer(rtype)):
             raise BadInputError(
-                f"interactions: column 'rating' must be numeric (float32), found {rtype}"
+                f"interactions: column {label!r} must be numeric (float32), found {rtype}"
             )
-        ratings = pc.fill_null(pc.cast(table.column(RATING), pa.float32()), 1.0)
+        ratings = pc.fill_null(pc.cast(table.column(label), pa.float32()), 1.0)
         rating_arr = np.asarray(ratings.to_numpy(zero_copy_only=False), dtype=np.float32)
     else:
         rating_arr = np.ones(table.num_rows, dtype=np.float32)
-    users = np.asarray(table.column(USER_KEY).to_numpy(), dtype=np.int64)
-    items = np.asarray(table.column(ITEM_KEY).to_numpy(), dtype=np.int64)
-    times = timestamps_us(table.column(EVENT_TIME))
+    users = np.asarray(table.column(user).to_numpy(), dtype=np.int64)
+    items = np.asarray(table.column(item).to_numpy(), dtype=np.int64)
+    times = timestamps_us(table.column(time))
     order = np.lexsort((items, users, times))
     return Interactions(users[order], items[order], rating_arr[order], times[order])
 

@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from recsys_contract.train import TrainConfig
 from recsys_workloads.runtime import BadInputError
-from recsys_workloads.train.config import TrainConfig
 from recsys_workloads.train.data import (
     EVENT_TIME,
     ITEM_KEY,

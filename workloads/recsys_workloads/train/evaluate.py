@@ -30,7 +30,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from recsys_workloads.train.config import AlsConfig, TrainConfig
+from recsys_contract.train import RANKER, TWO_TOWER, AlsConfig, TrainConfig
 from recsys_workloads.train.dataset import Prepared
 from recsys_workloads.train.models import HISTORY, Ranker, TwoTower
 from recsys_workloads.train.trainer import FeatureTables
@@ -369,7 +369,7 @@ def evaluate(
         return hits[has_rel]
 
     retrieval: dict[str, dict[str, float]] = {}
-    scorers: dict[str, Scorer] = {"twoTower": lambda u: uvec[u] @ ivec.T}
+    scorers: dict[str, Scorer] = {TWO_TOWER: lambda u: uvec[u] @ ivec.T}
     pop = popularity_scores(p)
     if "popularity" in ec.baselines:
         scorers["popularity"] = lambda u: np.broadcast_to(pop, (u.size, pop.size))
@@ -388,11 +388,11 @@ def evaluate(
         ev, p.catalog_item_ids.size, ec.ranking_negatives, cfg.seed
     )
     rank_scores: dict[str, FloatArray] = {
-        "twoTower": np.einsum("ij,ij->i", uvec[cu], ivec[ci]).astype(np.float64),
+        TWO_TOWER: np.einsum("ij,ij->i", uvec[cu], ivec[ci]).astype(np.float64),
         "popularity": pop[ci],
     }
     if ranker is not None:
-        rank_scores["ranker"] = ranker_scores(ranker, p, ev, cu, ci)
+        rank_scores[RANKER] = ranker_scores(ranker, p, ev, cu, ci)
     if als is not None:
         rank_scores["als"] = np.einsum(
             "ij,ij->i", als.user_factors[als.user_pos[cu]], als.item_factors[ci]

@@ -37,8 +37,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from recsys_contract.train import TrainConfig, ranking_metric, retrieval_metric
 from recsys_workloads.artifact_store import ArtifactReader, ArtifactWriter, Store
-from recsys_workloads.train.config import TrainConfig
 from recsys_workloads.train.features import EntityEncoder
 from recsys_workloads.train.models import ModelShape, Ranker, TwoTower
 
@@ -58,11 +58,11 @@ def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for model, values in metrics.get("retrieval", {}).items():
         for name, value in values.items():
-            out[f"{model}.{name}"] = round(float(value), 5)
+            out[retrieval_metric(model, name)] = round(float(value), 5)
     for model, values in metrics.get("ranking", {}).items():
         for name in ("auc", "ndcg@10"):
             if name in values:
-                out[f"{model}.ranking.{name}"] = round(float(values[name]), 5)
+                out[ranking_metric(model, name)] = round(float(values[name]), 5)
     return out
 
 

@@ -14,16 +14,11 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from recsys_workloads.artifact_store import MANIFEST_NAME, ArtifactReader, Store, join_uri
-from recsys_workloads.train.config import TrainConfig, parse_train_config
-from recsys_workloads.train.data import (
-    EVENT_TIME,
-    ITEM_KEY,
-    RATING,
-    USER_KEY,
-    read_table,
-    validate_interactions,
-)
+from recsys_contract.formats import join_uri
+from recsys_contract.train import TrainConfig, TrainSummary, WorkerSummary
+from recsys_workloads.artifact_store import MANIFEST_NAME, ArtifactReader, Store
+from recsys_workloads.train.config import parse_train_config
+from recsys_workloads.train.data import interaction_columns, read_table, validate_interactions
 from recsys_workloads.train.dataset import Prepared, prepare
 from recsys_workloads.train.evaluate import evaluate, item_vectors
 from recsys_workloads.train.export import MODEL_KIND, ExportInputs, export_model
@@ -34,28 +29,30 @@ log = logging.getLogger("recsys_workloads.train")
 
 
 def load_prepared(cfg: TrainConfig, store: Store) -> Prepared:
+    columns = cfg.data.columns
     interactions = validate_interactions(
         read_table(
             store,
             cfg.data.interactions_uri,
             "interactions",
-            columns=[USER_KEY, ITEM_KEY, RATING, EVENT_TIME],
-        )
+            columns=interaction_columns(columns),
+        ),
+        columns,
     )
     users = read_table(store, cfg.data.users_uri, "users") if cfg.data.users_uri else None
     items = read_table(store, cfg.data.items_uri, "items") if cfg.data.items_uri else None
     return prepare(cfg, interactions, users, items)
 
 
-def published_summary(manifest: dict[str, Any], uri: str) -> dict[str, Any]:
-    return {
-        "version": manifest.get("version"),
-        "artifactUri": uri,
-        "digest": manifest["digest"],
-        "itemCount": manifest.get("itemCount"),
-        "embeddingDim": manifest.get("embeddingDim"),
-        "metrics": manifest.get("metrics", {}),
-    }
+def published_summary(manifest: dict[str, Any], uri: str) -> TrainSummary:
+    return TrainSummary(
+        version=manifest.get("version"),
+        artifact_uri=uri,
+        digest=manifest["digest"],
+        item_count=manifest.get("itemCount"),
+        embedding_dim=manifest.get("embeddingDim"),
+        metrics=manifest.get("metrics", {}),
+    )
 
 
 def exported_items(cfg: TrainConfig, p: Prepared) -> np.ndarray[Any, np.dtype[np.int64]]:
@@ -74,7 +71,8 @@ def run(raw: dict[str, Any]) -> dict[str, Any]:
     if store.exists(join_uri(cfg.artifact_uri, MANIFEST_NAME), what="look up artifact"):
         reader = ArtifactReader(store, cfg.artifact_uri, MODEL_KIND)
         log.info("artifact %s is already published; nothing to do", cfg.artifact_uri)
-        return {**published_summary(reader.manifest, cfg.artifact_uri), "alreadyPublished": True}
+        published = published_summary(reader.manifest, cfg.artifact_uri)
+        return published.model_copy(update={"already_published": True}).to_wire()
 
     prepared = load_prepared(cfg, store)
     if dist.enabled and not torch_dist.is_initialized():
@@ -86,7 +84,7 @@ def run(raw: dict[str, Any]) -> dict[str, Any]:
         if dist.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
     if not dist.is_main:
-        return {"version": cfg.version, "role": "worker", "rank": dist.rank}
+        return WorkerSummary(version=cfg.version, role="worker", rank=dist.rank).to_wire()
     return _evaluate_and_export(cfg, prepared, result, store)
 
 
@@ -128,10 +126,15 @@ def _evaluate_and_export(
             training=training,
         ),
     )
-    return {
-        **published_summary(manifest, cfg.artifact_uri),
-        "resumedFromEpoch": result.resumed_from_epoch,
-        "trainSeconds": training["seconds"],
-        "samplesPerSecond": training["samplesPerSecond"],
-        "device": result.device,
-    }
+    return (
+        published_summary(manifest, cfg.artifact_uri)
+        .model_copy(
+            update={
+                "resumed_from_epoch": result.resumed_from_epoch,
+                "train_seconds": training["seconds"],
+                "samples_per_second": training["samplesPerSecond"],
+                "device": result.device,
+            }
+        )
+        .to_wire()
+    )

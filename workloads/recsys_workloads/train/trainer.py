@@ -41,9 +41,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from recsys_workloads.artifact_store import Store, join_uri, sha256_hex
+from recsys_contract.formats import join_uri
+from recsys_contract.train import TrainConfig
+from recsys_workloads.artifact_store import Store, sha256_hex
 from recsys_workloads.runtime import BadInputError, TransientError
-from recsys_workloads.train.config import TrainConfig
 from recsys_workloads.train.dataset import EntityRows, Prepared
 from recsys_workloads.train.models import (
     HISTORY,

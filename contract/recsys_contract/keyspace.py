@@ -1,0 +1,273 @@
+"""Every Redis key of the system, and the values that more than one process reads.
+
+The materializer writes FeatureViews, the history Job and the gateway keep a Recommender's
+per-user state, the operator renders the names and prefixes into their configs: all of them
+build keys here, so a FeatureView materialized under its own ``keyPrefix`` is read back under
+the same one.
+
+Names. A FeatureView is stored online as ``<namespace>.<name>`` and a Recommender's state as
+``<namespace>.<name>`` (:func:`store_name`), so two teams sharing a Redis never collide.
+
+FeatureViews, under the FeatureView's key prefix ``<p>`` (``spec.onlineStore.redis.keyPrefix``,
+default ``fv``) and its stored name ``<fv>``::
+
+    <p>:<fv>:live              string  the pointer: JSON (see LivePointer) naming the layers
+                                       readers use, the feature schema, TTL and watermark.
+                                       Switched with one atomic SET at the end of a run.
+    <p>:<fv>:v<N>:<entity>     hash    one entity's features in layer N:
+                                         "t"  -> event time, µs since the epoch (decimal)
+                                         "0", "1", ... -> the i-th feature of the pointer's
+                                                          schema, encoded by featurestore.codec
+                                       PEXPIREAT = the end of the value's TTL window
+    <p>:<fv>:seq               string  INCR counter that allocates layer numbers N
+    <p>:<fv>:layers            hash    N -> "writing:<µs>" while a run writes layer N,
+                                       "retired:<µs>" once it left the live chain; lets the
+                                       next run reclaim what a crashed or replaced run left
+    <p>:<fv>:lock              string  a run's lease (token; PX), so runs never interleave
+
+Layers make incremental runs cheap and still blue/green: a full run writes every entity into
+a fresh layer and the pointer then names just ``[N]``; an incremental run writes only the
+entities changed since the watermark into a fresh layer and the pointer names ``[N, ...the
+previous layers]``. A reader looks an entity up in all named layers (one pipelined round trip)
+and takes the value with the newest ``t``. Nothing a reader can see is ever modified in place,
+so a reader during a run sees the previous pointer's complete state, and after the switch the
+new one. Chains are bounded (``maxLayers``): the run that would exceed it is a full run, which
+compacts. Field names are short positional ids rather than feature names: they are repeated
+in every hash, and the pointer carries the names once.
+
+A Recommender ``<rec>``, under the Recommender's key prefix ``<p>`` (``spec.stores.redis
+.keyPrefix``, default empty, written as it is: ``team-a:`` gives ``team-a:recsys:...``)::
+
+    <p>recsys:<rec>:routing          string  the routing table (JSON, as in the gateway config's
+                                             ``routing``), polled by every gateway replica
+    <p>recsys:<rec>:index            string  the index alias (IndexAlias): the index stable
+                                             traffic follows
+    <p>recsys:<rec>:served           stream  one entry per served response (log and wait)
+    <p>recsys:<rec>:events           stream  one entry per posted outcome (click, purchase)
+    <p>recsys:<rec>:seen:<user>      zset    item -> ms of the user's last interaction (also
+                                             the user's history for the models)
+    <p>recsys:<rec>:blocked          set     items nobody is shown
+    <p>recsys:<rec>:blocked:<user>   set     items this user is not shown
+
+Why a Redis key for routing rather than only the ConfigMap: a mounted ConfigMap reaches a
+running pod after the kubelet's sync period (about a minute), while a rollout step or a
+rollback must reach every replica within seconds; one GET per replica per second is free.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
+
+#: The FeatureViews' key prefix when the FeatureView names none.
+DEFAULT_FEATURE_PREFIX = "fv"
+#: The Recommenders' key prefix when the Recommender names none.
+DEFAULT_RECOMMENDER_PREFIX = ""
+#: Stored names: no glob characters (SCAN MATCH patterns are built from them) and no ':'.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+#: FeatureView key prefixes may hold ':' (a namespace such as ``team:fv``), still no glob
+#: characters.
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
+#: A Recommender's key prefix: the same characters, and empty by default.
+RECOMMENDER_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9._:/-]{0,64}$")
+#: A Recommender's stored name: ``<namespace>.<name>``.
+RECOMMENDER_PATTERN = r"^[^.\s]+\.[^.\s]+$"
+
+TS_FIELD = b"t"
+POINTER_FORMAT = 1
+
+
+def _matching(pattern: re.Pattern[str], why: str = "") -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"must match {pattern.pattern}{why}")
+        return value
+
+    return check
+
+
+#: A config field holding a stored FeatureView name, a FeatureView or a Recommender key prefix.
+StoredName = Annotated[str, AfterValidator(_matching(NAME_PATTERN, " (no ':' or glob characters)"))]
+FeaturePrefix = Annotated[str, AfterValidator(_matching(PREFIX_PATTERN))]
+RecommenderPrefix = Annotated[str, AfterValidator(_matching(RECOMMENDER_PREFIX_PATTERN))]
+
+
+def store_name(namespace: str | None, name: str) -> str:
+    """The online name of a FeatureView or Recommender: namespaced, so two teams never collide."""
+    return f"{namespace or 'default'}.{name}"
+
+
+def feature_prefix(configured: str | None) -> str:
+    """The key prefix a FeatureView's keys are written under (``keyPrefix``, or the default)."""
+    return configured or DEFAULT_FEATURE_PREFIX
+
+
+def recommender_prefix(configured: str | None) -> str:
+    """The key prefix a Recommender's keys are written under (``keyPrefix``, or the default)."""
+    return configured or DEFAULT_RECOMMENDER_PREFIX
+
+
+def feature_field(index: int) -> bytes:
+    """The hash field of the ``index``-th feature of a pointer's schema."""
+    return str(index).encode()
+
+
+@dataclass(frozen=True)
+class FeatureViewKeys:
+    """The keys of one FeatureView under one key prefix."""
+
+    prefix: str
+    view: str
+
+    @classmethod
+    def of(cls, view: str, prefix: str | None = None) -> FeatureViewKeys:
+        return cls(feature_prefix(prefix), view)
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{self.view}"
+
+    @property
+    def live(self) -> str:
+        return f"{self.base}:live"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.base}:seq"
+
+    @property
+    def layers(self) -> str:
+        return f"{self.base}:layers"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.base}:lock"
+
+    def layer(self, layer: int) -> str:
+        """Every entity key of ``layer`` starts with this (SCAN MATCH ``<this>*`` finds them)."""
+        return f"{self.base}:v{layer}:"
+
+    def entity(self, layer: int, entity: object) -> str:
+        return f"{self.layer(layer)}{entity}"
+
+    def entities(self, layers: Sequence[int], ids: Sequence[object]) -> list[str]:
+        """The keys of ``ids`` in each of ``layers``, layer-major: ``len(layers) * len(ids)``."""
+        return [self.entity(layer, e) for layer in layers for e in ids]
+
+
+@dataclass(frozen=True)
+class GatewayKeys:
+    """The keys of one Recommender's online state (routing, logs, per-user sets)."""
+
+    base: str
+
+    @classmethod
+    def of(cls, recommender: str, prefix: str | None = None) -> GatewayKeys:
+        return cls(f"{recommender_prefix(prefix)}recsys:{recommender}")
+
+    @property
+    def routing(self) -> str:
+        return f"{self.base}:routing"
+
+    @property
+    def index_alias(self) -> str:
+        return f"{self.base}:index"
+
+    @property
+    def served(self) -> str:
+        return f"{self.base}:served"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}:events"
+
+    @property
+    def blocked(self) -> str:
+        return f"{self.base}:blocked"
+
+    def seen(self, user_id: object) -> str:
+        return f"{self.base}:seen:{user_id}"
+
+    def blocked_for(self, user_id: object) -> str:
+        return f"{self.base}:blocked:{user_id}"
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class LivePointer:
+    """What readers need, switched as one value: layers newest first and how to decode them."""
+
+    layers: list[int]
+    features: list[FeatureSchema]
+    join_key: str
+    ttl_seconds: int
+    source_uri: str
+    event_timestamp_column: str
+    #: Every source row with event time <= watermark (µs) has been materialized.
+    watermark_us: int
+    switched_at_us: int
+    run: dict[str, Any] = field(default_factory=dict)
+    format: int = POINTER_FORMAT
+    #: The column that broke event-time ties, if any (left out of the JSON when None).
+    created_timestamp_column: str | None = None
+
+    @property
+    def version(self) -> int:
+        return self.layers[0]
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        if data["created_timestamp_column"] is None:
+            del data["created_timestamp_column"]
+        return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> LivePointer:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("format") != POINTER_FORMAT:
+            raise ValueError(
+                f"pointer format {data.get('format') if isinstance(data, dict) else '?'}"
+            )
+        data["features"] = [FeatureSchema(**f) for f in data["features"]]
+        return cls(**data)
+
+    def same_schema(self, other: LivePointer) -> bool:
+        """Whether ``other`` can extend this chain (same entity, features, TTL and source,
+        timestamp columns included)."""
+        return (
+            self.features == other.features
+            and self.join_key == other.join_key
+            and self.ttl_seconds == other.ttl_seconds
+            and self.source_uri == other.source_uri
+            and self.event_timestamp_column == other.event_timestamp_column
+            and self.created_timestamp_column == other.created_timestamp_column
+        )
+
+
+@dataclass(frozen=True)
+class IndexAlias:
+    """The index stable traffic follows: its URI and the ModelVersion it was built from."""
+
+    uri: str
+    version: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"uri": self.uri, "version": self.version}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> IndexAlias:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or not isinstance(data.get("uri"), str) or not data["uri"]:
+            raise ValueError('the index alias must be JSON {"uri": "...", "version": "..."}')
+        version = data.get("version")
+        return cls(data["uri"], str(version) if version is not None else None)

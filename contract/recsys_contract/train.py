@@ -1,0 +1,228 @@
+"""The training Job's config (rendered from a Recommender and a ModelVersion) and its summary.
+
+Field names are camelCase, like the Recommender spec they come from. Unknown fields are
+rejected (a typo such as ``embedingDim`` must not silently train with the default), and every
+validation error is reported as bad input naming the field's JSON path.
+
+Example (every field but the URIs has a default)::
+
+    {
+      "version": "movies-v3",
+      "seed": 42,
+      "data": {
+        "interactionsUri": "s3://recsys/movies/interactions.parquet",
+        "interactionColumns": {"userId": "user_id", "itemId": "item_id",
+                               "timestamp": "event_timestamp", "label": "rating"},
+        "usersUri": "s3://recsys/movies/users.parquet",
+        "itemsUri": "s3://recsys/movies/items.parquet"
+      },
+      "storageOptions": {"client_kwargs": {"endpoint_url": "http://minio:9000"}},
+      "artifactUri": "s3://recsys/movies/models/movies-v3",
+      "checkpointUri": "s3://recsys/movies/checkpoints/movies-v3",
+      "features": {"user": ["age", "gender", "occupation"], "item": ["genres", "release_year"],
+                   "numericBuckets": 10, "minCount": 1, "maxMultiHot": 8},
+      "model": {"embeddingDim": 64, "featureDim": 16, "towerHidden": [128],
+                "temperature": 0.1, "logQCorrection": true, "negatives": "inBatch",
+                "idDropout": 0.0, "historyLength": 50,
+                "rankerCrossLayers": 2, "rankerHidden": [128, 64]},
+      "training": {"epochs": 10, "batchSize": 1024, "learningRate": 0.003,
+                   "weightDecay": 0.0, "maxStepsPerEpoch": null,
+                   "rankerNegatives": 4, "device": "auto", "cpuThreads": null},
+      "evaluation": {"k": [10, 20, 50], "holdoutFraction": 0.1, "users": "warm",
+                     "rankingNegatives": 100, "baselines": ["popularity", "als"],
+                     "als": {"factors": 64, "regularization": 0.05, "iterations": 15,
+                             "alpha": 1.0}}
+    }
+
+- ``data.usersUri`` / ``data.itemsUri`` are optional: without them the towers use ids only.
+- ``data.interactionColumns`` name the interactions table's columns (the Recommender's
+  ``spec.interactions``); unset, they are ``user_id``, ``item_id``, ``event_timestamp`` and
+  (when the table has it) ``rating``.
+- ``storageOptions`` go to fsspec for every URI (data, artifact, checkpoints); credentials
+  belong in the environment (``AWS_ACCESS_KEY_ID`` from a Secret), not here.
+- ``artifactUri`` is the directory of *this* version; it is immutable once its manifest exists
+  (a re-run after success returns the published summary instead of training again).
+- ``checkpointUri`` defaults to ``<artifactUri>/checkpoints``; a restarted pod resumes from the
+  last complete epoch found there.
+- ``features.user`` / ``features.item`` default to every column of the entity table except the
+  key and ``event_timestamp``; integer and float columns are bucketed, strings are
+  categorical, lists of strings are multi-hot.
+- ``model.historyLength``: the user tower (and ranker) also see the user's last N items
+  (0: off). Serving must then pass each user's recent items, most recent first
+  (``inference.user_vectors(..., history=...)``); without them a user looks history-less.
+  The defaults (50, temperature 0.1, 10 epochs) are what benchmarks/train_quality.py chose
+  on MovieLens-100k's validation split.
+- ``model.negatives``: ``inBatch`` (the batch's other items, logQ-corrected; scales to any
+  catalogue) or ``full`` (an exact softmax over every catalogue item each step: no sampling
+  bias, cost linear in the catalogue, sensible up to some tens of thousands of items).
+- ``training.cpuThreads``: torch's intra-op threads; set it to the pod's CPU limit (torch
+  otherwise sizes its pool by the node's cores and oversubscribes a throttled container).
+- ``training.device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``. With WORLD_SIZE > 1
+  in the environment (torchrun) training runs data-parallel with DDP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from recsys_contract.base import ConfigSection, Summary
+from recsys_contract.formats import join_uri
+
+Baseline = Literal["popularity", "als"]
+BASELINES: tuple[Baseline, ...] = ("popularity", "als")
+
+
+class InteractionColumns(ConfigSection):
+    """The interactions table's column names, as the Recommender's ``spec.interactions`` names
+    them; training and history seeding read the table by them."""
+
+    user_id: str = Field(default="user_id", min_length=1)
+    item_id: str = Field(default="item_id", min_length=1)
+    timestamp: str = Field(default="event_timestamp", min_length=1)
+    #: the outcome (rating, click) column; unset, ``rating`` when the table has one; without
+    #: any, every row is a positive interaction
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> InteractionColumns:
+        names = [self.user_id, self.item_id, self.timestamp, *([self.label] if self.label else [])]
+        if len(set(names)) != len(names):
+            raise ValueError(f"the interactions' columns must differ, got {names}")
+        return self
+
+
+class DataConfig(ConfigSection):
+    interactions_uri: str = Field(min_length=1)
+    #: unset: the default names (``InteractionColumns()``)
+    interaction_columns: InteractionColumns | None = None
+    users_uri: str | None = None
+    items_uri: str | None = None
+
+    @property
+    def columns(self) -> InteractionColumns:
+        return self.interaction_columns or InteractionColumns()
+
+
+class FeatureConfig(ConfigSection):
+    user: list[str] | None = None
+    item: list[str] | None = None
+    numeric_buckets: int = Field(default=10, ge=2, le=1000)
+    min_count: int = Field(default=1, ge=1)
+    max_multi_hot: int = Field(default=8, ge=1, le=256)
+
+
+class ModelConfig(ConfigSection):
+    embedding_dim: int = Field(default=64, ge=2, le=4096)
+    feature_dim: int = Field(default=16, ge=1, le=1024)
+    tower_hidden: list[int] = Field(default_factory=lambda: [128])
+    temperature: float = Field(default=0.1, gt=0, le=10)
+    log_q_correction: bool = True
+    negatives: Literal["inBatch", "full"] = "inBatch"
+    id_dropout: float = Field(default=0.0, ge=0, lt=1)
+    history_length: int = Field(default=50, ge=0, le=1000)
+    ranker_cross_layers: int = Field(default=2, ge=0, le=8)
+    ranker_hidden: list[int] = Field(default_factory=lambda: [128, 64])
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> ModelConfig:
+        for name, widths in (
+            ("towerHidden", self.tower_hidden),
+            ("rankerHidden", self.ranker_hidden),
+        ):
+            if any(w < 1 for w in widths):
+                raise ValueError(f"{name} entries must be positive layer widths, got {widths}")
+        return self
+
+
+class TrainingConfig(ConfigSection):
+    epochs: int = Field(default=10, ge=1, le=10_000)
+    batch_size: int = Field(default=1024, ge=2, le=1 << 20)
+    learning_rate: float = Field(default=0.003, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_steps_per_epoch: int | None = Field(default=None, ge=1)
+    ranker_negatives: int = Field(default=4, ge=1, le=1000)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int | None = Field(default=None, ge=1, le=1024)
+
+
+class AlsConfig(ConfigSection):
+    factors: int = Field(default=64, ge=1)
+    regularization: float = Field(default=0.05, ge=0)
+    iterations: int = Field(default=15, ge=1)
+    alpha: float = Field(default=1.0, gt=0)
+
+
+class EvaluationConfig(ConfigSection):
+    k: list[int] = Field(default_factory=lambda: [10, 20, 50], min_length=1)
+    holdout_fraction: float = Field(default=0.1, gt=0, lt=1)
+    users: Literal["warm", "all"] = "warm"
+    ranking_negatives: int = Field(default=100, ge=1)
+    baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
+    als: AlsConfig = Field(default_factory=AlsConfig)
+
+    @model_validator(mode="after")
+    def _positive_k(self) -> EvaluationConfig:
+        if any(k < 1 for k in self.k):
+            raise ValueError(f"k entries must be positive, got {self.k}")
+        return self
+
+
+class TrainConfig(ConfigSection):
+    version: str = Field(default="dev", min_length=1, max_length=253)
+    seed: int = 0
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    data: DataConfig
+    artifact_uri: str = Field(min_length=1)
+    checkpoint_uri: str | None = None
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @property
+    def resolved_checkpoint_uri(self) -> str:
+        return self.checkpoint_uri or join_uri(self.artifact_uri, "checkpoints")
+
+
+#: The models whose metrics the training summary carries, by these names.
+TWO_TOWER = "twoTower"
+RANKER = "ranker"
+
+
+def retrieval_metric(model: str, metric: str) -> str:
+    """The headline name of a retrieval metric (``twoTower.recall@20``)."""
+    return f"{model}.{metric}"
+
+
+def ranking_metric(model: str, metric: str) -> str:
+    """The headline name of a ranking metric (``ranker.ranking.auc``)."""
+    return f"{model}.ranking.{metric}"
+
+
+class TrainSummary(Summary):
+    """What a finished training run reports (rank 0's pod): the published artifact and the
+    headline metrics the evaluation gate judges."""
+
+    version: str | None = None
+    artifact_uri: str
+    digest: str
+    item_count: int | None = None
+    embedding_dim: int | None = None
+    #: flat names (``retrieval_metric``, ``ranking_metric``) -> value
+    metrics: dict[str, float] = Field(default_factory=dict)
+    #: the artifact existed already: this run trained nothing and reports what was published
+    already_published: bool = False
+    resumed_from_epoch: int | None = None
+    train_seconds: float | None = None
+    samples_per_second: float | None = None
+    device: str | None = None
+
+
+class WorkerSummary(Summary):
+    """What every other pod of a multi-process run reports: rank 0 reports the result."""
+
+    version: str
+    role: Literal["worker"]
+    rank: int
