@@ -16,7 +16,13 @@ NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
 CREATED = "2026-11-23T10:00:00Z"
 
 
-def rec(pinned: str | None = None, steps: bool = False) -> Recommender:
+def rec(
+    pinned: str | None = None,
+    steps: bool = False,
+    retrain: str | None = None,
+    schedule: str | None = None,
+    keep: int = 5,
+) -> Recommender:
     serving: dict[str, Any] = {"rollout": {"steps": []}}
     if pinned:
         serving["pinnedModelVersion"] = pinned
@@ -32,10 +38,13 @@ def rec(pinned: str | None = None, steps: bool = False) -> Recommender:
                 "uid": "u",
                 "generation": 3,
                 "creationTimestamp": CREATED,
+                "annotations": {"recsys.dev/retrain": retrain} if retrain else {},
             },
             "spec": {
                 "interactions": {"path": "s3://d/i/"},
                 "serving": serving,
+                "training": {"schedule": schedule} if schedule else {},
+                "revisionHistoryLimit": keep,
                 "stores": {
                     "redis": {"url": "redis://r:6379/0"},
                     "artifacts": {"storageUri": "s3://m/"},
@@ -220,3 +229,68 @@ def test_a_pin_that_cannot_serve_degrades_with_its_reason() -> None:
     r = rec(pinned="movies-v9")
     p = plan_of(r, SERVING, "movies-v1")
     assert conditions(r, SERVING, p)["Degraded"] == ("True", "PinnedVersionNotServable")
+
+
+@pytest.mark.parametrize(
+    ("case", "r", "versions", "want"),
+    [
+        ("no version: Initial", rec(), [], [("Initial", "initial")]),
+        ("a version exists: no second Initial", rec(), [v(1, "Serving", "initial")], []),
+        ("a new retrain token: Manual", rec(retrain="t1"), [v(1, "Serving", "initial")],
+         [("Manual", "manual/t1")]),
+        ("a token already acted on: nothing (restart safety)", rec(retrain="t1"),
+         [v(1, "Serving", "initial"), v(2, "Ready", "manual/t1")], []),
+        ("a token while one trains: waits (one training at a time)", rec(retrain="t2"),
+         [v(1, "Serving", "initial"), v(2, "Training", "manual/t1")], []),
+        ("a schedule tick since creation: Schedule", rec(schedule="0 11 * * *"),
+         [v(1, "Serving", "initial")], [("Schedule", "schedule/2026-11-23T11:00:00Z")]),
+        ("the same tick already trained: nothing", rec(schedule="0 11 * * *"),
+         [v(1, "Serving", "initial"), v(2, "Ready", "schedule/2026-11-23T11:00:00Z")], []),
+        ("no tick yet since creation: nothing", rec(schedule="0 13 * * *"),
+         [v(1, "Serving", "initial")], []),
+    ],
+)  # fmt: skip
+def test_training_triggers(
+    case: str, r: Recommender, versions: list[Version], want: list[tuple[str, str]]
+) -> None:
+    stable = next((x.name for x in versions if x.phase == "Serving"), None)
+    p = plan_of(r, versions, stable)
+    got = [
+        (mv["spec"]["reason"], mv["metadata"]["annotations"]["recsys.dev/trigger"])
+        for mv in p.create
+    ]
+    assert got == want, case
+    if want:
+        number = max((x.number for x in versions), default=0) + 1
+        assert p.create[0]["metadata"]["name"] == f"movies-v{number}", case
+    queued = [q for q in p.problems if q.reason == "TrainingQueued"]
+    assert bool(queued) is (case.endswith("(one training at a time)")), case
+
+
+def test_a_schedule_reports_its_next_tick() -> None:
+    p = plan_of(rec(schedule="0 13 * * *"), [v(1, "Serving", "initial")], "movies-v1")
+    assert p.next_training == dt.datetime(2026, 11, 23, 13, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("case", "keep", "versions", "stable", "pinned", "want"),
+    [
+        ("within the limit: nothing pruned", 2,
+         [v(1, "Retired"), v(2, "Retired"), v(3, "Serving")], "movies-v3", None, []),
+        ("past the limit: the oldest finished go", 1,
+         [v(1, "Retired"), v(2, "Failed"), v(3, "Retired"), v(4, "Serving")], "movies-v4",
+         None, ["movies-v1", "movies-v2"]),
+        ("the stable is never pruned", 0, [v(1, "Retired"), v(2, "Serving")], "movies-v2",
+         None, ["movies-v1"]),
+        ("a pinned version is never pruned", 0, [v(1, "Retired"), v(2, "Serving")],
+         "movies-v2", "movies-v1", []),
+        ("versions in flight are never pruned", 0, [v(1, "Serving"), v(2, "Training")],
+         "movies-v1", None, []),
+    ],
+)  # fmt: skip
+def test_pruning(
+    case: str, keep: int, versions: list[Version], stable: str, pinned: str | None,
+    want: list[str],
+) -> None:  # fmt: skip
+    p = plan_of(rec(keep=keep, pinned=pinned), versions, stable)
+    assert p.delete == want, case
