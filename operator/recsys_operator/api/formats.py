@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from decimal import Decimal
+from decimal import MAX_EMAX, MIN_EMIN, Decimal, localcontext
 
 #: A Go duration (``30s``, ``1h30m``) and its parser are the workloads' too: one definition.
 from recsys_contract.formats import DURATION as DURATION
@@ -103,7 +103,11 @@ def parse_quantity(value: int | str) -> Decimal:
         return number * _BINARY[suffix]
     if suffix in _DECIMAL:
         return number * _DECIMAL[suffix]
-    return number * (Decimal(10) ** Decimal(suffix[1:]))
+    # The apiserver takes any exponent (``0E1000000`` is a valid zero); Python's default
+    # decimal context would overflow there, so scale in an unbounded one.
+    with localcontext() as ctx:
+        ctx.Emax, ctx.Emin = MAX_EMAX, MIN_EMIN
+        return number.scaleb(int(suffix[1:]))
 
 
 def parse_timestamp(text: str) -> datetime:
