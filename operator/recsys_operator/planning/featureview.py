@@ -20,7 +20,7 @@ from recsys_contract.materialize import (
     OnlineStoreConfig,
     SourceConfig,
 )
-from recsys_operator.api.featureview import FeatureView
+from recsys_operator.api.featureview import FeatureView, FeatureViewStatus
 from recsys_operator.conditions import set_condition
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name, short_hash
@@ -192,14 +192,16 @@ def plan(fv: FeatureView, owner: Mapping[str, Any], image: str) -> FeatureViewPl
 
 def permission_denied(
     fv: FeatureView, previous: Mapping[str, Any], message: str, now: str
-) -> dict[str, Any]:
+) -> FeatureViewStatus:
     """Status while the operator lacks a permission: not the user's spec, the cluster's RBAC."""
     gen = fv.metadata.generation or 0
     conds: Sequence[Mapping[str, Any]] = previous.get("conditions", []) or []
     text = f"the operator is not allowed to manage this FeatureView's children: {message}"
     conds = set_condition(conds, "Ready", "False", "Forbidden", text, gen, now)
     conds = set_condition(conds, "Degraded", "True", "Forbidden", text, gen, now)
-    return {**previous, "observedGeneration": gen, "conditions": conds}
+    return FeatureViewStatus.model_validate(
+        {**previous, "observedGeneration": gen, "conditions": conds}
+    )
 
 
 def status(
@@ -211,8 +213,10 @@ def status(
     last_backfill: JobOutcome | None,
     spec_error: SpecError | None,
     now: str,
-) -> dict[str, Any]:
-    """The whole status from what was observed; equal input gives an equal status."""
+) -> FeatureViewStatus:
+    """The whole status from what was observed; equal input gives an equal status. Built as
+    the wire dict (conditions keep their transition times from ``previous``), returned as the
+    API's strict status model, so a planner bug fails here, not at the API server."""
     gen = fv.metadata.generation or 0
     conds: Sequence[Mapping[str, Any]] = previous.get("conditions", []) or []
     out: dict[str, Any] = {"observedGeneration": gen}
@@ -225,7 +229,7 @@ def status(
         conds = set_condition(conds, "Degraded", "True", "InvalidSpec", msg, gen, now)
         conds = set_condition(conds, "Progressing", "False", "InvalidSpec", msg, gen, now)
         out["conditions"] = conds
-        return out
+        return FeatureViewStatus.model_validate(out)
     # lastMaterialization is the newest finished run of either kind (a backfill is a
     # materialization too); lastBackfill also keeps the backfill's own.
     finished = sorted(
@@ -283,4 +287,4 @@ def status(
         now,
     )
     out["conditions"] = conds
-    return out
+    return FeatureViewStatus.model_validate(out)

@@ -99,7 +99,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
         now=now_rfc3339(),
     )
     if await write_status(ctx, obj, new_status):
-        await _announce(ctx, obj, previous, new_status, last_run, last_backfill)
+        await _announce(ctx, obj, previous, new_status.to_k8s(), last_run, last_backfill)
     running = any(o is not None and not o.finished for o in (last_run, last_backfill))
     return 30.0 if running else None
 
