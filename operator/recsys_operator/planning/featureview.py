@@ -24,6 +24,7 @@ from recsys_operator.api.featureview import FeatureView, FeatureViewStatus
 from recsys_operator.conditions import set_condition
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name, short_hash
+from recsys_operator.planning import EventSpec
 from recsys_operator.planning.jobstatus import JobOutcome
 from recsys_operator.planning.pods import (
     object_meta,
@@ -288,3 +289,45 @@ def status(
     )
     out["conditions"] = conds
     return FeatureViewStatus.model_validate(out)
+
+
+def events(
+    previous: Mapping[str, Any], status: FeatureViewStatus, *outcomes: JobOutcome | None
+) -> list[EventSpec]:
+    """Events for what changed between ``previous`` and ``status``: a run that finished since
+    (once per Job, so later status writes repeat nothing), the spec turning invalid."""
+    out: list[EventSpec] = []
+    seen = {
+        (previous.get(key) or {}).get("jobName") for key in ("lastMaterialization", "lastBackfill")
+    }
+    for outcome in outcomes:
+        if outcome is None or not outcome.finished:
+            continue
+        if outcome.succeeded:
+            if outcome.name in seen:
+                continue
+            rows = outcome.summary.get("entitiesWritten", "?")
+            out.append(
+                (
+                    "Normal",
+                    "Materialized",
+                    f"Job {outcome.name} wrote {rows} entities; keyspace "
+                    f"{status.live_keyspace or '?'} is live",
+                )
+            )
+        elif not _failed_before(previous, outcome):
+            out.append(("Warning", "MaterializationFailed", outcome.message))
+    old = {c["type"]: c for c in previous.get("conditions", []) or []}
+    for cond in status.conditions or []:
+        if cond.reason == "InvalidSpec" and old.get(cond.type, {}).get("reason") != "InvalidSpec":
+            out.append(("Warning", "InvalidSpec", cond.message))
+            break
+    return out
+
+
+def _failed_before(previous: Mapping[str, Any], outcome: JobOutcome) -> bool:
+    """Whether ``previous`` already told of this failed Job (its Degraded condition)."""
+    for cond in previous.get("conditions", []) or []:
+        if cond.get("type") == "Degraded" and cond.get("status") == "True":
+            return bool(cond.get("message") == outcome.message)
+    return False

@@ -31,13 +31,13 @@ from recsys_operator.api.modelversion import ModelVersion, ModelVersionStatus, P
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.api.training import EvaluationGate
 from recsys_operator.conditions import Status, set_condition
+from recsys_operator.planning import EventSpec
 from recsys_operator.planning.jobstatus import JobOutcome
 
 Role = Literal["stable", "canary"] | None
 #: Phases no Job outcome changes. Retired is not among them: pinning a retired version brings
 #: it back (declarative rollback).
 TERMINAL_PHASES = frozenset({"Failed", "Rejected"})
-EventSpec = tuple[Literal["Normal", "Warning"], str, str]
 
 
 @dataclass(frozen=True)
