@@ -12,6 +12,13 @@ from typing import Any, Literal
 
 Status = Literal["True", "False", "Unknown"]
 
+#: Every condition type the operator sets, named once: the standard three (``kubectl wait`` and
+#: Argo CD read them) and the kind-specific ones (``Materialized`` on a FeatureView; a
+#: ModelVersion's stages). mypy refuses any other name at every ``set_condition`` call.
+ConditionName = Literal[
+    "Ready", "Progressing", "Degraded", "Materialized", "Trained", "Evaluated", "Indexed"
+]
+
 
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -19,7 +26,7 @@ def now_rfc3339() -> str:
 
 def set_condition(
     conditions: Sequence[Mapping[str, Any]],
-    type_: str,
+    type_: ConditionName,
     status: Status,
     reason: str,
     message: str,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from recsys_contract.materialize import MaterializeSummary
-from recsys_operator.api.featureview import FeatureView, FeatureViewStatus
+from recsys_operator.api.featureview import FeatureView
 from recsys_operator.planning import featureview as planner
 from recsys_operator.planning.jobstatus import JobOutcome
 
@@ -149,7 +149,7 @@ def test_status(
     want: dict[str, tuple[str, str]],
     live: int | None,
 ) -> None:
-    st = planner.status(
+    typed = planner.status(
         view,
         previous={},
         cron_job=cron,
@@ -158,8 +158,8 @@ def test_status(
         spec_error=error,
         now=NOW,
     )
-    assert st["observedGeneration"] == 2, case
-    FeatureViewStatus.model_validate(st)  # the planner's status is the API's status shape
+    st = typed.to_k8s()
+    assert typed.observed_generation == 2, case
     got = {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
     assert {k: got[k] for k in want} == want, case
     assert st.get("keyspaceVersion") == live, case
@@ -173,5 +173,36 @@ def test_equal_input_gives_an_equal_status_so_a_quiet_pass_writes_nothing() -> N
         "spec_error": None,
     }
     first = planner.status(fv(), previous={}, now=NOW, **args)
-    later = planner.status(fv(), previous=first, now="2026-11-23T13:00:00Z", **args)
+    later = planner.status(fv(), previous=first.to_k8s(), now="2026-11-23T13:00:00Z", **args)
     assert later == first, "condition times move only on a transition"
+
+
+def status_after(previous: dict[str, Any], **observed: Any) -> Any:
+    args: dict[str, Any] = {"cron_job": CRON, "last_run": None, "last_backfill": None,
+                            "spec_error": None} | observed  # fmt: skip
+    return planner.status(fv(), previous=previous, now=NOW, **args)
+
+
+@pytest.mark.parametrize(
+    ("case", "before", "observed", "want"),
+    [
+        ("nothing finished: no Event", {}, {}, []),
+        ("a run finished: Materialized", {}, {"last_run": run("r")}, ["Materialized"]),
+        ("the same run on a later write: told once", {"last_run": run("r")},
+         {"last_run": run("r")}, []),
+        ("a run failed: MaterializationFailed", {}, {"last_run": run("r", ok=False)},
+         ["MaterializationFailed"]),
+        ("the same failure again: told once", {"last_run": run("r", ok=False)},
+         {"last_run": run("r", ok=False)}, []),
+        ("the spec turned invalid: InvalidSpec", {},
+         {"spec_error": planner.SpecError("spec.ttl", "too long")}, ["InvalidSpec"]),
+    ],
+)  # fmt: skip
+def test_events(
+    case: str, before: dict[str, Any], observed: dict[str, Any], want: list[str]
+) -> None:
+    previous = status_after({}, **before).to_k8s() if before else {}
+    now = status_after(previous, **observed)
+    outcomes = (observed.get("last_run"), observed.get("last_backfill"))
+    got = [reason for _, reason, _ in planner.events(previous, now, *outcomes)]
+    assert got == want, case

@@ -35,17 +35,17 @@ def trained(recall: float) -> JobOutcome:
 def with_status(mv: ModelVersion, decision: planner.Decision) -> ModelVersion:
     """The version as the next reconcile reads it, after the decision's status was written."""
     return ModelVersion.model_validate(
-        {**mv.model_dump(by_alias=True, mode="json"), "status": decision.status}
+        {**mv.model_dump(by_alias=True, mode="json"), "status": decision.status.to_k8s()}
     )
 
 
 def condition_types(decision: planner.Decision) -> set[str]:
-    return {c["type"] for c in decision.status["conditions"]}
+    return {c["type"] for c in decision.status.to_k8s()["conditions"]}
 
 
 def condition(decision: planner.Decision, type_: str) -> dict[str, Any]:
     assert type_ in condition_types(decision), f"no {type_} condition"
-    return next(c for c in decision.status["conditions"] if c["type"] == type_)
+    return next(c for c in decision.status.to_k8s()["conditions"] if c["type"] == type_)
 
 
 def evaluating(recall: float) -> ModelVersion:
@@ -56,11 +56,11 @@ def evaluating(recall: float) -> ModelVersion:
 
 def test_a_finished_training_job_enters_evaluating_with_its_metrics_kept() -> None:
     decision = planner.decide(training_mv(), planner.Observed(rec(), train=trained(0.12)), NOW)
-    assert decision.status["phase"] == "Evaluating"
-    assert decision.status["metrics"] == {"twoTower.recall@20": 0.12}
-    assert decision.status["trainingJob"] == "movies-v2-train"
+    assert decision.status.to_k8s()["phase"] == "Evaluating"
+    assert decision.status.to_k8s()["metrics"] == {"twoTower.recall@20": 0.12}
+    assert decision.status.to_k8s()["trainingJob"] == "movies-v2-train"
     assert decision.run is None, "nothing to run while the gate judges"
-    assert decision.events == [("Normal", "Evaluating", decision.status["message"])]
+    assert decision.events == [("Normal", "Evaluating", decision.status.to_k8s()["message"])]
     trained_cond = condition(decision, "Trained")
     assert (trained_cond["status"], trained_cond["reason"]) == ("True", "TrainingSucceeded")
     assert condition(decision, "Progressing")["status"] == "True"
@@ -71,13 +71,13 @@ def test_regression_against_the_serving_versions_headline_metrics_is_rejected() 
         rec(), baseline={"twoTower.recall@20": 0.12}, baseline_name="movies-v1"
     )
     decision = planner.decide(evaluating(0.10), observed, NOW)
-    assert decision.status["phase"] == "Rejected"
+    assert decision.status.to_k8s()["phase"] == "Rejected"
     assert (
         "recall@20=0.1000 regresses more than 5% from 0.1200 of movies-v1"
-        in (decision.status["message"])
+        in (decision.status.to_k8s()["message"])
     )
     assert decision.run is None
-    assert decision.events == [("Warning", "Rejected", decision.status["message"])]
+    assert decision.events == [("Warning", "Rejected", decision.status.to_k8s()["message"])]
     evaluated = condition(decision, "Evaluated")
     assert (evaluated["status"], evaluated["reason"]) == ("False", "GateFailed")
     assert "Trained" in condition_types(decision), "earlier stages' conditions stay"
@@ -88,10 +88,10 @@ def test_within_the_allowed_regression_it_goes_on_to_indexing() -> None:
         rec(), baseline={"twoTower.recall@20": 0.12}, baseline_name="movies-v1"
     )
     decision = planner.decide(evaluating(0.118), observed, NOW)
-    assert decision.status["phase"] == "Indexing"
+    assert decision.status.to_k8s()["phase"] == "Indexing"
     assert decision.run == "index"
-    assert decision.status["evaluation"]["comparedTo"] == "movies-v1"
-    assert decision.status["evaluation"]["recallAtK"] == 0.118
+    assert decision.status.to_k8s()["evaluation"]["comparedTo"] == "movies-v1"
+    assert decision.status.to_k8s()["evaluation"]["recallAtK"] == 0.118
     assert condition(decision, "Evaluated")["status"] == "True"
 
 
@@ -119,8 +119,8 @@ def test_a_built_index_makes_the_trained_version_ready_and_indexed() -> None:
     decision = planner.decide(
         indexing, planner.Observed(rec(), index=index_built("movies-v2")), NOW
     )
-    assert decision.status["phase"] == "Ready"
-    assert decision.status["message"] == "trained, evaluated and indexed; ready to serve"
+    assert decision.status.to_k8s()["phase"] == "Ready"
+    assert decision.status.to_k8s()["message"] == "trained, evaluated and indexed; ready to serve"
     indexed = condition(decision, "Indexed")
     assert indexed["status"] == "True"
     assert "recall 0.9900" in indexed["message"]
@@ -141,17 +141,17 @@ def imported_mv() -> ModelVersion:
 def test_an_imported_version_skips_training_and_the_gate_and_says_so() -> None:
     mv = imported_mv()
     first = planner.decide(mv, planner.Observed(rec()), NOW)
-    assert first.status["phase"] == "Indexing"
+    assert first.status.to_k8s()["phase"] == "Indexing"
     assert first.run == "index"
-    assert "skips training and the evaluation gate" in first.status["message"]
+    assert "skips training and the evaluation gate" in first.status.to_k8s()["message"]
     trained_cond = condition(first, "Trained")
     assert (trained_cond["status"], trained_cond["reason"]) == ("True", "Imported")
     mv = with_status(mv, first)
     ready = planner.decide(mv, planner.Observed(rec(), index=index_built("nb-1")), NOW)
-    assert ready.status["phase"] == "Ready"
-    assert "not evaluated" in ready.status["message"]
+    assert ready.status.to_k8s()["phase"] == "Ready"
+    assert "not evaluated" in ready.status.to_k8s()["message"]
     assert "Evaluated" not in condition_types(ready), "no gate judged it"
-    assert ready.status["evaluation"] == {"indexRecallAtK": 0.99}
+    assert ready.status.to_k8s()["evaluation"] == {"indexRecallAtK": 0.99}
     again = planner.decide(with_status(mv, ready), planner.Observed(rec()), NOW)
     assert again.status == ready.status, "a later reconcile keeps the import's own message"
 
@@ -165,16 +165,16 @@ def test_a_failed_training_job_fails_the_version_with_the_workloads_words() -> N
         "Job movies-v2-train: column 'item_id' is missing",
     )
     decision = planner.decide(training_mv(), planner.Observed(rec(), train=failed), NOW)
-    assert decision.status["phase"] == "Failed"
-    assert decision.status["reason"] == "BadInput"
-    assert "column 'item_id' is missing" in decision.status["message"]
+    assert decision.status.to_k8s()["phase"] == "Failed"
+    assert decision.status.to_k8s()["reason"] == "BadInput"
+    assert "column 'item_id' is missing" in decision.status.to_k8s()["message"]
 
 
 def test_an_unchanged_world_decides_an_unchanged_status() -> None:
     running = JobOutcome("movies-v2-train", False, False, "Running", "the Job is running")
     first = planner.decide(training_mv(), planner.Observed(rec(), train=running), NOW)
     mv = ModelVersion.model_validate(
-        {**training_mv().model_dump(by_alias=True, mode="json"), "status": first.status}
+        {**training_mv().model_dump(by_alias=True, mode="json"), "status": first.status.to_k8s()}
     )
     again = planner.decide(mv, planner.Observed(rec(), train=running), "2026-11-23T13:00:00Z")
     assert again.status == first.status, "a quiet reconcile must produce no write"

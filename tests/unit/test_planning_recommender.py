@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from recsys_operator.api.recommender import Recommender, RecommenderStatus
+from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning import recommender as planner
 from recsys_operator.planning.recommender import Plan, Problem, Version
 
@@ -145,9 +145,9 @@ def test_plan(
 def conditions(
     r: Recommender, versions: list[Version], p: Plan, ready: bool = True
 ) -> dict[str, tuple[str, str]]:
-    st = planner.status(r, {}, p, versions, ready, None, "2026-11-23T12:00:00Z")
-    assert st["observedGeneration"] == 3
-    RecommenderStatus.model_validate(st)  # the planner's status is the API's status shape
+    typed = planner.status(r, {}, p, versions, ready, None, "2026-11-23T12:00:00Z")
+    assert typed.observed_generation == 3
+    st = typed.to_k8s()
     return {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
 
 

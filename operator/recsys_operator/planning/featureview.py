@@ -20,10 +20,11 @@ from recsys_contract.materialize import (
     OnlineStoreConfig,
     SourceConfig,
 )
-from recsys_operator.api.featureview import FeatureView
+from recsys_operator.api.featureview import FeatureView, FeatureViewStatus
 from recsys_operator.conditions import set_condition
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name, short_hash
+from recsys_operator.planning import EventSpec
 from recsys_operator.planning.jobstatus import JobOutcome
 from recsys_operator.planning.pods import (
     object_meta,
@@ -192,14 +193,16 @@ def plan(fv: FeatureView, owner: Mapping[str, Any], image: str) -> FeatureViewPl
 
 def permission_denied(
     fv: FeatureView, previous: Mapping[str, Any], message: str, now: str
-) -> dict[str, Any]:
+) -> FeatureViewStatus:
     """Status while the operator lacks a permission: not the user's spec, the cluster's RBAC."""
     gen = fv.metadata.generation or 0
     conds: Sequence[Mapping[str, Any]] = previous.get("conditions", []) or []
     text = f"the operator is not allowed to manage this FeatureView's children: {message}"
     conds = set_condition(conds, "Ready", "False", "Forbidden", text, gen, now)
     conds = set_condition(conds, "Degraded", "True", "Forbidden", text, gen, now)
-    return {**previous, "observedGeneration": gen, "conditions": conds}
+    return FeatureViewStatus.model_validate(
+        {**previous, "observedGeneration": gen, "conditions": conds}
+    )
 
 
 def status(
@@ -211,8 +214,10 @@ def status(
     last_backfill: JobOutcome | None,
     spec_error: SpecError | None,
     now: str,
-) -> dict[str, Any]:
-    """The whole status from what was observed; equal input gives an equal status."""
+) -> FeatureViewStatus:
+    """The whole status from what was observed; equal input gives an equal status. Built as
+    the wire dict (conditions keep their transition times from ``previous``), returned as the
+    API's strict status model, so a planner bug fails here, not at the API server."""
     gen = fv.metadata.generation or 0
     conds: Sequence[Mapping[str, Any]] = previous.get("conditions", []) or []
     out: dict[str, Any] = {"observedGeneration": gen}
@@ -225,7 +230,7 @@ def status(
         conds = set_condition(conds, "Degraded", "True", "InvalidSpec", msg, gen, now)
         conds = set_condition(conds, "Progressing", "False", "InvalidSpec", msg, gen, now)
         out["conditions"] = conds
-        return out
+        return FeatureViewStatus.model_validate(out)
     # lastMaterialization is the newest finished run of either kind (a backfill is a
     # materialization too); lastBackfill also keeps the backfill's own.
     finished = sorted(
@@ -283,4 +288,46 @@ def status(
         now,
     )
     out["conditions"] = conds
+    return FeatureViewStatus.model_validate(out)
+
+
+def events(
+    previous: Mapping[str, Any], status: FeatureViewStatus, *outcomes: JobOutcome | None
+) -> list[EventSpec]:
+    """Events for what changed between ``previous`` and ``status``: a run that finished since
+    (once per Job, so later status writes repeat nothing), the spec turning invalid."""
+    out: list[EventSpec] = []
+    seen = {
+        (previous.get(key) or {}).get("jobName") for key in ("lastMaterialization", "lastBackfill")
+    }
+    for outcome in outcomes:
+        if outcome is None or not outcome.finished:
+            continue
+        if outcome.succeeded:
+            if outcome.name in seen:
+                continue
+            rows = outcome.summary.get("entitiesWritten", "?")
+            out.append(
+                (
+                    "Normal",
+                    "Materialized",
+                    f"Job {outcome.name} wrote {rows} entities; keyspace "
+                    f"{status.live_keyspace or '?'} is live",
+                )
+            )
+        elif not _failed_before(previous, outcome):
+            out.append(("Warning", "MaterializationFailed", outcome.message))
+    old = {c["type"]: c for c in previous.get("conditions", []) or []}
+    for cond in status.conditions or []:
+        if cond.reason == "InvalidSpec" and old.get(cond.type, {}).get("reason") != "InvalidSpec":
+            out.append(("Warning", "InvalidSpec", cond.message))
+            break
     return out
+
+
+def _failed_before(previous: Mapping[str, Any], outcome: JobOutcome) -> bool:
+    """Whether ``previous`` already told of this failed Job (its Degraded condition)."""
+    for cond in previous.get("conditions", []) or []:
+        if cond.get("type") == "Degraded" and cond.get("status") == "True":
+            return bool(cond.get("message") == outcome.message)
+    return False

@@ -27,17 +27,17 @@ from typing import Any, Literal
 
 from recsys_contract.index import IndexSummary
 from recsys_contract.train import RANKER, TWO_TOWER, TrainSummary, ranking_metric, retrieval_metric
-from recsys_operator.api.modelversion import ModelVersion
+from recsys_operator.api.modelversion import ModelVersion, ModelVersionStatus, Phase
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.api.training import EvaluationGate
 from recsys_operator.conditions import Status, set_condition
+from recsys_operator.planning import EventSpec
 from recsys_operator.planning.jobstatus import JobOutcome
 
 Role = Literal["stable", "canary"] | None
 #: Phases no Job outcome changes. Retired is not among them: pinning a retired version brings
 #: it back (declarative rollback).
 TERMINAL_PHASES = frozenset({"Failed", "Rejected"})
-EventSpec = tuple[Literal["Normal", "Warning"], str, str]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Observed:
 
 @dataclass
 class Decision:
-    status: dict[str, Any]
+    status: ModelVersionStatus
     #: Which Job the reconciler must make exist now: "train", "index" or None.
     run: Literal["train", "index"] | None = None
     events: list[EventSpec] = field(default_factory=list)
@@ -171,7 +171,7 @@ class _Step:
         """Record how a stage ended, as its condition (kept by later steps)."""
         self.stages.append((type_, "True" if ok else "False", reason, message))
 
-    def to(self, phase: str, message: str, reason: str | None = None) -> Decision:
+    def to(self, phase: Phase, message: str, reason: str | None = None) -> Decision:
         old = self.prev.get("phase") or "Pending"
         self.st["phase"] = phase
         self.st["message"] = message
@@ -187,12 +187,12 @@ class _Step:
         self.st["conditions"] = _conds(
             self.prev, self.gen, self.now, phase, ready, message, self.stages
         )
-        return Decision(self.st, self.run, events)
+        return Decision(ModelVersionStatus.model_validate(self.st), self.run, events)
 
 
 def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
     prev: dict[str, Any] = mv.status.to_k8s() if mv.status else {}
-    phase: str = prev.get("phase") or "Pending"
+    phase: Phase = prev.get("phase") or "Pending"
     st = {k: v for k, v in prev.items() if k != "conditions"}
     st["observedGeneration"] = mv.metadata.generation or 0
     st.setdefault("startTime", now)

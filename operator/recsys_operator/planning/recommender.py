@@ -21,7 +21,7 @@ from typing import Any
 from croniter import croniter
 
 from recsys_operator import GROUP
-from recsys_operator.api.recommender import Recommender
+from recsys_operator.api.recommender import Recommender, RecommenderStatus
 from recsys_operator.conditions import set_condition
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name
@@ -248,7 +248,7 @@ def status(
     serving_ready: bool,
     blocked: str | None,
     now: str,
-) -> dict[str, Any]:
+) -> RecommenderStatus:
     gen = rec.metadata.generation or 0
     ns, name = rec.metadata.namespace, rec.metadata.name
     conds: list[dict[str, Any]] = list(previous.get("conditions", []) or [])
@@ -325,4 +325,4 @@ def status(
     else:
         conds = set_condition(conds, "Degraded", "False", "AsExpected", "no problem", gen, now)
     st["conditions"] = conds
-    return st
+    return RecommenderStatus.model_validate(st)

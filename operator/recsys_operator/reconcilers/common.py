@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from recsys_operator.api.base import ApiModel
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context
 from recsys_operator.diffing import needs_apply, stamped
@@ -107,8 +108,10 @@ def _phase(status: Mapping[str, Any]) -> str:
     return "Unknown"
 
 
-async def write_status(ctx: Context, obj: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
-    """Patch status only when it differs from what the object has; True when written."""
+async def write_status(ctx: Context, obj: Mapping[str, Any], typed: ApiModel) -> bool:
+    """Patch status only when its wire form differs from what the object has; True when
+    written."""
+    status = typed.to_k8s()
     meta = obj["metadata"]
     PHASES.observe(obj["kind"], f"{meta.get('namespace')}/{meta['name']}", _phase(status))
     if dict(obj.get("status") or {}) == dict(status):

@@ -99,39 +99,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
         now=now_rfc3339(),
     )
     if await write_status(ctx, obj, new_status):
-        await _announce(ctx, obj, previous, new_status, last_run, last_backfill)
+        for type_, reason, message in planner.events(previous, new_status, last_run, last_backfill):
+            await post_event(ctx.kube, obj, type_, reason, message)
     running = any(o is not None and not o.finished for o in (last_run, last_backfill))
     return 30.0 if running else None
-
-
-async def _announce(
-    ctx: Context,
-    obj: Mapping[str, Any],
-    previous: Mapping[str, Any],
-    status: Mapping[str, Any],
-    *outcomes: JobOutcome | None,
-) -> None:
-    """Events for what changed: a run finished, the spec became invalid."""
-    for outcome in outcomes:
-        if outcome is None or not outcome.finished:
-            continue
-        if outcome.succeeded:
-            rows = outcome.summary.get("entitiesWritten", "?")
-            await post_event(
-                ctx.kube,
-                obj,
-                "Normal",
-                "Materialized",
-                f"Job {outcome.name} wrote {rows} entities; keyspace "
-                f"{status.get('liveKeyspace', '?')} is live",
-            )
-        else:
-            await post_event(ctx.kube, obj, "Warning", "MaterializationFailed", outcome.message)
-    old = {c["type"]: c for c in previous.get("conditions", []) or []}
-    for cond in status.get("conditions", []):
-        if (
-            cond["reason"] == "InvalidSpec"
-            and old.get(cond["type"], {}).get("reason") != "InvalidSpec"
-        ):
-            await post_event(ctx.kube, obj, "Warning", "InvalidSpec", cond["message"])
-            break

@@ -121,7 +121,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
         except Refusal as refusal:
             decision = planner.fail(mv, "JobRejected", str(refusal), now)
     for outcome, purpose in ((train, "train"), (index, "index")):
-        if outcome is not None and outcome.failed and decision.status.get("phase") == "Failed":
+        if outcome is not None and outcome.failed and decision.status.phase == "Failed":
             JOBS_FAILED.labels(purpose, outcome.reason).inc()
     if await write_status(ctx, obj, decision.status):
         for type_, reason, message in decision.events:

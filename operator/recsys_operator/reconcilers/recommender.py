@@ -115,13 +115,13 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     previous = obj.get("status") or {}
     new_status = planner.status(rec, previous, plan, versions, serving_ready, blocked, now)
     if await write_status(ctx, obj, new_status):
-        if new_status.get("stableVersion") != previous.get("stableVersion"):
+        if new_status.stable_version != previous.get("stableVersion"):
             await post_event(
                 ctx.kube,
                 obj,
                 "Normal",
                 "Promoted",
-                f"{new_status.get('stableVersion')} is the stable version",
+                f"{new_status.stable_version} is the stable version",
             )
         # Versions whose role changed learn it from this status.
         for known in versions:
