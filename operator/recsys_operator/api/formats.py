@@ -107,7 +107,7 @@ def parse_quantity(value: int | str) -> Decimal:
     # decimal context would overflow there, so scale in an unbounded one.
     with localcontext() as ctx:
         ctx.Emax, ctx.Emin = MAX_EMAX, MIN_EMIN
-        return number.scaleb(int(suffix[1:]))
+        return number.scaleb(Decimal(suffix[1:]))
 
 
 def parse_timestamp(text: str) -> datetime:
