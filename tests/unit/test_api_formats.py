@@ -51,7 +51,8 @@ def test_parse_duration_refuses_what_go_would_not_read(text: str) -> None:
     [(2, Decimal(2)), ("500m", Decimal("0.5")), ("2Gi", Decimal(2 * 2**30)), ("1e3", Decimal(1000)),
      ("1.5", Decimal("1.5")), ("100k", Decimal(100000)), ("+.5Mi", Decimal(2**19)),
      # an exponent past Python's default decimal range, which the apiserver accepts
-     ("0E1000000", Decimal(0)), ("5E-1", Decimal("0.5")), (".2E0.", Decimal("0.2"))],
+     ("0E1000000", Decimal(0)), ("5E-1", Decimal("0.5")), (".2E0.", Decimal("0.2")),
+     (".0E.0", Decimal(0)), ("1E.5", Decimal(10) ** Decimal("0.5"))],
 )  # fmt: skip
 def test_parse_quantity(value: int | str, number: Decimal) -> None:
     assert formats.parse_quantity(value) == number

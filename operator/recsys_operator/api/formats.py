@@ -105,9 +105,12 @@ def parse_quantity(value: int | str) -> Decimal:
         return number * _DECIMAL[suffix]
     # The apiserver takes any exponent (``0E1000000`` is a valid zero); Python's default
     # decimal context would overflow there, so scale in an unbounded one.
+    exponent = Decimal(suffix[1:])
     with localcontext() as ctx:
         ctx.Emax, ctx.Emin = MAX_EMAX, MIN_EMIN
-        return number.scaleb(Decimal(suffix[1:]))
+        if exponent == exponent.to_integral_value():
+            return number.scaleb(int(exponent))
+        return number * (Decimal(10) ** exponent)
 
 
 def parse_timestamp(text: str) -> datetime:
