@@ -9,6 +9,7 @@ the apiserver's defaulting produces exactly the models' defaults.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -67,7 +68,13 @@ def strategy(node: Mapping[str, Any], defs: Mapping[str, Any]) -> st.SearchStrat
     """Values the schema ``node`` describes, field by field (cross-field rules not consulted)."""
     node = _resolve(node, defs)
     if node.get("x-kubernetes-int-or-string"):
-        return st.one_of(st.integers(0, 10**12), _strings({**node, "type": "string"}))
+        # Quantities with exponents of five digits and more are left out: the apiserver's CEL
+        # quantity() spends longer than the client waits on numbers of 10,000+ digits, so such
+        # an example ends in a timeout, not in a verdict to compare.
+        quantities = _strings({**node, "type": "string"}).filter(
+            lambda s: not re.search(r"[eE][-+]?[0-9.]{5,}", s)
+        )
+        return st.one_of(st.integers(0, 10**12), quantities)
     if "anyOf" in node:  # Optional[X]: absence is handled by the enclosing object
         branches = [b for b in node["anyOf"] if b.get("type") != "null"]
         return st.one_of([strategy(b, defs) for b in branches])

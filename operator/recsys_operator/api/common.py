@@ -8,6 +8,7 @@ and the operator can hand them to the Jobs and Deployments it creates as they ar
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, WithJsonSchema
@@ -56,8 +57,22 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 def _quantity(value: int | str) -> int | str:
-    formats.parse_quantity(value)
+    # The pattern matched: a valid quantity, even past what Python's decimals compute.
+    with contextlib.suppress(ArithmeticError):
+        formats.parse_quantity(value)
     return value
+
+
+def _requests_within_limits(requests: dict[str, Any], limits: dict[str, Any]) -> bool:
+    """The CEL rule below, evaluated as CEL does: a quantity ``quantity()`` cannot read fails
+    the rule."""
+    for key, limit in limits.items():
+        if key not in requests:
+            continue
+        low, high = formats.cel_quantity(requests[key]), formats.cel_quantity(limit)
+        if low is None or high is None or low > high:
+            return False
+    return True
 
 
 #: ``x-kubernetes-int-or-string`` with the quantity pattern: the exact schema controller-gen
@@ -129,13 +144,7 @@ class ResourceRequirements(ApiModel):
             "lower the request or raise the limit",
             field_path=".requests",
             check=lambda m: (
-                not m.requests
-                or not m.limits
-                or all(
-                    formats.parse_quantity(m.requests[k]) <= formats.parse_quantity(v)
-                    for k, v in m.limits.items()
-                    if k in m.requests
-                )
+                not m.requests or not m.limits or _requests_within_limits(m.requests, m.limits)
             ),
         ),
     )

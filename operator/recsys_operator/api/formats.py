@@ -91,6 +91,33 @@ _QUANTITY_PARTS = re.compile(
 )
 
 
+#: What CEL's ``quantity()`` accepts before it parses (k8s.io/apiserver's library): looser than
+#: the schema's pattern in its digits, stricter after the exponent (no ``1e3.``).
+_CEL_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+#: Exponents resource.ParseQuantity reads (a 32-bit integer).
+_MAX_EXPONENT = 2**31 - 1
+
+
+def cel_quantity(value: int | str) -> Decimal | None:
+    """The number CEL's ``quantity()`` gives for ``value``, or None where it fails (the rule
+    that called it then refuses the object, as the apiserver does)."""
+    text = str(value)
+    if not _CEL_QUANTITY.fullmatch(text):
+        return None
+    match = _QUANTITY_PARTS.match(text) if re.fullmatch(QUANTITY, text) else None
+    suffix = match.group(2) if match else ""
+    if suffix[:1] in ("e", "E"):
+        try:
+            if abs(Decimal(suffix[1:])) > _MAX_EXPONENT:
+                return None
+        except ArithmeticError:
+            return None
+    try:
+        return parse_quantity(value)
+    except (ValueError, ArithmeticError):
+        return None
+
+
 def parse_quantity(value: int | str) -> Decimal:
     """The number a Kubernetes quantity stands for (``500m`` → 0.5, ``2Gi`` → 2147483648)."""
     if isinstance(value, int):
