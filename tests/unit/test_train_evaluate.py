@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from offline_frames import tiny_tables
 
 from recsys_contract.train import AlsConfig
@@ -19,11 +20,16 @@ from recsys_workloads.train.evaluate import (
     fit_als,
     grouped_ranking_metrics,
     hit_matrix,
+    item_vectors,
     popularity_scores,
+    ranker_scores,
     retrieval_metrics,
     sample_ranking_candidates,
+    served_scores,
     top_k,
+    user_vectors,
 )
+from recsys_workloads.train.models import Ranker, TwoTower
 
 
 def test_recall_and_ndcg_by_hand() -> None:
@@ -152,3 +158,33 @@ def test_als_learns_the_taste_groups(prepared) -> None:  # type: ignore[no-untyp
     item_group = (prepared.catalog_item_ids[top] - 101) % 2
     agreement = (item_group == user_group[:, None]).mean()
     assert agreement > 0.8
+
+
+def test_served_scores_are_the_rankers_top_k_of_the_best_unseen_items(prepared) -> None:  # type: ignore[no-untyped-def]
+    cfg = parse_train_config({"data": {"interactionsUri": "-"}, "artifactUri": "memory://x"})
+    torch.manual_seed(0)
+    shape = prepared.model_shape(cfg)
+    two_tower, ranker = TwoTower(shape).eval(), Ranker(shape).eval()
+    ev = build_eval_set(prepared, "warm")
+    uvec = user_vectors(two_tower, prepared, ev.user_ids, ev.user_rows)
+    ivec = item_vectors(two_tower, prepared, prepared.catalog_item_ids, prepared.catalog_item_rows)
+    got, ranks, users = served_scores(
+        ranker, prepared, ev, uvec, ivec, candidates=12, k=3, max_users=5, seed=1, chunk=2
+    )
+    assert users == 5
+    assert got.size == 15
+    assert np.bincount(ranks).tolist() == [5, 5, 5]
+    # brute force for the same five users (the same draw of the seed)
+    chosen = np.sort(np.random.default_rng(1).permutation(ev.user_ids.size)[:5])
+    seen = set(zip(ev.seen_users.tolist(), ev.seen_items.tolist(), strict=True))
+    want = []
+    for u in chosen.tolist():
+        scores = uvec[u] @ ivec.T
+        unseen = [i for i in np.argsort(-scores, kind="stable") if (u, int(i)) not in seen]
+        best = np.array(unseen[:12])
+        logits = ranker_scores(ranker, prepared, ev, np.full(best.size, u), best)
+        want += sorted(logits.tolist(), reverse=True)[:3]
+    assert sorted(got.tolist()) == pytest.approx(sorted(want), rel=1e-6)
+    # ranks count down each user's logits
+    for r in (0, 1):
+        assert np.all(got[ranks == r] >= got[ranks == r + 1])

@@ -33,11 +33,15 @@ from torch import Tensor
 from recsys_contract.train import RANKER, TWO_TOWER, AlsConfig, TrainConfig
 from recsys_workloads.train.dataset import Prepared
 from recsys_workloads.train.models import HISTORY, Ranker, TwoTower
+from recsys_workloads.train.profile import SCORE_CANDIDATES, SCORE_TOP_K
 from recsys_workloads.train.trainer import FeatureTables
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+
+#: Users whose served-like scores go into the profile (bounds the ranker calls to 400k pairs).
+SCORE_MAX_USERS = 2000
 
 
 # --- pure metric functions -------------------------------------------------------------------
@@ -340,6 +344,52 @@ def sample_ranking_candidates(
     return users.astype(np.int64), items.astype(np.int64), labels
 
 
+def served_scores(
+    model: Ranker,
+    p: Prepared,
+    ev: EvalSet,
+    uvec: npt.NDArray[np.float32],
+    ivec: npt.NDArray[np.float32],
+    *,
+    candidates: int,
+    k: int,
+    max_users: int,
+    seed: int,
+    chunk: int = 256,
+) -> tuple[FloatArray, IntArray, int]:
+    """The scores serving would log: per user (at most ``max_users``, drawn with ``seed``), the
+    ranker's logits of its top ``k`` among the two-tower's ``candidates`` best items outside
+    the user's training history. Returns the logits, each one's rank (0 = first served) and
+    the number of users."""
+    n = ev.user_ids.size
+    chosen = np.sort(np.random.default_rng(seed).permutation(n)[:max_users])
+    c = min(candidates, p.catalog_item_ids.size)
+    if chosen.size == 0 or c == 0:
+        return np.zeros(0), np.zeros(0, np.int64), 0
+    users, items = [], []
+    for s in range(0, chosen.size, chunk):
+        part = chosen[s : s + chunk]
+        scores = (uvec[part] @ ivec.T).astype(np.float64)
+        row = np.minimum(np.searchsorted(part, ev.seen_users), part.size - 1)
+        mine = part[row] == ev.seen_users
+        scores[row[mine], ev.seen_items[mine]] = -np.inf
+        top = np.argpartition(-scores, c - 1, axis=1)[:, :c]
+        ok = np.isfinite(np.take_along_axis(scores, top, axis=1))
+        users.append(np.repeat(part, c).reshape(top.shape)[ok])
+        items.append(top[ok])
+    u, i = np.concatenate(users), np.concatenate(items)
+    if u.size == 0:
+        return np.zeros(0), np.zeros(0, np.int64), 0
+    logits = ranker_scores(model, p, ev, u, i)
+    # the top k logits of each user: sort by (user, -logit), keep ranks below k
+    order = np.lexsort((-logits, u))
+    u_sorted = u[order]
+    starts = np.r_[0, np.flatnonzero(u_sorted[1:] != u_sorted[:-1]) + 1]
+    rank = np.arange(u_sorted.size) - np.repeat(starts, np.diff(np.r_[starts, u_sorted.size]))
+    keep = rank < k
+    return logits[order][keep], rank[keep].astype(np.int64), int(starts.size)
+
+
 # --- the whole evaluation --------------------------------------------------------------------
 
 
@@ -350,6 +400,11 @@ class Evaluation:
     #: two-tower vectors of the evaluated users: held-out queries for the index's recall check
     query_vectors: npt.NDArray[np.float32]
     catalog_vectors: npt.NDArray[np.float32]
+    #: the ranker's served-like scores, their ranks and how many users they came from
+    #: (``served_scores``)
+    served_scores: FloatArray | None = None
+    served_score_ranks: IntArray | None = None
+    served_score_users: int = 0
 
 
 def evaluate(
@@ -417,4 +472,17 @@ def evaluate(
     }
     if als is not None:
         metrics["baselineParams"] = {"als": ec.als.model_dump(by_alias=True)}
-    return Evaluation(metrics, ev, uvec, ivec)
+    out = Evaluation(metrics, ev, uvec, ivec)
+    if ranker is not None:
+        out.served_scores, out.served_score_ranks, out.served_score_users = served_scores(
+            ranker,
+            p,
+            ev,
+            uvec,
+            ivec,
+            candidates=SCORE_CANDIDATES,
+            k=SCORE_TOP_K,
+            max_users=SCORE_MAX_USERS,
+            seed=cfg.seed,
+        )
+    return out

@@ -20,9 +20,14 @@ from recsys_workloads.artifact_store import MANIFEST_NAME, ArtifactReader, Store
 from recsys_workloads.train.config import parse_train_config
 from recsys_workloads.train.data import interaction_columns, read_table, validate_interactions
 from recsys_workloads.train.dataset import Prepared, prepare
-from recsys_workloads.train.evaluate import evaluate, item_vectors
+from recsys_workloads.train.evaluate import Evaluation, evaluate, item_vectors
 from recsys_workloads.train.export import MODEL_KIND, ExportInputs, export_model
-from recsys_workloads.train.profile import build_profile
+from recsys_workloads.train.profile import (
+    SCORE_CANDIDATES,
+    SCORE_TOP_K,
+    build_profile,
+    score_profile,
+)
 from recsys_workloads.train.trainer import Distributed, TrainResult, train
 
 log = logging.getLogger("recsys_workloads.train")
@@ -88,6 +93,18 @@ def run(raw: dict[str, Any]) -> dict[str, Any]:
     return _evaluate_and_export(cfg, prepared, result, store)
 
 
+def _score_profile(evaluation: Evaluation) -> dict[str, Any] | None:
+    if evaluation.served_scores is None or evaluation.served_score_ranks is None:
+        return None
+    return score_profile(
+        evaluation.served_scores,
+        evaluation.served_score_ranks,
+        users=evaluation.served_score_users,
+        top_k=SCORE_TOP_K,
+        candidates=SCORE_CANDIDATES,
+    )
+
+
 def _evaluate_and_export(
     cfg: TrainConfig, p: Prepared, result: TrainResult, store: Store
 ) -> dict[str, Any]:
@@ -122,7 +139,7 @@ def _evaluate_and_export(
             query_vectors=evaluation.query_vectors,
             popular=popular,
             metrics=evaluation.metrics,
-            profile=build_profile(p),
+            profile=build_profile(p, _score_profile(evaluation)),
             training=training,
         ),
     )

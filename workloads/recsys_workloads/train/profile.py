@@ -16,27 +16,47 @@ vectors (PSI, KL) bin by bin — no re-binning, no guessing at boundaries.
                                "entityRows": {"count": 940, "probabilities": [...]},
                                "interactionRows": {"count": 90000, "probabilities": [...]}},
                   ...},
-     "interactions": {"count": ..., "users": ..., "items": ..., "rating": {...}}}
+     "interactions": {"count": ..., "users": ..., "items": ..., "rating": {...}},
+     "scores": {"model": "ranker", "topK": 20, "candidates": 200, "users": 2000,
+                "bins": ["missing", "< -1.2", ..., ">= 3.4"], "boundaries": [...],
+                "distribution": {"count": 40000, "probabilities": [...]},
+                "byRank": [[0, 412, ...], ...]}}
 
 ``entityRows`` weighs each entity once (its latest row before the cutoff);
 ``interactionRows`` weighs rows by how often they occur in training interactions, which is what
 request traffic looks like. Multi-hot features count each listed value (probabilities over
 values, not rows) and add a ``length`` histogram.
+
+``scores`` (when training had a ranker) is the histogram of the model's own served scores: the
+ranker's logits of the ``topK`` items it puts first among the two-tower's ``candidates``
+best unseen items, for held-out users (``evaluate.served_scores``), which is what the gateway
+serves and logs at its default ``candidates``/``topK``. Its bins are deciles of those logits
+(a numeric feature named ``score``, binned like any other), so each holds a tenth of training.
+``byRank`` has the counts per bin of each rank (the first served item's, the second's, ...):
+a checker whose served lists are shorter than ``topK`` (a Recommender serving fewer items)
+compares them with the same ranks of training, not with the whole top ``topK``.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
-from recsys_workloads.train.dataset import EntityRows, Prepared
 from recsys_workloads.train.features import FeatureSpec
+
+if TYPE_CHECKING:  # annotations only: the drift check imports this module without torch
+    from recsys_workloads.train.dataset import EntityRows, Prepared
 
 PROFILE_FORMAT = 1
 PROFILE_MAX_BINS = 101
+#: The served-score histogram: what the gateway serves at its defaults, in deciles.
+SCORE_CANDIDATES = 200
+SCORE_TOP_K = 20
+SCORE_BINS = 10
 
 IntArray = npt.NDArray[np.int64]
 
@@ -109,7 +129,42 @@ def feature_profile(
     return out
 
 
-def build_profile(p: Prepared) -> dict[str, Any]:
+def score_spec(boundaries: list[float]) -> FeatureSpec:
+    """The served score as a numeric feature: bins and encoding like any other."""
+    return FeatureSpec("score", "numeric", boundaries=tuple(boundaries))
+
+
+def score_profile(
+    scores: npt.NDArray[np.float64],
+    ranks: IntArray,
+    *,
+    users: int,
+    top_k: int,
+    candidates: int,
+) -> dict[str, Any] | None:
+    """The ``scores`` entry: deciles of the served-like logits (each at its 0-based rank) and
+    their histogram, overall and per rank."""
+    ok = np.isfinite(scores)
+    finite, ranks = scores[ok], ranks[ok]
+    if finite.size == 0:
+        return None
+    qs = np.quantile(finite, np.arange(1, SCORE_BINS) / SCORE_BINS)
+    spec = score_spec([round(float(b), 6) for b in np.unique(qs)])
+    encoded = spec.encode(pa.array(finite, pa.float64()))
+    by_rank = [bin_counts(spec, encoded[ranks == r]).tolist() for r in range(top_k)]
+    return {
+        "model": "ranker",
+        "topK": top_k,
+        "candidates": candidates,
+        "users": users,
+        "bins": bin_labels(spec),
+        "boundaries": list(spec.boundaries),
+        "distribution": _distribution(bin_counts(spec, encoded)),
+        "byRank": by_rank,
+    }
+
+
+def build_profile(p: Prepared, scores: dict[str, Any] | None = None) -> dict[str, Any]:
     features: dict[str, Any] = {}
     for rows, train_rows in ((p.users, p.train_user_row), (p.items, p.train_item_row)):
         if not rows.features:
@@ -123,7 +178,7 @@ def build_profile(p: Prepared) -> dict[str, Any]:
     train = p.split.train
     ratings, rating_counts = np.unique(train.ratings, return_counts=True)
     item_counts = np.bincount(p.train_item_idx)
-    return {
+    out: dict[str, Any] = {
         "format": PROFILE_FORMAT,
         "cutoff": int(p.split.cutoff_us),
         "features": features,
@@ -142,3 +197,6 @@ def build_profile(p: Prepared) -> dict[str, Any]:
             },
         },
     }
+    if scores is not None:
+        out["scores"] = scores
+    return out
