@@ -35,11 +35,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from recsys_contract.drift import DriftConfig  # noqa: E402
 from recsys_workloads.artifact_store import Store  # noqa: E402
 from recsys_workloads.datasets.synthetic import SyntheticSpec  # noqa: E402
 from recsys_workloads.drift.check import Reference, Sample, check  # noqa: E402
-from recsys_workloads.drift.config import parse_drift_config  # noqa: E402
 from recsys_workloads.drift.stats import DEFAULT_THRESHOLDS  # noqa: E402
+from recsys_workloads.runtime import parse_config  # noqa: E402
 from testbed.served_traffic import (  # noqa: E402
     GatewayReplay,
     Population,
@@ -63,7 +64,7 @@ def run_checks(
     sample_size: int,
     seed: int,
 ) -> list[dict[str, Any]]:
-    cfg = parse_drift_config(
+    cfg = parse_drift(
         {
             "recommender": "bench.drift",
             "servedLog": {"redisUrl": "redis://unused:6379/0"},
@@ -188,3 +189,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def parse_drift(raw: dict[str, Any]) -> DriftConfig:
+    return parse_config(DriftConfig, raw, "drift config")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import redis.asyncio
 
+from recsys_contract.keyspace import GatewayKeys
 from recsys_workloads.datasets.layout import DatasetPaths
 from recsys_workloads.datasets.synthetic import SyntheticSpec
-from recsys_workloads.gateway.keys import GatewayKeys
 from recsys_workloads.gateway.served_log import ServedRecord, StreamWriter
 from recsys_workloads.runtime import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT
 from testbed.served_traffic import GatewayReplay, population, requests, train_on_world

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from recsys_contract.drift import DriftConfig
+from recsys_contract.termination import TERMINATION_MESSAGE_LIMIT
 from recsys_workloads.drift.check import Reference, Sample, check
-from recsys_workloads.drift.config import parse_drift_config
 from recsys_workloads.gateway.served_log import ServedRecord
-from recsys_workloads.runtime import TERMINATION_MESSAGE_LIMIT, BadInputError
+from recsys_workloads.runtime import BadInputError, parse_config
 from recsys_workloads.train.features import EntityEncoder, FeatureSpec, IdVocabulary
 from recsys_workloads.train.profile import PROFILE_FORMAT, bin_labels, score_profile
 
@@ -87,7 +88,7 @@ def ages_like_training(n: int) -> list[float]:
 
 
 def run(ref: Reference, records: list[ServedRecord], **extra: Any) -> dict[str, Any]:
-    return check(parse_drift_config(config(**extra)), ref, Sample(records, len(records), 0))
+    return check(parse_drift(config(**extra)), ref, Sample(records, len(records), 0))
 
 
 def test_traffic_like_training_is_not_drift() -> None:
@@ -291,11 +292,15 @@ def test_the_summary_fits_a_termination_message() -> None:
 )
 def test_bad_config_names_the_field(extra: dict[str, Any], field: str) -> None:
     with pytest.raises(BadInputError, match=rf"drift config: .*{field}"):
-        parse_drift_config(config(**extra))
+        parse_drift(config(**extra))
 
 
 def test_defaults() -> None:
-    cfg = parse_drift_config(config())
+    cfg = parse_drift(config())
     assert (cfg.method, cfg.effective_threshold, cfg.sample_size) == ("PSI", 0.2, 10_000)
-    assert parse_drift_config(config(method="KL")).effective_threshold == 0.1
+    assert parse_drift(config(method="KL")).effective_threshold == 0.1
     assert cfg.served_log.key_prefix == ""
+
+
+def parse_drift(raw: dict[str, Any]) -> DriftConfig:
+    return parse_config(DriftConfig, raw, "drift config")

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from recsys_contract.drift import THRESHOLD_RANGES
 from recsys_operator.api.base import ApiModel, ListMap, ListSet, Rule
 from recsys_operator.api.common import (
     ATOMIC,
@@ -344,12 +345,8 @@ class Ordering(ApiModel):
 
 # --- drift --------------------------------------------------------------------------------------
 
-#: Threshold ranges per drift method (inclusive bounds), explained in the field's description.
-DRIFT_THRESHOLD_RANGES = {"PSI": (0.01, 2.0), "KL": (0.001, 1.0)}
-
-
 def _threshold_in_range(m: Drift) -> bool:
-    low, high = DRIFT_THRESHOLD_RANGES[m.method]
+    low, high = THRESHOLD_RANGES[m.method]
     return m.threshold is None or low <= m.threshold <= high
 
 

@@ -21,13 +21,15 @@ from typing import Any
 import numpy as np
 import redis
 
+from recsys_contract.drift import DriftConfig
+from recsys_contract.formats import REDIS_PASSWORD_ENV
+from recsys_contract.keyspace import GatewayKeys
+from recsys_contract.termination import TERMINATION_MESSAGE_LIMIT
 from recsys_workloads.artifact_store import ArtifactReader, Store
 from recsys_workloads.drift import stats
-from recsys_workloads.drift.config import DriftConfig, parse_drift_config
-from recsys_workloads.gateway.keys import GatewayKeys
 from recsys_workloads.gateway.served_log import ServedRecord
-from recsys_workloads.materialize import PASSWORD_ENV, redis_errors
-from recsys_workloads.runtime import TERMINATION_MESSAGE_LIMIT, BadInputError
+from recsys_workloads.materialize import redis_errors
+from recsys_workloads.runtime import BadInputError, parse_config
 from recsys_workloads.serving.encoding import FeatureLookup, RequestEncoder
 from recsys_workloads.train.features import EntityEncoder, FeatureSpec
 from recsys_workloads.train.profile import PROFILE_FORMAT, bin_counts, score_spec
@@ -86,7 +88,7 @@ def read_sample(cfg: DriftConfig) -> Sample:
     stream = GatewayKeys.of(cfg.recommender, store.key_prefix).served
     client = redis.Redis.from_url(
         store.redis_url,
-        password=os.environ.get(PASSWORD_ENV) or None,
+        password=os.environ.get(REDIS_PASSWORD_ENV) or None,
         socket_connect_timeout=store.connect_timeout_seconds,
         socket_timeout=store.connect_timeout_seconds,
     )
@@ -328,7 +330,7 @@ def catalog_drift(ref: Reference, records: Sequence[ServedRecord]) -> dict[str, 
 
 
 def run(raw: dict[str, Any]) -> dict[str, Any]:
-    cfg = parse_drift_config(raw)
+    cfg = parse_config(DriftConfig, raw, "drift config")
     ref = Reference.load(Store(cfg.storage_options), cfg.model_artifact_uri)
     _selected(cfg, ref)  # a misnamed feature is bad input before Redis is read
     return check(cfg, ref, read_sample(cfg))

@@ -20,19 +20,18 @@ divergence between distributions (non-negative).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import numpy.typing as npt
 
-Method = Literal["PSI", "KL"]
+from recsys_contract.drift import DEFAULT_THRESHOLDS as DEFAULT_THRESHOLDS
+from recsys_contract.drift import Method as Method
+
 FloatArray = npt.NDArray[np.float64]
 
 #: Stands in for a probability of exactly zero (see the module docstring).
 EPSILON = 1e-4
 #: Default thresholds: PSI 0.2 (the industry rule of thumb) and KL 0.1 (about half of it: for
 #: small shifts PSI is close to twice KL). benchmarks/drift_bench.py measures both.
-DEFAULT_THRESHOLDS: dict[Method, float] = {"PSI": 0.2, "KL": 0.1}
 
 
 def proportions(counts: npt.ArrayLike) -> FloatArray:

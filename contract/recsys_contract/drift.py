@@ -1,28 +1,34 @@
-"""The drift check's config: the JSON the operator renders for the drift CronJob's pods.
+"""The drift check's config (rendered from a Recommender's ``spec.drift``) and its summary.
 
-Kept in its own module (a pydantic model like every workload's) so it can move into the
-shared operator/workload contract package as it is.
+The check itself is told in ``recsys_workloads.drift``; the operator renders this config into
+the drift CronJob's ConfigMap and reads the summary from the finished Job's termination
+message. ``servedLog`` is the Recommender's store (``keyspace.GatewayKeys``): the stream the
+gateways log every response to.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from recsys_workloads.drift.stats import DEFAULT_THRESHOLDS, Method
-from recsys_workloads.history import GatewayStoreConfig
-from recsys_workloads.runtime import BadInputError, ConfigSection, describe_validation_error
+from recsys_contract.base import ConfigSection
+from recsys_contract.history import RecommenderStoreConfig
+from recsys_contract.keyspace import RECOMMENDER_PATTERN
 
-#: Threshold ranges per method, the CRD's (``spec.drift.threshold``).
+Method = Literal["PSI", "KL"]
+#: Score above which a feature counts as drifted, when ``threshold`` is unset: PSI's rule of
+#: thumb for a major shift, and KL's usual counterpart (benchmarks/README.md, "Drift checks").
+DEFAULT_THRESHOLDS: dict[Method, float] = {"PSI": 0.2, "KL": 0.1}
+#: Threshold ranges per method (inclusive), the ones the CRD's ``spec.drift.threshold`` takes.
 THRESHOLD_RANGES: dict[Method, tuple[float, float]] = {"PSI": (0.01, 2.0), "KL": (0.001, 1.0)}
 Reference = Literal["interactionRows", "entityRows"]
 
 
 class DriftConfig(ConfigSection):
-    recommender: str = Field(min_length=3, pattern=r"^[^.\s]+\.[^.\s]+$")
+    recommender: str = Field(min_length=3, pattern=RECOMMENDER_PATTERN)
     #: the gateway's Redis: the served log is ``<keyPrefix>recsys:<recommender>:served``
-    served_log: GatewayStoreConfig
+    served_log: RecommenderStoreConfig
     #: the serving version's model artifact (its profile.json and encoders.json are read)
     model_artifact_uri: str = Field(min_length=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -63,8 +69,3 @@ class DriftConfig(ConfigSection):
         return DEFAULT_THRESHOLDS[self.method] if self.threshold is None else self.threshold
 
 
-def parse_drift_config(raw: dict[str, Any]) -> DriftConfig:
-    try:
-        return DriftConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise BadInputError("drift config: " + describe_validation_error(exc)) from exc
