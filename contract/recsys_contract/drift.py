@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from recsys_contract.base import ConfigSection
+from recsys_contract.base import ConfigSection, Summary
 from recsys_contract.history import RecommenderStoreConfig
 from recsys_contract.keyspace import RECOMMENDER_PATTERN
 
@@ -69,3 +69,22 @@ class DriftConfig(ConfigSection):
         return DEFAULT_THRESHOLDS[self.method] if self.threshold is None else self.threshold
 
 
+class FeatureScore(Summary):
+    #: ``user.age``: the entity and the feature
+    name: str
+    value: float
+    drifted: bool = False
+
+
+class DriftSummary(Summary):
+    """What one check reports (more is in the message; this is what the operator acts on)."""
+
+    #: False when the log held too few entries to judge (``reason`` says so)
+    judged: bool
+    drifted: bool
+    method: Method
+    threshold: float
+    #: the highest-scoring features, highest first (``topFeatures`` of them)
+    features: list[FeatureScore] = Field(default_factory=list)
+    drifted_features: list[str] = Field(default_factory=list)
+    reason: str | None = None

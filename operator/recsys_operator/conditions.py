@@ -16,7 +16,7 @@ Status = Literal["True", "False", "Unknown"]
 #: Argo CD read them) and the kind-specific ones (``Materialized`` on a FeatureView; a
 #: ModelVersion's stages). mypy refuses any other name at every ``set_condition`` call.
 ConditionName = Literal[
-    "Ready", "Progressing", "Degraded", "Materialized", "Trained", "Evaluated", "Indexed"
+    "Ready", "Progressing", "Degraded", "Drifted", "Materialized", "Trained", "Evaluated", "Indexed"
 ]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILE_DURATION = Histogram(
@@ -30,6 +33,30 @@ JOBS_FAILED = Counter(
     "Jobs the operator saw fail, by purpose and reason.",
     ["purpose", "reason"],
 )
+
+
+DRIFT_SCORE = Gauge(
+    "recsys_operator_drift_score",
+    "Highest feature score (PSI or KL) at a Recommender's last drift check.",
+    ["namespace", "recommender"],
+)
+DRIFT_BREACHES = Gauge(
+    "recsys_operator_drift_consecutive_breaches",
+    "Drift checks in a row above the threshold, by Recommender.",
+    ["namespace", "recommender"],
+)
+DRIFT_RETRAINS = Counter(
+    "recsys_operator_drift_retrains_total",
+    "Retrainings drift asked for (each becomes a ModelVersion with reason Drift).",
+)
+
+
+def observe_drift(namespace: str, recommender: str, drift: Mapping[str, Any] | None) -> None:
+    """Export a Recommender's last drift check (nothing before its first)."""
+    if not drift or "scores" not in drift:
+        return
+    DRIFT_SCORE.labels(namespace, recommender).set(max(drift["scores"].values(), default=0.0))
+    DRIFT_BREACHES.labels(namespace, recommender).set(drift.get("consecutiveBreaches", 0))
 
 
 class PhaseTracker:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from recsys_contract.drift import DriftConfig
+from recsys_contract.drift import DriftConfig, DriftSummary
 from recsys_contract.termination import TERMINATION_MESSAGE_LIMIT
 from recsys_workloads.drift.check import Reference, Sample, check
 from recsys_workloads.gateway.served_log import ServedRecord
@@ -304,3 +304,15 @@ def test_defaults() -> None:
 
 def parse_drift(raw: dict[str, Any]) -> DriftConfig:
     return parse_config(DriftConfig, raw, "drift config")
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_the_summary_is_the_contract_the_operator_reads(shifted: bool) -> None:
+    colors = {"red": 200, "green": 400, "blue": 400} if shifted else {"red": 500, "green": 300,
+                                                                        "blue": 200}  # fmt: skip
+    s = run(reference(), entries(colors, ages_like_training(1000)))
+    read = DriftSummary.read({"status": "Succeeded", **s})
+    assert read is not None
+    assert (read.judged, read.drifted, read.method) == (True, shifted, "PSI")
+    assert read.drifted_features == s["driftedFeatures"]
+    assert [f.name for f in read.features] == [f["name"] for f in s["features"]]

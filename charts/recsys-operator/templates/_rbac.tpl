@@ -27,10 +27,11 @@ tests/integration/test_chart.py runs the operator on exactly these rules and fai
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create"]
-# Materialization CronJobs: server-side apply (patch; create when the object is new).
+# Materialization and drift-check CronJobs: server-side apply (patch; create when the object
+# is new); a drift CronJob goes when spec.drift does.
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # Triton and gateway Deployments: applied, watched for availability, removed when unused.
 - apiGroups: ["apps"]
   resources: ["deployments"]

@@ -345,6 +345,7 @@ class Ordering(ApiModel):
 
 # --- drift --------------------------------------------------------------------------------------
 
+
 def _threshold_in_range(m: Drift) -> bool:
     low, high = THRESHOLD_RANGES[m.method]
     return m.threshold is None or low <= m.threshold <= high
@@ -485,6 +486,15 @@ class DriftStatus(ApiModel):
     """Checks in a row above the threshold."""
     last_action_time: Timestamp | None = None
     """When drift last triggered its action; the cooldown counts from here."""
+    method: Literal["PSI", "KL"] | None = None
+    """The method of the last check."""
+    drifted_features: Annotated[list[str], Field(max_length=256)] | None = None
+    """Features above the threshold at the last check."""
+    last_check_job: Name | None = None
+    """The Job of the last check taken into account (each is counted once)."""
+    retrain_trigger: Annotated[str, Field(max_length=253)] | None = None
+    """The trigger of the last retraining drift asked for (``drift/<check Job>``); the
+    Recommender creates its ModelVersion once no other training runs."""
 
 
 class Endpoints(ApiModel):

@@ -25,6 +25,7 @@ from recsys_operator.api.recommender import Recommender, RecommenderStatus
 from recsys_operator.conditions import set_condition
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name
+from recsys_operator.planning.drift import DriftDecision
 from recsys_operator.planning.pods import owner_reference
 
 TRIGGER_ANNOTATION = f"{GROUP}/trigger"
@@ -139,7 +140,11 @@ def new_version(
 
 
 def plan(
-    rec_obj: Mapping[str, Any], rec: Recommender, versions: Sequence[Version], now: dt.datetime
+    rec_obj: Mapping[str, Any],
+    rec: Recommender,
+    versions: Sequence[Version],
+    now: dt.datetime,
+    drift_trigger: str | None = None,
 ) -> Plan:
     out = Plan()
     triggers = {v.trigger for v in versions if v.trigger}
@@ -155,6 +160,8 @@ def plan(
     token = rec.metadata.annotations.get(RETRAIN_ANNOTATION)
     if token:
         wanted.append(("Manual", f"manual/{token}"))
+    if drift_trigger and versions:
+        wanted.append(("Drift", drift_trigger))
     for reason, trigger in wanted:
         if trigger in triggers:
             continue
@@ -248,14 +255,18 @@ def status(
     serving_ready: bool,
     blocked: str | None,
     now: str,
+    drift: DriftDecision | None = None,
 ) -> RecommenderStatus:
     gen = rec.metadata.generation or 0
     ns, name = rec.metadata.namespace, rec.metadata.name
     conds: list[dict[str, Any]] = list(previous.get("conditions", []) or [])
     st: dict[str, Any] = {"observedGeneration": gen}
-    for key in ("drift", "lastTraining"):
-        if key in previous:
-            st[key] = previous[key]
+    if "lastTraining" in previous:
+        st["lastTraining"] = previous["lastTraining"]
+    if drift is not None and drift.status:
+        st["drift"] = drift.status
+    if drift is not None and drift.condition is not None:
+        conds = set_condition(conds, "Drifted", *drift.condition, gen, now)
     if p.last_training:
         st["lastTraining"] = p.last_training
     if p.stable:

@@ -11,8 +11,10 @@ from recsys_operator.api.recommender import Recommender
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context, Key
 from recsys_operator.labels import RECOMMENDER_LABEL
-from recsys_operator.metrics import JOBS_STARTED
+from recsys_operator.metrics import DRIFT_RETRAINS, JOBS_STARTED, observe_drift
+from recsys_operator.planning import drift as drift_planner
 from recsys_operator.planning import recommender as planner
+from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, newest
 from recsys_operator.planning.serving import (
     gateway_objects,
     history_job,
@@ -25,6 +27,7 @@ from recsys_operator.reconcilers.common import (
     ensure_created,
     post_event,
     remove,
+    summary_of,
     write_status,
 )
 from recsys_operator.reconcilers.modelversion import feature_sources
@@ -60,7 +63,12 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
         else [],
     )
     _, blocked = feature_sources(ctx, rec)
-    plan = planner.plan(obj, rec, versions, now_dt)
+    trained = frozenset(v.trigger for v in versions if v.trigger)
+    previous_drift = (obj.get("status") or {}).get("drift")
+    drift = drift_planner.decide(
+        rec, previous_drift, await _drift_check(ctx, ns, name), now_dt, trained
+    )
+    plan = planner.plan(obj, rec, versions, now_dt, drift.retrain)
 
     for mv in plan.create:
         _, created = await ensure_created(ctx, mv)
@@ -107,14 +115,27 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                     ready = ready and _available(applied)
             serving_ready = ready
             await _remove_unused_tritons(ctx, ns, name, {plan.stable, plan.canary})
+            stable_uri = (by_name[plan.stable].get("status") or {}).get("artifactUri", "")
+            for child in drift_planner.drift_objects(
+                rec, obj, workloads_image, plan.stable, stable_uri
+            ):
+                await ensure(ctx, child)
         except Refusal as refusal:
             plan.problems.append(planner.Problem("ServingObjectRefused", str(refusal)))
 
+    if rec.spec.drift is None or not plan.stable:  # checks only judge a serving version
+        for api_version, kind in (("batch/v1", "CronJob"), ("v1", "ConfigMap")):
+            await remove(ctx, api_version, kind, drift_planner.drift_name(rec), ns)
     await _seed_history(ctx, obj, rec, plan.problems)
 
     previous = obj.get("status") or {}
-    new_status = planner.status(rec, previous, plan, versions, serving_ready, blocked, now)
+    new_status = planner.status(rec, previous, plan, versions, serving_ready, blocked, now, drift)
+    observe_drift(ns, name, drift.status)
     if await write_status(ctx, obj, new_status):
+        for type_, reason, message in drift.events:
+            await post_event(ctx.kube, obj, type_, reason, message)
+        if drift.retrain and drift.retrain != (previous_drift or {}).get("retrainTrigger"):
+            DRIFT_RETRAINS.inc()
         if new_status.stable_version != previous.get("stableVersion"):
             await post_event(
                 ctx.kube,
@@ -129,6 +150,20 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     if plan.next_training is not None:
         return max(1.0, (plan.next_training - now_dt).total_seconds())
     return None
+
+
+async def _drift_check(ctx: Context, ns: str, name: str) -> JobOutcome | None:
+    """The newest finished drift check Job, with its summary."""
+    jobs = ctx.cache.list(
+        "batch/v1",
+        "Job",
+        ns,
+        {RECOMMENDER_LABEL: name, "app.kubernetes.io/component": drift_planner.COMPONENT},
+    )
+    job = newest([j for j in jobs if job_outcome(j, None).finished])
+    if job is None:
+        return None
+    return job_outcome(job, await summary_of(ctx.kube, ns, job))
 
 
 def _feature_views(ctx: Context, rec: Recommender) -> dict[str, FeatureView]:
