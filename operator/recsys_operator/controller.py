@@ -24,7 +24,7 @@ import kopf
 from recsys_operator import GROUP, VERSION
 from recsys_operator.cache import Store
 from recsys_operator.kube import ApiError, KubeClient
-from recsys_operator.labels import MANAGED_BY
+from recsys_operator.labels import FEATURE_VIEW_LABEL, MANAGED_BY, RECOMMENDER_LABEL
 from recsys_operator.metrics import PHASES, RECONCILE_DURATION, RECONCILE_ERRORS
 from recsys_operator.workqueue import Backoff, WorkQueue, run_workers
 
@@ -82,13 +82,23 @@ Reconciler = Callable[[Context, str, str], Awaitable[float | None]]
 
 
 def owner_keys(body: Mapping[str, Any]) -> list[Key]:
-    """The primaries a child belongs to, from its controller owner reference."""
+    """The primaries a child belongs to: its owner references to them, or, for a Job a CronJob
+    made (owned by the CronJob), the primary its labels name."""
     meta = body.get("metadata", {})
     namespace = meta.get("namespace", "")
     keys = []
     for ref in meta.get("ownerReferences", []) or []:
         if ref.get("apiVersion") == f"{GROUP}/{VERSION}" and ref.get("kind") in PRIMARY_KINDS:
             keys.append(Key(ref["kind"], namespace, ref["name"]))
+    if not keys:
+        labels = meta.get("labels") or {}
+        for label, kind in (
+            (FEATURE_VIEW_LABEL, "FeatureView"),
+            (RECOMMENDER_LABEL, "Recommender"),
+        ):
+            if labels.get(label):
+                keys.append(Key(kind, namespace, labels[label]))
+                break
     return keys
 
 

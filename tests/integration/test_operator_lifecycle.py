@@ -243,6 +243,66 @@ def test_removed_serving_fields_leave_the_deployments(
     eventually(lambda: all(cleared(p) for p in pods()), 60, "fields removed", operator=operator)
 
 
+def drift_summary(drifted: bool) -> dict[str, Any]:
+    """What the drift check workload reports (recsys_contract.drift.DriftSummary)."""
+    age = {"name": "user.age", "value": 0.34 if drifted else 0.01, "drifted": drifted}
+    return {"status": "Succeeded", "judged": True, "drifted": drifted, "method": "PSI",
+            "threshold": 0.2, "features": [age],
+            "driftedFeatures": ["user.age"] if drifted else []}  # fmt: skip
+
+
+def test_drift_checks_report_and_two_in_a_row_retrain(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    """The drift CronJob checks the stable version; each finished check reaches status once;
+    two drifted checks in a row make one ModelVersion with reason Drift; dropping spec.drift
+    removes the CronJob."""
+
+    def with_drift(docs: list[dict[str, Any]]) -> None:
+        # a schedule that does not fire in the test: the test starts each check itself
+        docs[1]["spec"]["drift"] = {"schedule": "0 0 1 1 *", "consecutiveChecks": 2}
+
+    apply_stack(testbed, namespace, with_drift)
+    walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
+    eventually(lambda: get(testbed, "cronjob", "movies-drift", namespace), 60,
+               "the drift CronJob", operator=operator)  # fmt: skip
+    config = json.loads(get(testbed, "configmap", "movies-drift", namespace)["data"][  # type: ignore[index]
+        "config.json"])
+    assert (config["modelVersion"], config["modelArtifactUri"]) == (
+        "movies-v1", "s3://models/movies/models/movies-v1")  # fmt: skip
+
+    def drift_status() -> dict[str, Any]:
+        rec = get(testbed, "recommender", "movies", namespace) or {}
+        return dict(rec.get("status", {}).get("drift") or {})
+
+    for n, drifted in ((1, True), (2, True)):
+        job = f"movies-drift-manual-{n}"
+        testbed.kubectl("create", "job", "--from=cronjob/movies-drift", job, "-n", namespace)
+        finish_pod(testbed, namespace, job, exit_code=0, summary=drift_summary(drifted))
+        st = eventually(
+            lambda job=job: drift_status().get("lastCheckJob") == job and drift_status(),  # type: ignore[misc]
+            60, f"{job} counted", operator=operator,
+        )  # fmt: skip
+        assert st["consecutiveBreaches"] == n
+        assert st["driftedFeatures"] == ["user.age"]
+        drifted_cond = condition(get(testbed, "recommender", "movies", namespace), "Drifted")
+        assert drifted_cond is not None
+        assert drifted_cond["status"] == "True"
+        assert "user.age (0.340)" in drifted_cond["message"]
+        if n == 1:
+            assert get(testbed, "modelversion", "movies-v2", namespace) is None
+    mv = wait_phase(testbed, namespace, "movies-v2", "Training", operator)
+    assert mv["spec"]["reason"] == "Drift"
+    assert mv["metadata"]["annotations"]["recsys.dev/trigger"] == "drift/movies-drift-manual-2"
+    assert drift_status()["retrainTrigger"] == "drift/movies-drift-manual-2"
+    mvs = json.loads(testbed.kubectl("get", "mv", "-n", namespace, "-o", "json").stdout)["items"]
+    assert len(mvs) == 2, "one retraining for the drift, not one per pass"
+
+    apply_stack(testbed, namespace)  # without spec.drift
+    eventually(lambda: get(testbed, "cronjob", "movies-drift", namespace) is None, 60,
+               "the drift CronJob removed", operator=operator)  # fmt: skip
+
+
 def test_a_worse_model_is_rejected_with_its_numbers_and_manual_retrain_works(
     testbed: Testbed, namespace: str, operator: OperatorProcess
 ) -> None:

@@ -132,12 +132,15 @@ def version(n: int, phase: str, trigger: str) -> Version:
                                          version(2, "Training", "drift/movies-drift-2")], []),
         ("another training runs: it waits", [version(1, "Serving", "initial"),
                                              version(2, "Training", "manual/x")], []),
+        ("training suspended: none", [version(1, "Serving", "initial")], []),
     ],
 )  # fmt: skip
 def test_the_recommender_trains_for_drift_once(
     case: str, versions: list[Version], created: list[tuple[str, str]]
 ) -> None:
     r = rec()
+    if "suspended" in case:
+        r = recommender(drift={"schedule": "0 * * * *"}, training={"suspend": True})
     obj = {"apiVersion": "recsys.dev/v1alpha1", "kind": "Recommender",
            "metadata": r.metadata.model_dump(by_alias=True), "status": {}}  # fmt: skip
     p = rec_planner.plan(obj, r, versions, NOW, "drift/movies-drift-2")

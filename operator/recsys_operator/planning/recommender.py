@@ -160,7 +160,7 @@ def plan(
     token = rec.metadata.annotations.get(RETRAIN_ANNOTATION)
     if token:
         wanted.append(("Manual", f"manual/{token}"))
-    if drift_trigger and versions:
+    if drift_trigger and versions and not rec.spec.training.suspend:
         wanted.append(("Drift", drift_trigger))
     for reason, trigger in wanted:
         if trigger in triggers:
