@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from recsys_operator.api.featureview import FeatureView
 from recsys_operator.api.modelversion import ModelVersion
 from recsys_operator.api.recommender import Recommender
 
@@ -43,3 +44,26 @@ def model_version(
     if status is not None:
         doc["status"] = status
     return ModelVersion.model_validate(doc)
+
+
+def feature_view(
+    name: str = "users", generation: int = 1, cron_job: dict[str, Any] | None = None,
+    **materialization: Any,
+) -> FeatureView:  # fmt: skip
+    """A user FeatureView on a parquet source, materialized ``@daily`` unless ``cron_job``."""
+    return FeatureView.model_validate(
+        {
+            "apiVersion": "recsys.dev/v1alpha1",
+            "kind": "FeatureView",
+            "metadata": {**META, "name": name, "uid": "u-1", "generation": generation},
+            "spec": {
+                "entity": {"name": "user", "joinKeys": ["user_id"]},
+                "source": {"path": "s3://d/users/"},
+                "features": [{"name": "age", "dtype": "Int64"}],
+                "onlineStore": {"redis": {"url": "redis://r:6379/0"}},
+                "materialization": {
+                    "cronJob": cron_job or {"schedule": "@daily"}, **materialization
+                },
+            },
+        }
+    )

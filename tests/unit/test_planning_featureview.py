@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from api_objects import feature_view
 
 from recsys_contract.materialize import MaterializeSummary
 from recsys_operator.api.featureview import FeatureView
@@ -16,20 +17,7 @@ CRON: dict[str, Any] = {"metadata": {"name": "users-materialize"}}
 
 
 def fv(suspend: bool = False) -> FeatureView:
-    return FeatureView.model_validate(
-        {
-            "apiVersion": "recsys.dev/v1alpha1",
-            "kind": "FeatureView",
-            "metadata": {"name": "users", "namespace": "ns", "uid": "u", "generation": 2},
-            "spec": {
-                "entity": {"name": "user", "joinKeys": ["user_id"]},
-                "source": {"path": "s3://d/users/"},
-                "features": [{"name": "age", "dtype": "Int64"}],
-                "onlineStore": {"redis": {"url": "redis://r:6379/0"}},
-                "materialization": {"cronJob": {"schedule": "@daily", "suspend": suspend}},
-            },
-        }
-    )
+    return feature_view(generation=2, cron_job={"schedule": "@daily", "suspend": suspend})
 
 
 def run(name: str, *, finished: bool = True, ok: bool = True, version: int = 3) -> JobOutcome:

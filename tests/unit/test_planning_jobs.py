@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from api_objects import model_version, recommender
+from api_objects import feature_view, model_version, recommender
 
 from recsys_operator.api.featureview import FeatureView
 from recsys_operator.api.recommender import Recommender
@@ -20,23 +20,6 @@ IMAGE = "registry.test/recsys-workloads:test"
 OWNER = {"apiVersion": "recsys.dev/v1alpha1", "kind": "Recommender",
          "metadata": {"name": "movies", "uid": "u-1"}}  # fmt: skip
 MV = model_version("movies-v1", reason="Initial")
-
-
-def feature_view(**materialization: Any) -> FeatureView:
-    return FeatureView.model_validate(
-        {
-            "apiVersion": "recsys.dev/v1alpha1",
-            "kind": "FeatureView",
-            "metadata": {"name": "users", "namespace": "ns", "uid": "u-1", "generation": 1},
-            "spec": {
-                "entity": {"name": "user", "joinKeys": ["user_id"]},
-                "source": {"path": "s3://d/users/"},
-                "features": [{"name": "age", "dtype": "Int64"}],
-                "onlineStore": {"redis": {"url": "redis://r:6379/0"}},
-                "materialization": {"cronJob": {"schedule": "@daily"}, **materialization},
-            },
-        }
-    )
 
 
 def placed(**training: Any) -> Recommender:
