@@ -119,8 +119,18 @@ def main() -> int:
         version = wait_for("promotion of the first ModelVersion", stable, args.timeout)
         cp.kubectl("wait", "-n", NAMESPACE, "--for=condition=Ready", "recommender/movies",
                    "--timeout=120s")
+        # Training reads the parquet itself, so promotion can come before a backfill's status:
+        # the table below shows each view's rows once its keyspace is live.
+        cp.kubectl("wait", "-n", NAMESPACE, "--for=condition=Materialized", "featureview",
+                   "--all", "--timeout=120s")
         say(f"{version} is stable; the loop has closed")
         print(cp.kubectl("get", "recsys", "-n", NAMESPACE).stdout)
+        # ROWS above is the newest run's: an hourly run that found nothing new writes 0.
+        views = json.loads(cp.kubectl("get", "featureview", "-n", NAMESPACE, "-o", "json").stdout)
+        for view in views["items"]:
+            backfill = view["status"].get("lastBackfill") or {}
+            say(f"{view['metadata']['name']}: the backfill wrote {backfill.get('rows')} entities "
+                "to Redis")
         mv = json.loads(cp.kubectl("get", "mv", version, "-n", NAMESPACE, "-o", "json").stdout)
         print(json.dumps({k: mv["status"].get(k) for k in ("phase", "evaluation", "metrics",
                                                           "artifactUri", "indexName")}, indent=1))
