@@ -69,6 +69,10 @@ class RoutingTable(ConfigSection):
     canary: Variant | None = None
     canary_weight: int = Field(default=0, ge=0, le=100)
     user_sticky: bool = True
+    #: a version kept loaded but not served: the previous stable inside its rollback window
+    #: (so a rollback is a routing change), or the version about to become stable (so it is
+    #: loaded on every replica before any request reaches it)
+    standby: Variant | None = None
 
     @model_validator(mode="after")
     def _weight_needs_canary(self) -> RoutingTable:
@@ -180,10 +184,15 @@ class GatewayConfig(ConfigSection):
     #: is saturated, queueing makes every request late, shedding keeps the admitted ones
     #: fast (KServe's ``containerConcurrency``, per replica). 0: no limit
     max_in_flight: int = Field(default=64, ge=0, le=100_000)
+    #: an outcome event counts toward its impression only when it comes within this long of
+    #: it (``recsys_contract.traffic``); later ones are counted apart as late
+    attribution_window: str = "30m"
     #: fsspec options for reading index and model artifacts
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("scoring_timeout", "poll_interval", "redis_timeout", "item_cache_ttl")
+    @field_validator(
+        "scoring_timeout", "poll_interval", "redis_timeout", "item_cache_ttl", "attribution_window"
+    )
     @classmethod
     def _durations(cls, value: str) -> str:
         return duration(value)
@@ -218,6 +227,10 @@ class GatewayConfig(ConfigSection):
     @property
     def poll_interval_s(self) -> float:
         return parse_duration(self.poll_interval)
+
+    @property
+    def attribution_window_s(self) -> float:
+        return parse_duration(self.attribution_window)
 
     @property
     def redis_timeout_s(self) -> float:

@@ -196,6 +196,15 @@ class GatewayKeys:
     def blocked_for(self, user_id: object) -> str:
         return f"{self.base}:blocked:{user_id}"
 
+    def stats(self, model_version: str, bucket: int) -> str:
+        """Per-version traffic counters of one time bucket (``recsys_contract.traffic``)."""
+        return f"{self.base}:stats:{model_version}:{bucket}"
+
+    @property
+    def replicas(self) -> str:
+        """Each gateway replica's heartbeat (``recsys_contract.traffic.Heartbeat``)."""
+        return f"{self.base}:replicas"
+
 
 @dataclass(frozen=True)
 class FeatureSchema:
