@@ -26,6 +26,7 @@ from recsys_operator.cache import Store
 from recsys_operator.kube import ApiError, KubeClient
 from recsys_operator.labels import FEATURE_VIEW_LABEL, MANAGED_BY, RECOMMENDER_LABEL
 from recsys_operator.metrics import PHASES, RECONCILE_DURATION, RECONCILE_ERRORS
+from recsys_operator.online import OnlineStore
 from recsys_operator.workqueue import Backoff, WorkQueue, run_workers
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,11 @@ class Context:
     #: Who to wake when an object changes: a Recommender reads its FeatureViews, so an event on
     #: a FeatureView enqueues the Recommenders that named it at their last reconcile.
     dependents: dict[Key, set[Key]] = field(default_factory=dict)
+    #: Redis clients, per Recommender store: the routing table, heartbeats, traffic counters.
+    online: OnlineStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.online = OnlineStore(self.kube)
 
     def depends_on(self, dependent: Key, dependencies: Iterable[Key]) -> None:
         for deps in self.dependents.values():
@@ -148,6 +154,7 @@ class Controller:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
         if self.ctx is not None:
+            await self.ctx.online.close()
             await self.ctx.kube.close()
 
     def on_primary_event(self, kind: str, body: Mapping[str, Any], event_type: str | None) -> None:

@@ -50,6 +50,16 @@ DRIFT_RETRAINS = Counter(
     "Retrainings drift asked for (each becomes a ModelVersion with reason Drift).",
 )
 
+ANALYSIS_CHECKS = Counter(
+    "recsys_operator_analysis_checks_total",
+    "Analysis checks of canaries, by verdict.",
+    ["verdict"],
+)
+ROUTING_PUBLISHED = Counter(
+    "recsys_operator_routing_published_total",
+    "Routing tables written to Redis for the gateways (only when they changed).",
+)
+
 
 def observe_drift(namespace: str, recommender: str, drift: Mapping[str, Any] | None) -> None:
     """Export a Recommender's last drift check (nothing before its first)."""

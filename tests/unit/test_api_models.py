@@ -145,10 +145,8 @@ def test_kind_descriptors() -> None:
 
 
 def test_phases_in_lifecycle_order() -> None:
-    assert PHASES[:8] == (
-        "Pending", "Training", "Evaluating", "Indexing", "Ready", "Canary", "Serving", "Retired",
-    )  # fmt: skip
-    assert {"Retired", "Failed", "Rejected"} == FINAL_PHASES
+    assert PHASES[:5] == ("Pending", "Training", "Evaluating", "Indexing", "Ready")
+    assert {"Ready", "Failed", "Rejected"} == FINAL_PHASES
 
 
 def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:

@@ -36,15 +36,12 @@ Phase = Literal[
     "Evaluating",
     "Indexing",
     "Ready",
-    "Canary",
-    "Serving",
-    "Retired",
     "Failed",
     "Rejected",
 ]
 PHASES: tuple[Phase, ...] = get_args(Phase)
 #: Phases after which the version changes no more.
-FINAL_PHASES: frozenset[Phase] = frozenset({"Retired", "Failed", "Rejected"})
+FINAL_PHASES: frozenset[Phase] = frozenset({"Ready", "Failed", "Rejected"})
 
 
 class RecommenderRef(ApiModel):
@@ -128,10 +125,10 @@ class ModelVersionStatus(ApiModel):
     gate passed; trained versions only) and Indexed (whether the index was built and
     checked)."""
     phase: Phase | None = None
-    """Pending → Training → Evaluating → Indexing → Ready → Canary → Serving → Retired, or
-    Failed / Rejected (see reason and message). Evaluating: training finished and the
-    evaluation gate judges its holdout metrics; Rejected: the gate refused the version. An
-    imported version skips Training and Evaluating."""
+    """Pending → Training → Evaluating → Indexing → Ready, or Failed / Rejected (see reason
+    and message). Evaluating: training finished and the evaluation gate judges its holdout
+    metrics; Rejected: the gate refused the version. An imported version skips Training and
+    Evaluating. Whether a Ready version serves is in its Recommender's ``status.rollout``."""
     reason: (
         Annotated[str, Field(max_length=128, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
         | None

@@ -448,18 +448,79 @@ class RecommenderSpec(ApiModel):
 # --- status -------------------------------------------------------------------------------------
 
 
-class RolloutStatus(ApiModel):
-    """Where the current rollout stands."""
+RolloutPhase = Literal["Progressing", "Paused", "Promoting", "Healthy", "Aborted"]
+Verdict = Literal["Passed", "Failed", "Inconclusive"]
 
-    phase: Literal["Idle", "Progressing", "Paused", "Promoted", "RolledBack"] | None = None
-    """Idle: nothing to roll out; Progressing: a canary is taking traffic; Paused: held by a
-    pause step or spec.serving.rollout.paused; Promoted / RolledBack: how the last one ended."""
+
+class MetricResult(ApiModel):
+    """One metric of one analysis check, for canary and stable."""
+
+    name: Annotated[str, Field(max_length=63)]
+    """The metric (``spec.serving.rollout.analysis.metrics[].name``)."""
+    canary: float | None = None
+    """The canary's value; for a relative metric, the canary's rate as % of stable's."""
+    stable: float | None = None
+    """The stable's value over the same window, where it has one."""
+    min: float | None = None
+    """The range's lower bound."""
+    max: float | None = None
+    """The range's upper bound."""
+    verdict: Verdict
+    """Passed, Failed, or Inconclusive (too little data, or not yet decided)."""
+    message: Annotated[str, Field(max_length=1024)] | None = None
+    """The numbers behind the verdict."""
+
+
+class AnalysisResult(ApiModel):
+    """One analysis check of the canary."""
+
+    time: Timestamp
+    """When the check ran."""
+    verdict: Verdict
+    """Failed when any metric failed; Inconclusive when any could not decide."""
+    metrics: Annotated[list[MetricResult], Field(max_length=8)] = Field(default_factory=list)
+    """Each metric's result."""
+
+
+class RolloutStatus(ApiModel):
+    """Where the rollout stands: the one place a version's serving role is written."""
+
+    phase: RolloutPhase | None = None
+    """Progressing: canary steps run; Paused: held by a pause step, by spec paused, or until
+    promoted (pauseReason says which); Promoting: waiting for every gateway replica to load the
+    new version before it becomes stable; Healthy: one stable version serves everyone;
+    Aborted: the canary was rolled back and traffic is on the stable."""
+    pause_reason: Literal["PauseStep", "AwaitingPromote", "UserPaused"] | None = None
+    """Why the rollout is Paused."""
+    stable: Name | None = None
+    """The ModelVersion serving every user outside the canary."""
+    canary: Name | None = None
+    """The ModelVersion being rolled out."""
+    canary_weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Percentage of users sent to the canary."""
     current_step_index: Annotated[int, Field(ge=0, le=20)] | None = None
-    """Index of the step being executed."""
+    """Index of the step being executed; the number of steps once all are done."""
+    step_started_at: Timestamp | None = None
+    """When the current step began: a pause's duration counts from here."""
+    start_time: Timestamp | None = None
+    """When the current rollout began; the analysis counts traffic from here."""
     failed_checks: Annotated[int, Field(ge=0)] | None = None
     """Failed analysis checks of the current canary."""
-    start_time: Timestamp | None = None
-    """When the current rollout began."""
+    last_check_time: Timestamp | None = None
+    """When the last analysis check ran; the next one is an interval later."""
+    analysis: Annotated[list[AnalysisResult], Field(max_length=5)] | None = None
+    """The last analysis checks, newest last."""
+    previous_stable: Name | None = None
+    """The version replaced by the last promotion, kept ready (its Triton and its index) so a
+    rollback is a routing change."""
+    previous_stable_until: Timestamp | None = None
+    """When the previous stable's rollback window ends and it is removed."""
+    aborted_version: Name | None = None
+    """The last version rolled back; it is not rolled out again."""
+    last_promote_token: Annotated[str, Field(max_length=253)] | None = None
+    """The ``recsys.dev/promote`` value last acted on (each value acts once)."""
+    last_abort_token: Annotated[str, Field(max_length=253)] | None = None
+    """The ``recsys.dev/abort`` value last acted on."""
     message: Annotated[str, Field(max_length=4096)] | None = None
     """What the rollout is doing or why it stopped, with the metric values."""
 
@@ -514,16 +575,10 @@ class RecommenderStatus(ApiModel):
     conditions: Conditions | None = None
     """Ready (serving a version), Progressing (training or rolling out), Degraded,
     Drifted."""
-    stable_version: Name | None = None
-    """The ModelVersion serving all users outside the canary."""
-    canary_version: Name | None = None
-    """The ModelVersion being rolled out, if any."""
-    canary_weight: Annotated[int, Field(ge=0, le=100)] | None = None
-    """Percentage of users sent to the canary."""
     active_index: Annotated[str, Field(max_length=253)] | None = None
     """The index version behind the serving alias."""
     rollout: RolloutStatus | None = None
-    """The current rollout."""
+    """The rollout: which versions serve, with what weight, and how the canary is judged."""
     last_training: TrainingStatus | None = None
     """The most recent training run."""
     next_training_time: Timestamp | None = None
@@ -560,10 +615,11 @@ RECOMMENDER = KindInfo(
             "Ready", "string", '.status.conditions[?(@.type=="Ready")].status',
             "Whether a version is serving.",
         ),
-        PrinterColumn("Stable", "string", ".status.stableVersion", "The stable ModelVersion."),
-        PrinterColumn("Canary", "string", ".status.canaryVersion", "The canary ModelVersion."),
+        PrinterColumn("Stable", "string", ".status.rollout.stable", "The stable ModelVersion."),
+        PrinterColumn("Canary", "string", ".status.rollout.canary", "The canary ModelVersion."),
         PrinterColumn(
-            "Weight", "integer", ".status.canaryWeight", "Percentage of users on the canary."
+            "Weight", "integer", ".status.rollout.canaryWeight",
+            "Percentage of users on the canary."
         ),
         PrinterColumn(
             "Index", "string", ".status.activeIndex", "Index behind the serving alias.",

@@ -89,23 +89,50 @@ class CanaryStep(ApiModel):
 
 
 AnalysisMetricName = Literal[
-    "request-success-rate", "request-duration", "fallback-rate", "click-through-rate"
+    "request-success-rate",
+    "request-duration",
+    "fallback-rate",
+    "click-through-rate",
+    "conversion-rate",
 ]
+RELATIVE_METRICS = ("click-through-rate", "conversion-rate")
 
 
 class AnalysisMetric(ApiModel):
-    """A metric of the canary checked at every analysis interval, as a Flagger metric."""
+    """A metric of the canary checked at every analysis interval, as a Flagger metric.
+
+    The gateways count every variant's traffic in Redis; no Prometheus is needed. The traffic
+    metrics (success rate, duration, fallback rate) are the canary's own over the last
+    ``interval``. The business metrics (click-through-rate, conversion-rate) compare the canary
+    with the stable over everything since the rollout began, counting an event only toward
+    the impression that caused it and only within ``attributionWindow``, and judge only
+    impressions whose window has closed. They use a sequential test (an always-valid
+    confidence interval), so checking again at every interval does not raise the chance of a
+    false abort; too few impressions is inconclusive, not failed."""
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.eventType) || self.name == 'conversion-rate'",
+            message="eventType applies only to conversion-rate; remove it",
+            check=lambda m: m.event_type is None or m.name == "conversion-rate",
+        ),
+    )
 
     name: AnalysisMetricName
     """request-success-rate: % of requests answered without error (Flagger's built-in);
     request-duration: p99 latency in milliseconds (Flagger's built-in);
     fallback-rate: % of responses served from fallback items;
-    click-through-rate: the canary's CTR as % of the stable version's."""
+    click-through-rate: the canary's clicks per impression as % of the stable's;
+    conversion-rate: the same for ``eventType`` events."""
     threshold_range: ThresholdRange
-    """Bounds the metric must stay within, e.g. ``{min: 99}`` for success rate or
-    ``{max: 50}`` for request-duration."""
+    """Bounds the metric must stay within, e.g. ``{min: 99}`` for success rate,
+    ``{max: 50}`` for request-duration, ``{min: 95}`` for click-through-rate (the canary's
+    CTR at least 95 % of the stable's)."""
     interval: Duration | None = None
-    """Window the metric is computed over; the analysis interval when unset."""
+    """Window a traffic metric is computed over; the analysis interval when unset. Business
+    metrics always count from the start of the rollout."""
+    event_type: Literal["purchase", "click"] | None = None
+    """The outcome event conversion-rate counts (``purchase`` when unset)."""
 
 
 def _default_analysis_metrics() -> list[AnalysisMetric]:
@@ -118,11 +145,17 @@ class Analysis(ApiModel):
 
     interval: Duration = "1m"
     """Time between checks."""
-    failure_limit: Annotated[int, Field(ge=0, le=100)] = 3
-    """Failed checks tolerated before rolling back (Flagger's ``threshold``)."""
+    failure_limit: Annotated[int, Field(ge=1, le=100)] = 3
+    """Failed checks that roll the canary back (Flagger's ``threshold``). A failed check also
+    holds the steps until a check passes."""
     min_requests: Annotated[int, Field(ge=0, le=100000000)] = 100
     """Requests the canary must have served in a window before a check counts; fewer makes
     the check inconclusive, not failed."""
+    min_impressions: Annotated[int, Field(ge=0, le=1000000000)] = 1000
+    """Closed impressions each side needs before a business metric is judged."""
+    attribution_window: Duration = "30m"
+    """How long after an impression a click or purchase still counts toward it. A business
+    metric judges only impressions at least this old."""
     metrics: Annotated[
         list[AnalysisMetric], Field(min_length=1, max_length=8), ListMap(("name",))
     ] = Field(default_factory=_default_analysis_metrics)

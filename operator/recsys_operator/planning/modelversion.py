@@ -1,12 +1,13 @@
 """The ModelVersion lifecycle as a pure state machine.
 
-    Pending -> Training -> Evaluating -> Indexing -> Ready -> Canary -> Serving -> Retired
+    Pending -> Training -> Evaluating -> Indexing -> Ready
                   |            |            |
                 Failed      Rejected      Failed
 
-One step per reconcile, decided from the previous phase and what the Jobs report; the
-Recommender's status says which version serves (stable or canary), and this module turns that
-into Canary / Serving / Retired. Failed and Rejected are final and say why, with numbers.
+One step per reconcile, decided from the previous phase and what the Jobs report. Ready,
+Failed and Rejected end the lifecycle; Failed and Rejected say why, with numbers. Whether a
+Ready version serves (stable, canary, kept for rollback) is the Recommender's to say, in its
+``status.rollout``, and only there.
 
 When the training Job succeeds, its headline metrics (measured on the Recommender's time-split
 holdout) go to ``status.metrics`` and the version enters Evaluating; the next step judges them
@@ -34,9 +35,7 @@ from recsys_operator.conditions import Status, set_condition
 from recsys_operator.planning import EventSpec
 from recsys_operator.planning.jobstatus import JobOutcome
 
-Role = Literal["stable", "canary"] | None
-#: Phases no Job outcome changes. Retired is not among them: pinning a retired version brings
-#: it back (declarative rollback).
+#: Phases no Job outcome changes.
 TERMINAL_PHASES = frozenset({"Failed", "Rejected"})
 
 
@@ -49,7 +48,6 @@ class Observed:
     #: None for the first version.
     baseline: Mapping[str, float] | None = None
     baseline_name: str | None = None
-    role: Role = None
     #: Why training cannot start yet (a FeatureView it reads is missing), if so.
     blocked: str | None = None
 
@@ -183,7 +181,7 @@ class _Step:
             events.append(("Warning" if warn else "Normal", phase, message))
         if phase in ("Ready", "Failed", "Rejected") and "completionTime" not in self.st:
             self.st["completionTime"] = self.now
-        ready = phase in ("Ready", "Canary", "Serving")
+        ready = phase == "Ready"
         self.st["conditions"] = _conds(
             self.prev, self.gen, self.now, phase, ready, message, self.stages
         )
@@ -279,10 +277,9 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
             st["metrics"] = {**(st.get("metrics") or {}), "indexRecall": recall}
             done += f", recall {recall:.4f} against exact search"
         step.stage("Indexed", True, "IndexBuilt", done)
-        return _serving_phase(observed.role, "Ready", step, imported)
+        return _ready(step, imported)
 
-    # Ready / Canary / Serving / Retired: the Recommender's status decides.
-    return _serving_phase(observed.role, phase, step, imported)
+    return _ready(step, imported)
 
 
 def fail(mv: ModelVersion, reason: str, message: str, now: str) -> Decision:
@@ -322,13 +319,7 @@ def _gate_then_index(
     return step.to("Indexing", f"evaluation gate {message}; building the index")
 
 
-def _serving_phase(role: Role, phase: str, step: _Step, imported: bool) -> Decision:
-    if role == "stable":
-        return step.to("Serving", "serving as the stable version")
-    if role == "canary":
-        return step.to("Canary", "serving as the canary")
-    if phase in ("Serving", "Canary", "Retired"):
-        return step.to("Retired", "replaced; kept for rollback", "Replaced")
+def _ready(step: _Step, imported: bool) -> Decision:
     if imported:
         return step.to(
             "Ready",

@@ -21,18 +21,25 @@ from typing import Any
 from croniter import croniter
 
 from recsys_operator import GROUP
-from recsys_operator.api.recommender import Recommender, RecommenderStatus
+from recsys_operator.api.recommender import (
+    AnalysisResult,
+    Recommender,
+    RecommenderStatus,
+    RolloutStatus,
+)
 from recsys_operator.conditions import set_condition
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name
+from recsys_operator.planning import rollout as machine
 from recsys_operator.planning.drift import DriftDecision
 from recsys_operator.planning.pods import owner_reference
 
 TRIGGER_ANNOTATION = f"{GROUP}/trigger"
 RETRAIN_ANNOTATION = f"{GROUP}/retrain"
 API_VERSION = f"{GROUP}/v1alpha1"
-SERVABLE = ("Ready", "Canary", "Serving", "Retired")
-FINISHED = ("Retired", "Failed", "Rejected")
+SERVABLE = ("Ready",)
+#: Versions whose lifecycle ended; those not serving count toward revisionHistoryLimit.
+FINISHED = ("Ready", "Failed", "Rejected")
 
 
 @dataclass(frozen=True)
@@ -78,13 +85,18 @@ class Problem:
 class Plan:
     create: list[dict[str, Any]] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
-    stable: str | None = None
-    canary: str | None = None
-    canary_weight: int | None = None
-    rollout: dict[str, Any] = field(default_factory=dict)
+    rollout: machine.Step | None = None
     next_training: dt.datetime | None = None
     last_training: dict[str, Any] | None = None
     problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def routing(self) -> machine.Routing | None:
+        return self.rollout.routing if self.rollout else None
+
+    @property
+    def stable(self) -> str | None:
+        return self.routing.stable if self.routing else None
 
 
 def _iso(t: dt.datetime) -> str:
@@ -145,6 +157,8 @@ def plan(
     versions: Sequence[Version],
     now: dt.datetime,
     drift_trigger: str | None = None,
+    check: AnalysisResult | None = None,
+    ready: frozenset[str] = frozenset(),
 ) -> Plan:
     out = Plan()
     triggers = {v.trigger for v in versions if v.trigger}
@@ -181,65 +195,34 @@ def plan(
             "startTime": _iso(now),
         }
 
-    by_name = {v.name: v for v in versions}
-    previous_stable = (rec_obj.get("status") or {}).get("stableVersion")
-    pinned = rec.spec.serving.pinned_model_version
+    previous = (rec_obj.get("status") or {}).get("rollout") or {}
     servable = sorted(
         (v for v in versions if v.phase in SERVABLE and v.index_name),
         key=lambda v: (v.created, v.number),
     )
-    if pinned:
-        if pinned in by_name and by_name[pinned].phase in SERVABLE:
-            out.stable = pinned
-            out.rollout = {"phase": "Promoted", "message": f"pinned to {pinned}"}
-        else:
-            out.stable = previous_stable
-            out.problems.append(
-                Problem(
-                    "PinnedVersionNotServable",
-                    f"spec.serving.pinnedModelVersion {pinned} is not a servable version of this "
-                    "Recommender; keeping the current one",
-                )
-            )
-    else:
-        current = by_name.get(previous_stable) if previous_stable else None
-        if current is None or current.phase not in SERVABLE:
-            current = None
-        # The newest version that is ready or already the canary, and newer than the stable.
-        newest_ready = next((v for v in reversed(servable) if v.phase in ("Ready", "Canary")), None)
-        if newest_ready and (
-            current is None
-            or (newest_ready.created, newest_ready.number) > (current.created, current.number)
-        ):
-            steps = rec.spec.serving.rollout.steps
-            if current is None or not steps:
-                out.stable = newest_ready.name
-                out.rollout = {
-                    "phase": "Promoted",
-                    "message": f"{newest_ready.name} promoted"
-                    + ("" if current else " (first version)"),
-                }
-            else:
-                out.stable = current.name
-                out.canary = newest_ready.name
-                first = next((s.set_weight for s in steps if s.set_weight), 0)
-                out.canary_weight = first
-                out.rollout = {
-                    "phase": "Progressing",
-                    "currentStepIndex": 0,
-                    "message": f"canary {newest_ready.name} at {first}% awaiting analysis",
-                }
-        else:
-            out.stable = current.name if current else None
-            out.rollout = {"phase": "Idle"} if current else {}
+    annotations = rec.metadata.annotations
+    result = machine.step(
+        machine.Inputs(
+            rollout=rec.spec.serving.rollout,
+            previous=RolloutStatus.model_validate(previous),
+            versions=[machine.Candidate(v.name, (v.created, v.number)) for v in servable],
+            now=now,
+            pinned=rec.spec.serving.pinned_model_version,
+            promote_token=annotations.get(machine.PROMOTE_ANNOTATION),
+            abort_token=annotations.get(machine.ABORT_ANNOTATION),
+            check=check,
+            ready=ready,
+        )
+    )
+    out.rollout = result
+    if result.problem:
+        out.problems.append(Problem("PinnedVersionNotServable", result.problem))
+    pinned = rec.spec.serving.pinned_model_version
+    serving = result.routing.versions if result.routing else set()
 
     keep = rec.spec.revision_history_limit
     done = sorted(
-        (
-            v
-            for v in versions
-            if v.phase in FINISHED and v.name not in (out.stable, out.canary, pinned)
-        ),
+        (v for v in versions if v.phase in FINISHED and v.name not in serving and v.name != pinned),
         key=lambda v: (v.created, v.number),
     )
     if len(done) > keep:
@@ -270,7 +253,6 @@ def status(
     if p.last_training:
         st["lastTraining"] = p.last_training
     if p.stable:
-        st["stableVersion"] = p.stable
         stable = next((v for v in versions if v.name == p.stable), None)
         if stable and stable.index_name:
             st["activeIndex"] = stable.index_name
@@ -278,11 +260,9 @@ def status(
             "gateway": f"http://{child_name(name, 'gateway')}.{ns}.svc:8080",
             "triton": f"http://{child_name(name, 'triton', p.stable)}.{ns}.svc:8000",
         }
-    if p.canary:
-        st["canaryVersion"] = p.canary
-        st["canaryWeight"] = p.canary_weight or 0
-    if p.rollout:
-        st["rollout"] = p.rollout
+    ro = p.rollout.status if p.rollout else None
+    if ro is not None and ro.phase:
+        st["rollout"] = ro.to_k8s()
     if p.next_training:
         st["nextTrainingTime"] = _iso(p.next_training)
     busy = [v for v in versions if v.phase in ("Pending", "Training", "Evaluating", "Indexing")]
@@ -311,14 +291,23 @@ def status(
             gen,
             now,
         )
-    if busy or p.canary:
-        what = f"training {busy[0].name} ({busy[0].phase})" if busy else f"canary {p.canary}"
-        conds = set_condition(conds, "Progressing", "True", "InProgress", what, gen, now)
+    rolling = ro is not None and ro.phase in ("Progressing", "Paused", "Promoting")
+    if busy or rolling:
+        what = "; ".join(
+            [
+                *([f"training {busy[0].name} ({busy[0].phase})"] if busy else []),
+                *([f"rollout {ro.phase}: {ro.message}"] if ro is not None and rolling else []),
+            ]
+        )
+        reason = "RolloutPaused" if ro is not None and ro.phase == "Paused" else "InProgress"
+        conds = set_condition(conds, "Progressing", "True", reason, what, gen, now)
     else:
         conds = set_condition(
             conds, "Progressing", "False", "Idle", "nothing in progress", gen, now
         )
     problems = [q for q in p.problems if q.degrades]
+    if ro is not None and ro.phase == "Aborted":
+        problems.append(Problem("RolloutAborted", ro.message or "the canary was rolled back"))
     if latest and latest.phase in ("Failed", "Rejected"):
         problems.append(
             Problem("VersionProblem", f"the latest ModelVersion {latest.name} is {latest.phase}")

@@ -34,6 +34,7 @@ from recsys_operator.planning.pods import (
     workload_config_map,
     workload_container,
 )
+from recsys_operator.planning.rollout import Routing
 from recsys_operator.planning.training import (
     JobPlan,
     artifact_env_from,
@@ -220,11 +221,7 @@ def triton_objects(
 
 
 def routing_table(
-    rec: Recommender,
-    stable: str,
-    canary: str | None,
-    weight: int | None,
-    indexes: Mapping[str, str | None],
+    rec: Recommender, routing: Routing, indexes: Mapping[str, str | None]
 ) -> wire.RoutingTable:
     ns = rec.metadata.namespace or "default"
 
@@ -236,10 +233,11 @@ def routing_table(
         )
 
     return wire.RoutingTable(
-        stable=variant(stable),
-        canary=variant(canary) if canary else None,
-        canary_weight=(weight or 0) if canary else 0,
+        stable=variant(routing.stable),
+        canary=variant(routing.canary) if routing.canary else None,
+        canary_weight=routing.weight if routing.canary else 0,
         user_sticky=rec.spec.serving.rollout.user_sticky,
+        standby=variant(routing.standby) if routing.standby else None,
     )
 
 
@@ -280,6 +278,7 @@ def gateway_config(
         candidates=rec.spec.retrieval.num_candidates,
         top_k=rec.spec.ranking.top_k,
         scoring_timeout=rec.spec.serving.gateway.scoring_timeout,
+        attribution_window=rec.spec.serving.rollout.analysis.attribution_window,
         filtering=wire.Filtering.model_validate(rec.spec.filtering.to_k8s()),
         ordering=wire.Ordering.model_validate(
             rec.spec.ordering.to_k8s() if rec.spec.ordering else {}

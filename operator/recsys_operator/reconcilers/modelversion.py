@@ -89,13 +89,8 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     rec_obj = ctx.cache.get(API_VERSION, "Recommender", rec_name, ns)
     rec = Recommender.model_validate(rec_obj) if rec_obj else None
     rec_status = (rec_obj or {}).get("status") or {}
-    role: planner.Role = None
-    if rec_status.get("stableVersion") == name:
-        role = "stable"
-    elif rec_status.get("canaryVersion") == name:
-        role = "canary"
     baseline = baseline_name = None
-    stable = rec_status.get("stableVersion")
+    stable = (rec_status.get("rollout") or {}).get("stable")
     if stable and stable != name:
         stable_obj = ctx.cache.get(API_VERSION, "ModelVersion", stable, ns)
         if stable_obj:
@@ -107,7 +102,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     sources, blocked = FeatureSources(), None
     if rec is not None and phase in ("Pending", "Training") and mv.spec.storage_uri is None:
         sources, blocked = feature_sources(ctx, rec)
-    observed = planner.Observed(rec, train, index, baseline, baseline_name, role, blocked)
+    observed = planner.Observed(rec, train, index, baseline, baseline_name, blocked)
     now = now_rfc3339()
     decision = planner.decide(mv, observed, now)
 

@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import time
 from typing import Any
 
+import redis.asyncio
+
+from recsys_contract.formats import parse_duration
+from recsys_contract.gateway import RoutingTable
+from recsys_contract.keyspace import GatewayKeys, IndexAlias, store_name
+from recsys_contract.traffic import buckets_between, closed, live
 from recsys_operator import GROUP, VERSION
 from recsys_operator.api.featureview import FeatureView
-from recsys_operator.api.recommender import Recommender
+from recsys_operator.api.recommender import (
+    AnalysisResult,
+    MetricResult,
+    Recommender,
+    RolloutStatus,
+)
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context, Key
+from recsys_operator.kube import ApiError
 from recsys_operator.labels import RECOMMENDER_LABEL
-from recsys_operator.metrics import DRIFT_RETRAINS, JOBS_STARTED, observe_drift
+from recsys_operator.metrics import (
+    ANALYSIS_CHECKS,
+    DRIFT_RETRAINS,
+    JOBS_STARTED,
+    ROUTING_PUBLISHED,
+    observe_drift,
+)
+from recsys_operator.online import OnlineStoreUnavailable, counts, heartbeats, publish_routing
+from recsys_operator.planning import analysis
 from recsys_operator.planning import drift as drift_planner
 from recsys_operator.planning import recommender as planner
+from recsys_operator.planning import rollout as machine
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, newest
 from recsys_operator.planning.serving import (
     gateway_objects,
@@ -68,7 +91,16 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     drift = drift_planner.decide(
         rec, previous_drift, await _drift_check(ctx, ns, name), now_dt, trained
     )
-    plan = planner.plan(obj, rec, versions, now_dt, drift.retrain)
+    online = await _online(ctx, rec)
+    keys = GatewayKeys.of(store_name(ns, name), rec.spec.stores.redis.key_prefix)
+    previous_rollout = RolloutStatus.model_validate((obj.get("status") or {}).get("rollout") or {})
+    check = None
+    if machine.analysis_due(rec.spec.serving.rollout, previous_rollout, now_dt):
+        check = await _analyse(online, keys, rec, previous_rollout, now_dt)
+    ready, unready_why = await _ready_versions(ctx, online, keys, rec, versions)
+    plan = planner.plan(obj, rec, versions, now_dt, drift.retrain, check, ready)
+    if unready_why:
+        plan.problems.append(planner.Problem("OnlineStoreUnavailable", unready_why))
 
     for mv in plan.create:
         _, created = await ensure_created(ctx, mv)
@@ -92,7 +124,8 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
             )
 
     serving_ready = False
-    if plan.stable:
+    routing = plan.routing
+    if routing is not None:
         by_name = {m["metadata"]["name"]: m for m in mv_objs}
         indexes = {v.name: v.index_name for v in versions}
         triton_image, workloads_image = (
@@ -100,24 +133,25 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
             ctx.images.get("workloads", ""),
         )
         try:
-            ready = True
-            for version in filter(None, (plan.stable, plan.canary)):
+            ready_now = True
+            for version in sorted(routing.versions):
                 uri = (by_name[version].get("status") or {}).get("artifactUri", "")
                 for child in triton_objects(rec, obj, version, uri, triton_image, workloads_image):
                     applied = await ensure(ctx, child)
-                    if child["kind"] == "Deployment":
-                        ready = ready and _available(applied)
-            table = routing_table(rec, plan.stable, plan.canary, plan.canary_weight, indexes)
+                    if child["kind"] == "Deployment" and version == routing.stable:
+                        ready_now = ready_now and _available(applied)
+            table = routing_table(rec, routing, indexes)
             views = _feature_views(ctx, rec)
             for child in gateway_objects(rec, obj, table, ctx.images.get("gateway", ""), views):
                 applied = await ensure(ctx, child)
                 if child["kind"] == "Deployment":
-                    ready = ready and _available(applied)
-            serving_ready = ready
-            await _remove_unused_tritons(ctx, ns, name, {plan.stable, plan.canary})
-            stable_uri = (by_name[plan.stable].get("status") or {}).get("artifactUri", "")
+                    ready_now = ready_now and _available(applied)
+            serving_ready = ready_now
+            await _publish(online, keys, table, indexes.get(routing.stable), plan.problems)
+            await _remove_unused_tritons(ctx, ns, name, routing.versions)
+            stable_uri = (by_name[routing.stable].get("status") or {}).get("artifactUri", "")
             for child in drift_planner.drift_objects(
-                rec, obj, workloads_image, plan.stable, stable_uri
+                rec, obj, workloads_image, routing.stable, stable_uri
             ):
                 await ensure(ctx, child)
         except Refusal as refusal:
@@ -136,20 +170,163 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
             await post_event(ctx.kube, obj, type_, reason, message)
         if drift.retrain and drift.retrain != (previous_drift or {}).get("retrainTrigger"):
             DRIFT_RETRAINS.inc()
-        if new_status.stable_version != previous.get("stableVersion"):
-            await post_event(
-                ctx.kube,
-                obj,
-                "Normal",
-                "Promoted",
-                f"{new_status.stable_version} is the stable version",
-            )
-        # Versions whose role changed learn it from this status.
+        for type_, reason, message in plan.rollout.events if plan.rollout else []:
+            await post_event(ctx.kube, obj, type_, reason, message)
+        # A new stable is the baseline the next versions' gates compare with.
         for known in versions:
             ctx.queue.add(Key("ModelVersion", ns, known.name))
+    waits = [plan.rollout.requeue_after] if plan.rollout and plan.rollout.requeue_after else []
     if plan.next_training is not None:
-        return max(1.0, (plan.next_training - now_dt).total_seconds())
-    return None
+        waits.append(max(1.0, (plan.next_training - now_dt).total_seconds()))
+    return min(waits) if waits else None
+
+
+async def _online(ctx: Context, rec: Recommender) -> redis.asyncio.Redis | OnlineStoreUnavailable:
+    """The Recommender's Redis client, or why there is none."""
+    store = rec.spec.stores.redis
+    try:
+        return await ctx.online.client(
+            store.url, rec.metadata.namespace or "default", store.password_secret_ref
+        )
+    except OnlineStoreUnavailable as exc:
+        return exc
+    except ApiError as exc:
+        return OnlineStoreUnavailable(f"reading spec.stores.redis.passwordSecretRef: {exc}")
+
+
+async def _publish(
+    online: redis.asyncio.Redis | OnlineStoreUnavailable,
+    keys: GatewayKeys,
+    table: RoutingTable,
+    stable_index: str | None,
+    problems: list[planner.Problem],
+) -> None:
+    """The routing table into Redis, where every gateway replica reads it within a poll."""
+    if isinstance(online, OnlineStoreUnavailable):
+        problems.append(planner.Problem("RoutingNotPublished", f"routing table: {online}"))
+        return
+    alias = IndexAlias(stable_index, table.stable.model_version) if stable_index else None
+    try:
+        if await publish_routing(online, keys, table, alias):
+            ROUTING_PUBLISHED.inc()
+    except OnlineStoreUnavailable as exc:
+        problems.append(planner.Problem("RoutingNotPublished", f"routing table: {exc}"))
+
+
+async def _ready_versions(
+    ctx: Context,
+    online: redis.asyncio.Redis | OnlineStoreUnavailable,
+    keys: GatewayKeys,
+    rec: Recommender,
+    versions: list[planner.Version],
+) -> tuple[frozenset[str], str | None]:
+    """Versions that can take traffic now: their Triton is Available and every live gateway
+    replica reports their index loaded. (No live replica: nobody to break.) When Redis
+    cannot be read, none, and why."""
+    ns, name = rec.metadata.namespace or "default", rec.metadata.name
+    available = {
+        d["metadata"]["labels"].get("recsys.dev/model-version")
+        for d in ctx.cache.list(
+            "apps/v1",
+            "Deployment",
+            ns,
+            {RECOMMENDER_LABEL: name, "app.kubernetes.io/component": "triton"},
+        )
+        if _available(d)
+    }
+    candidates = [v for v in versions if v.name in available and v.index_name]
+    if not candidates:
+        return frozenset(), None
+    if isinstance(online, OnlineStoreUnavailable):
+        return frozenset(), f"gateway heartbeats: {online}"
+    try:
+        beats = live(await heartbeats(online, keys), time.time())
+    except OnlineStoreUnavailable as exc:
+        return frozenset(), f"gateway heartbeats: {exc}"
+    return frozenset(
+        v.name for v in candidates if all(v.index_name in b.loaded for b in beats.values())
+    ), None
+
+
+async def _analyse(
+    online: redis.asyncio.Redis | OnlineStoreUnavailable,
+    keys: GatewayKeys,
+    rec: Recommender,
+    previous: RolloutStatus,
+    now: dt.datetime,
+) -> AnalysisResult:
+    """One analysis check of the canary against the stable, from the gateways' counters."""
+    spec = rec.spec.serving.rollout.analysis
+    at = now.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    assert previous.canary
+    assert previous.stable
+    metrics = [
+        analysis.MetricSpec(
+            name=m.name,
+            min=m.threshold_range.min,
+            max=m.threshold_range.max,
+            event_type=m.event_type or ("click" if m.name == "click-through-rate" else "purchase"),
+        )
+        for m in spec.metrics
+    ]
+    end = now.timestamp()
+    start = (
+        dt.datetime.fromisoformat(previous.start_time.replace("Z", "+00:00")).timestamp()
+        if previous.start_time
+        else end
+    )
+    window_s = {m.name: parse_duration(m.interval or spec.interval) for m in spec.metrics}
+    attribution = parse_duration(spec.attribution_window)
+    closed_buckets = [b for b in buckets_between(start, end) if closed(b, end, attribution)]
+    results: list[analysis.MetricResult] = []
+    try:
+        if isinstance(online, OnlineStoreUnavailable):
+            raise online
+        closed_counts = {
+            variant: await counts(online, keys, version, closed_buckets)
+            for variant, version in (("canary", previous.canary), ("stable", previous.stable))
+        }
+        for seconds in sorted(set(window_s.values())):
+            buckets = buckets_between(max(start, end - seconds), end)
+            window = {
+                variant: await counts(online, keys, version, buckets)
+                for variant, version in (("canary", previous.canary), ("stable", previous.stable))
+            }
+            results.extend(
+                analysis.evaluate(
+                    [m for m in metrics if window_s[m.name] == seconds],
+                    window=window,
+                    closed=closed_counts,
+                    min_requests=spec.min_requests,
+                    min_impressions=spec.min_impressions,
+                )
+            )
+    except OnlineStoreUnavailable as exc:
+        results = [
+            analysis.MetricResult(
+                m.name, None, None, m.min, m.max, "Inconclusive", f"counters unreadable: {exc}"
+            )
+            for m in metrics
+        ]
+    order = {m.name: i for i, m in enumerate(metrics)}
+    results.sort(key=lambda r: order[r.name])
+    ANALYSIS_CHECKS.labels(analysis.overall(results)).inc()
+    return AnalysisResult(
+        time=at,
+        verdict=analysis.overall(results),
+        metrics=[
+            MetricResult(
+                name=r.name,
+                canary=r.canary,
+                stable=r.stable,
+                min=r.min,
+                max=r.max,
+                verdict=r.verdict,
+                message=r.message[:1024],
+            )
+            for r in results
+        ],
+    )
 
 
 async def _drift_check(ctx: Context, ns: str, name: str) -> JobOutcome | None:
@@ -178,7 +355,7 @@ def _feature_views(ctx: Context, rec: Recommender) -> dict[str, FeatureView]:
     return found
 
 
-async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str | None]) -> None:
+async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str]) -> None:
     """Triton Deployments of versions that no longer serve (their Services and repository
     ConfigMaps go the same way)."""
     for dep in ctx.cache.list(
