@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pydantic import ConfigDict
+
 from recsys_contract.formats import parse_duration
 from recsys_operator.api.recommender import AnalysisResult, RolloutStatus
 from recsys_operator.api.serving import CanaryStep, Rollout
@@ -119,10 +121,16 @@ def _describe(step: CanaryStep) -> str:
     return f"pause {step.pause.duration}" if step.pause.duration else "pause until promoted"
 
 
+class _Working(RolloutStatus):
+    """The status being decided: the API model, mutable for the length of one pass."""
+
+    model_config = ConfigDict(**{**RolloutStatus.model_config, "frozen": False})
+
+
 class _Machine:
     def __init__(self, inp: Inputs) -> None:
         self.inp = inp
-        self.st = inp.previous.model_copy(deep=True)
+        self.st = _Working.model_validate(inp.previous.to_k8s())
         self.events: list[EventSpec] = []
         self.waits: list[float] = []
         self.names = {c.name for c in inp.versions}
@@ -141,6 +149,15 @@ class _Machine:
 
     def new_token(self, token: str | None, last: str | None) -> bool:
         return bool(token) and token != last
+
+    def wait_for_check(self) -> None:
+        """Run again when the next analysis check is due."""
+        st = self.st
+        since = st.last_check_time or st.start_time
+        if st.canary is None or since is None:
+            return
+        gone = (self.inp.now - _parse(since)).total_seconds()
+        self.wait(parse_duration(self.inp.rollout.analysis.interval) - gone)
 
     def clear_canary(self) -> None:
         st = self.st
@@ -198,7 +215,7 @@ class _Machine:
         if st.stable is None:
             newest = inp.versions[-1].name if inp.versions else None
             if newest is None:
-                return Step(st, None)
+                return Step(self.final(), None)
             # Nothing serves yet, so nobody can be hurt: the first version serves at once.
             st.stable, st.phase, st.message = newest, "Healthy", f"{newest} serving (first version)"
             self.clear_canary()
@@ -227,7 +244,7 @@ class _Machine:
         self.consume_tokens()
         if pinned not in self.names:
             return Step(
-                st,
+                self.final(),
                 self.routing(),
                 requeue_after=None,
                 problem=f"spec.serving.pinnedModelVersion {pinned} is not a Ready version of this "
@@ -274,6 +291,7 @@ class _Machine:
         st.start_time, st.failed_checks = self.now(), 0
         st.analysis, st.last_check_time = None, None
         self.event("Normal", "RolloutStarted", f"canary {target} against stable {st.stable}")
+        self.wait_for_check()
         self.steps()
 
     def canary(self) -> None:
@@ -299,8 +317,7 @@ class _Machine:
                     "AnalysisFailed",
                     f"check {st.failed_checks} of {limit} failed: {why}",
                 )
-        if st.canary is not None:
-            self.wait(parse_duration(rollout.analysis.interval))
+        self.wait_for_check()
         if self.new_token(inp.promote_token, st.last_promote_token):
             token = inp.promote_token or ""
             st.last_promote_token = token
@@ -411,7 +428,12 @@ class _Machine:
             st.pause_reason = None
         if not st.canary:
             st.canary_weight = 0 if st.stable else None
-        return Step(st, self.routing(), self.events, min(self.waits) if self.waits else None)
+        return Step(
+            self.final(), self.routing(), self.events, min(self.waits) if self.waits else None
+        )
+
+    def final(self) -> RolloutStatus:
+        return RolloutStatus.model_validate(self.st.to_k8s())
 
 
 def step(inp: Inputs) -> Step:
