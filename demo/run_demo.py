@@ -112,7 +112,7 @@ def main() -> int:
 
         def stable() -> str | None:
             out = cp.kubectl("get", "recommender", "movies", "-n", NAMESPACE, "-o",
-                             "jsonpath={.status.stableVersion}", check=False)
+                             "jsonpath={.status.rollout.stable}", check=False)
             return out.stdout.strip() or None
 
         say("waiting: materialize, train (torch, CPU), evaluate, index (FAISS), promote")

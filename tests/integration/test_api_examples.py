@@ -99,9 +99,6 @@ def test_kubectl_ergonomics(testbed: Any, namespace: str) -> None:
     rec_status = RecommenderStatus.model_validate(
         {
             "observedGeneration": 1,
-            "stableVersion": "movies-v7",
-            "canaryVersion": "movies-v8",
-            "canaryWeight": 25,
             "activeIndex": "movies-v7",
             "conditions": [
                 {
@@ -113,7 +110,30 @@ def test_kubectl_ergonomics(testbed: Any, namespace: str) -> None:
                     "message": "movies-v7 serves 75% of users, movies-v8 25%",
                 }
             ],
-            "rollout": {"phase": "Progressing", "currentStepIndex": 2, "failedChecks": 0},
+            "rollout": {
+                "phase": "Paused",
+                "pauseReason": "PauseStep",
+                "stable": "movies-v7",
+                "canary": "movies-v8",
+                "canaryWeight": 25,
+                "currentStepIndex": 2,
+                "failedChecks": 0,
+                "analysis": [
+                    {
+                        "time": "2024-06-01T10:05:00Z",
+                        "verdict": "Passed",
+                        "metrics": [
+                            {
+                                "name": "click-through-rate",
+                                "canary": 101.5,
+                                "stable": 100.0,
+                                "min": 95.0,
+                                "verdict": "Passed",
+                            }
+                        ],
+                    }
+                ],
+            },
         }
     ).to_k8s()
     patch = json.dumps({"status": rec_status})

@@ -26,8 +26,13 @@ from typing import Any
 import pytest
 import yaml
 from test_operator_lifecycle import STACK as LIFECYCLE_STACK
+from test_operator_lifecycle import (
+    _online_store,  # noqa: F401 (autouse: the Recommender's Redis)
+    index_summary,
+    rollout,
+    train_summary,
+)
 from test_operator_lifecycle import apply_stack as lifecycle_apply_stack
-from test_operator_lifecycle import index_summary, train_summary
 
 from fixtures.kube import Testbed
 from fixtures.operator import (
@@ -345,10 +350,10 @@ def operator_as(
 
 
 def _chart_stack(docs: list[dict[str, Any]]) -> None:
-    """The lifecycle test's stack, promoted without canary steps, keeping no history and
-    trained without GPU placement."""
+    """The lifecycle test's stack, promoted without canary steps or rollback window, keeping
+    no history and trained without GPU placement."""
     spec = docs[1]["spec"]
-    spec["serving"] = {"rollout": {"steps": []}}
+    spec["serving"] = {"rollout": {"steps": [], "rollbackWindow": "0s"}}
     spec["revisionHistoryLimit"] = 0
     del spec["training"]["gpusPerNode"], spec["training"]["nodeSelector"]
 
@@ -386,7 +391,8 @@ def walk_one_version(
                summary=train_summary(version, recall))  # fmt: skip
     until(reached("Indexing"), f"{version} Indexing", operator)
     finish_pod(testbed, ns, f"{version}-index", exit_code=0, summary=index_summary(version))
-    until(reached("Serving"), f"{version} Serving", operator)
+    until(reached("Ready"), f"{version} Ready", operator)
+    until(lambda: rollout(testbed, ns).get("stable") == version, f"{version} stable", operator)
     until(lambda: get(testbed, "deployment", f"movies-triton-{version}", ns),
           f"{version}'s Triton Deployment", operator)  # fmt: skip
 
@@ -416,7 +422,7 @@ def walk_the_lifecycle(testbed: Testbed, ns: str, operator: OperatorProcess) -> 
     )  # fmt: skip
     rec = get(testbed, "recommender", "movies", ns)
     assert rec is not None
-    assert rec["status"]["stableVersion"] == "movies-v2"
+    assert rec["status"]["rollout"]["stable"] == "movies-v2"
     events = testbed.kubectl("get", "events", "-n", ns, "-o", "json").stdout
     reasons = {e["reason"] for e in json.loads(events)["items"]}
     assert {"TrainingRequested", "Promoted", "VersionPruned"} <= reasons, reasons

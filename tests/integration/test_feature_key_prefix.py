@@ -25,6 +25,7 @@ from recsys_contract.keyspace import FeatureViewKeys
 from recsys_operator.api.featureview import FeatureView
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning import featureview as fv_planner
+from recsys_operator.planning.rollout import Routing
 from recsys_operator.planning.serving import GATEWAY_CONFIG_FILE, gateway_objects, routing_table
 from recsys_workloads import materialize
 from recsys_workloads.gateway.app import Gateway
@@ -95,7 +96,7 @@ async def gateway(tmp_path: Path, redis_url: str) -> AsyncIterator[Gateway]:
     raw = _example("Recommender", "movies")
     raw["spec"]["stores"]["redis"]["url"] = redis_url
     rec = Recommender.model_validate(raw)
-    table = routing_table(rec, "m-v1", None, None, {"m-v1": None})
+    table = routing_table(rec, Routing("m-v1"), {"m-v1": None})
     config_map = gateway_objects(rec, OWNER, table, "img", views)[0]
     gw = Gateway(parse_gateway_config(json.loads(config_map["data"][GATEWAY_CONFIG_FILE])))
     try:

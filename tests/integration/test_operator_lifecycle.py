@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from fixtures.kube import Testbed
@@ -55,8 +56,20 @@ spec:
 """
 
 
+#: The Recommender's Redis, a real one per test: the operator publishes the routing table
+#: there and reads the gateways' heartbeats and counters from it.
+ONLINE_STORE: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _online_store(redis_url: str) -> None:
+    ONLINE_STORE["url"] = redis_url
+
+
 def apply_stack(testbed: Testbed, ns: str, edit: Any = None) -> list[dict[str, Any]]:
     docs = list(yaml.safe_load_all(STACK))
+    if "url" in ONLINE_STORE:
+        docs[1]["spec"]["stores"]["redis"]["url"] = ONLINE_STORE["url"]
     if edit:
         edit(docs)
     for doc in docs:
@@ -74,8 +87,26 @@ def overview(testbed: Testbed, ns: str) -> str:
     mvs = json.loads(testbed.kubectl("get", "mv", "-n", ns, "-o", "json").stdout)["items"]
     phases = {m["metadata"]["name"]: m.get("status", {}).get("phase") for m in mvs}
     rec = get(testbed, "recommender", "movies", ns) or {}
-    st = rec.get("status", {})
-    return f"versions {phases}; stable {st.get('stableVersion')} canary {st.get('canaryVersion')}"
+    return f"versions {phases}; rollout {rec.get('status', {}).get('rollout')}"
+
+
+def rollout(testbed: Testbed, ns: str) -> dict[str, Any]:
+    rec = get(testbed, "recommender", "movies", ns) or {}
+    return rec.get("status", {}).get("rollout") or {}
+
+
+def wait_rollout(
+    testbed: Testbed, ns: str, operator: OperatorProcess, **want: Any
+) -> dict[str, Any]:
+    """Wait until the Recommender's status.rollout holds every ``want`` field."""
+    def holds() -> dict[str, Any] | None:
+        ro = rollout(testbed, ns)
+        return ro if all(ro.get(k) == v for k, v in want.items()) else None
+
+    try:
+        return eventually(holds, 60, f"rollout {want}", operator=operator)  # type: ignore[no-any-return]
+    except AssertionError as exc:
+        raise AssertionError(f"{overview(testbed, ns)}\n{exc}") from None
 
 
 def wait_phase(
@@ -150,7 +181,8 @@ def test_first_version_trains_indexes_and_serves(
     assert config["artifactUri"] == "s3://models/movies/models/movies-v1"
 
     walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
-    mv = wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
+    mv = wait_phase(testbed, namespace, "movies-v1", "Ready", operator)
+    wait_rollout(testbed, namespace, operator, stable="movies-v1", phase="Healthy")
     assert mv["status"]["evaluation"]["recallAtK"] == pytest.approx(0.12)
     assert mv["status"]["metrics"]["als.recall@20"] == pytest.approx(0.11)
     assert mv["status"]["indexName"] == "s3://models/movies/indexes/movies-v1"
@@ -167,7 +199,7 @@ def test_first_version_trains_indexes_and_serves(
         return rec if cond and cond["status"] == "True" else None
 
     rec = eventually(rec_ready, 90, "Recommender Ready", operator=operator)
-    assert rec["status"]["stableVersion"] == "movies-v1"
+    assert rec["status"]["rollout"]["stable"] == "movies-v1"
     assert rec["status"]["activeIndex"] == "s3://models/movies/indexes/movies-v1"
     triton = get(testbed, "deployment", "movies-triton-movies-v1", namespace)
     assert triton is not None
@@ -192,10 +224,14 @@ def test_first_version_trains_indexes_and_serves(
         "data"]["config.json"])
     assert seeding == {"recommender": f"{namespace}.movies",
                        "interactionsUri": "s3://data/interactions/",
-                       "onlineStore": {"redisUrl": "redis://redis:6379/0"}}
+                       "onlineStore": {"redisUrl": ONLINE_STORE["url"]}}
     routing = json.loads(get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
         "gateway.json"])["routing"]
     assert routing["stable"]["modelVersion"] == "movies-v1"
+    # the same table in Redis, where the gateways poll it
+    published = redis.Redis.from_url(ONLINE_STORE["url"]).get(f"recsys:{namespace}.movies:routing")
+    assert published is not None
+    assert json.loads(published)["stable"]["modelVersion"] == "movies-v1"
     testbed.kubectl("wait", "-n", namespace, "--for=condition=Ready", "recommender/movies",
                     "--timeout=10s")
 
@@ -308,7 +344,7 @@ def test_a_worse_model_is_rejected_with_its_numbers_and_manual_retrain_works(
 ) -> None:
     apply_stack(testbed, namespace)
     walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
-    wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
+    wait_rollout(testbed, namespace, operator, stable="movies-v1")
     testbed.kubectl("annotate", "-n", namespace, "recommender/movies", "recsys.dev/retrain=1")
     mv = wait_phase(testbed, namespace, "movies-v2", "Training", operator)
     assert mv["spec"]["reason"] == "Manual"
@@ -318,8 +354,7 @@ def test_a_worse_model_is_rejected_with_its_numbers_and_manual_retrain_works(
     assert "recall@20=0.1000" in mv["status"]["message"]
     assert "movies-v1" in mv["status"]["message"]
     assert mv["status"]["evaluation"]["passed"] is False
-    rec = get(testbed, "recommender", "movies", namespace)
-    assert rec["status"]["stableVersion"] == "movies-v1"  # type: ignore[index]
+    assert rollout(testbed, namespace)["stable"] == "movies-v1"
     # The same annotation value never trains twice; a new value does.
     assert get(testbed, "modelversion", "movies-v3", namespace) is None
     testbed.kubectl("annotate", "--overwrite", "-n", namespace, "recommender/movies",
@@ -332,13 +367,13 @@ def test_with_canary_steps_a_better_model_becomes_the_canary(
 ) -> None:
     apply_stack(testbed, namespace)  # the default rollout has canary steps
     walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
-    wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
+    wait_rollout(testbed, namespace, operator, stable="movies-v1")
     testbed.kubectl("annotate", "-n", namespace, "recommender/movies", "recsys.dev/retrain=a")
     walk_to_ready(testbed, namespace, "movies-v2", 0.15, operator)
-    wait_phase(testbed, namespace, "movies-v2", "Canary", operator)
-    rec = get(testbed, "recommender", "movies", namespace)
-    assert rec["status"]["stableVersion"] == "movies-v1"  # type: ignore[index]
-    assert rec["status"]["canaryWeight"] == 10  # type: ignore[index]
+    # the canary's Triton comes up (kwok marks its pod ready), then the first step's weight
+    ro = wait_rollout(testbed, namespace, operator, canary="movies-v2", canaryWeight=10)
+    assert ro["stable"] == "movies-v1"
+    assert (ro["phase"], ro["pauseReason"]) == ("Paused", "PauseStep")  # the default 10m pause
     # Both versions' Tritons run side by side; the gateway routes 10% of users to v2.
     assert get(testbed, "deployment", "movies-triton-movies-v2", namespace) is not None
     assert get(testbed, "deployment", "movies-triton-movies-v1", namespace) is not None
@@ -356,26 +391,32 @@ def test_without_steps_a_better_model_is_promoted_and_pinning_rolls_back(
 
     apply_stack(testbed, namespace, immediate)
     walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
-    wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
+    wait_rollout(testbed, namespace, operator, stable="movies-v1")
     testbed.kubectl("annotate", "-n", namespace, "recommender/movies", "recsys.dev/retrain=a")
     walk_to_ready(testbed, namespace, "movies-v2", 0.15, operator)
-    wait_phase(testbed, namespace, "movies-v2", "Serving", operator)
-    wait_phase(testbed, namespace, "movies-v1", "Retired", operator)
-    eventually(lambda: get(testbed, "deployment", "movies-triton-movies-v1", namespace) is None,
-               60, "the replaced version's Triton removed", operator=operator)
-    assert get(testbed, "service", "movies-triton-movies-v1", namespace) is None
-    assert get(testbed, "configmap", "movies-triton-movies-v1", namespace) is None
+    # promoted once its Triton is Available; v1 stays ready for the rollback window
+    ro = wait_rollout(testbed, namespace, operator, stable="movies-v2", phase="Healthy")
+    assert ro["previousStable"] == "movies-v1"
+    assert get(testbed, "deployment", "movies-triton-movies-v1", namespace) is not None
+    table = json.loads(get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
+        "gateway.json"])["routing"]
+    assert table["standby"]["modelVersion"] == "movies-v1"
 
     def pin(docs: list[dict[str, Any]]) -> None:
         immediate(docs)
         docs[1]["spec"]["serving"]["pinnedModelVersion"] = "movies-v1"
+        docs[1]["spec"]["serving"]["rollout"]["rollbackWindow"] = "0s"
 
+    # pinning v1, whose Triton still runs, is a routing change; with no rollback window the
+    # replaced v2's Triton goes at once
     apply_stack(testbed, namespace, pin)
-    wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
-    wait_phase(testbed, namespace, "movies-v2", "Retired", operator)
+    wait_rollout(testbed, namespace, operator, stable="movies-v1", phase="Healthy")
     rec = get(testbed, "recommender", "movies", namespace)
-    assert rec["status"]["stableVersion"] == "movies-v1"  # type: ignore[index]
     assert rec["status"]["observedGeneration"] == rec["metadata"]["generation"]  # type: ignore[index]
+    eventually(lambda: get(testbed, "deployment", "movies-triton-movies-v2", namespace) is None,
+               60, "the replaced version's Triton removed", operator=operator)
+    assert get(testbed, "service", "movies-triton-movies-v2", namespace) is None
+    assert get(testbed, "configmap", "movies-triton-movies-v2", namespace) is None
 
 
 def test_training_failure_and_missing_feature_view_are_reported(
@@ -475,7 +516,7 @@ def test_an_imported_version_skips_training_and_its_digest_is_checked(
         assert config["modelArtifactUri"] == f"s3://notebooks/{name}"
     finish_pod(testbed, namespace, "nb-good-index", exit_code=0,
                summary={**index_summary("nb-good"), "modelDigest": IMPORTED_DIGEST})
-    good = wait_phase(testbed, namespace, "nb-good", "Serving", operator)
+    good = wait_phase(testbed, namespace, "nb-good", "Ready", operator)
     assert good["status"]["artifactUri"] == "s3://notebooks/nb-good"
     assert (condition(good, "Trained") or {}).get("reason") == "Imported"
     assert condition(good, "Evaluated") is None, "an import is not judged by the gate"

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 from test_operator_lifecycle import (
+    _online_store,  # noqa: F401 (autouse: the Recommender's Redis)
     apply_stack,
     index_summary,
     phase,
+    rollout,
     train_summary,
     wait_phase,
     walk_to_ready,
@@ -64,7 +66,7 @@ def test_restart_mid_training_continues_from_status_and_creates_nothing_twice(
     wait_phase(testbed, namespace, "movies-v1", "Indexing", operator)
     finish_pod(testbed, namespace, "movies-v1-index", exit_code=0,
                summary=index_summary("movies-v1"))
-    wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
+    wait_phase(testbed, namespace, "movies-v1", "Ready", operator)
     after = jobs(testbed, namespace)
     assert after == sorted({*before, "movies-v1-index"})
     mvs = json.loads(testbed.kubectl("get", "mv", "-n", namespace, "-o", "json").stdout)["items"]
@@ -79,7 +81,7 @@ def test_history_is_bounded_by_revision_history_limit(
 
     apply_stack(testbed, namespace, keep_one)
     walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
-    wait_phase(testbed, namespace, "movies-v1", "Serving", operator)
+    wait_phase(testbed, namespace, "movies-v1", "Ready", operator)
     for n, token in ((2, "a"), (3, "b")):
         testbed.kubectl("annotate", "--overwrite", "-n", namespace, "recommender/movies",
                         f"recsys.dev/retrain={token}")
@@ -91,7 +93,8 @@ def test_history_is_bounded_by_revision_history_limit(
     eventually(lambda: get(testbed, "modelversion", "movies-v2", namespace) is None, 60,
                "movies-v2 pruned", operator=operator)
     assert phase(testbed, namespace, "movies-v3") == "Failed"
-    assert phase(testbed, namespace, "movies-v1") == "Serving"
+    assert phase(testbed, namespace, "movies-v1") == "Ready"
+    assert rollout(testbed, namespace)["stable"] == "movies-v1"
 
 
 def test_metrics_count_reconciles_jobs_and_phases(

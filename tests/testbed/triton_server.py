@@ -38,18 +38,19 @@ class TritonServer:
     process: Process
     procs: ProcessGroup
     workdir: Path
+    address: str = "127.0.0.1"
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.address}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.address}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{self.address}:{self.metrics_port}/metrics"
 
     def stop(self) -> None:
         self.procs.stop_all()
@@ -92,8 +93,8 @@ def server_environment() -> dict[str, str]:
     return {"LD_LIBRARY_PATH": ":".join(paths), PYTHONPATH_VARIABLE: os.pathsep.join(python_path)}
 
 
-def _ready(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+def _ready(address: str, port: int) -> bool:
+    conn = http.client.HTTPConnection(address, port, timeout=2)
     try:
         conn.request("GET", "/v2/health/ready")
         return conn.getresponse().status == 200
@@ -102,11 +103,18 @@ def _ready(port: int) -> bool:
 
 
 def start_triton(
-    model_repository: Path, extra_args: tuple[str, ...] = (), timeout: float = 120
+    model_repository: Path,
+    extra_args: tuple[str, ...] = (),
+    timeout: float = 120,
+    address: str = "127.0.0.1",
+    http_port: int | None = None,
 ) -> TritonServer:
+    """A tritonserver on ``address`` (a loopback address); ``http_port`` fixed when given (a
+    Service's port on its own address), free ports otherwise."""
     workdir = Path(tempfile.mkdtemp(prefix="recsys-triton-"))
     procs = ProcessGroup(workdir / "logs")
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    http_port = http_port or free_port()
+    grpc_port, metrics_port = free_port(), free_port()
     try:
         backends = backend_directory(workdir)
         proc = procs.start(
@@ -118,8 +126,8 @@ def start_triton(
                 f"--http-port={http_port}",
                 f"--grpc-port={grpc_port}",
                 f"--metrics-port={metrics_port}",
-                "--http-address=127.0.0.1",
-                "--grpc-address=127.0.0.1",
+                f"--http-address={address}",
+                f"--grpc-address={address}",
                 "--allow-sagemaker=false",
                 "--allow-vertex-ai=false",
                 "--log-verbose=0",
@@ -127,8 +135,8 @@ def start_triton(
             ],
             env=server_environment(),
         )
-        wait_until(proc, lambda: _ready(http_port), timeout, "ready")
+        wait_until(proc, lambda: _ready(address, http_port), timeout, "ready")
     except BaseException:
         procs.stop_all()
         raise
-    return TritonServer(http_port, grpc_port, metrics_port, proc, procs, workdir)
+    return TritonServer(http_port, grpc_port, metrics_port, proc, procs, workdir, address)

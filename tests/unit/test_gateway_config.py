@@ -13,6 +13,7 @@ import yaml
 
 from recsys_contract.formats import parse_duration
 from recsys_operator.api.recommender import Recommender
+from recsys_operator.planning.rollout import Routing
 from recsys_operator.planning.serving import gateway_objects, routing_table
 from recsys_workloads.gateway.__main__ import main as gateway_main
 from recsys_workloads.gateway.app import Gateway
@@ -140,7 +141,9 @@ def test_the_gateway_accepts_what_the_operator_renders_for_the_example() -> None
     raw = next(d for d in docs if d and d.get("kind") == "Recommender")
     raw["metadata"]["namespace"] = "shop"
     rec = Recommender.model_validate(raw)
-    table = routing_table(rec, "m-v1", "m-v2", 10, {"m-v1": "s3://i/m-v1", "m-v2": "s3://i/m-v2"})
+    table = routing_table(
+        rec, Routing("m-v1", "m-v2", 10), {"m-v1": "s3://i/m-v1", "m-v2": "s3://i/m-v2"}
+    )
     owner = {
         "apiVersion": "recsys.dev/v1alpha1",
         "kind": "Recommender",

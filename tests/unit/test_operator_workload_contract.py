@@ -37,6 +37,7 @@ from recsys_operator.planning import serving, training
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, termination_summary
 from recsys_operator.planning.modelversion import gate_metrics
 from recsys_operator.planning.pods import CONFIG_FILE
+from recsys_operator.planning.rollout import Routing
 from recsys_workloads.gateway.config import parse_gateway_config
 from recsys_workloads.history import parse_history_config
 from recsys_workloads.index_build import index_params, parse_index_config
@@ -222,7 +223,9 @@ def _recommender_cases(rec: Recommender) -> Iterator[Case]:
     yield Case(f"repository/{case}", _mounted(triton_cm), parse_repository_config, repository_built)
 
     views = _views_of(rec)
-    table = serving.routing_table(rec, "v1", "v2", 10, {"v1": "s3://i/v1", "v2": None})
+    table = serving.routing_table(
+        rec, Routing("v1", "v2", 10, "v0"), {"v1": "s3://i/v1", "v2": None, "v0": "s3://i/v0"}
+    )
     gateway_cm = serving.gateway_objects(rec, OWNER, table, "img", views)[0]
 
     def served(cfg: gateway.GatewayConfig) -> None:

@@ -60,13 +60,16 @@ def v(n: int, phase: str, trigger: str | None = None) -> Version:
 
 
 def plan_of(r: Recommender, versions: list[Version], stable: str | None = None) -> Plan:
+    """The plan with every servable version ready to take traffic (the rollout machine's
+    waits have their own table in test_planning_rollout)."""
     obj = {
         "apiVersion": "recsys.dev/v1alpha1",
         "kind": "Recommender",
         "metadata": r.metadata.model_dump(by_alias=True),
-        "status": {"stableVersion": stable},
+        "status": {"rollout": {"phase": "Healthy", "stable": stable}} if stable else {},
     }
-    return planner.plan(obj, r, versions, NOW)
+    ready = frozenset(x.name for x in versions if x.phase in planner.SERVABLE)
+    return planner.plan(obj, r, versions, NOW, ready=ready)
 
 
 @pytest.mark.parametrize(
@@ -94,7 +97,7 @@ def plan_of(r: Recommender, versions: list[Version], stable: str | None = None) 
         (
             "without steps a newer Ready version is promoted",
             rec(),
-            [v(1, "Serving", "initial"), v(2, "Ready", "manual/x")],
+            [v(1, "Ready", "initial"), v(2, "Ready", "manual/x")],
             "movies-v1",
             "movies-v2",
             None,
@@ -103,7 +106,7 @@ def plan_of(r: Recommender, versions: list[Version], stable: str | None = None) 
         (
             "with steps a newer Ready version becomes the canary",
             rec(steps=True),
-            [v(1, "Serving", "initial"), v(2, "Ready", "manual/x")],
+            [v(1, "Ready", "initial"), v(2, "Ready", "manual/x")],
             "movies-v1",
             "movies-v1",
             "movies-v2",
@@ -112,7 +115,7 @@ def plan_of(r: Recommender, versions: list[Version], stable: str | None = None) 
         (
             "a pin to a servable version wins",
             rec(pinned="movies-v1"),
-            [v(1, "Retired", "initial"), v(2, "Serving", "manual/x")],
+            [v(1, "Ready", "initial"), v(2, "Ready", "manual/x")],
             "movies-v2",
             "movies-v1",
             None,
@@ -121,7 +124,7 @@ def plan_of(r: Recommender, versions: list[Version], stable: str | None = None) 
         (
             "a pin to a version that is not servable keeps the stable",
             rec(pinned="movies-v9"),
-            [v(1, "Serving", "initial")],
+            [v(1, "Ready", "initial")],
             "movies-v1",
             "movies-v1",
             None,
@@ -139,7 +142,8 @@ def test_plan(
     want_create: int,
 ) -> None:
     p = plan_of(r, versions, stable)
-    assert (p.stable, p.canary, len(p.create)) == (want_stable, want_canary, want_create), case
+    canary = p.routing.canary if p.routing else None
+    assert (p.stable, canary, len(p.create)) == (want_stable, want_canary, want_create), case
 
 
 def conditions(
@@ -151,7 +155,7 @@ def conditions(
     return {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
 
 
-SERVING = [v(1, "Serving", "initial")]
+SERVING = [v(1, "Ready", "initial")]  # and stable
 
 
 @pytest.mark.parametrize(
@@ -219,7 +223,7 @@ def test_status_conditions(
     ready: bool,
     want: dict[str, tuple[str, str]],
 ) -> None:
-    p = plan_of(r, versions, "movies-v1" if versions[0].phase == "Serving" else None)
+    p = plan_of(r, versions, "movies-v1" if versions[0].phase == "Ready" else None)
     p.problems.extend(problems)
     got = conditions(r, versions, p, ready)
     assert {k: got[k] for k in want} == want, case
@@ -235,25 +239,25 @@ def test_a_pin_that_cannot_serve_degrades_with_its_reason() -> None:
     ("case", "r", "versions", "want"),
     [
         ("no version: Initial", rec(), [], [("Initial", "initial")]),
-        ("a version exists: no second Initial", rec(), [v(1, "Serving", "initial")], []),
-        ("a new retrain token: Manual", rec(retrain="t1"), [v(1, "Serving", "initial")],
+        ("a version exists: no second Initial", rec(), [v(1, "Ready", "initial")], []),
+        ("a new retrain token: Manual", rec(retrain="t1"), [v(1, "Ready", "initial")],
          [("Manual", "manual/t1")]),
         ("a token already acted on: nothing (restart safety)", rec(retrain="t1"),
-         [v(1, "Serving", "initial"), v(2, "Ready", "manual/t1")], []),
+         [v(1, "Ready", "initial"), v(2, "Ready", "manual/t1")], []),
         ("a token while one trains: waits (one training at a time)", rec(retrain="t2"),
-         [v(1, "Serving", "initial"), v(2, "Training", "manual/t1")], []),
+         [v(1, "Ready", "initial"), v(2, "Training", "manual/t1")], []),
         ("a schedule tick since creation: Schedule", rec(schedule="0 11 * * *"),
-         [v(1, "Serving", "initial")], [("Schedule", "schedule/2026-11-23T11:00:00Z")]),
+         [v(1, "Ready", "initial")], [("Schedule", "schedule/2026-11-23T11:00:00Z")]),
         ("the same tick already trained: nothing", rec(schedule="0 11 * * *"),
-         [v(1, "Serving", "initial"), v(2, "Ready", "schedule/2026-11-23T11:00:00Z")], []),
+         [v(1, "Ready", "initial"), v(2, "Ready", "schedule/2026-11-23T11:00:00Z")], []),
         ("no tick yet since creation: nothing", rec(schedule="0 13 * * *"),
-         [v(1, "Serving", "initial")], []),
+         [v(1, "Ready", "initial")], []),
     ],
 )  # fmt: skip
 def test_training_triggers(
     case: str, r: Recommender, versions: list[Version], want: list[tuple[str, str]]
 ) -> None:
-    stable = next((x.name for x in versions if x.phase == "Serving"), None)
+    stable = versions[0].name if versions else None
     p = plan_of(r, versions, stable)
     got = [
         (mv["spec"]["reason"], mv["metadata"]["annotations"]["recsys.dev/trigger"])
@@ -268,7 +272,7 @@ def test_training_triggers(
 
 
 def test_a_schedule_reports_its_next_tick() -> None:
-    p = plan_of(rec(schedule="0 13 * * *"), [v(1, "Serving", "initial")], "movies-v1")
+    p = plan_of(rec(schedule="0 13 * * *"), [v(1, "Ready", "initial")], "movies-v1")
     assert p.next_training == dt.datetime(2026, 11, 23, 13, tzinfo=dt.UTC)
 
 
@@ -276,15 +280,15 @@ def test_a_schedule_reports_its_next_tick() -> None:
     ("case", "keep", "versions", "stable", "pinned", "want"),
     [
         ("within the limit: nothing pruned", 2,
-         [v(1, "Retired"), v(2, "Retired"), v(3, "Serving")], "movies-v3", None, []),
+         [v(1, "Ready"), v(2, "Ready"), v(3, "Ready")], "movies-v3", None, []),
         ("past the limit: the oldest finished go", 1,
-         [v(1, "Retired"), v(2, "Failed"), v(3, "Retired"), v(4, "Serving")], "movies-v4",
+         [v(1, "Ready"), v(2, "Failed"), v(3, "Ready"), v(4, "Ready")], "movies-v4",
          None, ["movies-v1", "movies-v2"]),
-        ("the stable is never pruned", 0, [v(1, "Retired"), v(2, "Serving")], "movies-v2",
+        ("the stable is never pruned", 0, [v(1, "Ready"), v(2, "Ready")], "movies-v2",
          None, ["movies-v1"]),
-        ("a pinned version is never pruned", 0, [v(1, "Retired"), v(2, "Serving")],
+        ("a pinned version is never pruned", 0, [v(1, "Ready"), v(2, "Ready")],
          "movies-v2", "movies-v1", []),
-        ("versions in flight are never pruned", 0, [v(1, "Serving"), v(2, "Training")],
+        ("versions in flight are never pruned", 0, [v(1, "Ready"), v(2, "Training")],
          "movies-v1", None, []),
     ],
 )  # fmt: skip

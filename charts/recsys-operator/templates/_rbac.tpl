@@ -48,6 +48,11 @@ tests/integration/test_chart.py runs the operator on exactly these rules and fai
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# The Redis password a Recommender names (spec.stores.redis.passwordSecretRef), read by name to
+# publish the routing table and read the gateways' heartbeats and counters; never listed.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 # Events for kubectl describe.
 - apiGroups: [""]
   resources: ["events"]
