@@ -413,8 +413,9 @@ def test_the_gate_reads_the_headline_metrics_training_reports() -> None:
 
 
 def test_the_operator_needs_none_of_the_workloads_dependencies() -> None:
-    """The operator's image carries the contract, not torch, pandas, pyarrow or redis."""
-    blocked = ["recsys_workloads", "torch", "pandas", "pyarrow", "numpy", "redis", "faiss"]
+    """The operator's image carries the contract and a Redis client (it publishes the routing
+    table and reads the gateways' counters), not torch, pandas, pyarrow, numpy or faiss."""
+    blocked = ["recsys_workloads", "torch", "pandas", "pyarrow", "numpy", "faiss", "hiredis"]
     code = (
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"

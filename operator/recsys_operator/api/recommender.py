@@ -458,7 +458,8 @@ class MetricResult(ApiModel):
     name: Annotated[str, Field(max_length=63)]
     """The metric (``spec.serving.rollout.analysis.metrics[].name``)."""
     canary: float | None = None
-    """The canary's value; for a relative metric, the canary's rate as % of stable's."""
+    """The canary's value (for click-through-rate and conversion-rate its rate in %; the
+    message gives it as % of stable's, what the range bounds)."""
     stable: float | None = None
     """The stable's value over the same window, where it has one."""
     min: float | None = None

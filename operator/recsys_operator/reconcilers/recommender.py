@@ -275,7 +275,9 @@ async def _analyse(
         if previous.start_time
         else end
     )
-    window_s = {m.name: parse_duration(m.interval or spec.interval) for m in spec.metrics}
+    window_s: dict[str, float] = {
+        m.name: parse_duration(m.interval or spec.interval) for m in spec.metrics
+    }
     attribution = parse_duration(spec.attribution_window)
     closed_buckets = [b for b in buckets_between(start, end) if closed(b, end, attribution)]
     results: list[analysis.MetricResult] = []
