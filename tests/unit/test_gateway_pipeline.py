@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import redis.asyncio
 
+from recsys_contract import traffic
 from recsys_contract.gateway import RoutingTable, Variant
 from recsys_contract.keyspace import GatewayKeys, IndexAlias
 from recsys_workloads import ann_index
@@ -54,27 +55,71 @@ def test_stable_follows_a_matching_alias_and_ignores_a_foreign_one() -> None:
     assert index_uri_for("canary", CANARY, rebuilt) == "file:///ix/m-v2"
 
 
-def test_wanted_indexes_cover_both_variants() -> None:
-    table = RoutingTable(stable=STABLE, canary=CANARY, canary_weight=10)
-    assert wanted_indexes(Routing(table, "redis")) == {"file:///ix/m-v1", "file:///ix/m-v2"}
-    alias = IndexAlias("file:///ix/m-v1-b", "m-v1")
-    assert wanted_indexes(Routing(table, "redis", alias)) == {
-        "file:///ix/m-v1-b",
-        "file:///ix/m-v2",
-    }
+STANDBY = Variant(model_version="m-v0", triton="t:0", index="file:///ix/m-v0")
+ALIAS_B = IndexAlias("file:///ix/m-v1-b", "m-v1")
 
 
-def test_request_ids_carry_their_variant() -> None:
-    s, c = new_request_id("stable"), new_request_id("canary")
-    assert variant_of_request(s) == "stable"
-    assert variant_of_request(c) == "canary"
-    assert s != new_request_id("stable")
-    assert variant_of_request("made-up") is None
-    assert variant_of_request("-s") is None
+@pytest.mark.parametrize(
+    ("table", "alias", "wanted"),
+    [
+        (RoutingTable(stable=STABLE), None, {"file:///ix/m-v1"}),
+        (
+            RoutingTable(stable=STABLE, canary=CANARY, canary_weight=10),
+            None,
+            {"file:///ix/m-v1", "file:///ix/m-v2"},
+        ),
+        (
+            RoutingTable(stable=STABLE, canary=CANARY, canary_weight=10),
+            ALIAS_B,
+            {"file:///ix/m-v1-b", "file:///ix/m-v2"},
+        ),
+        # the standby is loaded though never served, and it does not follow the alias
+        (
+            RoutingTable(stable=STABLE, standby=STANDBY),
+            ALIAS_B,
+            {"file:///ix/m-v1-b", "file:///ix/m-v0"},
+        ),
+        (
+            RoutingTable(stable=STABLE, canary=CANARY, canary_weight=5, standby=STANDBY),
+            None,
+            {"file:///ix/m-v1", "file:///ix/m-v2", "file:///ix/m-v0"},
+        ),
+        (
+            RoutingTable(stable=STABLE, standby=STANDBY.model_copy(update={"index": None})),
+            None,
+            {"file:///ix/m-v1"},
+        ),
+    ],
+)
+def test_wanted_indexes(table: RoutingTable, alias: IndexAlias | None, wanted: set[str]) -> None:
+    assert wanted_indexes(Routing(table, "redis", alias)) == wanted
+
+
+@pytest.mark.parametrize(
+    ("request_id", "variant"),
+    [
+        (new_request_id("stable", 1_700_000_000_123), "stable"),
+        (new_request_id("canary", 1_700_000_000_123), "canary"),
+        ("0" * 32 + "-s", "stable"),  # minted before ids carried a time
+        ("0" * 32 + "-c", "canary"),
+        ("made-up", None),
+        ("-s", None),
+        ("abc-x", None),
+        ("abc", None),
+    ],
+)
+def test_request_ids_carry_their_variant(request_id: str, variant: str | None) -> None:
+    assert variant_of_request(request_id) == variant
+
+
+def test_request_ids_are_unique_and_carry_the_impression_time() -> None:
+    a, b = new_request_id("stable", 1_700_000_000_123), new_request_id("stable", 1_700_000_000_123)
+    assert a != b
+    assert traffic.served_ms_of(a) == 1_700_000_000_123
 
 
 def test_events_validate_and_name_the_field() -> None:
-    rid = new_request_id("canary")
+    rid = new_request_id("canary", 1_000)
     events = parse_events({"events": [{"requestId": rid, "itemId": 5, "type": "click"}]}, 1000)
     assert events[0].ts_ms == 1000
     assert events[0].user_id is None

@@ -10,13 +10,18 @@
   ``{requestId, itemId, type: click|purchase, userId?, timestamp? (ms)}``. 202 with the count;
   400 naming the bad field; 503 when Redis is unavailable. Clicks and purchases also mark the
   item as seen for the user (when ``userId`` is given), so the next response filters it.
+  Events whose request id carries the impression's time are also counted for the variant's
+  model version, in the same pipeline (``recsys_contract.traffic``).
 - ``/healthz``: the process serves HTTP (liveness). ``/readyz``: the stable index is loaded
-  and the last Redis poll succeeded (readiness). ``/metrics``: Prometheus.
+  and the last Redis poll succeeded (readiness); the body also names the replica, the
+  routing it follows and the indexes loaded. ``/metrics``: Prometheus.
 
 Background: every ``pollInterval`` one pipeline reads the routing table and the index alias
 from Redis (a table there wins over the config file's, which is re-read when the mounted file
-changes); the index pool loads what the table and alias need and swaps it in; a writer
-appends served responses to the log stream in batches.
+changes); the index pool loads what the table and alias need (the standby's index included)
+and swaps it in; a second pipeline writes the traffic counters counted since the last poll
+and the replica's heartbeat (what it has loaded, what it routes), which the rollout waits on
+before it moves traffic. A writer appends served responses to the log stream in batches.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from recsys_contract import traffic
 from recsys_contract.gateway import GatewayConfig, RoutingTable
 from recsys_contract.keyspace import GatewayKeys, IndexAlias
 from recsys_workloads.artifact_store import Store
@@ -56,6 +64,7 @@ from recsys_workloads.gateway.pipeline import (
     wanted_indexes,
 )
 from recsys_workloads.gateway.served_log import EVENT_TYPES, EventRecord, StreamWriter
+from recsys_workloads.gateway.stats import TrafficStats, event_increments
 from recsys_workloads.gateway.store import GatewayStore, StoreUnavailable, guarded
 from recsys_workloads.gateway.triton_client import TritonClient
 from recsys_workloads.runtime import BadInputError, load_config
@@ -85,6 +94,12 @@ def _int_param(raw: str | None, name: str, default: int | None, low: int, high: 
     if not low <= value <= high:
         raise BadInputError(f"{name}: {value} is outside [{low}, {high}]")
     return value
+
+
+def replica_id() -> str:
+    """The replica's name in the heartbeats: the pod name (Kubernetes sets ``HOSTNAME`` to it),
+    else one unique to this process on this host."""
+    return os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def parse_events(body: Any, now_ms: int) -> list[EventRecord]:
@@ -154,6 +169,8 @@ class Gateway:
         self.served = StreamWriter(
             self.redis, self.keys.served, cfg.served_log_max_len, self._dropped(self.keys.served)
         )
+        self.stats = TrafficStats(self.keys, self.metrics.stats_dropped.inc)
+        self.replica = replica_id()
         self.triton_http = KeepAlivePool()
         self.service: RecommendationService | None = None
         self.redis_ok = False
@@ -181,6 +198,8 @@ class Gateway:
         if self.poller is not None:
             self.poller.cancel()
             await asyncio.gather(self.poller, return_exceptions=True)
+        if self.service is not None:
+            await self.report(final=True)
         await self.pool.close()
         with contextlib.suppress(Exception):
             await self.served.close()
@@ -257,6 +276,45 @@ class Gateway:
         self.metrics.redis_up.set(1 if self.redis_ok else 0)
         self.metrics.canary_weight.set(routing.table.canary_weight if routing.table.canary else 0)
         self.pool.want(wanted_indexes(routing))
+        if self.redis_ok:  # else the write would only wait out the same outage
+            await self.report()
+
+    def heartbeat(self) -> traffic.Heartbeat:
+        assert self.service is not None
+        table = self.service.routing.table
+        return traffic.Heartbeat(
+            at=time.time(),
+            loaded=tuple(sorted(self.pool.loaded)),
+            stable=table.stable.model_version,
+            canary=table.canary.model_version if table.canary else None,
+            canary_weight=table.canary_weight if table.canary else 0,
+        )
+
+    async def report(self, *, final: bool = False) -> None:
+        """Write the traffic counters counted since the last report and the heartbeat (the
+        last report, at shutdown, removes the heartbeat instead) in one pipeline. Counts Redis
+        did not take stay pending for the next report."""
+        pipe = self.redis.pipeline(transaction=False)
+        ops = self.stats.queue(pipe)
+        if final:
+            pipe.hdel(self.keys.replicas, self.replica)
+        else:
+            pipe.hset(self.keys.replicas, self.replica, self.heartbeat().to_json())
+        try:
+            replies = await guarded(pipe.execute(raise_on_error=False))
+        except StoreUnavailable as exc:
+            self.stats.restore(ops)
+            self.metrics.stats_flush_failures.inc()
+            log.warning("traffic counters and heartbeat not written: %s", exc)
+            return
+        refused = self.stats.settle(ops, replies[: len(ops)])
+        if refused or isinstance(replies[-1], Exception):
+            self.metrics.stats_flush_failures.inc()
+            log.warning(
+                "Redis refused %d traffic counter increments (kept) or the heartbeat: %s",
+                refused,
+                next((r for r in replies if isinstance(r, Exception)), None),
+            )
 
     async def _poll_forever(self) -> None:
         while True:
@@ -300,19 +358,33 @@ class Gateway:
             self.metrics.errors.labels("none", "", "not-ready").inc()
             return _error(503, f"not ready: {exc}")
         labels = (variant.name, variant.model_version)
+        served_ms, started = int(time.time() * 1000), time.perf_counter()
         try:
-            rec = await self.service.recommend_for(variant, user_id, k, context)
+            rec = await self.service.recommend_for(variant, user_id, k, context, served_ms)
         except StoreUnavailable as exc:
             self.metrics.requests.labels(*labels, "503").inc()
             self.metrics.errors.labels(*labels, "redis").inc()
+            self._count_error(variant.model_version, served_ms, started)
             return _error(503, f"online store (Redis) unavailable: {exc}")
         except Exception as exc:
             log.exception("recommendation for user %s failed", user_id)
             self.metrics.requests.labels(*labels, "500").inc()
             self.metrics.errors.labels(*labels, "internal").inc()
+            self._count_error(variant.model_version, served_ms, started)
             return _error(500, f"internal error: {type(exc).__name__}")
         self.metrics.requests.labels(*labels, "200").inc()
+        self.stats.request(
+            variant.model_version,
+            served_ms,
+            rec.timings_ms["total"],
+            fallback=rec.fallback is not None,
+            impressions=len(rec.items),
+        )
         return _json(rec.to_json())
+
+    def _count_error(self, model_version: str, served_ms: int, started: float) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.stats.request(model_version, served_ms, latency_ms, error=True)
 
     async def events(self, request: web.Request) -> web.Response:
         try:
@@ -333,10 +405,26 @@ class Gateway:
             )
             if e.user_id is not None:
                 pipe.zadd(self.keys.seen(e.user_id), {str(e.item_id): e.ts_ms})
+        logged = len(pipe)
+        assert self.service is not None
+        counted = event_increments(
+            events, self.service.routing.table, self.cfg.attribution_window_s
+        )
+        for (version, bucket, field), n in counted.items():
+            pipe.hincrby(self.keys.stats(version, bucket), field, n)
+        for version, bucket in {(v, b) for v, b, _ in counted}:
+            pipe.expire(self.keys.stats(version, bucket), traffic.STATS_TTL_SECONDS)
         try:
-            await guarded(pipe.execute())
+            replies = await guarded(pipe.execute(raise_on_error=False))
         except StoreUnavailable as exc:
             return _error(503, f"online store (Redis) unavailable: {exc}")
+        failed = [r for r in replies[:logged] if isinstance(r, Exception)]
+        if failed:
+            return _error(503, f"online store (Redis) refused the events: {failed[0]}")
+        refused = [r for r in replies[logged:] if isinstance(r, Exception)]
+        if refused:  # the events are logged: a counter Redis refused must not get them resent
+            self.metrics.stats_flush_failures.inc()
+            log.warning("Redis refused %d event counter writes: %s", len(refused), refused[0])
         for e in events:
             self.metrics.events.labels(variant_of_request(e.request_id) or "none", e.type).inc()
         return _json({"accepted": len(events)}, 202)
@@ -347,13 +435,22 @@ class Gateway:
     async def readyz(self, _request: web.Request) -> web.Response:
         assert self.service is not None
         routing = self.service.routing
+        standby = routing.table.standby
         body = {
+            "replica": self.replica,
             "indexLoaded": self.service.ready(),
             "redis": self.redis_ok,
             "routingSource": routing.source,
             "stable": routing.table.stable.model_version,
             "canary": routing.table.canary.model_version if routing.table.canary else None,
             "canaryWeight": routing.table.canary_weight,
+            "standby": None
+            if standby is None
+            else {
+                "modelVersion": standby.model_version,
+                "index": standby.index,
+                "loaded": self.pool.get(standby.index) is not None,
+            },
             "indexes": sorted(self.pool.loaded),
             "loading": sorted(self.pool.loading),
         }

@@ -1,8 +1,10 @@
 """Prometheus metrics of the gateway, labelled by variant (stable/canary) and model version.
 
-What the rollout's analysis reads: success rate (``requests_total`` by ``code``), latency
+For dashboards and alerts: success rate (``requests_total`` by ``code``), latency
 (``request_duration_seconds``), fallback rate (``fallbacks_total`` / ``requests_total``) and
 click-through rate (``events_total{type="click"}`` / ``served_items_total``), each per variant.
+The rollout's analysis reads the same quantities from the per-version counters the gateways
+keep in Redis (``recsys_contract.traffic``), so it needs no Prometheus.
 A registry per gateway instance (not the process-global one) so tests can run several.
 """
 
@@ -69,6 +71,16 @@ class GatewayMetrics:
             "recsys_gateway_served_log_dropped",
             "Log entries that could not be appended",
             ["stream", "reason"],
+            registry=r,
+        )
+        self.stats_dropped = Counter(
+            "recsys_gateway_traffic_buckets_dropped",
+            "Per-version traffic counter buckets dropped unwritten (Redis away too long)",
+            registry=r,
+        )
+        self.stats_flush_failures = Counter(
+            "recsys_gateway_traffic_flush_failures",
+            "Writes of traffic counters or of the heartbeat that Redis did not fully take",
             registry=r,
         )
         self.routing_updates = Counter(

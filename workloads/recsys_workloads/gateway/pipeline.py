@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from recsys_contract import traffic
 from recsys_contract.gateway import GatewayConfig, RoutingTable, Variant, rule_feature_keys
 from recsys_contract.keyspace import IndexAlias
 from recsys_workloads.gateway import rules
@@ -49,15 +50,21 @@ class NotReady(Exception):
     """No index is loaded for the stable variant yet."""
 
 
-def new_request_id(variant: VariantName) -> str:
-    """A random id whose last character names the variant (``-s``/``-c``), so whichever
-    replica receives an event for it can count the event for the right variant."""
-    return f"{uuid.uuid4().hex}-{VARIANT_TAGS[variant]}"
+def new_request_id(variant: VariantName, served_ms: int) -> str:
+    """A random id that carries the impression's time and ends in its variant's tag
+    (``-s``/``-c``), so whichever replica receives an event for it can credit the event to the
+    right variant and time bucket (``recsys_contract.traffic.request_id``)."""
+    return traffic.request_id(uuid.uuid4().hex, served_ms, VARIANT_TAGS[variant])
 
 
 def variant_of_request(request_id: str) -> VariantName | None:
-    for name, tag in VARIANT_TAGS.items():
-        if request_id.endswith(f"-{tag}") and len(request_id) > 2:
+    """The variant a request id names by its tag, the part after the last ``-``; ids minted
+    before they carried a time still have it."""
+    head, dash, tag = request_id.rpartition("-")
+    if not dash or not head:
+        return None
+    for name, known in VARIANT_TAGS.items():
+        if tag == known:
             return name
     return None
 
@@ -80,10 +87,14 @@ def index_uri_for(name: VariantName, variant: Variant, alias: IndexAlias | None)
 
 
 def wanted_indexes(routing: Routing) -> set[str]:
+    """What the pool keeps loaded: the served variants' indexes and the standby's, which is
+    never served but must be loaded before a routing change makes it so."""
     table = routing.table
     uris = {index_uri_for("stable", table.stable, routing.alias)}
     if table.canary is not None:
         uris.add(index_uri_for("canary", table.canary, routing.alias))
+    if table.standby is not None:
+        uris.add(table.standby.index)
     return {u for u in uris if u}
 
 
@@ -98,6 +109,8 @@ class ResolvedVariant:
 @dataclass
 class Recommendation:
     request_id: str
+    #: the impression's time, as the request id carries it
+    served_ms: int
     user_id: int
     variant: ResolvedVariant
     items: list[rules.Scored]
@@ -194,10 +207,15 @@ class RecommendationService:
         user_id: int,
         k: int,
         context: Mapping[str, str] | None = None,
+        served_ms: int | None = None,
     ) -> Recommendation:
+        """``served_ms``: the impression's time (now by default), which the request id
+        carries and the traffic counters bucket by."""
         cfg = self.cfg
         started = time.perf_counter()
-        request_id = new_request_id(variant.name)
+        if served_ms is None:
+            served_ms = int(time.time() * 1000)
+        request_id = new_request_id(variant.name, served_ms)
         budget = Budget(cfg.scoring_timeout_s)
         timings: dict[str, float] = {}
         seen_since = None
@@ -272,6 +290,7 @@ class RecommendationService:
         timings["total"] = _ms(started)
         rec = Recommendation(
             request_id,
+            served_ms,
             user_id,
             variant,
             items,
@@ -313,7 +332,7 @@ class RecommendationService:
         self.served.append(
             ServedRecord(
                 request_id=rec.request_id,
-                ts_ms=int(time.time() * 1000),
+                ts_ms=rec.served_ms,
                 user_id=rec.user_id,
                 variant=v.name,
                 model_version=v.model_version,
