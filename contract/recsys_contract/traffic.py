@@ -20,8 +20,9 @@ Per-version counters, per time bucket
 Replica heartbeats
     ``GatewayKeys.replicas``: a hash, one field per gateway replica (its pod name), whose value
     is a ``Heartbeat`` JSON written every poll. A heartbeat older than ``HEARTBEAT_STALE_SECONDS``
-    is a replica gone. The operator moves the stable version only after every live replica
-    reports the new version's index loaded.
+    is a replica gone. The operator sends traffic to a version (a canary's first weight, a
+    promotion) only after every live replica reports the version's index loaded and its Triton
+    reachable.
 """
 
 from __future__ import annotations
@@ -170,13 +171,16 @@ class Counts:
 @dataclass(frozen=True)
 class Heartbeat:
     """What one gateway replica last reported: when (unix seconds), the index URIs it has
-    loaded, and the routing it serves (stable, canary, weight)."""
+    loaded, the model versions whose Triton answered its readiness probe from this replica,
+    and the routing it serves (stable, canary, weight). A Deployment can be Available while
+    its Service does not reach it from the gateway; the probe sees the path requests take."""
 
     at: float
     loaded: tuple[str, ...]
     stable: str
     canary: str | None = None
     canary_weight: int = 0
+    reachable: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -186,6 +190,7 @@ class Heartbeat:
                 "stable": self.stable,
                 "canary": self.canary,
                 "canaryWeight": self.canary_weight,
+                "reachable": sorted(self.reachable),
             },
             sort_keys=True,
         )
@@ -201,6 +206,7 @@ class Heartbeat:
             stable=str(data["stable"]),
             canary=data.get("canary"),
             canary_weight=int(data.get("canaryWeight") or 0),
+            reachable=tuple(str(v) for v in data.get("reachable") or []),
         )
 
 

@@ -220,9 +220,9 @@ async def _ready_versions(
     rec: Recommender,
     versions: list[planner.Version],
 ) -> tuple[frozenset[str], str | None]:
-    """Versions that can take traffic now: their Triton is Available and every live gateway
-    replica reports their index loaded. (No live replica: nobody to break.) When Redis
-    cannot be read, none, and why."""
+    """Versions that can take traffic now: their Triton Deployment is Available and every live
+    gateway replica reports their index loaded and their Triton reachable (no live replica:
+    nobody to break). When Redis cannot be read, none, and why."""
     ns, name = rec.metadata.namespace or "default", rec.metadata.name
     available = {
         d["metadata"]["labels"].get("recsys.dev/model-version")
@@ -244,7 +244,9 @@ async def _ready_versions(
     except OnlineStoreUnavailable as exc:
         return frozenset(), f"gateway heartbeats: {exc}"
     return frozenset(
-        v.name for v in candidates if all(v.index_name in b.loaded for b in beats.values())
+        v.name
+        for v in candidates
+        if all(v.index_name in b.loaded and v.name in b.reachable for b in beats.values())
     ), None
 
 

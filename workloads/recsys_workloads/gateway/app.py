@@ -172,6 +172,9 @@ class Gateway:
         self.stats = TrafficStats(self.keys, self.metrics.stats_dropped.inc)
         self.replica = replica_id()
         self.triton_http = KeepAlivePool()
+        self.triton = TritonClient(self.triton_http)
+        #: model versions whose Triton answered this replica's last readiness probe
+        self.reachable: set[str] = set()
         self.service: RecommendationService | None = None
         self.redis_ok = False
         #: recommendation requests being handled now (``maxInFlight``)
@@ -185,7 +188,7 @@ class Gateway:
         self.service = RecommendationService(
             self.cfg,
             self.store,
-            TritonClient(self.triton_http),
+            self.triton,
             self.pool,
             self.metrics,
             self.served,
@@ -276,8 +279,16 @@ class Gateway:
         self.metrics.redis_up.set(1 if self.redis_ok else 0)
         self.metrics.canary_weight.set(routing.table.canary_weight if routing.table.canary else 0)
         self.pool.want(wanted_indexes(routing))
+        await self.probe_tritons(routing.table)
         if self.redis_ok:  # else the write would only wait out the same outage
             await self.report()
+
+    async def probe_tritons(self, table: RoutingTable) -> None:
+        """Which of the table's versions this replica reaches Triton for, for the heartbeat."""
+        variants = [v for v in (table.stable, table.canary, table.standby) if v is not None]
+        timeout = min(1.0, self.cfg.poll_interval_s)
+        answers = await asyncio.gather(*(self.triton.ready(v.triton, timeout) for v in variants))
+        self.reachable = {v.model_version for v, ok in zip(variants, answers, strict=True) if ok}
 
     def heartbeat(self) -> traffic.Heartbeat:
         assert self.service is not None
@@ -288,6 +299,7 @@ class Gateway:
             stable=table.stable.model_version,
             canary=table.canary.model_version if table.canary else None,
             canary_weight=table.canary_weight if table.canary else 0,
+            reachable=tuple(sorted(self.reachable)),
         )
 
     async def report(self, *, final: bool = False) -> None:

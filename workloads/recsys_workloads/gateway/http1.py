@@ -33,8 +33,11 @@ class _StaleConnection(Exception):
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-def _request(host: str, path: str, body: bytes, content_type: bytes) -> bytes:
-    head = b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+def _request(
+    host: str, path: str, body: bytes, content_type: bytes, method: bytes = b"POST"
+) -> bytes:
+    head = b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+        method,
         path.encode(),
         host.encode(),
         content_type,
@@ -124,12 +127,18 @@ class KeepAlivePool:
             keep_alive = False
         return status, body, keep_alive
 
-    async def post(self, endpoint: str, path: str, body: bytes) -> tuple[int, bytes]:
+    async def get(self, endpoint: str, path: str) -> tuple[int, bytes]:
+        """Status and body of a GET, as ``post``."""
+        return await self.post(endpoint, path, b"", b"GET")
+
+    async def post(
+        self, endpoint: str, path: str, body: bytes, method: bytes = b"POST"
+    ) -> tuple[int, bytes]:
         """Status and body of a POST; transport failures raise ``OSError`` (or
         ``asyncio.IncompleteReadError``), a malformed response ``ProtocolError``."""
         if self.closed:
             raise ProtocolError("the client is closed")
-        request = _request(endpoint, path, body, self.content_type)
+        request = _request(endpoint, path, body, self.content_type, method)
         idle = self.idle.setdefault(endpoint, [])
         for attempt in range(2):
             reused = bool(idle) and attempt == 0

@@ -160,6 +160,15 @@ class TritonClient:
         breaker.success()
         return result
 
+    async def ready(self, endpoint: str, timeout_s: float) -> bool:
+        """Whether the Triton at ``endpoint`` answers its readiness probe."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                status, _ = await self.http.get(endpoint, "/v2/health/ready")
+        except (TimeoutError, OSError, EOFError, ValueError):
+            return False
+        return status == 200
+
     async def embed_user(
         self,
         endpoint: str,
