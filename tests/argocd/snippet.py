@@ -46,7 +46,9 @@ def write() -> None:
     patch = render()
     PATCH.write_text(patch)
     text = README.read_text()
-    README.write_text(text.replace(readme_block(text), fenced(patch)))
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    README.write_text(f"{head}{BEGIN}{fenced(patch)}{END}{tail}")
 
 
 if __name__ == "__main__":

@@ -228,6 +228,15 @@ def test_rules_are_the_same_in_both_scopes_and_name_every_verb(helm: Helm) -> No
     assert ("", "pods", "get") not in granted
 
 
+def test_redis_password_secrets_are_readable_by_name_only_when_listed(helm: Helm) -> None:
+    listed = kinds(helm.render({"rbac": {"redisPasswordSecrets": ["redis-auth"]}}))
+    (rule,) = [r for r in listed["ClusterRole"][0]["rules"] if "secrets" in r["resources"]]
+    assert rule == {
+        "apiGroups": [""], "resources": ["secrets"], "resourceNames": ["redis-auth"],
+        "verbs": ["get"],
+    }  # fmt: skip
+
+
 def test_optional_objects_render_when_enabled(helm: Helm) -> None:
     values = {
         "podDisruptionBudget": {"enabled": True},

@@ -48,11 +48,14 @@ tests/integration/test_chart.py runs the operator on exactly these rules and fai
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
-# The Redis password a Recommender names (spec.stores.redis.passwordSecretRef), read by name to
-# publish the routing table and read the gateways' heartbeats and counters; never listed.
+{{- with .Values.rbac.redisPasswordSecrets }}
+# The Secrets Recommenders name in spec.stores.redis.passwordSecretRef, and only these, read by
+# name to publish the routing table and read the gateways' heartbeats and counters.
 - apiGroups: [""]
   resources: ["secrets"]
+  resourceNames: {{ toJson . }}
   verbs: ["get"]
+{{- end }}
 # Events for kubectl describe.
 - apiGroups: [""]
   resources: ["events"]

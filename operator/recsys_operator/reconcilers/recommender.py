@@ -191,7 +191,10 @@ async def _online(ctx: Context, rec: Recommender) -> redis.asyncio.Redis | Onlin
     except OnlineStoreUnavailable as exc:
         return exc
     except ApiError as exc:
-        return OnlineStoreUnavailable(f"reading spec.stores.redis.passwordSecretRef: {exc}")
+        return OnlineStoreUnavailable(
+            f"reading spec.stores.redis.passwordSecretRef: {exc} (the chart grants the operator "
+            "the Secrets listed in rbac.redisPasswordSecrets)"
+        )
 
 
 async def _publish(
