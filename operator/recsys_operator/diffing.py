@@ -79,3 +79,22 @@ def needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) 
         contains(observed.get("metadata", {}), meta)
         and contains({k: v for k, v in observed.items() if k != "metadata"}, body)
     )
+
+
+def merge_patch(observed: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``observed`` into ``desired``: a key gone
+    from ``desired`` is sent as null, so a status field the operator no longer reports (a
+    finished canary, say) leaves the object instead of lingering as a stale truth."""
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        old = observed.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            sub = merge_patch(old, value)
+            if sub:
+                patch[key] = sub
+        elif old != value:
+            patch[key] = value
+    for key in observed:
+        if key not in desired:
+            patch[key] = None
+    return patch

@@ -4,10 +4,18 @@ it sets differs."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 
-from recsys_operator.diffing import INTENT_HASH, contains, intent_hash, needs_apply, stamped
+from recsys_operator.diffing import (
+    INTENT_HASH,
+    contains,
+    intent_hash,
+    merge_patch,
+    needs_apply,
+    stamped,
+)
 
 DESIRED = {
     "apiVersion": "apps/v1",
@@ -124,3 +132,22 @@ def test_numbers_match_their_string_form_but_booleans_do_not() -> None:
     assert contains({"a": "0.5"}, {"a": 0.5})
     assert not contains("True", True)
     assert not contains("2", 1)
+
+
+@pytest.mark.parametrize(
+    ("observed", "desired", "patch"),
+    [
+        ({"a": 1}, {"a": 1}, {}),
+        ({"a": 1}, {"a": 2}, {"a": 2}),
+        ({"rollout": {"stable": "v2", "canary": "v2"}}, {"rollout": {"stable": "v2"}},
+         {"rollout": {"canary": None}}),
+        ({"drift": {"x": 1}, "b": 1}, {"b": 1}, {"drift": None}),
+        ({"conditions": [{"type": "Ready"}]}, {"conditions": []}, {"conditions": []}),
+        ({}, {"rollout": {"stable": "v1"}}, {"rollout": {"stable": "v1"}}),
+        ({"rollout": "x"}, {"rollout": {"stable": "v1"}}, {"rollout": {"stable": "v1"}}),
+    ],
+)  # fmt: skip
+def test_a_status_patch_removes_what_is_no_longer_reported(
+    observed: dict[str, Any], desired: dict[str, Any], patch: dict[str, Any]
+) -> None:
+    assert merge_patch(observed, desired) == patch

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from recsys_operator.api.base import ApiModel
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context
-from recsys_operator.diffing import needs_apply, stamped
+from recsys_operator.diffing import merge_patch, needs_apply, stamped
 from recsys_operator.kube import ApiError, KubeClient
 from recsys_operator.metrics import PHASES
 from recsys_operator.planning.jobstatus import termination_summary
@@ -109,15 +109,16 @@ def _phase(status: Mapping[str, Any]) -> str:
 
 
 async def write_status(ctx: Context, obj: Mapping[str, Any], typed: ApiModel) -> bool:
-    """Patch status only when its wire form differs from what the object has; True when
-    written."""
+    """Patch status only when its wire form differs from what the object has, with the fields
+    it no longer has removed; True when written."""
     status = typed.to_k8s()
     meta = obj["metadata"]
     PHASES.observe(obj["kind"], f"{meta.get('namespace')}/{meta['name']}", _phase(status))
-    if dict(obj.get("status") or {}) == dict(status):
+    patch = merge_patch(obj.get("status") or {}, status)
+    if not patch:
         return False
     written = await ctx.kube.patch_status(
-        obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"), status
+        obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"), patch
     )
     ctx.cache.upsert(written)
     return True
