@@ -203,9 +203,10 @@ def test_a_better_model_is_promoted_through_every_step_without_a_failed_request(
     assert verdicts["click-through-rate"] in ("Passed", "Inconclusive"), done["analysis"]
     # the previous stable stays ready for the rollback window
     assert get(stage.testbed, "deployment", "live-triton-poor-v1", stage.ns) is not None
-    # Argo CD: Suspended in the pauses, Progressing between, Healthy at the end
+    # Argo CD: Suspended in the pauses, Progressing while steps run, Healthy at the end
     assert {s for s, _ in stage.health["Paused"]} == {"Suspended"}
-    assert {s for s, _ in stage.health["Healthy"]} == {"Healthy"}
+    assert {s for s, _ in stage.health["Progressing"]} == {"Progressing"}
+    assert argocd_health("Recommender", stage.rec())[0] == "Healthy"
     assert events(stage, "Promoted") == 2  # the first version, then the canary
 
 
