@@ -66,6 +66,13 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="keep data, artifacts and logs here")
     parser.add_argument("--exit", action="store_true", help="stop once the loop has closed")
     parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument(
+        "--scenario",
+        choices=("loop", "rollout", "rollback"),
+        default="loop",
+        help="loop: MovieLens through the closed loop (default); rollout / rollback: a canary "
+        "judged on simulated users' clicks, promoted or aborted (demo/scenarios.py)",
+    )
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the finally below stops every process the demo started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -83,11 +90,6 @@ def main() -> int:
         cp.kubectl("wait", "--for=condition=Established", "-f", str(REPO / "crds"))
         cp.kubectl("create", "namespace", NAMESPACE)
 
-        say("writing MovieLens-100k as parquet")
-        from recsys_workloads.datasets.movielens import write_dataset
-
-        data = write_dataset(str(work / "data"))
-
         say("starting the operator")
         log = (work / "operator.log").open("wb")
         operator = subprocess.Popen(
@@ -98,6 +100,16 @@ def main() -> int:
         )
         runner = LocalRunner(cp.kubectl_path, cp.kubeconfig, NAMESPACE)
         runner.start()
+        if args.scenario != "loop":
+            from scenarios import Cluster, run
+
+            cluster = Cluster(cp.kubectl, cp.kubeconfig, cp.kubectl_path, redis.url)
+            return run(args.scenario, cluster, work, NAMESPACE, args.timeout)
+
+        say("writing MovieLens-100k as parquet")
+        from recsys_workloads.datasets.movielens import write_dataset
+
+        data = write_dataset(str(work / "data"))
 
         manifest = (REPO / "demo" / "recommender.yaml").read_text()
         for key, value in {
