@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.testbed
+@pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     result = subprocess.run(
