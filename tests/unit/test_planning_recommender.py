@@ -7,7 +7,9 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from api_objects import feature_view
 
+from recsys_operator.api.featureview import FeatureView
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning import recommender as planner
 from recsys_operator.planning.recommender import Plan, Problem, Version
@@ -298,3 +300,38 @@ def test_pruning(
 ) -> None:  # fmt: skip
     p = plan_of(rec(keep=keep, pinned=pinned), versions, stable)
     assert p.delete == want, case
+
+
+def fresh_rec(limit: str | None) -> Recommender:
+    r = rec()
+    raw = r.model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["spec"]["featureViews"] = {"user": [{"name": "users"}]}
+    if limit:
+        raw["spec"]["serving"]["rollout"]["maxFeatureStaleness"] = limit
+    return Recommender.model_validate(raw)
+
+
+def fv(completed: str | None) -> FeatureView:
+    raw = feature_view().model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["status"] = {"lastMaterialization": {"completionTime": completed}} if completed else {}
+    return FeatureView.model_validate(raw)
+
+
+@pytest.mark.parametrize(
+    ("case", "limit", "views", "want"),
+    [
+        ("no gate", None, {}, None),
+        ("fresh enough", "2h", {"users": fv("2026-11-23T11:00:00Z")}, None),
+        ("too old", "30m", {"users": fv("2026-11-23T11:00:00Z")}, "3600s ago"),
+        ("never materialized", "2h", {"users": fv(None)}, "has not materialized"),
+        ("not found", "2h", {}, "has not materialized"),
+    ],
+)
+def test_a_stale_feature_view_holds_the_rollout(
+    case: str, limit: str | None, views: dict[str, FeatureView], want: str | None
+) -> None:
+    got = planner.stale_features(fresh_rec(limit), views, NOW)
+    assert (got is None) == (want is None), case
+    if want:
+        assert got is not None
+        assert want in got, case

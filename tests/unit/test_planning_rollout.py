@@ -63,6 +63,7 @@ class Row:
     abort: str | None = None
     check: str | None = None
     ready: tuple[str, ...] = ("v1", "v2")
+    hold: str | None = None
     routing: tuple[str, str | None, int, str | None] | None = None
     events: tuple[str, ...] = ()
     requeue: float | None = field(default=None)
@@ -84,6 +85,7 @@ class Row:
             abort_token=self.abort,
             check=check(self.check) if self.check else None,
             ready=frozenset(self.ready),
+            hold=self.hold,
         )
 
 
@@ -277,6 +279,33 @@ ROWS = [
         check="Passed",
         routing=("v1", "v2", 50, None),
         events=("WeightSet",),
+    ),
+    Row(
+        "a stale FeatureView holds the next step, the pause timer runs on",
+        PAUSED_AT_1,
+        {
+            "phase": "Progressing",
+            "currentStepIndex": 1,
+            "canaryWeight": 10,
+            "message": "step 1 held: FeatureView users is stale",
+        },
+        now=60,
+        hold="FeatureView users is stale",
+        routing=("v1", "v2", 10, None),
+    ),
+    Row(
+        "a stale FeatureView holds the promotion",
+        AWAITING,
+        {
+            "phase": "Progressing",
+            "stable": "v1",
+            "canary": "v2",
+            "message": "promotion held: FeatureView users is stale",
+        },
+        promote="t1",
+        hold="FeatureView users is stale",
+        routing=("v1", "v2", 50, None),
+        events=("PauseSkipped",),
     ),
     Row(
         "an abort token aborts the canary once",

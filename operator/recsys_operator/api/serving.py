@@ -222,6 +222,10 @@ class Rollout(ApiModel):
     rollback_window: Duration = "1h"
     """How long the previous version and its index are kept ready after a promotion, so a
     rollback is instant."""
+    max_feature_staleness: Duration | None = None
+    """Hold the canary's steps (and its promotion) while a FeatureView the Recommender reads
+    last materialized longer ago than this (or never did): a canary judged on stale features
+    is judged on the wrong inputs. Unset: no such gate."""
 
 
 class Serving(ApiModel):

@@ -20,7 +20,9 @@ from typing import Any
 
 from croniter import croniter
 
+from recsys_contract.formats import parse_duration
 from recsys_operator import GROUP
+from recsys_operator.api.featureview import FeatureView
 from recsys_operator.api.recommender import (
     AnalysisResult,
     Recommender,
@@ -151,6 +153,35 @@ def new_version(
     }
 
 
+def stale_features(
+    rec: Recommender, views: Mapping[str, FeatureView], now: dt.datetime
+) -> str | None:
+    """Why the rollout must wait for fresher features (``maxFeatureStaleness``), if it must:
+    a FeatureView the Recommender reads that is missing, never materialized, or last
+    materialized longer ago than allowed."""
+    limit = rec.spec.serving.rollout.max_feature_staleness
+    refs = rec.spec.feature_views
+    if limit is None or refs is None:
+        return None
+    allowed = parse_duration(limit)
+    problems = []
+    for ref in [*(refs.user or []), *(refs.item or [])]:
+        fv = views.get(ref.name)
+        st = fv.status if fv else None
+        runs = [r for r in (st.last_materialization, st.last_backfill) if r] if st else []
+        done = [_parse(r.completion_time) for r in runs if r.completion_time]
+        if not done:
+            problems.append(f"FeatureView {ref.name} has not materialized yet")
+            continue
+        age = (now - max(done)).total_seconds()
+        if age > allowed:
+            problems.append(
+                f"FeatureView {ref.name} last materialized {age:.0f}s ago (maxFeatureStaleness "
+                f"{limit})"
+            )
+    return "; ".join(problems) or None
+
+
 def plan(
     rec_obj: Mapping[str, Any],
     rec: Recommender,
@@ -159,6 +190,7 @@ def plan(
     drift_trigger: str | None = None,
     check: AnalysisResult | None = None,
     ready: frozenset[str] = frozenset(),
+    hold: str | None = None,
 ) -> Plan:
     out = Plan()
     triggers = {v.trigger for v in versions if v.trigger}
@@ -212,6 +244,7 @@ def plan(
             abort_token=annotations.get(machine.ABORT_ANNOTATION),
             check=check,
             ready=ready,
+            hold=hold,
         )
     )
     out.rollout = result

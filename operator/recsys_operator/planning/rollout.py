@@ -15,7 +15,8 @@ which versions are ready to take traffic, and the clock:
   ``stepStartedAt``; ``pause: {}`` waits for a promote; ``spec.serving.rollout.paused`` holds
   every step where it is. Analysis keeps running in all three;
 - a Failed check holds the steps; ``failureLimit`` of them aborts the canary (traffic back
-  on the stable at once). An Inconclusive check (too little data) holds nothing;
+  on the stable at once). An Inconclusive check (too little data) holds nothing. A stale
+  FeatureView (``maxFeatureStaleness``) holds the steps too;
 - after the last step the rollout is Promoting: the stable moves only once the new version
   is ready (its Triton Available and every live gateway replica has its index loaded). The
   replaced version stays ready as the routing table's standby for ``rollbackWindow``;
@@ -68,6 +69,8 @@ class Inputs:
     check: AnalysisResult | None = None
     #: Versions whose Triton is Available and whose index every live gateway replica has.
     ready: frozenset[str] = frozenset()
+    #: Why the steps must not advance now (a stale FeatureView), if so.
+    hold: str | None = None
 
 
 @dataclass(frozen=True)
@@ -346,13 +349,15 @@ class _Machine:
                 st.message = f"paused by spec.serving.rollout.paused at step {index}"
                 st.current_step_index = index
                 return
-            if held_by_failure:
+            if held_by_failure or inp.hold:
                 st.phase, st.pause_reason = "Progressing", None
-                st.message = (
-                    f"step {index} held: the last analysis check failed "
-                    f"({st.failed_checks} of {inp.rollout.analysis.failure_limit})"
+                st.message = f"step {index} held: " + (
+                    inp.hold
+                    or f"the last analysis check failed ({st.failed_checks} of "
+                    f"{inp.rollout.analysis.failure_limit})"
                 )
                 st.current_step_index = index
+                self.wait(WAIT_POLL_SECONDS * 5)
                 return
             if step.set_weight is not None:
                 if st.canary not in inp.ready:
@@ -393,8 +398,10 @@ class _Machine:
             st.phase, st.pause_reason = "Paused", "UserPaused"
             st.message = "paused by spec.serving.rollout.paused before the promotion"
             return
-        if held_by_failure:
-            st.phase, st.message = "Progressing", "promotion held: the last analysis check failed"
+        if held_by_failure or inp.hold:
+            st.phase = "Progressing"
+            st.message = "promotion held: " + (inp.hold or "the last analysis check failed")
+            self.wait(WAIT_POLL_SECONDS * 5)
             return
         assert st.canary is not None
         self.promote_to(st.canary, "all steps done")

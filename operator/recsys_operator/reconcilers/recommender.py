@@ -98,7 +98,9 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     if machine.analysis_due(rec.spec.serving.rollout, previous_rollout, now_dt):
         check = await _analyse(online, keys, rec, previous_rollout, now_dt)
     ready, unready_why = await _ready_versions(ctx, online, keys, rec, versions)
-    plan = planner.plan(obj, rec, versions, now_dt, drift.retrain, check, ready)
+    views = _feature_views(ctx, rec)
+    hold = planner.stale_features(rec, views, now_dt)
+    plan = planner.plan(obj, rec, versions, now_dt, drift.retrain, check, ready, hold)
     if unready_why:
         plan.problems.append(planner.Problem("OnlineStoreUnavailable", unready_why))
 
@@ -141,7 +143,6 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                     if child["kind"] == "Deployment" and version == routing.stable:
                         ready_now = ready_now and _available(applied)
             table = routing_table(rec, routing, indexes)
-            views = _feature_views(ctx, rec)
             for child in gateway_objects(rec, obj, table, ctx.images.get("gateway", ""), views):
                 applied = await ensure(ctx, child)
                 if child["kind"] == "Deployment":
