@@ -10,6 +10,7 @@ Example (``recommender``, ``routing`` and ``redisUrl`` are required)::
         "canary": {"modelVersion": "movies-v2", "triton": "movies-triton-movies-v2.shop.svc:8000",
                    "index": "s3://recsys/movies/indexes/movies-v2"},
         "canaryWeight": 10,
+        "shadowPercent": 0,
         "userSticky": true
       },
       "redisUrl": "redis://redis.shop.svc:6379/0",
@@ -73,11 +74,18 @@ class RoutingTable(ConfigSection):
     #: (so a rollback is a routing change), or the version about to become stable (so it is
     #: loaded on every replica before any request reaches it)
     standby: Variant | None = None
+    #: percent of the stable's requests also run through the canary in the background
+    #: (mirroring): the canary's answer is never served, only compared with the stable's
+    #: (``recsys_contract.traffic``'s ``shadow:*`` counters). Users the weight sends to the
+    #: canary are not shadowed, so a shadow-only phase is a canary with ``canaryWeight`` 0
+    shadow_percent: int = Field(default=0, ge=0, le=100)
 
     @model_validator(mode="after")
     def _weight_needs_canary(self) -> RoutingTable:
         if self.canary_weight and self.canary is None:
             raise ValueError("canaryWeight is above 0 but no canary variant is given")
+        if self.shadow_percent and self.canary is None:
+            raise ValueError("shadowPercent is above 0 but no canary variant is given")
         return self
 
 

@@ -16,6 +16,9 @@
   and the last Redis poll succeeded (readiness); the body also names the replica, the
   routing it follows and the indexes loaded. ``/metrics``: Prometheus.
 
+While the routing table's ``shadowPercent`` is above 0, a sample of the responses the stable
+serves is also run through the canary in the background, never served (``shadow.py``).
+
 Background: every ``pollInterval`` one pipeline reads the routing table and the index alias
 from Redis (a table there wins over the config file's, which is re-read when the mounted file
 changes); the index pool loads what the table and alias need (the standby's index included)
@@ -64,6 +67,7 @@ from recsys_workloads.gateway.pipeline import (
     wanted_indexes,
 )
 from recsys_workloads.gateway.served_log import EVENT_TYPES, EventRecord, StreamWriter
+from recsys_workloads.gateway.shadow import ShadowRunner, shadow_concurrency
 from recsys_workloads.gateway.stats import TrafficStats, event_increments
 from recsys_workloads.gateway.store import GatewayStore, StoreUnavailable, guarded
 from recsys_workloads.gateway.triton_client import TritonClient
@@ -176,6 +180,7 @@ class Gateway:
         #: model versions whose Triton answered this replica's last readiness probe
         self.reachable: set[str] = set()
         self.service: RecommendationService | None = None
+        self.shadow: ShadowRunner | None = None
         self.redis_ok = False
         #: recommendation requests being handled now (``maxInFlight``)
         self.in_flight = 0
@@ -193,6 +198,9 @@ class Gateway:
             self.metrics,
             self.served,
         )
+        self.shadow = ShadowRunner(
+            self.service, self.stats, self.metrics, shadow_concurrency(self.cfg.max_in_flight)
+        )
         self.served.start()
         await self.poll_once()
         self.poller = asyncio.create_task(self._poll_forever())
@@ -201,6 +209,8 @@ class Gateway:
         if self.poller is not None:
             self.poller.cancel()
             await asyncio.gather(self.poller, return_exceptions=True)
+        if self.shadow is not None:
+            await self.shadow.close()
         if self.service is not None:
             await self.report(final=True)
         await self.pool.close()
@@ -278,6 +288,7 @@ class Gateway:
             self.service.routing = routing
         self.metrics.redis_up.set(1 if self.redis_ok else 0)
         self.metrics.canary_weight.set(routing.table.canary_weight if routing.table.canary else 0)
+        self.metrics.shadow_percent.set(routing.table.shadow_percent)
         self.pool.want(wanted_indexes(routing))
         await self.probe_tritons(routing.table)
         if self.redis_ok:  # else the write would only wait out the same outage
@@ -392,7 +403,10 @@ class Gateway:
             fallback=rec.fallback is not None,
             impressions=len(rec.items),
         )
-        return _json(rec.to_json())
+        response = _json(rec.to_json())
+        if self.shadow is not None:  # runs once the response is sent (shadow.py)
+            self.shadow.offer(rec, k)
+        return response
 
     def _count_error(self, model_version: str, served_ms: int, started: float) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
@@ -456,6 +470,7 @@ class Gateway:
             "stable": routing.table.stable.model_version,
             "canary": routing.table.canary.model_version if routing.table.canary else None,
             "canaryWeight": routing.table.canary_weight,
+            "shadowPercent": routing.table.shadow_percent,
             "standby": None
             if standby is None
             else {

@@ -3,6 +3,7 @@
 For dashboards and alerts: success rate (``requests_total`` by ``code``), latency
 (``request_duration_seconds``), fallback rate (``fallbacks_total`` / ``requests_total``) and
 click-through rate (``events_total{type="click"}`` / ``served_items_total``), each per variant.
+Shadow runs (``shadow_runs_total``) are in none of these: they are never served.
 The rollout's analysis reads the same quantities from the per-version counters the gateways
 keep in Redis (``recsys_contract.traffic``), so it needs no Prometheus.
 A registry per gateway instance (not the process-global one) so tests can run several.
@@ -98,6 +99,18 @@ class GatewayMetrics:
         self.canary_weight = Gauge(
             "recsys_gateway_canary_weight",
             "Percentage of users routed to the canary",
+            registry=r,
+        )
+        self.shadow_percent = Gauge(
+            "recsys_gateway_shadow_percent",
+            "Percentage of stable requests also run through the canary, unserved",
+            registry=r,
+        )
+        self.shadow_runs = Counter(
+            "recsys_gateway_shadow_runs",
+            "Shadow runs of stable requests through the canary, by outcome "
+            "(compared, fallback, error, skipped)",
+            ["model_version", "outcome"],
             registry=r,
         )
         self.redis_up = Gauge(

@@ -166,6 +166,11 @@ class RecommendationService:
 
     # --- variants --------------------------------------------------------------------------
 
+    def variant(self, name: VariantName) -> ResolvedVariant | None:
+        """The named variant with the index it serves from; None when the table has no such
+        variant or its index is not loaded yet."""
+        return self._resolve(name)
+
     def _resolve(self, name: VariantName) -> ResolvedVariant | None:
         table = self.routing.table
         variant = table.stable if name == "stable" else table.canary
@@ -210,7 +215,17 @@ class RecommendationService:
         served_ms: int | None = None,
     ) -> Recommendation:
         """``served_ms``: the impression's time (now by default), which the request id
-        carries and the traffic counters bucket by."""
+        carries and the traffic counters bucket by. The response is logged and measured as
+        served."""
+        rec = await self.run_stages(variant, user_id, k, served_ms)
+        self._log(rec, context or {})
+        return rec
+
+    async def run_stages(
+        self, variant: ResolvedVariant, user_id: int, k: int, served_ms: int | None = None
+    ) -> Recommendation:
+        """The four stages alone: neither logged nor measured, for an answer that is not
+        served (a shadow run)."""
         cfg = self.cfg
         started = time.perf_counter()
         if served_ms is None:
@@ -288,7 +303,7 @@ class RecommendationService:
             items = rules.top_k(scored.ids, scored.scores, k)
         timings["ordering"] = _ms(t)
         timings["total"] = _ms(started)
-        rec = Recommendation(
+        return Recommendation(
             request_id,
             served_ms,
             user_id,
@@ -300,8 +315,6 @@ class RecommendationService:
             timings,
             filters.history,
         )
-        self._log(rec, context or {})
-        return rec
 
     async def _filter(self, retrieved: Candidates, filters: FilterSets) -> Candidates:
         excluded = filters.excluded()

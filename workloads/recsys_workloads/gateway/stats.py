@@ -16,7 +16,7 @@ counters go in that same pipeline (``event_increments``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,11 +62,7 @@ class TrafficStats:
     ) -> None:
         """Count one recommendation request in the bucket of its impression time (the time its
         request id carries, so its outcome events land in the same bucket)."""
-        key = (model_version, traffic.bucket_of(served_ms / 1000))
-        counts = self.pending.get(key)
-        if counts is None:
-            counts = self.pending[key] = Counter()
-            self._bound()
+        counts = self._counts(model_version, served_ms)
         counts[traffic.REQUESTS] += 1
         counts[traffic.latency_field(latency_ms)] += 1
         if error:
@@ -75,6 +71,19 @@ class TrafficStats:
             counts[traffic.FALLBACKS] += 1
         if impressions:
             counts[traffic.IMPRESSIONS] += impressions
+
+    def add(self, model_version: str, served_ms: int, fields: Mapping[str, int]) -> None:
+        """Add any fields (a shadow run's) to the bucket of the impression at ``served_ms``."""
+        counts = self._counts(model_version, served_ms)
+        counts.update(fields)
+
+    def _counts(self, model_version: str, served_ms: int) -> Counter[str]:
+        key = (model_version, traffic.bucket_of(served_ms / 1000))
+        counts = self.pending.get(key)
+        if counts is None:
+            counts = self.pending[key] = Counter()
+            self._bound()
+        return counts
 
     def queue(self, pipe: Any) -> list[Increment | None]:
         """Move every pending count into ``pipe``; the list says what each queued command
