@@ -122,7 +122,7 @@ CASES = [
          "spec.serving.rollout.steps[0].setWeight", "less than or equal to 100"),
     Case("rec-step-weight-and-pause", "Recommender",
          {f"{ROLLOUT}.steps": [{"setWeight": 10, "pause": {"duration": "5m"}}]},
-         "spec.serving.rollout.steps[0]", "exactly one of setWeight or pause"),
+         "spec.serving.rollout.steps[0]", "exactly one of setWeight, pause or shadow"),
     Case("rec-range-inverted", "Recommender",
          {f"{ROLLOUT}.analysis.metrics": [{"name": "request-duration",
                                            "thresholdRange": {"min": 50, "max": 10}}]},

@@ -290,3 +290,27 @@ def test_pause_resume_restart_promote_and_an_instant_rollback(stage: Stage) -> N
     assert after is not None
     assert after["metadata"]["uid"] == uid
     assert traffic.tally.failures == []
+
+
+def test_a_shadow_step_judges_a_canary_no_user_is_served_by(stage: Stage) -> None:
+    """The canary answers every stable request in the background; its lists disagree with the
+    stable's (a model of other tastes), so the shadow-overlap check aborts it before any user
+    is routed to it."""
+    analysis = {
+        **ANALYSIS,
+        "metrics": [{"name": "shadow-overlap", "thresholdRange": {"min": 90}}],
+    }
+    steps = [{"shadow": {"duration": "60s", "percent": 100}}, {"setWeight": 50}, {"pause": {}}]
+    stage.start("good-v1", {"steps": steps, "analysis": analysis})
+    with stage.traffic() as traffic:
+        stage.apply(imported(REC, "poor-v2", stage.models))
+        stage.wait("shadowing", lambda ro: ro.get("canary") == "poor-v2")
+        stage.until_every_replica(lambda b: "poor-v2" in b.reachable, 120)
+        aborted = stage.wait("aborted in shadow", lambda ro: ro.get("phase") == "Aborted", 180)
+    shadow = aborted["shadow"]
+    print(f"shadow: {shadow}; {aborted['message']}")
+    assert traffic.tally.responses["poor-v2"] == 0, "no user was served by the shadowed canary"
+    assert traffic.tally.failures == []
+    assert shadow["requests"] > 0
+    assert shadow["overlap"] < 90
+    assert "overlap@k" in aborted["message"]

@@ -166,7 +166,7 @@ RULES = [
     ("weight-repeated", {"serving.rollout.steps": [{"setWeight": 20}, {"setWeight": 20}]},
      "strictly increasing"),
     ("step-weight-and-pause", {"serving.rollout.steps": [{"setWeight": 5, "pause": {}}]},
-     "exactly one of setWeight or pause"),
+     "exactly one of setWeight, pause or shadow"),
     ("workers-without-gpus", {"training.numNodes": 2}, "gpusPerNode"),
     ("nproc-not-gpus", {"training.gpusPerNode": 4, "training.numProcPerNode": 2},
      "numProcPerNode"),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from recsys_contract.traffic import LATENCY_BOUNDS_MS, Counts
+from recsys_contract.traffic import LATENCY_BOUNDS_MS, Counts, shadow_latency_field
 from recsys_operator.planning import analysis
 from recsys_operator.planning.analysis import MetricResult, MetricSpec, evaluate, overall
 
@@ -348,3 +348,44 @@ def test_a_canary_20_percent_worse_is_caught_within_the_budget() -> None:
     # the impressions it took (figures in benchmarks/README.md); a detection needs data
     assert float(np.percentile(sim.detected_at, 90)) <= checks * per_check
     assert min(sim.detected_at) > MIN_IMPRESSIONS
+
+
+def shadow_counts(compared: int, overlap: float, rank: float, ms: float) -> Counts:
+    fields = {
+        "shadow:requests": compared,
+        "shadow:compared": compared,
+        "shadow:ranked": compared,
+        "shadow:overlap": int(overlap * 1_000_000) * compared,
+        "shadow:rank": int(rank * 1_000_000) * compared,
+        shadow_latency_field(ms): compared,
+    }
+    return Counts.of([fields])
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "high", "canary", "verdict", "value"),
+    [
+        ("shadow-overlap", 80.0, None, shadow_counts(200, 0.9, 0.8, 12), "Passed", 90.0),
+        ("shadow-overlap", 95.0, None, shadow_counts(200, 0.9, 0.8, 12), "Failed", 90.0),
+        ("shadow-overlap", 80.0, None, shadow_counts(5, 0.9, 0.8, 12), "Inconclusive", 90.0),
+        ("shadow-rank-correlation", 0.5, None, shadow_counts(200, 0.9, 0.8, 12), "Passed", 0.8),
+        ("shadow-rank-correlation", 0.9, None, shadow_counts(200, 0.9, -0.2, 12), "Failed",
+         -0.2),
+        ("shadow-duration", None, 50.0, shadow_counts(200, 0.9, 0.8, 12), "Passed", 15.0),
+        ("shadow-duration", None, 10.0, shadow_counts(200, 0.9, 0.8, 12), "Failed", 15.0),
+        ("shadow-overlap", 80.0, None, Counts(), "Inconclusive", None),
+    ],
+)  # fmt: skip
+def test_shadow_metrics_judge_the_canary_on_mirrored_requests(
+    name: str, low: float | None, high: float | None, canary: Counts, verdict: str,
+    value: float | None,
+) -> None:  # fmt: skip
+    (result,) = evaluate(
+        [MetricSpec(name, low, high)],
+        window={"canary": canary, "stable": Counts()},
+        closed={},
+        min_requests=20,
+        min_impressions=100,
+    )
+    assert result.verdict == verdict, result.message
+    assert result.canary == (pytest.approx(value) if value is not None else None)

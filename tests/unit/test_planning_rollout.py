@@ -65,6 +65,7 @@ class Row:
     ready: tuple[str, ...] = ("v1", "v2")
     hold: str | None = None
     routing: tuple[str, str | None, int, str | None] | None = None
+    shadow: int = 0
     events: tuple[str, ...] = ()
     requeue: float | None = field(default=None)
 
@@ -308,6 +309,42 @@ ROWS = [
         events=("PauseSkipped",),
     ),
     Row(
+        "a shadow step mirrors stable requests to the canary, no user on it yet",
+        HEALTHY_V1,
+        {"phase": "Progressing", "canary": "v2", "canaryWeight": 0, "currentStepIndex": 0},
+        steps=[{"shadow": {"duration": "30s", "percent": 20}}, {"setWeight": 10}, {"pause": {}}],
+        routing=("v1", "v2", 0, None),
+        shadow=20,
+        events=("RolloutStarted",),
+        requeue=30,
+    ),
+    Row(
+        "the shadow step over: the first weight, the mirroring stops",
+        {**CANARY, "canaryWeight": 0, "currentStepIndex": 0},
+        {
+            "phase": "Paused",
+            "pauseReason": "AwaitingPromote",
+            "canaryWeight": 10,
+            "currentStepIndex": 2,
+        },
+        now=30,
+        check="Passed",
+        steps=[{"shadow": {"duration": "30s", "percent": 20}}, {"setWeight": 10}, {"pause": {}}],
+        routing=("v1", "v2", 10, None),
+        events=("WeightSet",),
+    ),
+    Row(
+        "a shadow step waits for the canary to be ready, mirroring nothing it cannot answer",
+        HEALTHY_V1,
+        {"phase": "Progressing", "canary": "v2", "currentStepIndex": 0},
+        steps=[{"shadow": {"duration": "30s"}}],
+        ready=("v1",),
+        routing=("v1", "v2", 0, None),
+        shadow=0,
+        events=("RolloutStarted",),
+        requeue=2,
+    ),
+    Row(
         "an abort token aborts the canary once",
         PAUSED_AT_1,
         {"phase": "Aborted", "abortedVersion": "v2", "lastAbortToken": "a1", "canary": None},
@@ -424,6 +461,7 @@ def test_rollout_transition(row: Row) -> None:
         (routing.stable, routing.canary, routing.weight, routing.standby) if routing else None
     ) == row.routing
     assert tuple(e[1] for e in out.events) == row.events
+    assert (routing.shadow if routing else 0) == row.shadow
     if row.requeue is not None:
         assert out.requeue_after == pytest.approx(row.requeue)
 

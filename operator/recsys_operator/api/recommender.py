@@ -483,6 +483,21 @@ class AnalysisResult(ApiModel):
     """Each metric's result."""
 
 
+class ShadowStatus(ApiModel):
+    """How the canary answered the stable requests mirrored to it, since the rollout began."""
+
+    requests: Annotated[int, Field(ge=0)] | None = None
+    """Stable requests the canary also answered."""
+    errors: Annotated[int, Field(ge=0)] | None = None
+    """Of those, answered with an error or fallback items."""
+    overlap: float | None = None
+    """Mean overlap@k with the stable's served list, in %."""
+    rank_correlation: float | None = None
+    """Mean Spearman's rho of the shared items' order (-1 to 1)."""
+    p99_ms: float | None = None
+    """The canary's p99 latency on them, in ms."""
+
+
 class RolloutStatus(ApiModel):
     """Where the rollout stands: the one place a version's serving role is written."""
 
@@ -511,6 +526,8 @@ class RolloutStatus(ApiModel):
     """When the last analysis check ran; the next one is an interval later."""
     analysis: Annotated[list[AnalysisResult], Field(max_length=5)] | None = None
     """The last analysis checks, newest last."""
+    shadow: ShadowStatus | None = None
+    """The canary's answers to mirrored stable requests (shadow steps), at the last check."""
     previous_stable: Name | None = None
     """The version replaced by the last promotion, kept ready (its Triton and its index) so a
     rollback is a routing change."""

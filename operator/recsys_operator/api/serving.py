@@ -71,14 +71,27 @@ class Pause(ApiModel):
     (annotation ``recsys.dev/promote``)."""
 
 
+class Shadow(ApiModel):
+    """Mirror stable requests to the canary without serving its answers."""
+
+    duration: Duration
+    """How long to mirror (``5m``)."""
+    percent: Annotated[int, Field(ge=1, le=100)] = 100
+    """Share of the stable's requests the canary also answers, in the background."""
+
+
 class CanaryStep(ApiModel):
-    """One step of a canary: set a traffic weight, or pause. As an Argo Rollouts step."""
+    """One step of a canary: set a traffic weight, pause, or shadow. As an Argo Rollouts step,
+    plus ``shadow``: for its duration the canary also answers a sample of the stable's requests
+    without serving them; the gateways record how its ranked lists agree with the stable's
+    (overlap@k, rank correlation) and its latency, which the ``shadow-*`` analysis metrics
+    judge."""
 
     __rules__ = (
         Rule(
-            cel="has(self.setWeight) != has(self.pause)",
-            message="a step has exactly one of setWeight or pause: split it into two steps",
-            check=lambda m: (m.set_weight is None) != (m.pause is None),
+            cel="[has(self.setWeight), has(self.pause), has(self.shadow)].filter(x, x).size() == 1",
+            message="a step has exactly one of setWeight, pause or shadow: split it into steps",
+            check=lambda m: [m.set_weight, m.pause, m.shadow].count(None) == 2,
         ),
     )
 
@@ -86,6 +99,8 @@ class CanaryStep(ApiModel):
     """Percentage of users sent to the canary version from this step on."""
     pause: Pause | None = None
     """Hold the weight, for a duration or until promoted; analysis keeps running."""
+    shadow: Shadow | None = None
+    """Mirror a share of the stable's requests to the canary for a duration."""
 
 
 AnalysisMetricName = Literal[
@@ -94,6 +109,9 @@ AnalysisMetricName = Literal[
     "fallback-rate",
     "click-through-rate",
     "conversion-rate",
+    "shadow-overlap",
+    "shadow-rank-correlation",
+    "shadow-duration",
 ]
 RELATIVE_METRICS = ("click-through-rate", "conversion-rate")
 
@@ -123,7 +141,10 @@ class AnalysisMetric(ApiModel):
     request-duration: p99 latency in milliseconds (Flagger's built-in);
     fallback-rate: % of responses served from fallback items;
     click-through-rate: the canary's clicks per impression as % of the stable's;
-    conversion-rate: the same for ``eventType`` events."""
+    conversion-rate: the same for ``eventType`` events;
+    shadow-overlap: % of the stable's top-k the canary also ranks in its top-k, on mirrored
+    requests (a ``shadow`` step); shadow-rank-correlation: Spearman's rho of the shared items'
+    order (-1 to 1); shadow-duration: the canary's p99 latency in ms on mirrored requests."""
     threshold_range: ThresholdRange
     """Bounds the metric must stay within, e.g. ``{min: 99}`` for success rate,
     ``{max: 50}`` for request-duration, ``{min: 95}`` for click-through-rate (the canary's

@@ -51,8 +51,12 @@ DURATION = "request-duration"
 FALLBACK_RATE = "fallback-rate"
 CTR = "click-through-rate"
 CONVERSION_RATE = "conversion-rate"
+SHADOW_OVERLAP = "shadow-overlap"
+SHADOW_RANK = "shadow-rank-correlation"
+SHADOW_DURATION = "shadow-duration"
 HEALTH_METRICS = (SUCCESS_RATE, DURATION, FALLBACK_RATE)
 RELATIVE_METRICS = (CTR, CONVERSION_RATE)
+SHADOW_METRICS = (SHADOW_OVERLAP, SHADOW_RANK, SHADOW_DURATION)
 
 #: tau, the mixing distribution's standard deviation, as a share of the stable's rate
 TAU_SHARE_OF_STABLE = 0.1
@@ -135,6 +139,8 @@ def evaluate(
             out.append(
                 _relative(spec, closed.get(CANARY), closed.get(STABLE), min_impressions, alpha)
             )
+        elif spec.name in SHADOW_METRICS:
+            out.append(_shadow(spec, window.get(CANARY), min_requests))
         else:
             raise ValueError(f"unknown analysis metric {spec.name!r}")
     return out
@@ -193,6 +199,51 @@ def _health(
     text = f"canary {label} {_num(value)}{unit} of {requests:,} requests ({needs}){beside}"
     inside = (spec.min is None or value >= spec.min) and (spec.max is None or value <= spec.max)
     return result("Passed" if inside else "Failed", text, value)
+
+
+# --- shadow: how the canary's answers to mirrored stable requests compare ---------------------
+
+
+def _shadow_overlap(c: Counts) -> float | None:
+    return 100.0 * c.shadow_overlap if c.shadow_overlap is not None else None
+
+
+def _shadow_rank(c: Counts) -> float | None:
+    return c.shadow_rank
+
+
+def _shadow_duration(c: Counts) -> float | None:
+    return c.shadow_latency_quantile_ms(DURATION_QUANTILE)
+
+
+_SHADOW: dict[str, tuple[str, str, Callable[[Counts], float | None]]] = {
+    SHADOW_OVERLAP: ("overlap@k with the stable's lists", "%", _shadow_overlap),
+    SHADOW_RANK: ("rank correlation with the stable's lists", "", _shadow_rank),
+    SHADOW_DURATION: (f"p{DURATION_QUANTILE * 100:g} latency on shadow requests", " ms",
+                      _shadow_duration),
+}  # fmt: skip
+
+
+def _shadow(spec: MetricSpec, canary: Counts | None, min_requests: int) -> MetricResult:
+    """The canary's figure on the stable requests mirrored to it in the last interval (a
+    ``shadow`` step), against an absolute range; no stable figure exists to put beside it."""
+    label, unit, figure = _SHADOW[spec.name]
+    compared = canary.shadow_compared if canary is not None else 0
+    value = figure(canary) if canary is not None else None
+
+    def result(verdict: Verdict, message: str) -> MetricResult:
+        return MetricResult(spec.name, _round(value), None, spec.min, spec.max, verdict, message)
+
+    if compared < min_requests or value is None:
+        return result(
+            "Inconclusive",
+            f"canary: {compared:,} shadow requests compared in the last interval, needs >= "
+            f"{min_requests:,}",
+        )
+    needs = _needs(spec.min, spec.max, unit)
+    inside = (spec.min is None or value >= spec.min) and (spec.max is None or value <= spec.max)
+    text = f"canary {label} {_num(value)}{unit} over {compared:,} shadow requests ({needs})"
+    return result("Passed" if inside else "Failed", text)
 
 
 # --- relative: an always-valid confidence sequence on canary - bound * stable -----------------

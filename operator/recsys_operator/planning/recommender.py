@@ -28,6 +28,7 @@ from recsys_operator.api.recommender import (
     Recommender,
     RecommenderStatus,
     RolloutStatus,
+    ShadowStatus,
 )
 from recsys_operator.conditions import set_condition
 from recsys_operator.labels import standard_labels
@@ -191,6 +192,7 @@ def plan(
     check: AnalysisResult | None = None,
     ready: frozenset[str] = frozenset(),
     hold: str | None = None,
+    shadow: ShadowStatus | None = None,
 ) -> Plan:
     out = Plan()
     triggers = {v.trigger for v in versions if v.trigger}
@@ -245,6 +247,7 @@ def plan(
             check=check,
             ready=ready,
             hold=hold,
+            shadow=shadow,
         )
     )
     out.rollout = result

@@ -35,7 +35,7 @@ from typing import Literal
 from pydantic import ConfigDict
 
 from recsys_contract.formats import parse_duration
-from recsys_operator.api.recommender import AnalysisResult, RolloutStatus
+from recsys_operator.api.recommender import AnalysisResult, RolloutStatus, ShadowStatus
 from recsys_operator.api.serving import CanaryStep, Rollout
 from recsys_operator.planning import EventSpec
 
@@ -71,6 +71,8 @@ class Inputs:
     ready: frozenset[str] = frozenset()
     #: Why the steps must not advance now (a stale FeatureView), if so.
     hold: str | None = None
+    #: The canary's answers to mirrored requests, read with the check (if one ran).
+    shadow: ShadowStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class Routing:
     canary: str | None = None
     weight: int = 0
     standby: str | None = None
+    #: % of the stable's requests the canary also answers, unserved (a shadow step)
+    shadow: int = 0
 
     @property
     def versions(self) -> set[str]:
@@ -120,6 +124,8 @@ def analysis_due(rollout: Rollout, previous: RolloutStatus, now: dt.datetime) ->
 def _describe(step: CanaryStep) -> str:
     if step.set_weight is not None:
         return f"setWeight {step.set_weight}"
+    if step.shadow is not None:
+        return f"shadow {step.shadow.percent}% for {step.shadow.duration}"
     assert step.pause is not None
     return f"pause {step.pause.duration}" if step.pause.duration else "pause until promoted"
 
@@ -292,7 +298,7 @@ class _Machine:
         st.canary, st.canary_weight = target, 0
         st.current_step_index, st.step_started_at = 0, self.now()
         st.start_time, st.failed_checks = self.now(), 0
-        st.analysis, st.last_check_time = None, None
+        st.analysis, st.last_check_time, st.shadow = None, None, None
         self.event("Normal", "RolloutStarted", f"canary {target} against stable {st.stable}")
         self.wait_for_check()
         self.steps()
@@ -304,6 +310,8 @@ class _Machine:
             st.last_abort_token = inp.abort_token
             self.abort("recsys.dev/abort")
             return
+        if inp.shadow is not None:
+            st.shadow = inp.shadow
         if inp.check is not None:
             results = [*(st.analysis or []), inp.check][-KEEP_RESULTS:]
             st.analysis, st.last_check_time = results, self.now()
@@ -359,16 +367,33 @@ class _Machine:
                 st.current_step_index = index
                 self.wait(WAIT_POLL_SECONDS * 5)
                 return
-            if step.set_weight is not None:
-                if st.canary not in inp.ready:
+            if (step.set_weight is not None or step.shadow is not None) and (
+                st.canary not in inp.ready
+            ):
+                st.phase, st.pause_reason = "Progressing", None
+                st.message = (
+                    f"step {index} ({_describe(step)}) waits for canary {st.canary}'s Triton "
+                    "and every gateway replica's index"
+                )
+                st.current_step_index = index
+                self.wait(WAIT_POLL_SECONDS)
+                return
+            if step.shadow is not None:
+                began = _parse(st.step_started_at) if st.step_started_at else inp.now
+                left = parse_duration(step.shadow.duration) - (inp.now - began).total_seconds()
+                if left > 0:
                     st.phase, st.pause_reason = "Progressing", None
                     st.message = (
-                        f"step {index} ({_describe(step)}) waits for canary {st.canary}'s Triton "
-                        "and every gateway replica's index"
+                        f"step {index}: the canary answers {step.shadow.percent}% of the "
+                        f"stable's requests unserved, for {step.shadow.duration}"
                     )
                     st.current_step_index = index
-                    self.wait(WAIT_POLL_SECONDS)
+                    self.wait(left)
                     return
+                index += 1
+                st.step_started_at = self.now()
+                continue
+            if step.set_weight is not None:
                 if st.canary_weight != step.set_weight:
                     self.event("Normal", "WeightSet", f"canary {st.canary} at {step.set_weight}%")
                 st.canary_weight = step.set_weight
@@ -417,7 +442,14 @@ class _Machine:
             standby = st.previous_stable
         if standby == st.stable:
             standby = None
-        return Routing(st.stable, st.canary, st.canary_weight or 0 if st.canary else 0, standby)
+        shadow = 0
+        steps, index = self.inp.rollout.steps, st.current_step_index
+        # a canary not yet ready would only fail the mirrored requests
+        if st.canary in self.inp.ready and index is not None and index < len(steps):
+            mirror = steps[index].shadow
+            shadow = mirror.percent if mirror is not None else 0
+        weight = st.canary_weight or 0 if st.canary else 0
+        return Routing(st.stable, st.canary, weight, standby, shadow)
 
     def promotion_target(self) -> str | None:
         st = self.st

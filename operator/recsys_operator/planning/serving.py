@@ -238,6 +238,7 @@ def routing_table(
         canary_weight=routing.weight if routing.canary else 0,
         user_sticky=rec.spec.serving.rollout.user_sticky,
         standby=variant(routing.standby) if routing.standby else None,
+        shadow_percent=routing.shadow if routing.canary else 0,
     )
 
 

@@ -20,6 +20,7 @@ from recsys_operator.api.recommender import (
     MetricResult,
     Recommender,
     RolloutStatus,
+    ShadowStatus,
 )
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context, Key
@@ -94,13 +95,13 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     online = await _online(ctx, rec)
     keys = GatewayKeys.of(store_name(ns, name), rec.spec.stores.redis.key_prefix)
     previous_rollout = RolloutStatus.model_validate((obj.get("status") or {}).get("rollout") or {})
-    check = None
+    check, shadow = None, None
     if machine.analysis_due(rec.spec.serving.rollout, previous_rollout, now_dt):
-        check = await _analyse(online, keys, rec, previous_rollout, now_dt)
+        check, shadow = await _analyse(online, keys, rec, previous_rollout, now_dt)
     ready, unready_why = await _ready_versions(ctx, online, keys, rec, versions)
     views = _feature_views(ctx, rec)
     hold = planner.stale_features(rec, views, now_dt)
-    plan = planner.plan(obj, rec, versions, now_dt, drift.retrain, check, ready, hold)
+    plan = planner.plan(obj, rec, versions, now_dt, drift.retrain, check, ready, hold, shadow)
     if unready_why:
         plan.problems.append(planner.Problem("OnlineStoreUnavailable", unready_why))
 
@@ -260,8 +261,9 @@ async def _analyse(
     rec: Recommender,
     previous: RolloutStatus,
     now: dt.datetime,
-) -> AnalysisResult:
-    """One analysis check of the canary against the stable, from the gateways' counters."""
+) -> tuple[AnalysisResult, ShadowStatus | None]:
+    """One analysis check of the canary against the stable, from the gateways' counters, and
+    what the canary's shadow answers add up to since the rollout began (None before any)."""
     spec = rec.spec.serving.rollout.analysis
     at = now.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     assert previous.canary
@@ -287,9 +289,24 @@ async def _analyse(
     attribution = parse_duration(spec.attribution_window)
     closed_buckets = [b for b in buckets_between(start, end) if closed(b, end, attribution)]
     results: list[analysis.MetricResult] = []
+    shadow = None
     try:
         if isinstance(online, OnlineStoreUnavailable):
             raise online
+        since = await counts(online, keys, previous.canary, buckets_between(start, end))
+        if since.shadow_requests:
+            quantile = since.shadow_latency_quantile_ms(analysis.DURATION_QUANTILE)
+            shadow = ShadowStatus(
+                requests=since.shadow_requests,
+                errors=since.shadow_errors,
+                overlap=round(100 * since.shadow_overlap, 2)
+                if since.shadow_overlap is not None
+                else None,
+                rank_correlation=round(since.shadow_rank, 4)
+                if since.shadow_rank is not None
+                else None,
+                p99_ms=quantile,
+            )
         closed_counts = {
             variant: await counts(online, keys, version, closed_buckets)
             for variant, version in (("canary", previous.canary), ("stable", previous.stable))
@@ -319,21 +336,24 @@ async def _analyse(
     order = {m.name: i for i, m in enumerate(metrics)}
     results.sort(key=lambda r: order[r.name])
     ANALYSIS_CHECKS.labels(analysis.overall(results)).inc()
-    return AnalysisResult(
-        time=at,
-        verdict=analysis.overall(results),
-        metrics=[
-            MetricResult(
-                name=r.name,
-                canary=r.canary,
-                stable=r.stable,
-                min=r.min,
-                max=r.max,
-                verdict=r.verdict,
-                message=r.message[:1024],
-            )
-            for r in results
-        ],
+    return (
+        AnalysisResult(
+            time=at,
+            verdict=analysis.overall(results),
+            metrics=[
+                MetricResult(
+                    name=r.name,
+                    canary=r.canary,
+                    stable=r.stable,
+                    min=r.min,
+                    max=r.max,
+                    verdict=r.verdict,
+                    message=r.message[:1024],
+                )
+                for r in results
+            ],
+        ),
+        shadow,
     )
 
 
