@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import httpx2 as httpx
 import kopf
 
 from recsys_operator import GROUP, VERSION
@@ -73,9 +74,12 @@ class Context:
     dependents: dict[Key, set[Key]] = field(default_factory=dict)
     #: Redis clients, per Recommender store: the routing table, heartbeats, traffic counters.
     online: OnlineStore = field(init=False)
+    #: For the analysis' Prometheus queries (``prometheus.py``).
+    http: httpx.AsyncClient = field(init=False)
 
     def __post_init__(self) -> None:
         self.online = OnlineStore(self.kube)
+        self.http = httpx.AsyncClient()
 
     def depends_on(self, dependent: Key, dependencies: Iterable[Key]) -> None:
         for deps in self.dependents.values():
@@ -155,6 +159,7 @@ class Controller:
                     await self._task
         if self.ctx is not None:
             await self.ctx.online.close()
+            await self.ctx.http.aclose()
             await self.ctx.kube.close()
 
     def on_primary_event(self, kind: str, body: Mapping[str, Any], event_type: str | None) -> None:

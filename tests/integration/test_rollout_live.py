@@ -31,6 +31,7 @@ from recsys_contract.keyspace import GatewayKeys
 from recsys_contract.traffic import Heartbeat, live
 from testbed.local_runner import LocalRunner
 from testbed.local_serving import LocalServing, ServingPlayer
+from testbed.prometheus_server import start_prometheus
 from testbed.rollout_world import Models, Traffic, imported, recommender, train_models
 
 pytestmark = [pytest.mark.testbed, pytest.mark.triton, pytest.mark.slow]
@@ -179,6 +180,18 @@ def test_a_better_model_is_promoted_through_every_step_without_a_failed_request(
         {"setWeight": 60}, {"pause": {"duration": "12s"}},
     ]  # fmt: skip
     stage.start("poor-v1", {"steps": steps, "analysis": ANALYSIS})
+    # a real Prometheus scraping the gateway replicas, and a metric read from it
+    assert stage.serving is not None
+    prom = start_prometheus([u.removeprefix("http://") for u in stage.serving.urls])
+    success = (
+        'sum(rate(recsys_gateway_requests_total{variant="{{variant}}",code="200"}[{{interval}}]))'
+        ' / sum(rate(recsys_gateway_requests_total{variant="{{variant}}"}[{{interval}}])) * 100'
+    )
+    analysis = {**ANALYSIS, "metrics": [*ANALYSIS["metrics"], {  # type: ignore[list-item]
+        "name": "gateway-success-rate", "interval": "10s", "thresholdRange": {"min": 99},
+        "prometheus": {"address": prom.address, "query": success}}]}  # fmt: skip
+    stage.apply(recommender(REC, stage.models, stage.redis_url,
+                            {"steps": steps, "analysis": analysis}))  # fmt: skip
     propagation: list[float] = []
     with stage.traffic() as traffic:
         stage.apply(imported(REC, "good-v2", stage.models))
@@ -189,6 +202,7 @@ def test_a_better_model_is_promoted_through_every_step_without_a_failed_request(
                           and ro.get("stable") == "good-v2", 240)  # fmt: skip
         stage.until_every_replica(lambda b: b.stable == "good-v2" and b.canary is None)
         time.sleep(2)  # traffic after the promotion too
+    prom.stop()
     tally = traffic.tally
     print(f"weight change seen by every replica after {[f'{s:.2f}' for s in propagation]} s; "
           f"CTR poor {tally.ctr('poor-v1'):.4f} good {tally.ctr('good-v2'):.4f}; "
@@ -201,6 +215,10 @@ def test_a_better_model_is_promoted_through_every_step_without_a_failed_request(
     assert done["analysis"], "checks ran"
     verdicts = {m["name"]: m["verdict"] for r in done["analysis"] for m in r["metrics"]}
     assert verdicts["click-through-rate"] in ("Passed", "Inconclusive"), done["analysis"]
+    from_prometheus = [m for r in done["analysis"] for m in r["metrics"]
+                       if m["name"] == "gateway-success-rate"]  # fmt: skip
+    assert from_prometheus[-1]["verdict"] == "Passed", from_prometheus
+    assert from_prometheus[-1]["canary"] == pytest.approx(100)
     # the previous stable stays ready for the rollback window
     assert get(stage.testbed, "deployment", "live-triton-poor-v1", stage.ns) is not None
     # Argo CD: Suspended in the pauses, Progressing while steps run, Healthy at the end

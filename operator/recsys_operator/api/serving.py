@@ -8,8 +8,9 @@ is Argo's name for what Flagger calls ``threshold``.
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field
 
@@ -114,6 +115,44 @@ AnalysisMetricName = Literal[
     "shadow-duration",
 ]
 RELATIVE_METRICS = ("click-through-rate", "conversion-rate")
+BUILT_IN_METRICS: tuple[str, ...] = get_args(AnalysisMetricName)
+#: The placeholders a Prometheus query may use (recsys_operator.prometheus renders them).
+QUERY_PLACEHOLDERS = ("variant", "modelVersion", "interval", "namespace", "recommender")
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+
+
+class PrometheusQuery(ApiModel):
+    """A metric read from Prometheus, as a Flagger ``MetricTemplate``: one PromQL template,
+    rendered for the canary and for the stable. It must return one number (aggregate with
+    ``sum``/``avg``); no data is Inconclusive."""
+
+    __rules__ = (
+        Rule(
+            cel="self.query.findAll('\\\\{\\\\{[^}]*\\\\}\\\\}').all(p, p.matches("
+            "'^\\\\{\\\\{ *(variant|modelVersion|interval|namespace|recommender) "
+            "*\\\\}\\\\}$'))",
+            message="uses an unknown placeholder: the query may use {{variant}}, "
+            "{{modelVersion}}, {{interval}}, {{namespace}} and {{recommender}}",
+            field_path=".query",
+            check=lambda m: all(
+                name in QUERY_PLACEHOLDERS for name in _PLACEHOLDER.findall(m.query)
+            ),
+        ),
+    )
+
+    address: Annotated[str, Field(min_length=8, max_length=512, pattern=r"^https?://[^\s]+$")]
+    """Prometheus' base URL, e.g. ``http://prometheus.monitoring:9090``."""
+    query: Annotated[str, Field(min_length=1, max_length=4096)]
+    """PromQL with ``{{variant}}`` (canary / stable, the gateway metrics' label),
+    ``{{modelVersion}}``, ``{{interval}}`` (the metric's window), ``{{namespace}}`` and
+    ``{{recommender}}``, e.g. ``sum(rate(recsys_gateway_requests_total{variant="{{variant}}",
+    code="200"}[{{interval}}])) / sum(rate(recsys_gateway_requests_total{variant=
+    "{{variant}}"}[{{interval}}])) * 100``."""
+
+
+MetricName = Annotated[
+    str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+]
 
 
 class AnalysisMetric(ApiModel):
@@ -134,9 +173,18 @@ class AnalysisMetric(ApiModel):
             message="eventType applies only to conversion-rate; remove it",
             check=lambda m: m.event_type is None or m.name == "conversion-rate",
         ),
+        Rule(
+            cel="has(self.prometheus) != (self.name in "
+            + str(list(BUILT_IN_METRICS)).replace('"', "'")
+            + ")",
+            message="is a built-in metric name without prometheus, or any other name with a "
+            "prometheus query: " + ", ".join(BUILT_IN_METRICS) + " are built in",
+            field_path=".name",
+            check=lambda m: (m.prometheus is not None) != (m.name in BUILT_IN_METRICS),
+        ),
     )
 
-    name: AnalysisMetricName
+    name: MetricName
     """request-success-rate: % of requests answered without error (Flagger's built-in);
     request-duration: p99 latency in milliseconds (Flagger's built-in);
     fallback-rate: % of responses served from fallback items;
@@ -154,6 +202,9 @@ class AnalysisMetric(ApiModel):
     metrics always count from the start of the rollout."""
     event_type: Literal["purchase", "click"] | None = None
     """The outcome event conversion-rate counts (``purchase`` when unset)."""
+    prometheus: PrometheusQuery | None = None
+    """Read this metric from Prometheus instead (any name but the built-in ones); its
+    ``thresholdRange`` bounds the canary's value."""
 
 
 def _default_analysis_metrics() -> list[AnalysisMetric]:

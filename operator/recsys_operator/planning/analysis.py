@@ -201,6 +201,35 @@ def _health(
     return result("Passed" if inside else "Failed", text, value)
 
 
+# --- provided: a number per variant from elsewhere (a Prometheus query) -----------------------
+
+
+def provided(
+    spec: MetricSpec, canary: float | None, stable: float | None, source: str
+) -> MetricResult:
+    """The canary's value of a metric read elsewhere against its range. No value is
+    Inconclusive; an infinite one (``histogram_quantile`` past its last bucket) is judged but
+    not stored, since status is JSON."""
+
+    def shown(x: float | None) -> float | None:
+        return _round(x) if x is not None and math.isfinite(x) else None
+
+    beside = f"; stable {_num(stable)}" if stable is not None else ""
+
+    def result(verdict: Verdict, message: str) -> MetricResult:
+        return MetricResult(
+            spec.name, shown(canary), shown(stable), spec.min, spec.max, verdict, message
+        )
+
+    if canary is None:
+        return result("Inconclusive", f"{source}: no data for the canary{beside}")
+    inside = (spec.min is None or canary >= spec.min) and (spec.max is None or canary <= spec.max)
+    needs = _needs(spec.min, spec.max, "")
+    return result(
+        "Passed" if inside else "Failed", f"{source}: canary {_num(canary)} ({needs}){beside}"
+    )
+
+
 # --- shadow: how the canary's answers to mirrored stable requests compare ---------------------
 
 
@@ -385,6 +414,8 @@ def _needs(low: float | None, high: float | None, unit: str) -> str:
 def _num(x: float | None) -> str:
     if x is None:
         return "-"
+    if not math.isfinite(x):
+        return f"{x:+}"
     return f"{x:.2f}".rstrip("0").rstrip(".") if x != int(x) else f"{int(x)}"
 
 

@@ -13,7 +13,7 @@ from recsys_contract.formats import parse_duration
 from recsys_contract.gateway import RoutingTable
 from recsys_contract.keyspace import GatewayKeys, IndexAlias, store_name
 from recsys_contract.traffic import buckets_between, closed, live
-from recsys_operator import GROUP, VERSION
+from recsys_operator import GROUP, VERSION, prometheus
 from recsys_operator.api.featureview import FeatureView
 from recsys_operator.api.recommender import (
     AnalysisResult,
@@ -22,6 +22,7 @@ from recsys_operator.api.recommender import (
     RolloutStatus,
     ShadowStatus,
 )
+from recsys_operator.api.serving import AnalysisMetric
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context, Key
 from recsys_operator.kube import ApiError
@@ -57,6 +58,8 @@ from recsys_operator.reconcilers.common import (
 from recsys_operator.reconcilers.modelversion import feature_sources
 
 log = logging.getLogger(__name__)
+#: A check waits no longer than this for each Prometheus query.
+PROMETHEUS_TIMEOUT_SECONDS = 5.0
 API_VERSION = f"{GROUP}/{VERSION}"
 
 
@@ -97,7 +100,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     previous_rollout = RolloutStatus.model_validate((obj.get("status") or {}).get("rollout") or {})
     check, shadow = None, None
     if machine.analysis_due(rec.spec.serving.rollout, previous_rollout, now_dt):
-        check, shadow = await _analyse(online, keys, rec, previous_rollout, now_dt)
+        check, shadow = await _analyse(ctx, online, keys, rec, previous_rollout, now_dt)
     ready, unready_why = await _ready_versions(ctx, online, keys, rec, versions)
     views = _feature_views(ctx, rec)
     hold = planner.stale_features(rec, views, now_dt)
@@ -255,7 +258,42 @@ async def _ready_versions(
     ), None
 
 
+async def _prometheus_metric(
+    ctx: Context,
+    rec: Recommender,
+    previous: RolloutStatus,
+    metric: AnalysisMetric,
+    interval: str,
+) -> analysis.MetricResult:
+    """A metric read from Prometheus: the template rendered and asked for each variant."""
+    assert metric.prometheus is not None
+    window = prometheus.prometheus_duration(parse_duration(metric.interval or interval))
+    spec = analysis.MetricSpec(metric.name, metric.threshold_range.min, metric.threshold_range.max)
+    values: dict[str, float | None] = {}
+    try:
+        for variant, version in (("canary", previous.canary), ("stable", previous.stable)):
+            promql = prometheus.render(
+                metric.prometheus.query,
+                {
+                    "variant": variant,
+                    "modelVersion": version or "",
+                    "interval": window,
+                    "namespace": rec.metadata.namespace or "default",
+                    "recommender": rec.metadata.name,
+                },
+            )
+            values[variant] = await prometheus.query(
+                ctx.http, metric.prometheus.address, promql, PROMETHEUS_TIMEOUT_SECONDS
+            )
+    except (prometheus.PrometheusError, ValueError) as exc:
+        return analysis.MetricResult(
+            metric.name, None, None, spec.min, spec.max, "Inconclusive", f"Prometheus: {exc}"
+        )
+    return analysis.provided(spec, values["canary"], values.get("stable"), "Prometheus")
+
+
 async def _analyse(
+    ctx: Context,
     online: redis.asyncio.Redis | OnlineStoreUnavailable,
     keys: GatewayKeys,
     rec: Recommender,
@@ -276,7 +314,9 @@ async def _analyse(
             event_type=m.event_type or ("click" if m.name == "click-through-rate" else "purchase"),
         )
         for m in spec.metrics
+        if m.prometheus is None
     ]
+    asked = [m for m in spec.metrics if m.prometheus is not None]
     end = now.timestamp()
     start = (
         dt.datetime.fromisoformat(previous.start_time.replace("Z", "+00:00")).timestamp()
@@ -333,7 +373,9 @@ async def _analyse(
             )
             for m in metrics
         ]
-    order = {m.name: i for i, m in enumerate(metrics)}
+    for m in asked:
+        results.append(await _prometheus_metric(ctx, rec, previous, m, spec.interval))
+    order = {m.name: i for i, m in enumerate(spec.metrics)}
     results.sort(key=lambda r: order[r.name])
     ANALYSIS_CHECKS.labels(analysis.overall(results)).inc()
     return (
