@@ -131,13 +131,16 @@ async def world(tmp_path_factory: pytest.TempPathFactory, redis_db: str) -> Asyn
 
     cfg = gateway_config(art, nowhere, redis_db, routing=table)
     async with gateway_client(cfg) as (_gateway, base, session):
-        for _ in range(100):
+        # ready, and the canary's index loaded too: until then the gateway serves canary users
+        # from the stable (by design), which would move a request from one variant to the other
+        for _ in range(600):
             async with session.get(f"{base}/readyz") as resp:
-                if resp.status == 200:
+                body = await resp.json()
+                if resp.status == 200 and not body.get("loading") and len(body["indexes"]) == 2:
                     break
             await asyncio.sleep(0.1)
         else:
-            raise AssertionError("the gateway never became ready")
+            raise AssertionError(f"the gateway never loaded both indexes: {body}")
 
         first = await one_round(session, base)
         sent: dict[str, Counter[int]] = {"stable": Counter(), "canary": Counter()}
