@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from testbed.local_serving import LocalServing, ServingPlayer  # noqa: E402
 from testbed.rollout_world import (  # noqa: E402
+    ANALYSIS,
     Models,
     Traffic,
     imported,
@@ -42,18 +43,6 @@ from testbed.rollout_world import (  # noqa: E402
 )
 
 NAME = "shop"
-ANALYSIS = {
-    "interval": "5s",
-    "failureLimit": 2,
-    "minRequests": 20,
-    "minImpressions": 300,
-    "attributionWindow": "3s",
-    "metrics": [
-        {"name": "request-success-rate", "thresholdRange": {"min": 99}},
-        {"name": "fallback-rate", "thresholdRange": {"max": 5}},
-        {"name": "click-through-rate", "thresholdRange": {"min": 90}},
-    ],
-}
 STEPS = [
     {"setWeight": 25},
     {"pause": {"duration": "15s"}},

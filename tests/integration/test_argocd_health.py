@@ -4,8 +4,7 @@ First every health_test.yaml, in Argo CD's format, over its hand-written testdat
 same scripts on objects read live from the testbed's API server after a status was written
 through the status subresource: what Argo CD would read, with the CRD's defaulting (the
 default canary steps give "step i/4") and pruning applied, not the object a test meant to
-write. Rows that need the rollout status schema of issue #12 are strict xfails while crds/
-lacks it (the API server rejects or prunes their status) and run as plain rows once it has it.
+write.
 """
 
 from __future__ import annotations
@@ -22,10 +21,10 @@ from typing import Any
 
 import pytest
 import yaml
-from api_support import CRDS, RESOURCES, install_crds
+from api_support import RESOURCES, install_crds
 from argocd.health import KINDS, argocd_health, binary, run_health_tests, script
 from argocd.snippet import PATCH
-from lightkube import ApiError, Client
+from lightkube import Client
 from lightkube.types import PatchType
 
 from fixtures.kube import Testbed
@@ -88,23 +87,6 @@ def test_scripts_get_argocd_cms_sandbox(tmp_path: Path) -> None:
 # --- live objects ------------------------------------------------------------------------
 
 
-def _rollout_schema() -> bool:
-    """Whether crds/ has issue #12's status.rollout (new phases and fields)."""
-    crd = yaml.safe_load((CRDS / "recsys.dev_recommenders.yaml").read_text())
-    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
-    rollout = status["properties"].get("rollout", {}).get("properties", {})
-    phases = set(rollout.get("phase", {}).get("enum", []))
-    wanted = {"pauseReason", "stable", "canary", "canaryWeight", "abortedVersion"}
-    return wanted <= set(rollout) and {"Healthy", "Promoting", "Aborted"} <= phases
-
-
-NEW_SCHEMA = pytest.mark.xfail(
-    not _rollout_schema(),
-    reason="needs the status.rollout schema of issue #12 in crds/",
-    raises=(AssertionError, ApiError),
-    strict=True,
-)
-
 MANIFESTS: dict[str, dict[str, Any]] = {
     "Recommender": {
         "interactions": {"path": "s3://data/interactions/"},
@@ -160,8 +142,8 @@ class Live:
     change_spec: bool = False
 
 
-def row(name: str, *args: Any, new_schema: bool = False, **kwargs: Any) -> Any:
-    return pytest.param(Live(*args, **kwargs), id=name, marks=[NEW_SCHEMA] if new_schema else [])
+def row(name: str, *args: Any, **kwargs: Any) -> Any:
+    return pytest.param(Live(*args, **kwargs), id=name)
 
 
 REC, MV, FV = "Recommender", "ModelVersion", "FeatureView"
@@ -203,7 +185,6 @@ LIVE = [
         rollout(**CANARY, phase="Progressing", canaryWeight=10, currentStepIndex=0),
         "Progressing",
         "Rollout progressing: canary movies-mv-2 at 10%, step 1/4",
-        new_schema=True,
     ),
     row(
         "rec-pause-step",
@@ -213,7 +194,6 @@ LIVE = [
         ),
         "Suspended",
         "Rollout paused (PauseStep): canary movies-mv-2 at 10%, step 2/4",
-        new_schema=True,
     ),
     row(
         "rec-awaiting-promote",
@@ -227,7 +207,6 @@ LIVE = [
         ),
         "Suspended",
         "Rollout paused (AwaitingPromote): canary movies-mv-2 at 50%, step 4/4",
-        new_schema=True,
     ),
     row(
         "rec-promoting",
@@ -241,7 +220,6 @@ LIVE = [
         ),
         "Progressing",
         "Rollout promoting: canary movies-mv-2 at 100%, step 4/4, 1 of 2 loaded it",
-        new_schema=True,
     ),
     row(
         "rec-healthy",
@@ -249,7 +227,6 @@ LIVE = [
         rollout(phase="Healthy", stable="movies-mv-2", canaryWeight=0, currentStepIndex=4),
         "Healthy",
         "Serving movies-mv-2",
-        new_schema=True,
     ),
     row(
         "rec-aborted",
@@ -263,7 +240,6 @@ LIVE = [
         ),
         "Degraded",
         "Rollout of movies-mv-2 aborted: click-through-rate failed 3 checks",
-        new_schema=True,
     ),
     row("mv-no-status", MV, None, "Progressing", f"{UNOBSERVED} 1"),
     row("mv-pending", MV, {"phase": "Pending"}, "Progressing", "Pending"),

@@ -32,23 +32,18 @@ from recsys_contract.traffic import Heartbeat, live
 from testbed.local_runner import LocalRunner
 from testbed.local_serving import LocalServing, ServingPlayer
 from testbed.prometheus_server import start_prometheus
-from testbed.rollout_world import Models, Traffic, imported, recommender, train_models
+from testbed.rollout_world import (
+    ANALYSIS,
+    Models,
+    Traffic,
+    imported,
+    recommender,
+    train_models,
+)
 
 pytestmark = [pytest.mark.testbed, pytest.mark.triton, pytest.mark.slow]
 
 REC = "live"
-ANALYSIS = {
-    "interval": "5s",
-    "failureLimit": 2,
-    "minRequests": 20,
-    "minImpressions": 300,
-    "attributionWindow": "3s",
-    "metrics": [
-        {"name": "request-success-rate", "thresholdRange": {"min": 99}},
-        {"name": "fallback-rate", "thresholdRange": {"max": 5}},
-        {"name": "click-through-rate", "thresholdRange": {"min": 90}},
-    ],
-}
 
 
 @pytest.fixture(scope="module")

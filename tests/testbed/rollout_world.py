@@ -39,6 +39,23 @@ SPEC = SyntheticSpec(users=600, items=300, interactions=30_000, seed=11, tempera
 SLOPE, OFFSET = 0.6, 4.0
 
 
+#: The canary analysis the rollout tests and the demo's scenarios judge with: checks every 5 s
+#: on the traffic metrics and the click-through rate (at least 90 % of the stable's), clicks
+#: counted within 3 s of their impression.
+ANALYSIS = {
+    "interval": "5s",
+    "failureLimit": 2,
+    "minRequests": 20,
+    "minImpressions": 300,
+    "attributionWindow": "3s",
+    "metrics": [
+        {"name": "request-success-rate", "thresholdRange": {"min": 99}},
+        {"name": "fallback-rate", "thresholdRange": {"max": 5}},
+        {"name": "click-through-rate", "thresholdRange": {"min": 90}},
+    ],
+}
+
+
 @dataclass(frozen=True)
 class Models:
     root: Path

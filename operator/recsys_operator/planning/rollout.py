@@ -28,7 +28,7 @@ which versions are ready to take traffic, and the clock:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -477,10 +477,3 @@ class _Machine:
 
 def step(inp: Inputs) -> Step:
     return _Machine(inp).run()
-
-
-def routing_versions(previous: Mapping[str, object] | None) -> set[str]:
-    """Versions the last written status had serving or standing by (for the Tritons to keep)."""
-    if not previous:
-        return set()
-    return {str(previous[k]) for k in ("stable", "canary", "previousStable") if previous.get(k)}
