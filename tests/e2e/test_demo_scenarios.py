@@ -42,7 +42,10 @@ def test_the_rollout_scenario_promotes_the_retrained_version(tmp_path: Path) -> 
     # every step was shown as the operator took it, with the analysis table
     assert "Paused (PauseStep): step 1: pause 15s at 25%" in out
     assert "Paused (PauseStep): step 3: pause 15s at 60%" in out
-    assert re.search(r"click-through-rate +[\d.]+ +[\d.]+ +>= 90 +Passed", out), out[-3000:]
+    # the analysis ran on every step; an equally good canary passes the CTR check, or runs
+    # out of steps before the always-valid interval decides (Inconclusive holds nothing)
+    assert re.search(r"click-through-rate +[\d.]+ +[\d.]+ +>= 90 +(Passed|Inconclusive)", out)
+    assert not re.search(r"click-through-rate +[\d.]+ +[\d.]+ +>= 90 +Failed", out), out[-3000:]
     assert failed_requests(out) == 0
 
 
