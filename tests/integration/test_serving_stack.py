@@ -9,6 +9,7 @@ test stops Triton (fallback paths), so it must stay last.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -86,9 +87,23 @@ def online(redis_url: str, art: Artifacts) -> str:
     return redis_url
 
 
+#: A request the gateway answers in milliseconds; one that hangs fails here, with every task's
+#: stack, instead of at the suite's timeout with only the idle event loop's.
+REQUEST_LIMIT_S = 60
+
+
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Json]:
-    async with session.get(url) as resp:
-        return resp.status, await resp.json()
+    try:
+        async with asyncio.timeout(REQUEST_LIMIT_S), session.get(url) as resp:
+            return resp.status, await resp.json()
+    except TimeoutError:
+        stacks = []
+        for task in asyncio.all_tasks():
+            out = io.StringIO()
+            task.print_stack(file=out)
+            stacks.append(out.getvalue())
+        detail = "\n".join(stacks)
+        raise AssertionError(f"GET {url}: no answer in {REQUEST_LIMIT_S}s\n{detail}") from None
 
 
 async def recommend(
