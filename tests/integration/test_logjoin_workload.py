@@ -98,7 +98,9 @@ def logged(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def test_a_served_request_and_its_click_become_rows(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:  # fmt: skip
+def test_a_served_request_and_its_click_become_rows(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
     out = tmp_path / "logged"
     serve(redis_client, 1, 1, T0)
     redis_client.xadd(KEYS.events, EventRecord("r1-s", T0 + 90, "purchase", 11, 101).to_fields())  # type: ignore[arg-type]
@@ -135,7 +137,9 @@ def test_a_served_request_and_its_click_become_rows(redis_client: redis.Redis, r
     assert len(logged(out)) == 3
 
 
-def test_responses_younger_than_the_wait_wait(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:  # fmt: skip
+def test_responses_younger_than_the_wait_wait(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
     out = tmp_path / "logged"
     serve(redis_client, 1, 2, T0)
     _, summary = run_join(tmp_path, config(redis_url, out, waitSeconds=3600))
@@ -187,7 +191,9 @@ def test_killed_anywhere_before_the_cursor_moves_every_row_lands_once(
     assert redis_client.xlen(KEYS.served) == 0
 
 
-def test_a_replay_removes_a_file_whose_entries_are_gone(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:  # fmt: skip
+def test_a_replay_removes_a_file_whose_entries_are_gone(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
     """The gateway's length cap may drop entries of a killed run's batch before the replay:
     the replay's files then differ, and the killed run's file must not stay beside them."""
     out = tmp_path / "logged"
@@ -206,7 +212,9 @@ def test_a_replay_removes_a_file_whose_entries_are_gone(redis_client: redis.Redi
     assert sorted({r["request_id"] for r in logged(out)}) == ["r2-s", "r3-s"]
 
 
-def test_trimming_keeps_what_is_unwritten_or_within_retention(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:  # fmt: skip
+def test_trimming_keeps_what_is_unwritten_or_within_retention(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
     out = tmp_path / "logged"
     serve(redis_client, 1, 3, T0)
     _, summary = run_join(tmp_path, config(redis_url, out))  # default retention: a day

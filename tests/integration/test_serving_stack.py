@@ -44,10 +44,9 @@ from recsys_workloads.gateway.control import (
     move_index_alias,
     publish_routing,
 )
-from recsys_workloads.logjoin import work as log_join
 from recsys_workloads.index_build import load_index
+from recsys_workloads.logjoin import work as log_join
 from recsys_workloads.serving.inference import RankerScorer, RankQuery, UserTower
-from recsys_workloads.train.data import read_table, validate_interactions
 from recsys_workloads.train.logged import read_logged
 from testbed.redis_server import start_redis
 from testbed.triton_server import TritonServer, start_triton

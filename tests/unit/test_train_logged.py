@@ -45,7 +45,9 @@ def response(n: int, user: int, served: dt.datetime, items: list[int], **feature
     return Served(f"{ms(served)}-{n}", rec)
 
 
-def write_batch(out: str, served: list[Served], events: list[EventRecord], joined: dt.datetime) -> list[str]:  # fmt: skip
+def write_batch(
+    out: str, served: list[Served], events: list[EventRecord], joined: dt.datetime
+) -> list[str]:
     """What one log join run writes for this batch."""
     store = Store({})
     names = []
@@ -156,7 +158,8 @@ def test_the_next_training_reads_the_logged_rows(logged: str, tmp_path: Path) ->
               "loggedUntil": "2024-02-01T00:00:00Z"},
     )  # fmt: skip
     term = tmp_path / "termination"
-    code = main(["--config", str(write_config(tmp_path / "c.json", cfg)), "--termination-log", str(term)])  # fmt: skip
+    config = write_config(tmp_path / "c.json", cfg)
+    code = main(["--config", str(config), "--termination-log", str(term)])
     summary = json.loads(term.read_text())
     assert code == EXIT_OK, summary
     lineage = summary["lineage"]

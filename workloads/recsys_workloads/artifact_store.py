@@ -100,7 +100,11 @@ class Store:
                 # hidden (dataset readers skip dot files) and unique (pods of two Jobs may
                 # share a pid, 1 in most containers, and write the same name on one PVC)
                 head, _, base = path.rpartition("/")
-                tmp = f"{head}/.{base}.tmp-{uuid.uuid4().hex}" if head else f".{base}.tmp-{uuid.uuid4().hex}"
+                tmp = (
+                    f"{head}/.{base}.tmp-{uuid.uuid4().hex}"
+                    if head
+                    else f".{base}.tmp-{uuid.uuid4().hex}"
+                )
                 with open(tmp, "wb") as handle:
                     handle.write(data)
                 os.replace(tmp, path)

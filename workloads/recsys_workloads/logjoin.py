@@ -241,7 +241,7 @@ def read_events(client: redis.Redis, keys: GatewayKeys, from_ms: int) -> list[Ev
 
 def redis_now_ms(client: redis.Redis) -> int:
     """Redis' clock: the one stream ids are stamped with."""
-    seconds, micros = client.time()  # type: ignore[misc]
+    seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
@@ -287,21 +287,28 @@ def _parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+#: Cursor ``ARGV[1]`` -> ``ARGV[2]`` and the pending batch gone, only if the cursor is still
+#: ``ARGV[1]``: one atomic step.
+_ADVANCE = """
+local now = redis.call('GET', KEYS[1]) or '0-0'
+if now ~= ARGV[1] then return now end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+return false
+"""
+
+
 def _advance(client: redis.Redis, keys: GatewayKeys, previous: str, cursor: str) -> None:
     """Cursor ``previous`` -> ``cursor`` and the pending batch gone, as one step; refused when
     another run moved the cursor meanwhile (the CronJob forbids overlap: this is the proof)."""
-    with client.pipeline(transaction=True) as pipe:
-        pipe.watch(keys.logjoin_cursor)
-        now = pipe.get(keys.logjoin_cursor)
-        if (now.decode() if now else "0-0") != previous:
-            raise TransientError(
-                f"the log join cursor moved from {previous} to {now!r} during this run: "
-                "another run overlapped; this one's files are replayed by the next run"
-            )
-        pipe.multi()
-        pipe.set(keys.logjoin_cursor, cursor)
-        pipe.delete(keys.logjoin_pending)
-        pipe.execute()
+    moved: Any = client.eval(
+        _ADVANCE, 2, keys.logjoin_cursor, keys.logjoin_pending, previous, cursor
+    )
+    if moved is not None:
+        raise TransientError(
+            f"the log join cursor moved from {previous} to {moved!r} during this run: "
+            "another run overlapped; this one's files are replayed by the next run"
+        )
 
 
 def _trim(
@@ -317,7 +324,7 @@ def _trim(
     events_min = min((parse_id(cursor)[0] - 2 * CLOCK_SLACK_MS, 0), kept_from)
     trimmed = []
     for key, (ms, seq) in ((keys.served, served_min), (keys.events, events_min)):
-        trimmed.append(int(client.xtrim(key, minid=f"{ms}-{seq}")) if ms > 0 else 0)  # type: ignore[arg-type]
+        trimmed.append(int(client.xtrim(key, minid=f"{ms}-{seq}")) if ms > 0 else 0)
     return trimmed[0], trimmed[1]
 
 
@@ -365,7 +372,7 @@ def run_join(
             written.append(name)
             _crash_point("file")
         _crash_point("written")
-        for stale in (pending.files if pending is not None else []):
+        for stale in pending.files if pending is not None else []:
             if stale not in tables:  # entries the killed run saw are gone (the gateway's cap)
                 store.remove(join_uri(cfg.output_uri, stale), "remove a stale logged file")
         rows = table.num_rows

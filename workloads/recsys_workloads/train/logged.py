@@ -34,6 +34,7 @@ from recsys_workloads.runtime import BadInputError
 from recsys_workloads.train.data import (
     EVENT_TIME,
     USER_KEY,
+    IntArray,
     Interactions,
     timestamps_us,
 )
@@ -60,7 +61,7 @@ class LoggedData:
     interactions: Interactions
     #: per interaction: the user's served features (JSON, None without) and the serving time
     served_features: list[str | None] = field(default_factory=list)
-    served_us: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    served_us: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
     lineage: LoggedLineage | None = None
 
 

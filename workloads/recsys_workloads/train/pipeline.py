@@ -20,9 +20,9 @@ from recsys_workloads.artifact_store import MANIFEST_NAME, ArtifactReader, Store
 from recsys_workloads.train.config import parse_train_config
 from recsys_workloads.train.data import interaction_columns, read_table, validate_interactions
 from recsys_workloads.train.dataset import Prepared, prepare
-from recsys_workloads.train.logged import read_logged, with_served_features
 from recsys_workloads.train.evaluate import Evaluation, evaluate, item_vectors
 from recsys_workloads.train.export import MODEL_KIND, ExportInputs, export_model
+from recsys_workloads.train.logged import read_logged, with_served_features
 from recsys_workloads.train.profile import (
     SCORE_CANDIDATES,
     SCORE_TOP_K,
@@ -72,15 +72,17 @@ def load_prepared(cfg: TrainConfig, store: Store) -> tuple[Prepared, Lineage]:
 
 def published_summary(manifest: dict[str, Any], uri: str) -> TrainSummary:
     lineage = manifest.get("lineage")
-    return TrainSummary(
+    summary = TrainSummary(
         version=manifest.get("version"),
         artifact_uri=uri,
         digest=manifest["digest"],
         item_count=manifest.get("itemCount"),
         embedding_dim=manifest.get("embeddingDim"),
         metrics=manifest.get("metrics", {}),
-        **({"lineage": Lineage.model_validate(lineage)} if lineage else {}),
     )
+    if lineage:
+        summary = summary.model_copy(update={"lineage": Lineage.model_validate(lineage)})
+    return summary
 
 
 def exported_items(cfg: TrainConfig, p: Prepared) -> np.ndarray[Any, np.dtype[np.int64]]:
