@@ -20,7 +20,7 @@ from fixtures.operator import (
     get,
 )
 from recsys_contract.index import IndexSummary
-from recsys_contract.train import TrainSummary
+from recsys_contract.train import Lineage, LoggedLineage, TrainSummary
 
 pytestmark = pytest.mark.testbed
 
@@ -141,7 +141,7 @@ def event_reasons(testbed: Testbed, ns: str, name: str) -> list[str]:
     return [e["reason"] for e in events]
 
 
-def train_summary(version: str, recall: float) -> dict[str, Any]:
+def train_summary(version: str, recall: float, lineage: Lineage | None = None) -> dict[str, Any]:
     """What the training Job of ``version`` writes (``recsys_contract.train``)."""
     summary = TrainSummary(
         version=version,
@@ -154,6 +154,7 @@ def train_summary(version: str, recall: float) -> dict[str, Any]:
             "als.recall@20": 0.11,
             "ranker.ranking.auc": 0.8,
         },
+        **({"lineage": lineage} if lineage else {}),
     )
     return {"status": "Succeeded", **summary.to_wire()}
 
@@ -200,9 +201,14 @@ def test_first_version_trains_indexes_and_serves(
             "config.json"
         ]
     )
+    mv1 = get(testbed, "modelversion", "movies-v1", namespace) or {}
+    created = mv1["metadata"]["creationTimestamp"]
     assert config["data"] == {
         "interactionsUri": "s3://data/interactions/",
         "usersUri": "s3://data/users/",
+        # the logged rows joined before the version was created (spec.training.loggedData)
+        "loggedUri": "s3://models/movies/logged",
+        "loggedUntil": created,
     }
     assert config["artifactUri"] == "s3://models/movies/models/movies-v1"
 
@@ -400,6 +406,70 @@ def test_drift_checks_report_and_two_in_a_row_retrain(
     apply_stack(testbed, namespace)  # without spec.drift
     eventually(lambda: get(testbed, "cronjob", "movies-drift", namespace) is None, 60,
                "the drift CronJob removed", operator=operator)  # fmt: skip
+
+
+def test_a_serving_recommender_joins_its_log_and_trains_on_it(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    """Training reads the logged rows joined before its version was created; its lineage
+    reaches the version's status; once the Recommender serves, the log-join CronJob runs;
+    turning loggedData off removes it."""
+    apply_stack(testbed, namespace)
+    mv = wait_phase(testbed, namespace, "movies-v1", "Training", operator)
+    train_cfg = json.loads(
+        get(testbed, "configmap", "movies-v1-train", namespace)["data"][  # type: ignore[index]
+            "config.json"
+        ]
+    )
+    created = mv["metadata"]["creationTimestamp"]
+    assert train_cfg["data"]["loggedUri"] == "s3://models/movies/logged"
+    assert train_cfg["data"]["loggedUntil"] == created
+    assert get(testbed, "cronjob", "movies-logjoin", namespace) is None  # nothing serves yet
+    lineage = Lineage(
+        interactions_uri="s3://data/interactions/",
+        interactions=1000,
+        logged=LoggedLineage(
+            uri="s3://models/movies/logged", until=created, partitions=["date=2026-01-02"],
+            files=1, rows=40, interactions=3, served_features=True,
+        ),
+    )  # fmt: skip
+    finish_pod(
+        testbed, namespace, "movies-v1-train", exit_code=0,
+        summary=train_summary("movies-v1", 0.12, lineage),
+    )  # fmt: skip
+    mv = wait_phase(testbed, namespace, "movies-v1", "Indexing", operator)
+    assert mv["status"]["lineage"]["logged"] == {
+        "uri": "s3://models/movies/logged", "until": created, "partitions": ["date=2026-01-02"],
+        "partitionCount": 1, "files": 1, "rows": 40, "interactions": 3, "servedFeatures": True,
+    }  # fmt: skip
+    assert mv["status"]["lineage"]["interactions"] == 1000
+    finish_pod(
+        testbed, namespace, "movies-v1-index", exit_code=0, summary=index_summary("movies-v1")
+    )
+    cron = eventually(lambda: get(testbed, "cronjob", "movies-logjoin", namespace), 60,
+                      "the log-join CronJob", operator=operator)  # fmt: skip
+    assert (cron["spec"]["schedule"], cron["spec"]["concurrencyPolicy"]) == (
+        "*/15 * * * *",
+        "Forbid",
+    )
+    config = json.loads(
+        get(testbed, "configmap", "movies-logjoin", namespace)["data"][  # type: ignore[index]
+            "config.json"
+        ]
+    )
+    assert config["outputUri"] == "s3://models/movies/logged"
+    assert config["recommender"] == f"{namespace}.movies"
+    assert config["waitSeconds"] == 1800
+
+    def without_logged_data(docs: list[dict[str, Any]]) -> None:
+        docs[1]["spec"].setdefault("training", {})["loggedData"] = {"enabled": False}
+
+    apply_stack(testbed, namespace, without_logged_data)
+    eventually(
+        lambda: get(testbed, "cronjob", "movies-logjoin", namespace) is None
+        and get(testbed, "configmap", "movies-logjoin", namespace) is None,
+        60, "the log-join CronJob and ConfigMap removed", operator=operator,
+    )  # fmt: skip
 
 
 def test_a_worse_model_is_rejected_with_its_numbers_and_manual_retrain_works(
