@@ -56,8 +56,10 @@ def objects(i: int) -> list[dict[str, Any]]:
         "spec": {
             "interactions": {"path": "s3://data/interactions/"},
             "featureViews": {"user": [{"name": f"r{i}-users"}], "item": [{"name": f"r{i}-items"}]},
-            "stores": {"redis": {"url": "redis://redis:6379/0"},
-                       "artifacts": {"storageUri": f"s3://models/r{i}"}},
+            "stores": {
+                "redis": {"url": "redis://redis:6379/0"},
+                "artifacts": {"storageUri": f"s3://models/r{i}"},
+            },
         },
     }
     return [users, items, rec]
@@ -103,8 +105,10 @@ def writes_since(audit: Path, since: float, ns: str) -> list[str]:
             continue
         if dt.datetime.fromisoformat(e["requestReceivedTimestamp"]).timestamp() >= since:
             ref = e.get("objectRef", {})
-            found.append(f"{e['verb']} {ref.get('resource')}/{ref.get('name')} "
-                         f"{ref.get('subresource', '')}".strip())
+            found.append(
+                f"{e['verb']} {ref.get('resource')}/{ref.get('name')} "
+                f"{ref.get('subresource', '')}".strip()
+            )
     return found
 
 
@@ -118,24 +122,39 @@ def run(n: int, quiet: float, workers: int) -> dict[str, Any]:
         port = free_port()
         log = open(cp.workdir / "operator.log", "wb")  # noqa: SIM115 - lives as long as the process
         op = subprocess.Popen(
-            [sys.executable, "-m", "recsys_operator", "--namespace", ns, "--metrics-port",
-             str(port), "--health-port", "0", "--workers", str(workers)],
-            env={**os.environ, "KUBECONFIG": str(cp.kubeconfig)}, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "recsys_operator",
+                "--namespace",
+                ns,
+                "--metrics-port",
+                str(port),
+                "--health-port",
+                "0",
+                "--workers",
+                str(workers),
+            ],
+            env={**os.environ, "KUBECONFIG": str(cp.kubeconfig)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         time.sleep(3)
         docs = [o for i in range(n) for o in objects(i)]
         t0 = time.monotonic()
         for start in range(0, len(docs), 300):
-            batch = {"apiVersion": "v1", "kind": "List", "items": docs[start:start + 300]}
-            cp.kubectl("apply", "--server-side", "-n", ns, "-f", "-", input=json.dumps(batch),
-                       timeout=600)
+            batch = {"apiVersion": "v1", "kind": "List", "items": docs[start : start + 300]}
+            cp.kubectl(
+                "apply", "--server-side", "-n", ns, "-f", "-", input=json.dumps(batch), timeout=600
+            )
         applied = time.monotonic() - t0
         while True:
             items = []
             for kind in ("featureviews", "recommenders"):
-                items += json.loads(cp.kubectl("get", kind, "-n", ns, "-o", "json",
-                                               timeout=300).stdout)["items"]
+                items += json.loads(
+                    cp.kubectl("get", kind, "-n", ns, "-o", "json", timeout=300).stdout
+                )["items"]
             done = sum(settled(o) for o in items)
             if done == 3 * n:
                 break
@@ -153,10 +172,16 @@ def run(n: int, quiet: float, workers: int) -> dict[str, Any]:
         op.wait(30)
         total = sum(requests.values())
         return {
-            "recommenders": n, "objects": 3 * n, "apply_s": round(applied, 1),
-            "settled_s": round(settle, 1), "peak_rss_mib": round(peak / 1024, 1),
-            "requests": requests, "requests_per_object": round(total / (3 * n), 2),
-            "quiet_s": quiet, "quiet_writes": len(quiet_writes), "quiet_write_list": quiet_writes,
+            "recommenders": n,
+            "objects": 3 * n,
+            "apply_s": round(applied, 1),
+            "settled_s": round(settle, 1),
+            "peak_rss_mib": round(peak / 1024, 1),
+            "requests": requests,
+            "requests_per_object": round(total / (3 * n), 2),
+            "quiet_s": quiet,
+            "quiet_writes": len(quiet_writes),
+            "quiet_write_list": quiet_writes,
         }
     finally:
         cp.stop()
@@ -171,16 +196,20 @@ def main() -> None:
     args = parser.parse_args()
     rows = [run(n, args.quiet, args.workers) for n in args.sizes]
     ref = rows[0]
-    print(f"{'N':>5} {'objects':>7} {'settled s':>9} {'s/obj ratio':>11} {'peak RSS MiB':>12} "
-          f"{'req/obj':>7} {'req/obj ratio':>13} {'quiet writes':>12}")
+    print(
+        f"{'N':>5} {'objects':>7} {'settled s':>9} {'s/obj ratio':>11} {'peak RSS MiB':>12} "
+        f"{'req/obj':>7} {'req/obj ratio':>13} {'quiet writes':>12}"
+    )
     for r in rows:
         per_obj = r["settled_s"] / r["objects"]
         ref_per_obj = ref["settled_s"] / ref["objects"]
-        print(f"{r['recommenders']:>5} {r['objects']:>7} {r['settled_s']:>9} "
-              f"{per_obj / ref_per_obj:>11.2f} {r['peak_rss_mib']:>12} "
-              f"{r['requests_per_object']:>7} "
-              f"{r['requests_per_object'] / ref['requests_per_object']:>13.2f} "
-              f"{r['quiet_writes']:>12}")
+        print(
+            f"{r['recommenders']:>5} {r['objects']:>7} {r['settled_s']:>9} "
+            f"{per_obj / ref_per_obj:>11.2f} {r['peak_rss_mib']:>12} "
+            f"{r['requests_per_object']:>7} "
+            f"{r['requests_per_object'] / ref['requests_per_object']:>13.2f} "
+            f"{r['quiet_writes']:>12}"
+        )
         for w in r["quiet_write_list"][:20]:
             print(f"      quiet write: {w}")
     args.out.mkdir(parents=True, exist_ok=True)

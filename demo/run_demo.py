@@ -93,10 +93,21 @@ def main() -> int:
         say("starting the operator")
         log = (work / "operator.log").open("wb")
         operator = subprocess.Popen(
-            [sys.executable, "-m", "recsys_operator", "--namespace", NAMESPACE,
-             "--metrics-port", str(free_port()), "--health-port", "0"],
+            [
+                sys.executable,
+                "-m",
+                "recsys_operator",
+                "--namespace",
+                NAMESPACE,
+                "--metrics-port",
+                str(free_port()),
+                "--health-port",
+                "0",
+            ],
             env={**os.environ, "KUBECONFIG": str(cp.kubeconfig)},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         runner = LocalRunner(cp.kubectl_path, cp.kubeconfig, NAMESPACE)
         runner.start()
@@ -113,55 +124,103 @@ def main() -> int:
 
         manifest = (REPO / "demo" / "recommender.yaml").read_text()
         for key, value in {
-            "USERS_URI": data.users, "ITEMS_URI": data.items,
-            "INTERACTIONS_URI": data.interactions, "REDIS_URL": redis.url,
+            "USERS_URI": data.users,
+            "ITEMS_URI": data.items,
+            "INTERACTIONS_URI": data.interactions,
+            "REDIS_URL": redis.url,
             "ARTIFACTS_URI": f"file://{work / 'artifacts'}",
         }.items():
             manifest = manifest.replace(f"${{{key}}}", value)
         say("applying demo/recommender.yaml")
-        print(cp.kubectl("apply", "--server-side", "-n", NAMESPACE, "-f", "-",
-                         input=manifest).stdout, end="")
+        print(
+            cp.kubectl("apply", "--server-side", "-n", NAMESPACE, "-f", "-", input=manifest).stdout,
+            end="",
+        )
 
         def stable() -> str | None:
-            out = cp.kubectl("get", "recommender", "movies", "-n", NAMESPACE, "-o",
-                             "jsonpath={.status.rollout.stable}", check=False)
+            out = cp.kubectl(
+                "get",
+                "recommender",
+                "movies",
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.status.rollout.stable}",
+                check=False,
+            )
             return out.stdout.strip() or None
 
         say("waiting: materialize, train (torch, CPU), evaluate, index (FAISS), promote")
         version = wait_for("promotion of the first ModelVersion", stable, args.timeout)
-        cp.kubectl("wait", "-n", NAMESPACE, "--for=condition=Ready", "recommender/movies",
-                   "--timeout=120s")
+        cp.kubectl(
+            "wait", "-n", NAMESPACE, "--for=condition=Ready", "recommender/movies", "--timeout=120s"
+        )
         # Training reads the parquet itself, so promotion can come before a backfill's status:
         # the table below shows each view's rows once its keyspace is live.
-        cp.kubectl("wait", "-n", NAMESPACE, "--for=condition=Materialized", "featureview",
-                   "--all", "--timeout=120s")
+        cp.kubectl(
+            "wait",
+            "-n",
+            NAMESPACE,
+            "--for=condition=Materialized",
+            "featureview",
+            "--all",
+            "--timeout=120s",
+        )
         say(f"{version} is stable; the loop has closed")
         print(cp.kubectl("get", "recsys", "-n", NAMESPACE).stdout)
         # ROWS above is the newest run's: an hourly run that found nothing new writes 0.
         views = json.loads(cp.kubectl("get", "featureview", "-n", NAMESPACE, "-o", "json").stdout)
         for view in views["items"]:
             backfill = view["status"].get("lastBackfill") or {}
-            say(f"{view['metadata']['name']}: the backfill wrote {backfill.get('rows')} entities "
-                "to Redis")
+            say(
+                f"{view['metadata']['name']}: the backfill wrote {backfill.get('rows')} entities "
+                "to Redis"
+            )
         mv = json.loads(cp.kubectl("get", "mv", version, "-n", NAMESPACE, "-o", "json").stdout)
-        print(json.dumps({k: mv["status"].get(k) for k in ("phase", "evaluation", "metrics",
-                                                          "artifactUri", "indexName")}, indent=1))
-        cp.kubectl("wait", "-n", NAMESPACE, "--for=condition=Complete", "job", "-l",
-                   "app.kubernetes.io/component=history", "--timeout=300s")
+        print(
+            json.dumps(
+                {
+                    k: mv["status"].get(k)
+                    for k in ("phase", "evaluation", "metrics", "artifactUri", "indexName")
+                },
+                indent=1,
+            )
+        )
+        cp.kubectl(
+            "wait",
+            "-n",
+            NAMESPACE,
+            "--for=condition=Complete",
+            "job",
+            "-l",
+            "app.kubernetes.io/component=history",
+            "--timeout=300s",
+        )
         say("users' histories seeded from the interactions into Redis (the history Job)")
-        say("serving: the Triton pod's init container builds the model repository, then "
-            "tritonserver and the gateway start (pods played locally)")
+        say(
+            "serving: the Triton pod's init container builds the model repository, then "
+            "tritonserver and the gateway start (pods played locally)"
+        )
         player = ServingPlayer(cp.kubectl_path, cp.kubeconfig, NAMESPACE, work / "serving")
         serving = player.serve("movies")
         query = f"{serving.url}/v1/recommendations?user_id=1&k=5"
         with urllib.request.urlopen(query, timeout=10) as resp:
             served = json.loads(resp.read())
         say(f"GET {query}")
-        print(json.dumps({k: served[k] for k in ("requestId", "modelVersion", "variant",
-                                                 "items", "fallback")}, indent=1))
+        print(
+            json.dumps(
+                {
+                    k: served[k]
+                    for k in ("requestId", "modelVersion", "variant", "items", "fallback")
+                },
+                indent=1,
+            )
+        )
         say(f"export KUBECONFIG={cp.kubeconfig}   (kubectl: {cp.kubectl_path})")
-        say(f"gateway: {serving.url}  (GET /v1/recommendations?user_id=N, POST /v1/events, "
-            "GET /metrics)")
+        say(
+            f"gateway: {serving.url}  (GET /v1/recommendations?user_id=N, POST /v1/events, "
+            "GET /metrics)"
+        )
         if args.exit:
             return 0
         say("up until Ctrl-C")

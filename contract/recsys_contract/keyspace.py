@@ -44,6 +44,11 @@ A Recommender ``<rec>``, under the Recommender's key prefix ``<p>`` (``spec.stor
                                              traffic follows
     <p>recsys:<rec>:served           stream  one entry per served response (log and wait)
     <p>recsys:<rec>:events           stream  one entry per posted outcome (click, purchase)
+    <p>recsys:<rec>:logjoin:cursor   string  the last ``served`` id the log join has written
+                                             rows for (its rows are in the logged store)
+    <p>recsys:<rec>:logjoin:pending  string  the batch a log join run is writing (JSON: the
+                                             cursor it starts from, its last id, the join
+                                             time, the files); a rerun replays exactly it
     <p>recsys:<rec>:seen:<user>      zset    item -> ms of the user's last interaction (also
                                              the user's history for the models)
     <p>recsys:<rec>:blocked          set     items nobody is shown
@@ -185,6 +190,17 @@ class GatewayKeys:
     @property
     def events(self) -> str:
         return f"{self.base}:events"
+
+    @property
+    def logjoin_cursor(self) -> str:
+        """The log join's cursor: the last ``served`` id whose rows are written."""
+        return f"{self.base}:logjoin:cursor"
+
+    @property
+    def logjoin_pending(self) -> str:
+        """The batch a log join run writes, set before its files and removed with the cursor's
+        advance, so a run killed in between is replayed to the same files."""
+        return f"{self.base}:logjoin:pending"
 
     @property
     def blocked(self) -> str:

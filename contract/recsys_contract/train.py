@@ -35,6 +35,14 @@ Example (every field but the URIs has a default)::
     }
 
 - ``data.usersUri`` / ``data.itemsUri`` are optional: without them the towers use ids only.
+- ``data.loggedUri`` (optional): the log join's partitions (``recsys_contract.logjoin``), read
+  beside the interactions: every clicked or purchased served item is one more interaction
+  (rating 1 click, 2 purchase, at the outcome's time), and, with a users table, the user's
+  features as served at that moment join it (no skew between training and serving). Only
+  rows served at or after ``loggedSince`` and joined before ``loggedUntil`` are read (the
+  operator sets ``loggedUntil`` to the ModelVersion's creation time, so a retry reads the same
+  rows); no partitions yet is no logged data, not an error. The summary's ``lineage`` says
+  what was read.
 - ``data.interactionColumns`` name the interactions table's columns (the Recommender's
   ``spec.interactions``); unset, they are ``user_id``, ``item_id``, ``event_timestamp`` and
   (when the table has it) ``rating``.
@@ -63,9 +71,10 @@ Example (every field but the URIs has a default)::
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, model_validator
 
 from recsys_contract.base import ConfigSection, Summary
 from recsys_contract.formats import join_uri
@@ -99,6 +108,23 @@ class DataConfig(ConfigSection):
     interaction_columns: InteractionColumns | None = None
     users_uri: str | None = None
     items_uri: str | None = None
+    #: the log join's ``outputUri``; unset: no logged rows are read
+    logged_uri: str | None = Field(default=None, min_length=1)
+    #: only logged rows served at or after this
+    logged_since: AwareDatetime | None = None
+    #: only logged rows joined before this
+    logged_until: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _logged_range(self) -> DataConfig:
+        if (self.logged_since or self.logged_until) and not self.logged_uri:
+            raise ValueError("loggedSince and loggedUntil need loggedUri")
+        if self.logged_since and self.logged_until and self.logged_since >= self.logged_until:
+            raise ValueError(
+                f"loggedSince ({self.logged_since.isoformat()}) must be before loggedUntil "
+                f"({self.logged_until.isoformat()})"
+            )
+        return self
 
     @property
     def columns(self) -> InteractionColumns:
@@ -201,6 +227,42 @@ def ranking_metric(model: str, metric: str) -> str:
     return f"{model}.ranking.{metric}"
 
 
+class LoggedLineage(Summary):
+    """The logged rows a training run read (``data.loggedUri``)."""
+
+    uri: str
+    #: the range asked for (``loggedSince``, ``loggedUntil``), RFC 3339
+    since: str | None = None
+    until: str | None = None
+    #: the partitions (``date=YYYY-MM-DD``) that held rows in range, oldest first
+    partitions: list[str] = Field(default_factory=list)
+    #: the files read, and the logged rows (served items) in range in them
+    files: int = 0
+    rows: int = 0
+    #: the clicked or purchased ones, each one more interaction
+    interactions: int = 0
+    #: the serving times of the first and last row read, RFC 3339
+    first_served: str | None = None
+    last_served: str | None = None
+    #: the served user features joined those interactions (False: no users table, or they
+    #: did not fit its columns, and the batch features were used)
+    served_features: bool = False
+
+
+class Lineage(Summary):
+    """What a model learned from: the batch interactions and the logged rows."""
+
+    interactions_uri: str
+    #: interactions read from ``interactionsUri``
+    interactions: int
+    logged: LoggedLineage | None = None
+
+
+def timestamp(value: dt.datetime) -> str:
+    """RFC 3339 in UTC, to the second, as Kubernetes writes times."""
+    return value.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 class TrainSummary(Summary):
     """What a finished training run reports (rank 0's pod): the published artifact and the
     headline metrics the evaluation gate judges."""
@@ -218,6 +280,8 @@ class TrainSummary(Summary):
     train_seconds: float | None = None
     samples_per_second: float | None = None
     device: str | None = None
+    #: the data the model learned from
+    lineage: Lineage | None = None
 
 
 class WorkerSummary(Summary):

@@ -26,9 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(1500)
 def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "demo" / "run_demo.py"), "--exit", "--workdir",
-         str(tmp_path)],
-        capture_output=True, text=True, timeout=1400,
+        [sys.executable, str(REPO / "demo" / "run_demo.py"), "--exit", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1400,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
@@ -60,5 +61,11 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     assert not newest & {i["itemId"] for i in served["items"]}
     assert "users' histories seeded" in out
     # the repository the init container built from the artifact, as Triton loaded it
-    assert (tmp_path / "serving" / "movies-triton-movies-v1" / "models" / "movies-v1.ranker"
-            / "config.pbtxt").is_file()
+    assert (
+        tmp_path
+        / "serving"
+        / "movies-triton-movies-v1"
+        / "models"
+        / "movies-v1.ranker"
+        / "config.pbtxt"
+    ).is_file()

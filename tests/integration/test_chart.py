@@ -464,8 +464,10 @@ def test_install_creates_the_crds_and_the_operator_objects(
     testbed: Testbed, helm: Helm, namespace: str
 ) -> None:
     if testbed.control_plane is None:
-        pytest.skip("only with RECSYS_TEST_KUBECONFIG (an existing cluster): this test deletes the "
-                    "recsys.dev CRDs first; make test's own control plane always runs it")
+        pytest.skip(
+            "only with RECSYS_TEST_KUBECONFIG (an existing cluster): this test deletes the "
+            "recsys.dev CRDs first; make test's own control plane always runs it"
+        )
     # A clean slate, so that the objects checked below are the ones helm made.
     testbed.kubectl("delete", "crd", *CRD_NAMES, "--ignore-not-found", "--wait=true",
                     timeout=120)  # fmt: skip
@@ -510,8 +512,10 @@ def test_pod_security_restricted_admits_the_operator_pod(
     testbed: Testbed, helm: Helm, namespace: str, crds: None
 ) -> None:
     if testbed.control_plane is None:
-        pytest.skip("only with RECSYS_TEST_KUBECONFIG (an existing cluster, no kwok to play the "
-                    "operator's pod); make test's own control plane always runs it")
+        pytest.skip(
+            "only with RECSYS_TEST_KUBECONFIG (an existing cluster, no kwok to play the "
+            "operator's pod); make test's own control plane always runs it"
+        )
     enforce = "pod-security.kubernetes.io/enforce=restricted"
     testbed.kubectl("label", "namespace", namespace, enforce)
     release = f"psa-{uuid.uuid4().hex[:6]}"

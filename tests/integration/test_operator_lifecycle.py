@@ -20,7 +20,7 @@ from fixtures.operator import (
     get,
 )
 from recsys_contract.index import IndexSummary
-from recsys_contract.train import TrainSummary
+from recsys_contract.train import Lineage, LoggedLineage, TrainSummary
 
 pytestmark = pytest.mark.testbed
 
@@ -99,6 +99,7 @@ def wait_rollout(
     testbed: Testbed, ns: str, operator: OperatorProcess, **want: Any
 ) -> dict[str, Any]:
     """Wait until the Recommender's status.rollout holds every ``want`` field."""
+
     def holds() -> dict[str, Any] | None:
         ro = rollout(testbed, ns)
         return ro if all(ro.get(k) == v for k, v in want.items()) else None
@@ -113,8 +114,9 @@ def wait_phase(
     testbed: Testbed, ns: str, name: str, want: str, operator: OperatorProcess
 ) -> dict[str, Any]:
     try:
-        eventually(lambda: phase(testbed, ns, name) == want, 60, f"{name} {want}",
-                   operator=operator)
+        eventually(
+            lambda: phase(testbed, ns, name) == want, 60, f"{name} {want}", operator=operator
+        )
     except AssertionError as exc:
         raise AssertionError(f"{overview(testbed, ns)}\n{exc}") from None
     return get(testbed, "modelversion", name, ns)  # type: ignore[return-value]
@@ -122,23 +124,37 @@ def wait_phase(
 
 def event_reasons(testbed: Testbed, ns: str, name: str) -> list[str]:
     """Reasons of the Events on ModelVersion ``name``, oldest first."""
-    events = json.loads(testbed.kubectl(
-        "get", "events", "-n", ns, "--field-selector",
-        f"involvedObject.kind=ModelVersion,involvedObject.name={name}", "-o", "json",
-    ).stdout)["items"]
+    events = json.loads(
+        testbed.kubectl(
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            f"involvedObject.kind=ModelVersion,involvedObject.name={name}",
+            "-o",
+            "json",
+        ).stdout
+    )["items"]
     # Timestamps have second resolution; etcd's revision orders writes (the testbed's etcd).
     events.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))
     return [e["reason"] for e in events]
 
 
-def train_summary(version: str, recall: float) -> dict[str, Any]:
+def train_summary(version: str, recall: float, lineage: Lineage | None = None) -> dict[str, Any]:
     """What the training Job of ``version`` writes (``recsys_contract.train``)."""
     summary = TrainSummary(
-        version=version, artifact_uri=f"s3://models/movies/models/{version}",
+        version=version,
+        artifact_uri=f"s3://models/movies/models/{version}",
         digest="sha256:" + "a" * 64,
         # The flat headline metrics the training Job reports (train.export.headline_metrics).
-        metrics={"twoTower.recall@20": recall, "twoTower.ndcg@20": recall / 2,
-                 "als.recall@20": 0.11, "ranker.ranking.auc": 0.8},
+        metrics={
+            "twoTower.recall@20": recall,
+            "twoTower.ndcg@20": recall / 2,
+            "als.recall@20": 0.11,
+            "ranker.ranking.auc": 0.8,
+        },
+        **({"lineage": lineage} if lineage else {}),
     )
     return {"status": "Succeeded", **summary.to_wire()}
 
@@ -146,18 +162,24 @@ def train_summary(version: str, recall: float) -> dict[str, Any]:
 def index_summary(version: str) -> dict[str, Any]:
     """What the index build Job of ``version`` writes (``recsys_contract.index``)."""
     summary = IndexSummary(
-        version=version, index_uri=f"s3://models/movies/indexes/{version}",
-        digest="sha256:" + "b" * 64, item_count=100, index_type="hnsw", ef_search=128,
-        recall=0.99, k=10, model_digest="sha256:" + "a" * 64,
+        version=version,
+        index_uri=f"s3://models/movies/indexes/{version}",
+        digest="sha256:" + "b" * 64,
+        item_count=100,
+        index_type="hnsw",
+        ef_search=128,
+        recall=0.99,
+        k=10,
+        model_digest="sha256:" + "a" * 64,
     )
     return {"status": "Succeeded", **summary.to_wire()}
 
 
-def walk_to_ready(testbed: Testbed, ns: str, version: str, recall: float,
-                  operator: OperatorProcess) -> None:
+def walk_to_ready(
+    testbed: Testbed, ns: str, version: str, recall: float, operator: OperatorProcess
+) -> None:
     wait_phase(testbed, ns, version, "Training", operator)
-    finish_pod(testbed, ns, f"{version}-train", exit_code=0,
-               summary=train_summary(version, recall))
+    finish_pod(testbed, ns, f"{version}-train", exit_code=0, summary=train_summary(version, recall))
     wait_phase(testbed, ns, version, "Indexing", operator)
     finish_pod(testbed, ns, f"{version}-index", exit_code=0, summary=index_summary(version))
 
@@ -174,10 +196,20 @@ def test_first_version_trains_indexes_and_serves(
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["nodeSelector"] == {"node-pool": "gpu"}
     assert job["metadata"]["ownerReferences"][0]["name"] == "movies-v1"
-    config = json.loads(get(testbed, "configmap", "movies-v1-train", namespace)["data"][  # type: ignore[index]
-        "config.json"])
-    assert config["data"] == {"interactionsUri": "s3://data/interactions/",
-                              "usersUri": "s3://data/users/"}
+    config = json.loads(
+        get(testbed, "configmap", "movies-v1-train", namespace)["data"][  # type: ignore[index]
+            "config.json"
+        ]
+    )
+    mv1 = get(testbed, "modelversion", "movies-v1", namespace) or {}
+    created = mv1["metadata"]["creationTimestamp"]
+    assert config["data"] == {
+        "interactionsUri": "s3://data/interactions/",
+        "usersUri": "s3://data/users/",
+        # the logged rows joined before the version was created (spec.training.loggedData)
+        "loggedUri": "s3://models/movies/logged",
+        "loggedUntil": created,
+    }
     assert config["artifactUri"] == "s3://models/movies/models/movies-v1"
 
     walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
@@ -189,8 +221,11 @@ def test_first_version_trains_indexes_and_serves(
     for stage in ("Trained", "Evaluated", "Indexed"):
         assert (condition(mv, stage) or {}).get("status") == "True", stage
     # the gate judged it in a phase of its own, between training and indexing
-    phases = [r for r in event_reasons(testbed, namespace, "movies-v1")
-              if r in ("Training", "Evaluating", "Indexing", "Ready")]
+    phases = [
+        r
+        for r in event_reasons(testbed, namespace, "movies-v1")
+        if r in ("Training", "Evaluating", "Indexing", "Ready")
+    ]
     assert phases == ["Training", "Evaluating", "Indexing", "Ready"]
 
     def rec_ready() -> dict[str, Any] | None:
@@ -210,30 +245,58 @@ def test_first_version_trains_indexes_and_serves(
     assert builder["command"] == ["python", "-m", "recsys_workloads.serving.repository"]
     assert builder["securityContext"]["allowPrivilegeEscalation"] is False
     assert "--model-repository=/models" in pod["containers"][0]["args"]
-    build = json.loads(get(testbed, "configmap", "movies-triton-movies-v1", namespace)["data"][  # type: ignore[index]
-        "config.json"])
-    assert build == {"artifactUri": mv["status"]["artifactUri"], "repositoryUri": "/models",
-                     "maxBatchSize": 64, "device": "cpu"}
+    build = json.loads(
+        get(testbed, "configmap", "movies-triton-movies-v1", namespace)["data"][  # type: ignore[index]
+            "config.json"
+        ]
+    )
+    assert build == {
+        "artifactUri": mv["status"]["artifactUri"],
+        "repositoryUri": "/models",
+        "maxBatchSize": 64,
+        "device": "cpu",
+    }
     # the users' histories are seeded from the interactions for the gateway, once
-    (history,) = json.loads(testbed.kubectl(
-        "get", "jobs", "-n", namespace, "-l", "app.kubernetes.io/component=history", "-o", "json"
-    ).stdout)["items"]
+    (history,) = json.loads(
+        testbed.kubectl(
+            "get",
+            "jobs",
+            "-n",
+            namespace,
+            "-l",
+            "app.kubernetes.io/component=history",
+            "-o",
+            "json",
+        ).stdout
+    )["items"]
     assert history["spec"]["template"]["spec"]["containers"][0]["command"] == [
-        "python", "-m", "recsys_workloads.history"]
-    seeding = json.loads(get(testbed, "configmap", history["metadata"]["name"], namespace)[  # type: ignore[index]
-        "data"]["config.json"])
-    assert seeding == {"recommender": f"{namespace}.movies",
-                       "interactionsUri": "s3://data/interactions/",
-                       "onlineStore": {"redisUrl": ONLINE_STORE["url"]}}
-    routing = json.loads(get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
-        "gateway.json"])["routing"]
+        "python",
+        "-m",
+        "recsys_workloads.history",
+    ]
+    seeding = json.loads(
+        get(testbed, "configmap", history["metadata"]["name"], namespace)[  # type: ignore[index]
+            "data"
+        ]["config.json"]
+    )
+    assert seeding == {
+        "recommender": f"{namespace}.movies",
+        "interactionsUri": "s3://data/interactions/",
+        "onlineStore": {"redisUrl": ONLINE_STORE["url"]},
+    }
+    routing = json.loads(
+        get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
+            "gateway.json"
+        ]
+    )["routing"]
     assert routing["stable"]["modelVersion"] == "movies-v1"
     # the same table in Redis, where the gateways poll it
     published = redis.Redis.from_url(ONLINE_STORE["url"]).get(f"recsys:{namespace}.movies:routing")
     assert published is not None
     assert json.loads(published)["stable"]["modelVersion"] == "movies-v1"
-    testbed.kubectl("wait", "-n", namespace, "--for=condition=Ready", "recommender/movies",
-                    "--timeout=10s")
+    testbed.kubectl(
+        "wait", "-n", namespace, "--for=condition=Ready", "recommender/movies", "--timeout=10s"
+    )
 
 
 def test_removed_serving_fields_leave_the_deployments(
@@ -302,8 +365,11 @@ def test_drift_checks_report_and_two_in_a_row_retrain(
     walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
     eventually(lambda: get(testbed, "cronjob", "movies-drift", namespace), 60,
                "the drift CronJob", operator=operator)  # fmt: skip
-    config = json.loads(get(testbed, "configmap", "movies-drift", namespace)["data"][  # type: ignore[index]
-        "config.json"])
+    config = json.loads(
+        get(testbed, "configmap", "movies-drift", namespace)["data"][  # type: ignore[index]
+            "config.json"
+        ]
+    )
     assert (config["modelVersion"], config["modelArtifactUri"]) == (
         "movies-v1", "s3://models/movies/models/movies-v1")  # fmt: skip
 
@@ -342,6 +408,70 @@ def test_drift_checks_report_and_two_in_a_row_retrain(
                "the drift CronJob removed", operator=operator)  # fmt: skip
 
 
+def test_a_serving_recommender_joins_its_log_and_trains_on_it(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    """Training reads the logged rows joined before its version was created; its lineage
+    reaches the version's status; once the Recommender serves, the log-join CronJob runs;
+    turning loggedData off removes it."""
+    apply_stack(testbed, namespace)
+    mv = wait_phase(testbed, namespace, "movies-v1", "Training", operator)
+    train_cfg = json.loads(
+        get(testbed, "configmap", "movies-v1-train", namespace)["data"][  # type: ignore[index]
+            "config.json"
+        ]
+    )
+    created = mv["metadata"]["creationTimestamp"]
+    assert train_cfg["data"]["loggedUri"] == "s3://models/movies/logged"
+    assert train_cfg["data"]["loggedUntil"] == created
+    assert get(testbed, "cronjob", "movies-logjoin", namespace) is None  # nothing serves yet
+    lineage = Lineage(
+        interactions_uri="s3://data/interactions/",
+        interactions=1000,
+        logged=LoggedLineage(
+            uri="s3://models/movies/logged", until=created, partitions=["date=2026-01-02"],
+            files=1, rows=40, interactions=3, served_features=True,
+        ),
+    )  # fmt: skip
+    finish_pod(
+        testbed, namespace, "movies-v1-train", exit_code=0,
+        summary=train_summary("movies-v1", 0.12, lineage),
+    )  # fmt: skip
+    mv = wait_phase(testbed, namespace, "movies-v1", "Indexing", operator)
+    assert mv["status"]["lineage"]["logged"] == {
+        "uri": "s3://models/movies/logged", "until": created, "partitions": ["date=2026-01-02"],
+        "partitionCount": 1, "files": 1, "rows": 40, "interactions": 3, "servedFeatures": True,
+    }  # fmt: skip
+    assert mv["status"]["lineage"]["interactions"] == 1000
+    finish_pod(
+        testbed, namespace, "movies-v1-index", exit_code=0, summary=index_summary("movies-v1")
+    )
+    cron = eventually(lambda: get(testbed, "cronjob", "movies-logjoin", namespace), 60,
+                      "the log-join CronJob", operator=operator)  # fmt: skip
+    assert (cron["spec"]["schedule"], cron["spec"]["concurrencyPolicy"]) == (
+        "*/15 * * * *",
+        "Forbid",
+    )
+    config = json.loads(
+        get(testbed, "configmap", "movies-logjoin", namespace)["data"][  # type: ignore[index]
+            "config.json"
+        ]
+    )
+    assert config["outputUri"] == "s3://models/movies/logged"
+    assert config["recommender"] == f"{namespace}.movies"
+    assert config["waitSeconds"] == 1800
+
+    def without_logged_data(docs: list[dict[str, Any]]) -> None:
+        docs[1]["spec"].setdefault("training", {})["loggedData"] = {"enabled": False}
+
+    apply_stack(testbed, namespace, without_logged_data)
+    eventually(
+        lambda: get(testbed, "cronjob", "movies-logjoin", namespace) is None
+        and get(testbed, "configmap", "movies-logjoin", namespace) is None,
+        60, "the log-join CronJob and ConfigMap removed", operator=operator,
+    )  # fmt: skip
+
+
 def test_a_worse_model_is_rejected_with_its_numbers_and_manual_retrain_works(
     testbed: Testbed, namespace: str, operator: OperatorProcess
 ) -> None:
@@ -351,8 +481,9 @@ def test_a_worse_model_is_rejected_with_its_numbers_and_manual_retrain_works(
     testbed.kubectl("annotate", "-n", namespace, "recommender/movies", "recsys.dev/retrain=1")
     mv = wait_phase(testbed, namespace, "movies-v2", "Training", operator)
     assert mv["spec"]["reason"] == "Manual"
-    finish_pod(testbed, namespace, "movies-v2-train", exit_code=0,
-               summary=train_summary("movies-v2", 0.10))
+    finish_pod(
+        testbed, namespace, "movies-v2-train", exit_code=0, summary=train_summary("movies-v2", 0.10)
+    )
     mv = wait_phase(testbed, namespace, "movies-v2", "Rejected", operator)
     assert "recall@20=0.1000" in mv["status"]["message"]
     assert "movies-v1" in mv["status"]["message"]
@@ -360,8 +491,9 @@ def test_a_worse_model_is_rejected_with_its_numbers_and_manual_retrain_works(
     assert rollout(testbed, namespace)["stable"] == "movies-v1"
     # The same annotation value never trains twice; a new value does.
     assert get(testbed, "modelversion", "movies-v3", namespace) is None
-    testbed.kubectl("annotate", "--overwrite", "-n", namespace, "recommender/movies",
-                    "recsys.dev/retrain=2")
+    testbed.kubectl(
+        "annotate", "--overwrite", "-n", namespace, "recommender/movies", "recsys.dev/retrain=2"
+    )
     wait_phase(testbed, namespace, "movies-v3", "Training", operator)
 
 
@@ -380,8 +512,11 @@ def test_with_canary_steps_a_better_model_becomes_the_canary(
     # Both versions' Tritons run side by side; the gateway routes 10% of users to v2.
     assert get(testbed, "deployment", "movies-triton-movies-v2", namespace) is not None
     assert get(testbed, "deployment", "movies-triton-movies-v1", namespace) is not None
-    routing = json.loads(get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
-        "gateway.json"])["routing"]
+    routing = json.loads(
+        get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
+            "gateway.json"
+        ]
+    )["routing"]
     assert routing["canary"]["modelVersion"] == "movies-v2"
     assert routing["canaryWeight"] == 10
 
@@ -401,8 +536,11 @@ def test_without_steps_a_better_model_is_promoted_and_pinning_rolls_back(
     ro = wait_rollout(testbed, namespace, operator, stable="movies-v2", phase="Healthy")
     assert ro["previousStable"] == "movies-v1"
     assert get(testbed, "deployment", "movies-triton-movies-v1", namespace) is not None
-    table = json.loads(get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
-        "gateway.json"])["routing"]
+    table = json.loads(
+        get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
+            "gateway.json"
+        ]
+    )["routing"]
     assert table["standby"]["modelVersion"] == "movies-v1"
 
     def pin(docs: list[dict[str, Any]]) -> None:
@@ -416,8 +554,12 @@ def test_without_steps_a_better_model_is_promoted_and_pinning_rolls_back(
     wait_rollout(testbed, namespace, operator, stable="movies-v1", phase="Healthy")
     rec = get(testbed, "recommender", "movies", namespace)
     assert rec["status"]["observedGeneration"] == rec["metadata"]["generation"]  # type: ignore[index]
-    eventually(lambda: get(testbed, "deployment", "movies-triton-movies-v2", namespace) is None,
-               60, "the replaced version's Triton removed", operator=operator)
+    eventually(
+        lambda: get(testbed, "deployment", "movies-triton-movies-v2", namespace) is None,
+        60,
+        "the replaced version's Triton removed",
+        operator=operator,
+    )
     assert get(testbed, "service", "movies-triton-movies-v2", namespace) is None
     assert get(testbed, "configmap", "movies-triton-movies-v2", namespace) is None
 
@@ -441,9 +583,17 @@ def test_training_failure_and_missing_feature_view_are_reported(
 
     apply_stack(testbed, namespace)  # the FeatureView appears: training starts
     wait_phase(testbed, namespace, "movies-v1", "Training", operator)
-    finish_pod(testbed, namespace, "movies-v1-train", exit_code=2, summary={
-        "status": "Failed", "reason": "BadInput",
-        "message": "data.interactionsUri: column 'item_id' is int32, expected int64"})
+    finish_pod(
+        testbed,
+        namespace,
+        "movies-v1-train",
+        exit_code=2,
+        summary={
+            "status": "Failed",
+            "reason": "BadInput",
+            "message": "data.interactionsUri: column 'item_id' is int32, expected int64",
+        },
+    )
     mv = wait_phase(testbed, namespace, "movies-v1", "Failed", operator)
     assert "column 'item_id' is int32" in mv["status"]["message"]
     assert condition(mv, "Degraded")["status"] == "True"  # type: ignore[index]
@@ -476,11 +626,16 @@ def test_distributed_training_uses_an_indexed_job_and_kueue(
 ) -> None:
     def distributed(docs: list[dict[str, Any]]) -> None:
         docs[1]["spec"]["training"].update(
-            {"numNodes": 2, "numProcPerNode": 4, "gpusPerNode": 4, "queueName": "gpu-queue"})
+            {"numNodes": 2, "numProcPerNode": 4, "gpusPerNode": 4, "queueName": "gpu-queue"}
+        )
 
     apply_stack(testbed, namespace, distributed)
-    job = eventually(lambda: get(testbed, "job", "movies-v1-train", namespace), 60,
-                     "training Job", operator=operator)
+    job = eventually(
+        lambda: get(testbed, "job", "movies-v1-train", namespace),
+        60,
+        "training Job",
+        operator=operator,
+    )
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == 2
     assert job["spec"]["suspend"] is True
@@ -498,10 +653,15 @@ IMPORTED_DIGEST = "sha256:" + "b" * 64
 
 def imported(name: str) -> dict[str, Any]:
     return {
-        "apiVersion": "recsys.dev/v1alpha1", "kind": "ModelVersion",
+        "apiVersion": "recsys.dev/v1alpha1",
+        "kind": "ModelVersion",
         "metadata": {"name": name},
-        "spec": {"recommenderRef": {"name": "movies"}, "reason": "Manual",
-                 "storageUri": f"s3://notebooks/{name}", "digest": IMPORTED_DIGEST},
+        "spec": {
+            "recommenderRef": {"name": "movies"},
+            "reason": "Manual",
+            "storageUri": f"s3://notebooks/{name}",
+            "digest": IMPORTED_DIGEST,
+        },
     }
 
 
@@ -510,22 +670,36 @@ def test_an_imported_version_skips_training_and_its_digest_is_checked(
 ) -> None:
     apply_stack(testbed, namespace)
     for name in ("nb-good", "nb-wrong"):
-        testbed.kubectl("apply", "--server-side", "-n", namespace, "-f", "-",
-                        input=json.dumps(imported(name)))
+        testbed.kubectl(
+            "apply", "--server-side", "-n", namespace, "-f", "-", input=json.dumps(imported(name))
+        )
         wait_phase(testbed, namespace, name, "Indexing", operator)
         assert get(testbed, "job", f"{name}-train", namespace) is None, "never trained"
-        config = json.loads(get(testbed, "configmap", f"{name}-index", namespace)["data"][  # type: ignore[index]
-            "config.json"])
+        config = json.loads(
+            get(testbed, "configmap", f"{name}-index", namespace)["data"][  # type: ignore[index]
+                "config.json"
+            ]
+        )
         assert config["modelArtifactUri"] == f"s3://notebooks/{name}"
-    finish_pod(testbed, namespace, "nb-good-index", exit_code=0,
-               summary={**index_summary("nb-good"), "modelDigest": IMPORTED_DIGEST})
+    finish_pod(
+        testbed,
+        namespace,
+        "nb-good-index",
+        exit_code=0,
+        summary={**index_summary("nb-good"), "modelDigest": IMPORTED_DIGEST},
+    )
     good = wait_phase(testbed, namespace, "nb-good", "Ready", operator)
     assert good["status"]["artifactUri"] == "s3://notebooks/nb-good"
     assert (condition(good, "Trained") or {}).get("reason") == "Imported"
     assert condition(good, "Evaluated") is None, "an import is not judged by the gate"
     assert "Evaluating" not in event_reasons(testbed, namespace, "nb-good")
-    finish_pod(testbed, namespace, "nb-wrong-index", exit_code=0,
-               summary={**index_summary("nb-wrong"), "modelDigest": "sha256:" + "c" * 64})
+    finish_pod(
+        testbed,
+        namespace,
+        "nb-wrong-index",
+        exit_code=0,
+        summary={**index_summary("nb-wrong"), "modelDigest": "sha256:" + "c" * 64},
+    )
     wrong = wait_phase(testbed, namespace, "nb-wrong", "Failed", operator)
     assert wrong["status"]["reason"] == "DigestMismatch"
     assert "not spec.digest" in wrong["status"]["message"]

@@ -232,8 +232,10 @@ def test_a_model_with_fewer_clicks_is_aborted_by_the_business_metric(stage: Stag
         stage.until_every_replica(lambda b: b.canary is None)
         time.sleep(2)
     tally = traffic.tally
-    print(f"aborted after {sum(tally.responses.values())} responses; CTR good "
-          f"{tally.ctr('good-v1'):.4f} poor {tally.ctr('poor-v2'):.4f}: {aborted['message']}")
+    print(
+        f"aborted after {sum(tally.responses.values())} responses; CTR good "
+        f"{tally.ctr('good-v1'):.4f} poor {tally.ctr('poor-v2'):.4f}: {aborted['message']}"
+    )
     assert aborted["abortedVersion"] == "poor-v2"
     assert aborted["stable"] == "good-v1"
     assert "canary" not in aborted

@@ -45,10 +45,10 @@ from recsys_workloads.gateway.control import (
     move_index_alias,
     publish_routing,
 )
-from recsys_workloads.gateway.training_rows import work as training_rows
 from recsys_workloads.index_build import load_index
+from recsys_workloads.logjoin import work as log_join
 from recsys_workloads.serving.inference import RankerScorer, RankQuery, UserTower
-from recsys_workloads.train.data import read_table, validate_interactions
+from recsys_workloads.train.logged import read_logged
 from testbed.redis_server import start_redis
 from testbed.triton_server import TritonServer, start_triton
 
@@ -430,18 +430,17 @@ async def test_events_join_their_impressions(
         text = await metrics_text(session, base)
         assert metric(text, "recsys_gateway_events_total", variant="stable", type="click") == 3
     # the gateway has shut down: its writer flushed every served entry
-    term = tmp_path / "term"
+    out = tmp_path / "logged"
     cfg = {
-        "redisUrl": online,
         "recommender": RECOMMENDER,
+        "onlineStore": {"redisUrl": online},
+        "outputUri": str(out),
         "waitSeconds": 0,
-        "impressionsUri": str(tmp_path / "out" / "impressions.parquet"),
-        "interactionsUri": str(tmp_path / "out" / "interactions.parquet"),
     }
-    summary = training_rows(cfg)
+    summary = log_join(cfg)
     assert summary["responses"] == 3
     assert summary["unmatchedEvents"] == 1
-    rows = pq.read_table(tmp_path / "out" / "impressions.parquet").to_pylist()
+    rows = pq.read_table(out, partitioning=None).to_pylist()
     assert len(rows) == 12
     by_key = {(r["request_id"], r["item_id"]): r for r in rows}
     first = by_key[(served[0]["requestId"], served[0]["items"][1]["itemId"])]
@@ -452,15 +451,13 @@ async def test_events_join_their_impressions(
     assert (third["clicked"], third["purchased"], third["user_id"]) == (True, False, 9)
     assert sum(r["clicked"] for r in rows) == 2
     assert all(r["model_version"] == "ml-v1" for r in rows)
-    interactions = validate_interactions(
-        read_table(Store({}), str(tmp_path / "out" / "interactions.parquet"), "interactions")
-    )
-    assert sorted(interactions.user_ids.tolist()) == [7, 9]
-    assert sorted(interactions.ratings.tolist()) == [1.0, 2.0]
-    # continuing from lastId turns nothing into rows twice
-    again = training_rows({**cfg, "after": summary["lastId"]})
+    # the next training reads the clicked rows as interactions
+    positives = read_logged(Store({}), str(out), None, None)
+    assert sorted(positives.interactions.user_ids.tolist()) == [7, 9]
+    assert sorted(positives.interactions.ratings.tolist()) == [1.0, 2.0]
+    # the cursor persisted in Redis: a second run turns nothing into rows twice
+    again = log_join(cfg)
     assert again["responses"] == 0
-    assert not term.exists()
 
 
 async def test_redis_down_is_a_clear_503_and_no_crash(art: Artifacts, triton: TritonServer) -> None:

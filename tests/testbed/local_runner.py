@@ -39,17 +39,21 @@ def map_mount_paths(value: Any, mounts: Mapping[str, Path]) -> Any:
         flag, eq, path = value.partition("=") if value.startswith("--") else ("", "", value)
         for mount_path, local in mounts.items():
             if path == mount_path or path.startswith(mount_path + "/"):
-                return f"{flag}{eq}{local}{path[len(mount_path):]}"
+                return f"{flag}{eq}{local}{path[len(mount_path) :]}"
     return value
 
 
 def local_argv(container: Mapping[str, Any], mounts: Mapping[str, Path]) -> list[str]:
     """The container's command line for this machine: mount paths mapped, and ``python -m X``
     (or ``torchrun ... -m X``) run as the module with this Python."""
-    argv = [str(a) for a in map_mount_paths(
-        [*container.get("command", []), *container.get("args", [])], mounts)]
+    argv = [
+        str(a)
+        for a in map_mount_paths(
+            [*container.get("command", []), *container.get("args", [])], mounts
+        )
+    ]
     if "-m" in argv:
-        return [sys.executable, *argv[argv.index("-m"):]]
+        return [sys.executable, *argv[argv.index("-m") :]]
     return argv
 
 
@@ -57,8 +61,13 @@ class LocalRunner:
     """Polls for held Job pods in ``namespace`` and runs them, one thread per pod."""
 
     def __init__(
-        self, kubectl: Path, kubeconfig: Path, namespace: str, *,
-        extra_env: Mapping[str, str] | None = None, poll: float = 1.0,
+        self,
+        kubectl: Path,
+        kubeconfig: Path,
+        namespace: str,
+        *,
+        extra_env: Mapping[str, str] | None = None,
+        poll: float = 1.0,
     ) -> None:
         self.kubectl, self.kubeconfig, self.namespace = kubectl, kubeconfig, namespace
         self.extra_env = dict(extra_env or {})
@@ -70,8 +79,9 @@ class LocalRunner:
         self.workdir = Path(tempfile.mkdtemp(prefix="recsys-local-runner-"))
 
     def _k(self, *args: str, input: str | None = None) -> str:
-        return run_kubectl(self.kubectl, self.kubeconfig, ["-n", self.namespace, *args],
-                           input=input).stdout
+        return run_kubectl(
+            self.kubectl, self.kubeconfig, ["-n", self.namespace, *args], input=input
+        ).stdout
 
     def start(self) -> None:
         self._thread.start()
@@ -105,8 +115,9 @@ class LocalRunner:
         env = {**os.environ, **self.extra_env}
         for ref in container.get("envFrom", []) or []:
             if "secretRef" in ref:
-                secret = json.loads(self._k("get", "secret", ref["secretRef"]["name"], "-o",
-                                            "json"))
+                secret = json.loads(
+                    self._k("get", "secret", ref["secretRef"]["name"], "-o", "json")
+                )
                 env |= {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
         for var in container.get("env", []) or []:
             if "value" in var:
@@ -114,8 +125,11 @@ class LocalRunner:
             elif "secretKeyRef" in var.get("valueFrom", {}):
                 ref = var["valueFrom"]["secretKeyRef"]
                 env[var["name"]] = self._secret_value(ref["name"], ref["key"])
-            elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "").endswith(
-                "job-completion-index']"
+            elif (
+                var.get("valueFrom", {})
+                .get("fieldRef", {})
+                .get("fieldPath", "")
+                .endswith("job-completion-index']")
             ):
                 env[var["name"]] = "0"
         return env
@@ -129,8 +143,7 @@ class LocalRunner:
             local = root / mount["name"]
             local.mkdir(parents=True, exist_ok=True)
             if "configMap" in vol:
-                cm = json.loads(self._k("get", "configmap", vol["configMap"]["name"], "-o",
-                                        "json"))
+                cm = json.loads(self._k("get", "configmap", vol["configMap"]["name"], "-o", "json"))
                 for key, value in (cm.get("data") or {}).items():
                     (local / key).write_text(value)
             out[mount["mountPath"]] = local
@@ -146,24 +159,45 @@ class LocalRunner:
         started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with (root / "output.log").open("wb") as out:
             code = subprocess.call(
-                [*argv, "--termination-log", str(term)], stdout=out, stderr=subprocess.STDOUT,
-                env=self._environment(container), cwd=root,
+                [*argv, "--termination-log", str(term)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._environment(container),
+                cwd=root,
             )
         message = term.read_text() if term.exists() else ""
         finished = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         status = {
             "phase": "Succeeded" if code == 0 else "Failed",
-            "containerStatuses": [{
-                "name": container["name"], "image": container["image"], "imageID": "",
-                "ready": False, "restartCount": 0, "started": False,
-                "state": {"terminated": {
-                    "exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                    "message": message, "startedAt": started, "finishedAt": finished,
-                }},
-            }],
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "started": False,
+                    "state": {
+                        "terminated": {
+                            "exitCode": code,
+                            "reason": "Completed" if code == 0 else "Error",
+                            "message": message,
+                            "startedAt": started,
+                            "finishedAt": finished,
+                        }
+                    },
+                }
+            ],
         }
-        self._k("patch", "pod", name, "--subresource=status", "--type=merge", "-p",
-                json.dumps({"status": status}))
+        self._k(
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": status}),
+        )
         self.finished[name] = code
 
     def wait_idle(self, timeout: float) -> None:

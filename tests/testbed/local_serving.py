@@ -174,8 +174,7 @@ class ServingPlayer:
             )
         if code != 0:
             raise RuntimeError(
-                f"{name}: the repository init container exited {code}:\n"
-                + log.read_text()[-3000:]
+                f"{name}: the repository init container exited {code}:\n" + log.read_text()[-3000:]
             )
         (main,) = pod["containers"]
         served = self._volumes(pod, main, root)

@@ -62,7 +62,8 @@ def feature_view(
                 "features": [{"name": "age", "dtype": "Int64"}],
                 "onlineStore": {"redis": {"url": "redis://r:6379/0"}},
                 "materialization": {
-                    "cronJob": cron_job or {"schedule": "@daily"}, **materialization
+                    "cronJob": cron_job or {"schedule": "@daily"},
+                    **materialization,
                 },
             },
         }

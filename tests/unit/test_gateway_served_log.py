@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from recsys_workloads.datasets.layout import INTERACTIONS_SCHEMA
 from recsys_workloads.gateway.served_log import EventRecord, ServedRecord
-from recsys_workloads.gateway.training_rows import join_rows
+from recsys_workloads.logjoin import LOGGED_SCHEMA, Served, join_rows, partition_files
 
 
 def served(request_id: str, user: int, items: list[int], ts: int = 1_000) -> ServedRecord:
@@ -47,9 +46,12 @@ def test_outcomes_join_their_impressions() -> None:
         EventRecord("b-c", 2_600, "click", 4, 8),  # not served in b-c
         EventRecord("zzz-s", 2_600, "click", 3, 8),  # unknown request
     ]
-    impressions, interactions, unmatched = join_rows(responses, events)
+    table, unmatched = join_rows(
+        [Served(f"{n}-0", r) for n, r in enumerate(responses, 1)], events, 9_000
+    )
     assert unmatched == 2
-    rows = impressions.to_pylist()
+    assert table.schema == LOGGED_SCHEMA
+    rows = table.to_pylist()
     assert [(r["request_id"], r["item_id"], r["position"]) for r in rows] == [
         ("a-s", 3, 0), ("a-s", 1, 1), ("a-s", 2, 2), ("b-c", 5, 0), ("b-c", 3, 1)
     ]  # fmt: skip
@@ -61,13 +63,33 @@ def test_outcomes_join_their_impressions() -> None:
     assert rows[3]["model_version"] == "m-v2"
     assert rows[0]["user_features"] == '{"age":30,"genres":["Drama"]}'
     assert rows[0]["user_history"] == [9, 8]
-    assert interactions.schema == INTERACTIONS_SCHEMA
-    assert interactions.to_pydict()["item_id"] == [1, 3]
-    assert interactions.to_pydict()["rating"] == [2.0, 1.0]  # a purchase outranks its click
+    assert rows[0]["context"] == '{"page":"home"}'
+    assert [r["served_id"] for r in rows] == ["1-0"] * 3 + ["2-0"] * 2
+    assert {r["joined_at"].timestamp() for r in rows} == {9.0}
 
 
 def test_nothing_served_gives_empty_tables_with_the_schema() -> None:
-    impressions, interactions, unmatched = join_rows([], [EventRecord("a-s", 1, "click", 1)])
-    assert impressions.num_rows == 0
-    assert interactions.num_rows == 0
+    table, unmatched = join_rows([], [EventRecord("a-s", 1, "click", 1)], 0)
+    assert table.num_rows == 0
+    assert table.schema == LOGGED_SCHEMA
     assert unmatched == 1
+
+
+DAY_MS = 86_400_000
+
+
+def test_partitions_are_dated_and_named_by_their_ids() -> None:
+    """One file per serving date (UTC), named by its first and last stream id: the same batch
+    always gives the same names, so a replay overwrites instead of duplicating."""
+    batch = [
+        Served("10-0", served("a-s", 1, [1], ts=DAY_MS - 1)),
+        Served("10-1", served("b-s", 1, [1], ts=DAY_MS)),
+        Served("11-0", served("c-s", 1, [1], ts=DAY_MS - 2)),  # another gateway's clock
+        Served("12-0", served("d-s", 1, [1], ts=DAY_MS + 5)),
+    ]
+    files = partition_files(batch)
+    assert {name: [s.id for s in group] for name, group in files.items()} == {
+        "date=1970-01-01/part-10-0-11-0.parquet": ["10-0", "11-0"],
+        "date=1970-01-02/part-10-1-12-0.parquet": ["10-1", "12-0"],
+    }
+    assert partition_files(list(batch)) == files

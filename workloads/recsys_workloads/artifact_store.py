@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +97,14 @@ class Store:
             if parent:
                 fs.makedirs(parent, exist_ok=True)
             if "file" in _protocols(fs):
-                tmp = f"{path}.tmp-{os.getpid()}"
+                # hidden (dataset readers skip dot files) and unique (pods of two Jobs may
+                # share a pid, 1 in most containers, and write the same name on one PVC)
+                head, _, base = path.rpartition("/")
+                tmp = (
+                    f"{head}/.{base}.tmp-{uuid.uuid4().hex}"
+                    if head
+                    else f".{base}.tmp-{uuid.uuid4().hex}"
+                )
                 with open(tmp, "wb") as handle:
                     handle.write(data)
                 os.replace(tmp, path)

@@ -114,6 +114,52 @@ class Evaluation(ApiModel):
     """Whether the gate let the version through."""
 
 
+#: The most partitions ``status.lineage.logged.partitions`` lists (the newest ones).
+LINEAGE_PARTITIONS = 100
+
+
+class LoggedLineage(ApiModel):
+    """The logged rows (served items joined with their outcomes) training read."""
+
+    uri: Annotated[str, Field(max_length=2048)]
+    """Where the log join writes them (``<artifacts storageUri>/logged``)."""
+    since: Timestamp | None = None
+    """Only rows served at or after this were read (``loggedData.lookback``)."""
+    until: Timestamp | None = None
+    """Only rows joined before this were read: the version's creation, so a retry reads the
+    same rows."""
+    partitions: Annotated[
+        list[Annotated[str, Field(max_length=32)]], Field(max_length=LINEAGE_PARTITIONS)
+    ] = Field(default_factory=list)
+    """The dated partitions (``date=YYYY-MM-DD``) that held rows read, the newest 100 of them."""
+    partition_count: Annotated[int, Field(ge=0)] = 0
+    """How many partitions held rows read."""
+    files: Annotated[int, Field(ge=0)] = 0
+    """Partition files read."""
+    rows: Annotated[int, Field(ge=0)] = 0
+    """Logged rows (served items) read."""
+    interactions: Annotated[int, Field(ge=0)] = 0
+    """Of them, the clicked or purchased ones: each one more training interaction."""
+    first_served: Timestamp | None = None
+    """When the first row read was served."""
+    last_served: Timestamp | None = None
+    """When the last row read was served."""
+    served_features: bool = False
+    """Whether the features as served joined those interactions (no skew); False without a
+    user FeatureView or when they did not fit its columns."""
+
+
+class Lineage(ApiModel):
+    """What the version learned from."""
+
+    interactions_uri: Annotated[str, Field(max_length=2048)]
+    """The batch interactions (the Recommender's ``spec.interactions.path``)."""
+    interactions: Annotated[int, Field(ge=0)]
+    """Interactions read from it."""
+    logged: LoggedLineage | None = None
+    """The logged rows read beside them (``spec.training.loggedData``); unset when off."""
+
+
 class ModelVersionStatus(ApiModel):
     """Observed state of a ModelVersion, written by the operator."""
 
@@ -154,6 +200,9 @@ class ModelVersionStatus(ApiModel):
     """Every metric the evaluation wrote, by name (``recall@20``, ``ndcg@10``, ``auc``)."""
     evaluation: Evaluation | None = None
     """The gate's view of the metrics."""
+    lineage: Lineage | None = None
+    """The data the version was trained on: the interactions and the logged rows, with
+    their partitions and time range."""
 
 
 class ModelVersion(ApiObject):

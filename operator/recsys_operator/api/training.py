@@ -15,6 +15,7 @@ from pydantic import Field
 from recsys_operator.api.base import ApiModel, ListMap, Rule
 from recsys_operator.api.common import (
     Cron,
+    Duration,
     Fraction,
     Image,
     Name,
@@ -148,6 +149,41 @@ def _gpu_in_resources(m: Training) -> bool:
     )
 
 
+class LoggedData(ApiModel):
+    """Train on what serving logged: every served item joined with its click or purchase
+    after the attribution window, as Feast's feature logging keeps the features a feature
+    server served, so the next model learns from the features exactly as served (no skew
+    between training and serving).
+
+    A log-join CronJob (``<recommender>-logjoin``) runs while the Recommender serves: it
+    writes dated parquet partitions under ``<spec.stores.artifacts.storageUri>/logged``
+    (``date=YYYY-MM-DD/part-*.parquet``, one row per served item with its position, score,
+    variant, model version, features and labels), exactly once through crashes and reruns
+    (its cursor lives in Redis beside the log), and trims the Redis streams only behind what
+    is written. Each training run reads those rows beside ``spec.interactions``: the
+    clicked and purchased ones as more interactions. Its ModelVersion's ``status.lineage``
+    says which partitions and which time range it learned from."""
+
+    enabled: bool = True
+    """Run the log join and train on its rows. False removes the CronJob; rows already
+    written stay in the artifact store but are no longer read."""
+    schedule: Cron = "*/15 * * * *"
+    """Cron schedule of the log-join CronJob."""
+    time_zone: TimeZone | None = None
+    """IANA time zone the schedule is read in; UTC when unset."""
+    attribution_window: Duration | None = None
+    """How long after a response its clicks and purchases still count: a response is joined
+    only once it is this old, and a later outcome is not attributed. Unset: the rollout
+    analysis' ``attributionWindow``, so the canary and the training agree on what a click
+    is."""
+    retention: Duration = "24h"
+    """How long joined entries stay in the Redis streams (the drift check samples them)
+    before they are trimmed; entries not yet joined are never trimmed by the log join."""
+    lookback: Duration | None = None
+    """Train on rows served at most this long before the ModelVersion was created; every
+    logged row when unset."""
+
+
 class Training(ApiModel):
     """Training runs: when they happen, where their pods go, and what they must achieve."""
 
@@ -227,6 +263,8 @@ class Training(ApiModel):
     """Hyper-parameters of training."""
     evaluation: EvaluationGate = Field(default_factory=EvaluationGate)
     """The evaluation gate each new model must pass."""
+    logged_data: LoggedData = Field(default_factory=LoggedData)
+    """Training on the served log joined with its outcomes (log and wait); on by default."""
 
 
 class TrainingOverrides(ApiModel):

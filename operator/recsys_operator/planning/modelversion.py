@@ -27,8 +27,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from recsys_contract.index import IndexSummary
-from recsys_contract.train import RANKER, TWO_TOWER, TrainSummary, ranking_metric, retrieval_metric
-from recsys_operator.api.modelversion import ModelVersion, ModelVersionStatus, Phase
+from recsys_contract.train import (
+    RANKER,
+    TWO_TOWER,
+    Lineage,
+    TrainSummary,
+    ranking_metric,
+    retrieval_metric,
+)
+from recsys_operator.api.modelversion import (
+    LINEAGE_PARTITIONS,
+    ModelVersion,
+    ModelVersionStatus,
+    Phase,
+)
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.api.training import EvaluationGate
 from recsys_operator.conditions import Status, set_condition
@@ -58,6 +70,18 @@ class Decision:
     #: Which Job the reconciler must make exist now: "train", "index" or None.
     run: Literal["train", "index"] | None = None
     events: list[EventSpec] = field(default_factory=list)
+
+
+def lineage_status(lineage: Lineage) -> dict[str, Any]:
+    """The training summary's lineage as ``status.lineage``: the newest partitions only (a
+    status must stay small), their count beside."""
+    out = lineage.to_wire()
+    logged = out.get("logged")
+    if logged is not None:
+        partitions = list(logged.get("partitions") or [])
+        logged["partitions"] = partitions[-LINEAGE_PARTITIONS:]
+        logged["partitionCount"] = len(partitions)
+    return out
 
 
 def gate_metrics(headline: Mapping[str, Any], k: int) -> dict[str, float]:
@@ -233,6 +257,8 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
         trained = t.parsed(TrainSummary)
         if trained is not None:
             st["artifactUri"], st["digest"] = trained.artifact_uri, trained.digest
+            if trained.lineage is not None:
+                st["lineage"] = lineage_status(trained.lineage)
         st["trainingJob"] = t.name
         headline = trained.metrics if trained is not None else {}
         # Every headline number (baselines too) is kept in status for `kubectl get -o yaml`.

@@ -7,11 +7,12 @@ processes each, rank 0 reachable through a headless Service; with a queue name t
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from recsys_contract.formats import join_uri
+from recsys_contract.formats import join_uri, parse_duration
 from recsys_contract.index import IndexBuildConfig, IndexSection, ValidationSection
 from recsys_contract.train import (
     DataConfig,
@@ -38,6 +39,8 @@ TRAIN_MODULE = "recsys_workloads.train"
 INDEX_MODULE = "recsys_workloads.index_build"
 RENDEZVOUS_PORT = 29500
 JOB_TTL_SECONDS = 7 * 86400
+#: Where the log join writes its rows, under the Recommender's artifact store.
+LOGGED_DIR = "logged"
 
 
 def artifact_uri(rec: Recommender, mv: ModelVersion) -> str:
@@ -49,6 +52,32 @@ def artifact_uri(rec: Recommender, mv: ModelVersion) -> str:
 
 def index_uri(rec: Recommender, mv: ModelVersion) -> str:
     return join_uri(rec.spec.stores.artifacts.storage_uri, "indexes", mv.metadata.name)
+
+
+def logged_enabled(rec: Recommender) -> bool:
+    return rec.spec.training.logged_data.enabled
+
+
+def logged_uri(rec: Recommender) -> str:
+    """The log join's partitions (``planning.logjoin``), which training reads."""
+    return join_uri(rec.spec.stores.artifacts.storage_uri, LOGGED_DIR)
+
+
+def logged_data(rec: Recommender, mv: ModelVersion) -> dict[str, Any]:
+    """The training config's ``loggedUri``, ``loggedSince`` and ``loggedUntil``: rows joined
+    before the version was created, so a retry of its training reads the same rows; none when
+    ``loggedData`` is off."""
+    if not logged_enabled(rec):
+        return {}
+    out: dict[str, Any] = {"logged_uri": logged_uri(rec)}
+    created = mv.metadata.creation_timestamp
+    if created:
+        until = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+        out["logged_until"] = until
+        lookback = rec.spec.training.logged_data.lookback
+        if lookback:
+            out["logged_since"] = until - dt.timedelta(seconds=parse_duration(lookback))
+    return out
 
 
 @dataclass(frozen=True)
@@ -97,6 +126,7 @@ def train_config(rec: Recommender, mv: ModelVersion, sources: FeatureSources) ->
             interaction_columns=interaction_columns(rec),
             users_uri=sources.users_uri,
             items_uri=sources.items_uri,
+            **logged_data(rec, mv),
         ),
         artifact_uri=artifact_uri(rec, mv),
         model=ModelConfig.model_validate(model),

@@ -37,6 +37,7 @@ from recsys_operator.metrics import (
 from recsys_operator.online import OnlineStoreUnavailable, counts, heartbeats, publish_routing
 from recsys_operator.planning import analysis
 from recsys_operator.planning import drift as drift_planner
+from recsys_operator.planning import logjoin as logjoin_planner
 from recsys_operator.planning import recommender as planner
 from recsys_operator.planning import rollout as machine
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, newest
@@ -159,12 +160,17 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                 rec, obj, workloads_image, routing.stable, stable_uri
             ):
                 await ensure(ctx, child)
+            for child in logjoin_planner.logjoin_objects(rec, obj, workloads_image):
+                await ensure(ctx, child)
         except Refusal as refusal:
             plan.problems.append(planner.Problem("ServingObjectRefused", str(refusal)))
 
     if rec.spec.drift is None or not plan.stable:  # checks only judge a serving version
         for api_version, kind in (("batch/v1", "CronJob"), ("v1", "ConfigMap")):
             await remove(ctx, api_version, kind, drift_planner.drift_name(rec), ns)
+    if not logjoin_planner.logged_enabled(rec) or routing is None:  # it joins what is served
+        for api_version, kind in (("batch/v1", "CronJob"), ("v1", "ConfigMap")):
+            await remove(ctx, api_version, kind, logjoin_planner.logjoin_name(rec), ns)
     await _seed_history(ctx, obj, rec, plan.problems)
 
     previous = obj.get("status") or {}

@@ -5,8 +5,8 @@ need to learn from what was shown: the request id, time, user, variant and model
 the index, the raw user features and recent items (history) the models saw, the retrieved
 candidates and the served items with their scores, the request's context and whether it was
 a fallback. ``events`` entries hold outcomes (click, purchase) with the request id they
-belong to; the two meet in ``training_rows.py``, which waits for late outcomes before it
-turns them into rows.
+belong to; the two meet in the log join (``recsys_workloads.logjoin``), which waits for
+late outcomes before it turns them into training rows.
 
 Fields are flat strings (lists and objects as compact JSON), the shape Redis Streams keep.
 Appends are batched by a background writer (one pipeline per batch), so logging adds no

@@ -1,6 +1,7 @@
 """Loading the offline parquet layout and checking it before any training time is spent.
 
-The layout (written by ``recsys_workloads.datasets`` and by the serving log reader)::
+The layout (written by ``recsys_workloads.datasets``; the log join's rows are read by
+``train.logged``)::
 
     interactions: user_id int64, item_id int64, rating float (optional), event_timestamp timestamp
                   (the names are the config's ``interactionColumns``; these are the defaults)
@@ -108,6 +109,15 @@ class Interactions:
         return Interactions(
             self.user_ids[mask], self.item_ids[mask], self.ratings[mask], self.times_us[mask]
         )
+
+    def concat(self, other: Interactions) -> Interactions:
+        """Both sets, sorted again (by time, ties by user, then item)."""
+        users = np.concatenate([self.user_ids, other.user_ids])
+        items = np.concatenate([self.item_ids, other.item_ids])
+        ratings = np.concatenate([self.ratings, other.ratings]).astype(np.float32)
+        times = np.concatenate([self.times_us, other.times_us])
+        order = np.lexsort((items, users, times))
+        return Interactions(users[order], items[order], ratings[order], times[order])
 
 
 def interaction_columns(columns: InteractionColumns) -> list[str]:

@@ -156,6 +156,9 @@ class ExportInputs:
     metrics: dict[str, Any]
     profile: dict[str, Any]
     training: dict[str, Any]
+    #: what the model learned from (``recsys_contract.train.Lineage``), kept in the manifest so
+    #: a rerun after publishing reports it too
+    lineage: dict[str, Any] | None = None
 
 
 def export_model(store: Store, x: ExportInputs) -> dict[str, Any]:
@@ -190,6 +193,7 @@ def export_model(store: Store, x: ExportInputs) -> dict[str, Any]:
             "metric": "inner_product",
             "torch": torch.__version__,
             "metrics": headline_metrics(x.metrics),
+            **({"lineage": x.lineage} if x.lineage else {}),
         }
     )
 

@@ -15,13 +15,14 @@ import torch
 import torch.distributed as torch_dist
 
 from recsys_contract.formats import join_uri
-from recsys_contract.train import TrainConfig, TrainSummary, WorkerSummary
+from recsys_contract.train import Lineage, TrainConfig, TrainSummary, WorkerSummary
 from recsys_workloads.artifact_store import MANIFEST_NAME, ArtifactReader, Store
 from recsys_workloads.train.config import parse_train_config
 from recsys_workloads.train.data import interaction_columns, read_table, validate_interactions
 from recsys_workloads.train.dataset import Prepared, prepare
 from recsys_workloads.train.evaluate import Evaluation, evaluate, item_vectors
 from recsys_workloads.train.export import MODEL_KIND, ExportInputs, export_model
+from recsys_workloads.train.logged import read_logged, with_served_features
 from recsys_workloads.train.profile import (
     SCORE_CANDIDATES,
     SCORE_TOP_K,
@@ -33,24 +34,45 @@ from recsys_workloads.train.trainer import Distributed, TrainResult, train
 log = logging.getLogger("recsys_workloads.train")
 
 
-def load_prepared(cfg: TrainConfig, store: Store) -> Prepared:
-    columns = cfg.data.columns
+def load_prepared(cfg: TrainConfig, store: Store) -> tuple[Prepared, Lineage]:
+    """The prepared data, and what it came from: the batch interactions and, with
+    ``data.loggedUri``, the logged rows in range (``train.logged``)."""
+    data, columns = cfg.data, cfg.data.columns
     interactions = validate_interactions(
         read_table(
             store,
-            cfg.data.interactions_uri,
+            data.interactions_uri,
             "interactions",
             columns=interaction_columns(columns),
         ),
         columns,
     )
-    users = read_table(store, cfg.data.users_uri, "users") if cfg.data.users_uri else None
-    items = read_table(store, cfg.data.items_uri, "items") if cfg.data.items_uri else None
-    return prepare(cfg, interactions, users, items)
+    lineage = Lineage(interactions_uri=data.interactions_uri, interactions=len(interactions))
+    users = read_table(store, data.users_uri, "users") if data.users_uri else None
+    items = read_table(store, data.items_uri, "items") if data.items_uri else None
+    if data.logged_uri:
+        logged = read_logged(store, data.logged_uri, data.logged_since, data.logged_until)
+        served = False
+        if len(logged.interactions):
+            interactions = interactions.concat(logged.interactions)
+            if users is not None:
+                users, served = with_served_features(users, logged)
+        assert logged.lineage is not None
+        log.info(
+            "logged rows: %d read, %d interactions, from %d file(s)",
+            logged.lineage.rows,
+            logged.lineage.interactions,
+            logged.lineage.files,
+        )
+        lineage = lineage.model_copy(
+            update={"logged": logged.lineage.model_copy(update={"served_features": served})}
+        )
+    return prepare(cfg, interactions, users, items), lineage
 
 
 def published_summary(manifest: dict[str, Any], uri: str) -> TrainSummary:
-    return TrainSummary(
+    lineage = manifest.get("lineage")
+    summary = TrainSummary(
         version=manifest.get("version"),
         artifact_uri=uri,
         digest=manifest["digest"],
@@ -58,6 +80,9 @@ def published_summary(manifest: dict[str, Any], uri: str) -> TrainSummary:
         embedding_dim=manifest.get("embeddingDim"),
         metrics=manifest.get("metrics", {}),
     )
+    if lineage:
+        summary = summary.model_copy(update={"lineage": Lineage.model_validate(lineage)})
+    return summary
 
 
 def exported_items(cfg: TrainConfig, p: Prepared) -> np.ndarray[Any, np.dtype[np.int64]]:
@@ -79,7 +104,7 @@ def run(raw: dict[str, Any]) -> dict[str, Any]:
         published = published_summary(reader.manifest, cfg.artifact_uri)
         return published.model_copy(update={"already_published": True}).to_wire()
 
-    prepared = load_prepared(cfg, store)
+    prepared, lineage = load_prepared(cfg, store)
     if dist.enabled and not torch_dist.is_initialized():
         use_nccl = cfg.training.device != "cpu" and torch.cuda.is_available()
         torch_dist.init_process_group(backend="nccl" if use_nccl else "gloo")
@@ -90,7 +115,7 @@ def run(raw: dict[str, Any]) -> dict[str, Any]:
             torch_dist.destroy_process_group()
     if not dist.is_main:
         return WorkerSummary(version=cfg.version, role="worker", rank=dist.rank).to_wire()
-    return _evaluate_and_export(cfg, prepared, result, store)
+    return _evaluate_and_export(cfg, prepared, result, store, lineage)
 
 
 def _score_profile(evaluation: Evaluation) -> dict[str, Any] | None:
@@ -106,7 +131,7 @@ def _score_profile(evaluation: Evaluation) -> dict[str, Any] | None:
 
 
 def _evaluate_and_export(
-    cfg: TrainConfig, p: Prepared, result: TrainResult, store: Store
+    cfg: TrainConfig, p: Prepared, result: TrainResult, store: Store, lineage: Lineage
 ) -> dict[str, Any]:
     evaluation = evaluate(cfg, p, result.two_tower, result.ranker)
     item_ids = exported_items(cfg, p)
@@ -141,6 +166,7 @@ def _evaluate_and_export(
             metrics=evaluation.metrics,
             profile=build_profile(p, _score_profile(evaluation)),
             training=training,
+            lineage=lineage.to_wire(),
         ),
     )
     return (
