@@ -210,7 +210,7 @@ class FeatureViewStatus(ApiModel):
     is live), Progressing, Degraded (the last run failed; the previous keyspace keeps
     serving)."""
     last_materialization: MaterializationRun | None = None
-    """The last successful scheduled run."""
+    """The newest successful run, scheduled or the backfill: the one whose keyspace is live."""
     last_backfill: MaterializationRun | None = None
     """The backfill run, once it finished."""
     keyspace_version: Annotated[int, Field(ge=0)] | None = None
