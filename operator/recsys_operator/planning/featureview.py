@@ -228,10 +228,10 @@ class Freshness:
 def default_limit_seconds(schedule: str, time_zone: str | None, watermark: dt.datetime) -> float:
     """Two schedule periods from ``watermark``: the seconds until the second scheduled run
     after it is due. Counted in ticks rather than as twice one gap, so an irregular schedule
-    (weekdays only, say) tolerates one missed run over a weekend as it does midweek. Without a
-    time zone the schedule is read in UTC (the controller manager's zone differs only in
-    where the ticks of an hourly-or-longer schedule fall, not in their spacing, except at a
-    daylight-saving shift)."""
+    (weekdays only, say) tolerates one missed run over a weekend as it does midweek. Without
+    ``cronJob.timeZone`` the schedule is read in UTC; a controller manager in another zone
+    fires it that offset apart, which moves the limit by as much (set the time zone for an
+    exact one)."""
     tz: dt.tzinfo = dt.UTC
     if time_zone:
         from zoneinfo import ZoneInfo
