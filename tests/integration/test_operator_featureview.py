@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.kube import Testbed
 from fixtures.operator import (
@@ -143,10 +144,10 @@ def _metric(operator: OperatorProcess, name: str, namespace: str) -> float | Non
     """A sample of the operator's /metrics for the FeatureView ``users``, if exported."""
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics") as r:
         text = r.read().decode()
-    want = f'{name}{{namespace="{namespace}",name="users"}} '
-    for line in text.splitlines():
-        if line.startswith(want):
-            return float(line[len(want) :])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == {"namespace": namespace, "name": "users"}:
+                return float(sample.value)
     return None
 
 
