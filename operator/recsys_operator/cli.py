@@ -201,6 +201,17 @@ def render_status(
     else:
         lines.append("Conditions: none reported yet")
 
+    views = [v for v in _list(status.get("featureViews")) if isinstance(v, Mapping)]
+    if views:
+        lines.append("")
+        lines.append("Feature views:")
+        rows = [
+            [_text(v.get("name")), "yes" if v.get("ready") else "no", _text(v.get("stale")),
+             _text(v.get("watermark")), _text(v.get("staleAfter"))]
+            for v in views
+        ]  # fmt: skip
+        lines += table(["NAME", "READY", "STALE", "WATERMARK", "STALE-AFTER"], rows)
+
     analyses = [a for a in _list(rollout.get("analysis")) if isinstance(a, Mapping)]
     lines.append("")
     if analyses:

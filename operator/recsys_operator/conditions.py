@@ -13,10 +13,18 @@ from typing import Any, Literal
 Status = Literal["True", "False", "Unknown"]
 
 #: Every condition type the operator sets, named once: the standard three (``kubectl wait`` and
-#: Argo CD read them) and the kind-specific ones (``Materialized`` on a FeatureView; a
+#: Argo CD read them) and the kind-specific ones (``Materialized`` and ``Stale`` on a FeatureView; a
 #: ModelVersion's stages). mypy refuses any other name at every ``set_condition`` call.
 ConditionName = Literal[
-    "Ready", "Progressing", "Degraded", "Drifted", "Materialized", "Trained", "Evaluated", "Indexed"
+    "Ready",
+    "Progressing",
+    "Degraded",
+    "Drifted",
+    "Materialized",
+    "Stale",
+    "Trained",
+    "Evaluated",
+    "Indexed",
 ]
 
 

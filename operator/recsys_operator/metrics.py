@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 RECONCILE_DURATION = Histogram(
     "recsys_operator_reconcile_duration_seconds",
@@ -67,6 +71,51 @@ def observe_drift(namespace: str, recommender: str, drift: Mapping[str, Any] | N
         return
     DRIFT_SCORE.labels(namespace, recommender).set(max(drift["scores"].values(), default=0.0))
     DRIFT_BREACHES.labels(namespace, recommender).set(drift.get("consecutiveBreaches", 0))
+
+
+class FreshnessCollector(Collector):
+    """``recsys_featureview_staleness_seconds`` and ``..._limit_seconds`` of every FeatureView
+    whose data is live. The lag is computed at each scrape from the watermark the last
+    reconcile saw, so it grows between reconciles as the data really ages (a gauge set at
+    reconcile time would stand still until the next one)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._views: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def observe(
+        self, namespace: str, name: str, watermark: dt.datetime | None, limit: float | None
+    ) -> None:
+        """Record a FeatureView's live watermark and limit; None (nothing live) drops it."""
+        if watermark is None or limit is None:
+            self.forget(namespace, name)
+        else:
+            self._views[(namespace, name)] = (watermark.timestamp(), limit)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._views.pop((namespace, name), None)
+
+    def collect(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "recsys_featureview_staleness_seconds",
+            "How far a FeatureView's live watermark lags behind now.",
+            labels=["namespace", "name"],
+        )
+        limit = GaugeMetricFamily(
+            "recsys_featureview_staleness_limit_seconds",
+            "The lag past which a FeatureView is Stale (maxStaleness, or two schedule periods).",
+            labels=["namespace", "name"],
+        )
+        now = self._clock()
+        for (namespace, name), (watermark, allowed) in sorted(self._views.items()):
+            lag.add_metric([namespace, name], max(0.0, now - watermark))
+            limit.add_metric([namespace, name], allowed)
+        yield lag
+        yield limit
+
+
+FRESHNESS = FreshnessCollector()
+REGISTRY.register(FRESHNESS)
 
 
 class PhaseTracker:

@@ -306,6 +306,36 @@ LIVE = [
         "materializing on '@daily'",
     ),
     row(
+        "fv-waiting-for-the-first-run",
+        FV,
+        {
+            "conditions": [
+                cond("Ready", "False", "NotMaterialized", "no run has made data live yet"),
+                cond("Stale", "Unknown", "NotLive", "no data live"),
+            ]
+        },
+        "Progressing",
+        "no run has made data live yet",
+    ),
+    row(
+        "fv-stale",
+        FV,
+        {
+            "conditions": [
+                cond("Ready", "True", "Scheduled", "materializing on '@daily'"),
+                cond("Stale", "True", "PastLimit", "the live data lags past maxStaleness 36h"),
+            ],
+            "keyspaceVersion": 1,
+            "staleness": {
+                "watermark": "2026-11-20T00:00:00Z",
+                "limitSeconds": 129600.0,
+                "staleAfter": "2026-11-21T12:00:00Z",
+            },
+        },
+        "Degraded",
+        "the live data lags past maxStaleness 36h",
+    ),
+    row(
         "fv-degraded",
         FV,
         {

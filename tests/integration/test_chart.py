@@ -43,6 +43,7 @@ from fixtures.operator import (
     eventually,
     finish_pod,
     get,
+    materialize,
 )
 from testbed.processes import free_port
 
@@ -417,7 +418,15 @@ def walk_the_lifecycle(testbed: Testbed, ns: str, operator: OperatorProcess) -> 
         lambda: condition(get(testbed, "featureview", "users", ns), "Ready"),
         "FeatureView status", operator,
     )  # fmt: skip
-    assert fv["status"] == "True", fv
+    assert (fv["status"], fv["reason"]) == ("False", "NotMaterialized"), fv
+    # A run the operator did not start (as the CronJob's are): its pod listed, status patched.
+    materialize(testbed, ns)
+
+    def live() -> Any:
+        ready = condition(get(testbed, "featureview", "users", ns), "Ready")
+        return ready if ready and ready["status"] == "True" else None
+
+    until(live, "FeatureView Ready once its data is live", operator)
     for version, recall in (("movies-v1", 0.12), ("movies-v2", 0.15)):
         walk_one_version(testbed, ns, version, recall, operator)
         if version == "movies-v1":
@@ -595,7 +604,7 @@ def test_a_missing_rule_is_reported_and_the_rest_keeps_working(
 
             def refused() -> dict[str, Any] | None:
                 ready = condition(get(testbed, "featureview", "users", team_a), "Ready")
-                return ready if ready and ready["status"] == "False" else None
+                return ready if ready and ready["reason"] == "Forbidden" else None
 
             ready = until(refused, "the FeatureView reports the refusal", operator)
             assert 'cannot patch resource "cronjobs" in API group "batch"' in ready["message"]

@@ -2,7 +2,8 @@
 inline data (``kubectl config view --raw --flatten``), a ServiceAccount token alone, and an exec
 credential plugin, whose short-lived token is fetched again after it expires and replaced when
 the apiserver refuses it. kopf's watches (which deliver the events) and the operator's client
-(which writes the children and status) must both authenticate for a FeatureView to get Ready.
+(which writes the children and status) must both authenticate for a FeatureView to get its
+status.
 
 The ServiceAccount has exactly the chart's RBAC (the ClusterRole): one release for the module.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from kubeconfig_support import ExecPluginScript, flattened, utcnow, with_user, write
 from test_chart import Helm, token_kubeconfig
-from test_operator_featureview import apply, fv, ready
+from test_operator_featureview import apply, fv, reconciled
 
 from fixtures.kube import Testbed
 from fixtures.operator import OperatorProcess, eventually, get, install_crds
@@ -69,7 +70,10 @@ def reconciles(testbed: Testbed, namespace: str, operator: OperatorProcess, name
     obj["metadata"]["name"] = name
     apply(testbed, namespace, obj)
     done = eventually(
-        lambda: ready(testbed, namespace, name), 90, f"FeatureView {name} Ready", operator=operator
+        lambda: reconciled(testbed, namespace, name),
+        90,
+        f"FeatureView {name}'s status",
+        operator=operator,
     )
     assert done["status"]["observedGeneration"] == done["metadata"]["generation"]
     assert get(testbed, "cronjob", f"{name}-materialize", namespace) is not None

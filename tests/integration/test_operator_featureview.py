@@ -1,18 +1,28 @@
 """The operator reconciles a FeatureView on the real control plane: CronJob, config, backfill,
-status from the workload's termination message, every failure path, restart and zero writes."""
+status from the workload's termination message, Ready once data is live, Stale once it lags,
+every failure path, restart and zero writes."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import time
+import urllib.request
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.kube import Testbed
-from fixtures.operator import OperatorProcess, condition, eventually, finish_pod, get
+from fixtures.operator import (
+    OperatorProcess,
+    condition,
+    eventually,
+    finish_pod,
+    get,
+    materialize,
+)
 from recsys_contract.materialize import MaterializeSummary
 
 pytestmark = pytest.mark.testbed
@@ -47,20 +57,26 @@ def apply(testbed: Testbed, ns: str, obj: dict[str, Any]) -> None:
     testbed.kubectl("apply", "--server-side", "-n", ns, "-f", "-", input=json.dumps(obj))
 
 
-def ready(testbed: Testbed, ns: str, name: str = "users") -> dict[str, Any] | None:
+def reconciled(testbed: Testbed, ns: str, name: str = "users") -> dict[str, Any] | None:
+    """The FeatureView once the operator has reported on its current generation."""
     obj = get(testbed, "featureview", name, ns)
-    cond = condition(obj, "Ready")
     gen = (obj or {}).get("metadata", {}).get("generation")
-    if cond and cond["status"] == "True" and obj and obj["status"].get("observedGeneration") == gen:
+    if obj and condition(obj, "Ready") and obj["status"].get("observedGeneration") == gen:
         return obj
     return None
+
+
+def ready(testbed: Testbed, ns: str, name: str = "users") -> dict[str, Any] | None:
+    obj = reconciled(testbed, ns, name)
+    cond = condition(obj, "Ready")
+    return obj if cond and cond["status"] == "True" else None
 
 
 def test_cronjob_and_config_are_created_with_least_privilege(
     testbed: Testbed, namespace: str, operator: OperatorProcess
 ) -> None:
     apply(testbed, namespace, fv())
-    obj = eventually(lambda: ready(testbed, namespace), 60, "FeatureView Ready", operator=operator)
+    obj = eventually(lambda: reconciled(testbed, namespace), 60, "status", operator=operator)
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
 
     cron = get(testbed, "cronjob", "users-materialize", namespace)
@@ -99,10 +115,102 @@ def test_cronjob_and_config_are_created_with_least_privilege(
     assert "password" not in cm["data"]["config.json"].lower()
 
 
+#: A schedule that does not fire during a test: a scheduled Job newer than the one a test runs
+#: would be the newest run the operator looks at.
+ONCE_A_YEAR = {"schedule": "0 0 1 1 *"}
+
+
+def test_ready_only_once_a_run_made_data_live(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    apply(testbed, namespace, fv(cronJob=ONCE_A_YEAR))
+    obj = eventually(lambda: reconciled(testbed, namespace), 60, "status", operator=operator)
+    assert condition(obj, "Ready")["reason"] == "NotMaterialized"  # type: ignore[index]
+    assert condition(obj, "Stale")["status"] == "Unknown"  # type: ignore[index]
+    assert "staleness" not in obj["status"]
+    watermark = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    materialize(testbed, namespace, watermark=watermark, version=4)
+    obj = eventually(lambda: ready(testbed, namespace), 60, "Ready once live", operator=operator)
+    assert condition(obj, "Ready")["reason"] == "Scheduled"  # type: ignore[index]
+    stale = condition(obj, "Stale")
+    assert (stale["status"], stale["reason"]) == ("False", "WithinLimit")  # type: ignore[index]
+    assert obj["status"]["keyspaceVersion"] == 4
+    # yearly: stale once the second New Year after the watermark is due
+    assert obj["status"]["staleness"]["watermark"] == watermark
+    assert 365 * 86400 < obj["status"]["staleness"]["limitSeconds"] <= 2 * 366 * 86400
+
+
+def _metric(operator: OperatorProcess, name: str, namespace: str) -> float | None:
+    """A sample of the operator's /metrics for the FeatureView ``users``, if exported."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics") as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == {"namespace": namespace, "name": "users"}:
+                return float(sample.value)
+    return None
+
+
+def test_data_turns_stale_past_max_staleness_with_no_event_and_the_metric_shows_it(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    # long enough for the run's result to reach status before the data turns stale
+    limit = 20.0
+    apply(testbed, namespace, fv(cronJob=ONCE_A_YEAR, maxStaleness=f"{limit:.0f}s"))
+    eventually(lambda: reconciled(testbed, namespace), 60, "status", operator=operator)
+    assert _metric(operator, "recsys_featureview_staleness_seconds", namespace) is None
+    materialize(testbed, namespace)
+
+    def fresh() -> dict[str, Any] | None:
+        obj = ready(testbed, namespace)
+        stale = condition(obj, "Stale")
+        return obj if stale and stale["status"] == "False" else None
+
+    obj = eventually(fresh, 60, "Ready and fresh", operator=operator)
+    assert obj["status"]["staleness"]["limitSeconds"] == limit
+    assert _metric(operator, "recsys_featureview_staleness_limit_seconds", namespace) == limit
+    lag = _metric(operator, "recsys_featureview_staleness_seconds", namespace)
+    assert lag is not None
+    assert 0 <= lag < limit + 5
+
+    # Nothing happens to the FeatureView or its children now: the operator's own requeue at
+    # staleAfter is what finds it stale.
+    def stale() -> dict[str, Any] | None:
+        cond = condition(get(testbed, "featureview", "users", namespace), "Stale")
+        return cond if cond and cond["status"] == "True" else None
+
+    cond = eventually(stale, limit + 30, "Stale past maxStaleness", operator=operator)
+    assert cond["reason"] == "PastLimit"
+    assert "maxStaleness 20s" in cond["message"]
+    lag = _metric(operator, "recsys_featureview_staleness_seconds", namespace)
+    assert lag is not None
+    assert lag >= limit
+    time.sleep(1.5)
+    later = _metric(operator, "recsys_featureview_staleness_seconds", namespace)
+    assert later is not None
+    assert later > lag, "the lag grows between reconciles (computed at each scrape)"
+
+    def stale_event() -> bool:
+        events = testbed.kubectl(
+            "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=users",
+            "-o", "json",
+        ).stdout  # fmt: skip
+        return '"reason": "Stale"' in events
+
+    eventually(stale_event, 30, "a Stale Event", operator=operator)
+    # Ready stays True: the data is served, only old.
+    assert ready(testbed, namespace) is not None
+    # A new run makes it fresh again.
+    materialize(testbed, namespace, version=2)
+    eventually(fresh, 60, "fresh again after a new run", operator=operator)
+
+
 def test_spec_change_updates_the_cronjob(
     testbed: Testbed, namespace: str, operator: OperatorProcess
 ) -> None:
-    apply(testbed, namespace, fv())
+    apply(testbed, namespace, fv(cronJob=ONCE_A_YEAR))
+    eventually(lambda: reconciled(testbed, namespace), 60, "status", operator=operator)
+    materialize(testbed, namespace)
     eventually(lambda: ready(testbed, namespace), 60, "Ready", operator=operator)
     apply(testbed, namespace, fv(cronJob={"schedule": "0 * * * *", "suspend": True}))
 
@@ -144,7 +252,9 @@ def test_removed_spec_fields_leave_the_cronjob(
         "the limits and requests are gone from the CronJob",
         operator=operator,
     )
-    eventually(lambda: ready(testbed, namespace), 60, "Ready at generation 2", operator=operator)
+    eventually(
+        lambda: reconciled(testbed, namespace), 60, "status of generation 2", operator=operator
+    )
 
 
 def test_backfill_result_reaches_status_and_events(
@@ -270,7 +380,10 @@ def test_spec_the_workloads_cannot_run_is_reported_not_crashed(
     other["metadata"]["name"] = "items"
     apply(testbed, namespace, other)
     eventually(
-        lambda: ready(testbed, namespace, "items"), 60, "other FeatureView Ready", operator=operator
+        lambda: reconciled(testbed, namespace, "items"),
+        60,
+        "the other FeatureView's status",
+        operator=operator,
     )
 
 
@@ -278,7 +391,7 @@ def test_deleted_child_is_recreated_and_owner_deletion_cascades(
     testbed: Testbed, namespace: str, operator: OperatorProcess
 ) -> None:
     apply(testbed, namespace, fv())
-    eventually(lambda: ready(testbed, namespace), 60, "Ready", operator=operator)
+    eventually(lambda: reconciled(testbed, namespace), 60, "status", operator=operator)
     testbed.kubectl("delete", "cronjob", "users-materialize", "-n", namespace)
     eventually(
         lambda: get(testbed, "cronjob", "users-materialize", namespace),
@@ -318,10 +431,9 @@ def test_restart_creates_nothing_twice_and_a_quiet_period_makes_no_writes(
 ) -> None:
     # A schedule that does not fire during the test: a scheduled run would be a real change
     # (a Job, then a status write) inside the quiet period.
-    once_a_year = {"schedule": "0 0 1 1 *"}
     backfill = {"startTime": "2024-01-01T00:00:00Z"}
-    apply(testbed, namespace, fv(backfill=backfill, cronJob=once_a_year))
-    eventually(lambda: ready(testbed, namespace), 60, "Ready", operator=operator)
+    apply(testbed, namespace, fv(backfill=backfill, cronJob=ONCE_A_YEAR))
+    eventually(lambda: reconciled(testbed, namespace), 60, "status", operator=operator)
     uids = {
         kind: get(testbed, kind, name, namespace)["metadata"]["uid"]  # type: ignore[index]
         for kind, name in (("cronjob", "users-materialize"), ("configmap", "users-materialize"))

@@ -118,7 +118,7 @@ def test_names_columns_and_subresources() -> None:
         assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
     columns = {k.kind: [c.name for c in k.printer_columns if not c.priority] for k in KINDS}
     assert columns == {
-        "FeatureView": ["Ready", "Last materialized", "Rows", "Age"],
+        "FeatureView": ["Ready", "Stale", "Last materialized", "Rows", "Age"],
         "Recommender": ["Ready", "Stable", "Canary", "Weight", "Age"],
         "ModelVersion": ["Phase", "Recall", "Age"],
     }

@@ -373,3 +373,22 @@ API_ERROR_ROWS = [
 )
 def test_api_errors_read_as_one_line(error: ApiError, line: str) -> None:
     assert cli.explain_api_error(error, "m", "ns", SERVER) == line
+
+
+def test_the_feature_views_and_their_staleness() -> None:
+    views = [
+        {"name": "users", "ready": True, "stale": "True", "watermark": "2026-11-23T11:00:00Z",
+         "staleAfter": "2026-11-23T11:30:00Z"},
+        {"name": "items", "ready": False, "stale": "Unknown"},
+    ]  # fmt: skip
+    lines = section(cli.render_status("m", "ns", spec(), {"featureViews": views}), "Feature")
+    assert lines[0] == "Feature views:"
+    assert cells(lines[1:]) == [
+        ["NAME", "READY", "STALE", "WATERMARK", "STALE-AFTER"],
+        ["users", "yes", "True", "2026-11-23T11:00:00Z", "2026-11-23T11:30:00Z"],
+        ["items", "no", "Unknown", "-", "-"],
+    ]
+
+
+def test_no_feature_views_no_section() -> None:
+    assert "Feature views" not in cli.render_status("m", "ns", spec(), {})

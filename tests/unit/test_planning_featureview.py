@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -56,24 +57,48 @@ def run(name: str, *, finished: bool = True, ok: bool = True, version: int = 3) 
             None,
         ),
         (
-            "scheduled, never run",
+            "scheduled, never run: not Ready, staleness unknown",
             fv(),
             CRON,
             None,
             None,
             None,
-            {"Ready": ("True", "Scheduled"), "Progressing": ("False", "Idle")},
+            {
+                "Ready": ("False", "NotMaterialized"),
+                "Progressing": ("False", "Idle"),
+                "Stale": ("Unknown", "NotLive"),
+            },
             None,
         ),
         (
-            "suspended",
+            "suspended, never run",
             fv(suspend=True),
             CRON,
             None,
             None,
             None,
-            {"Ready": ("True", "Suspended")},
+            {"Ready": ("False", "NotMaterialized")},
             None,
+        ),
+        (
+            "suspended with data live",
+            fv(suspend=True),
+            CRON,
+            run("r"),
+            None,
+            None,
+            {"Ready": ("True", "Suspended")},
+            3,
+        ),
+        (
+            "a scheduled run done: Ready and fresh",
+            fv(),
+            CRON,
+            run("r"),
+            None,
+            None,
+            {"Ready": ("True", "Scheduled"), "Stale": ("False", "WithinLimit")},
+            3,
         ),
         (
             "a backfill running",
@@ -92,7 +117,11 @@ def run(name: str, *, finished: bool = True, ok: bool = True, version: int = 3) 
             None,
             run("b"),
             None,
-            {"Materialized": ("True", "Live"), "Degraded": ("False", "AsExpected")},
+            {
+                "Ready": ("True", "Scheduled"),
+                "Materialized": ("True", "Live"),
+                "Degraded": ("False", "AsExpected"),
+            },
             3,
         ),
         (
@@ -122,7 +151,11 @@ def run(name: str, *, finished: bool = True, ok: bool = True, version: int = 3) 
             None,
             None,
             planner.SpecError("spec.source.path", "must be a parquet URI"),
-            {"Ready": ("False", "InvalidSpec"), "Degraded": ("True", "InvalidSpec")},
+            {
+                "Ready": ("False", "InvalidSpec"),
+                "Degraded": ("True", "InvalidSpec"),
+                "Stale": ("Unknown", "NotLive"),
+            },
             None,
         ),
     ],
@@ -194,3 +227,154 @@ def test_events(
     outcomes = (observed.get("last_run"), observed.get("last_backfill"))
     got = [reason for _, reason, _ in planner.events(previous, now, *outcomes)]
     assert got == want, case
+
+
+def live_view(
+    watermark: str | None,
+    *,
+    schedule: str = "@daily",
+    time_zone: str | None = None,
+    max_staleness: str | None = None,
+    version: int | None = 3,
+) -> FeatureView:
+    """A FeatureView whose status says a run with ``watermark`` made keyspace ``version``
+    live (None: no run reported a watermark, or none made a keyspace live)."""
+    cron: dict[str, Any] = {"schedule": schedule} | ({"timeZone": time_zone} if time_zone else {})
+    extra = {"maxStaleness": max_staleness} if max_staleness else {}
+    view = feature_view(cron_job=cron, **extra)
+    run: dict[str, Any] = {"jobName": "users-materialize-1", "completionTime": NOW}
+    status: dict[str, Any] = {"lastMaterialization": run | ({"watermark": watermark} if watermark
+                                                              else {})}  # fmt: skip
+    if version is not None:
+        status["keyspaceVersion"] = version
+    raw = view.model_dump(mode="json", by_alias=True, exclude_none=True) | {"status": status}
+    return FeatureView.model_validate(raw)
+
+
+def at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+@pytest.mark.parametrize(
+    ("case", "view", "bound", "want"),
+    [
+        ("never run", feature_view(), None, ("NotLive", None, None)),
+        ("live, but the run reported no watermark", live_view(None), None,
+         ("NotLive", None, None)),
+        ("a watermark, but no keyspace live", live_view("2026-11-23T11:00:00Z", version=None),
+         None, ("NotLive", None, None)),
+        ("@daily: until the second midnight after the watermark",
+         live_view("2026-11-23T00:00:05Z"), None,
+         ("WithinLimit", 2 * 86400 - 5, "2026-11-25T00:00:00Z")),
+        ("@daily: two midnights passed", live_view("2026-11-21T00:00:05Z"), None,
+         ("PastLimit", 2 * 86400 - 5, "2026-11-23T00:00:00Z")),
+        ("*/30: stale at the second tick, exactly at it",
+         live_view("2026-11-23T11:00:00Z", schedule="*/30 * * * *"), None,
+         ("PastLimit", 3600, "2026-11-23T12:00:00Z")),
+        ("*/30: a run at 11:30 holds until 12:30",
+         live_view("2026-11-23T11:30:01Z", schedule="*/30 * * * *"), None,
+         ("WithinLimit", 3599, "2026-11-23T12:30:00Z")),
+        ("weekdays only: Friday's run holds over the weekend until Tuesday's run is due",
+         live_view("2026-11-20T09:00:10Z", schedule="0 9 * * 1-5"), None,
+         ("WithinLimit", 4 * 86400 - 10, "2026-11-24T09:00:00Z")),
+        ("the schedule's time zone (09:00 in Berlin is 08:00 UTC in November)",
+         live_view("2026-11-22T08:00:10Z", schedule="0 9 * * *", time_zone="Europe/Berlin"),
+         None, ("WithinLimit", 2 * 86400 - 10, "2026-11-24T08:00:00Z")),
+        ("maxStaleness: past it", live_view("2026-11-23T11:00:00Z", max_staleness="30m"), None,
+         ("PastLimit", 1800, "2026-11-23T11:30:00Z")),
+        ("maxStaleness: within it", live_view("2026-11-23T11:00:00Z", max_staleness="6h"), None,
+         ("WithinLimit", 21600, "2026-11-23T17:00:00Z")),
+        ("a watermark with a fraction of a second",
+         live_view("2026-11-23T11:30:00.25Z", max_staleness="1h"), None,
+         ("WithinLimit", 3600, "2026-11-23T12:30:00.250000Z")),
+        ("the rollout's bound replaces maxStaleness",
+         live_view("2026-11-23T11:00:00Z", max_staleness="6h"), "10m",
+         ("PastLimit", 600, "2026-11-23T11:10:00Z")),
+    ],
+)  # fmt: skip
+def test_freshness(
+    case: str, view: FeatureView, bound: str | None, want: tuple[str, float | None, str | None]
+) -> None:
+    f = planner.freshness(view, at(NOW), bound)
+    reason, limit, stale_after = want
+    assert (f.reason, f.limit_seconds) == (reason, limit), case
+    assert (planner.rfc3339(f.stale_after) if f.stale_after else None) == stale_after, case
+    assert f.fresh == (reason == "WithinLimit"), case
+    if f.watermark is not None:
+        assert f.lag_seconds(at(NOW)) == (at(NOW) - f.watermark).total_seconds()
+
+
+def materialized(watermark: str, version: int, completion: str, name: str) -> JobOutcome:
+    summary = MaterializeSummary(
+        feature_view="ns.users", mode="incremental", mode_reason="rows after the watermark",
+        as_of=watermark, watermark=watermark, rows_read=10, entities_written=10,
+        read_seconds=1.0, write_seconds=1.0, rows_per_second=10, version=version,
+        layers=[version],
+    ).to_wire()  # fmt: skip
+    return JobOutcome(name, True, True, "Succeeded", "completed", watermark, completion, summary)
+
+
+def test_a_failed_run_keeps_the_live_watermark_and_its_staleness() -> None:
+    view = feature_view(cron_job={"schedule": "*/30 * * * *"})
+    first = planner.status(
+        view, previous={}, cron_job=CRON, last_backfill=None, spec_error=None,
+        last_run=materialized("2026-11-23T11:00:00Z", 4, "2026-11-23T11:01:00Z", "r1"),
+        now="2026-11-23T11:02:00Z",
+    ).to_k8s()  # fmt: skip
+    assert first["staleness"] == {
+        "watermark": "2026-11-23T11:00:00Z",
+        "limitSeconds": 3600.0,
+        "staleAfter": "2026-11-23T12:00:00Z",
+    }
+    later = planner.status(
+        view, previous=first, cron_job=CRON, last_backfill=None, spec_error=None,
+        last_run=run("r2", ok=False), now="2026-11-23T12:05:00Z",
+    ).to_k8s()  # fmt: skip
+    assert later["lastMaterialization"] == first["lastMaterialization"]
+    assert later["keyspaceVersion"] == 4
+    assert later["staleness"] == first["staleness"]
+    got = {c["type"]: (c["status"], c["reason"]) for c in later["conditions"]}
+    assert got["Stale"] == ("True", "PastLimit")
+    assert got["Ready"] == ("False", "MaterializationFailed")
+
+
+def test_an_older_backfill_does_not_replace_a_newer_run() -> None:
+    """A scheduled run newer than the backfill is live; while the next run's Job runs (so the
+    newest run Job says nothing finished), the finished backfill must not win back."""
+    view = feature_view(cron_job={"schedule": "*/30 * * * *"})
+    backfill = materialized("2026-01-01T00:00:00Z", 2, "2026-11-23T10:00:00Z", "bf")
+    newer = planner.status(
+        view, previous={}, cron_job=CRON, spec_error=None, last_backfill=backfill,
+        last_run=materialized("2026-11-23T11:00:00Z", 3, "2026-11-23T11:01:00Z", "r1"),
+        now="2026-11-23T11:02:00Z",
+    ).to_k8s()  # fmt: skip
+    assert newer["keyspaceVersion"] == 3
+    running = planner.status(
+        view, previous=newer, cron_job=CRON, spec_error=None, last_backfill=backfill,
+        last_run=run("r2", finished=False), now="2026-11-23T11:31:00Z",
+    ).to_k8s()  # fmt: skip
+    assert running["keyspaceVersion"] == 3
+    assert running["lastMaterialization"]["jobName"] == "r1"
+    assert running["staleness"]["watermark"] == "2026-11-23T11:00:00Z"
+    assert running["lastBackfill"]["jobName"] == "bf"
+
+
+@pytest.mark.parametrize(
+    ("case", "now", "want"),
+    [
+        ("within the limit: no Event", "2026-11-23T11:10:00Z", []),
+        ("past the limit: Stale, once", "2026-11-23T12:10:00Z", ["Stale"]),
+    ],
+)
+def test_turning_stale_is_told_once(case: str, now: str, want: list[str]) -> None:
+    view = feature_view(cron_job={"schedule": "*/30 * * * *"})
+    done = materialized("2026-11-23T11:00:00Z", 4, "2026-11-23T11:01:00Z", "r1")
+    args: dict[str, Any] = {"cron_job": CRON, "last_run": done, "last_backfill": None,
+                            "spec_error": None}  # fmt: skip
+    first = planner.status(view, previous={}, now="2026-11-23T11:02:00Z", **args).to_k8s()
+    turned = planner.status(view, previous=first, now=now, **args)
+    got = [reason for _, reason, _ in planner.events(first, turned, done)]
+    assert got == want, case
+    again = planner.status(view, previous=turned.to_k8s(), now=now, **args)
+    assert again == turned, "a later pass at the same verdict writes nothing"
+    assert planner.events(turned.to_k8s(), again, done) == []

@@ -16,6 +16,7 @@ from recsys_operator.planning.recommender import Plan, Problem, Version
 
 NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
 CREATED = "2026-11-23T10:00:00Z"
+NOW_TEXT = "2026-11-23T12:00:00Z"
 
 
 def rec(
@@ -311,9 +312,24 @@ def fresh_rec(limit: str | None) -> Recommender:
     return Recommender.model_validate(raw)
 
 
-def fv(completed: str | None) -> FeatureView:
-    raw = feature_view().model_dump(mode="json", by_alias=True, exclude_none=True)
-    raw["status"] = {"lastMaterialization": {"completionTime": completed}} if completed else {}
+def fv(
+    watermark: str | None, *, max_staleness: str | None = None, ready: bool = True
+) -> FeatureView:
+    """A FeatureView whose live data has ``watermark`` (None: nothing live), materialized
+    ``@daily``."""
+    extra = {"maxStaleness": max_staleness} if max_staleness else {}
+    raw = feature_view(**extra).model_dump(mode="json", by_alias=True, exclude_none=True)
+    cond = {"type": "Ready", "status": "True" if ready else "False", "reason": "Scheduled",
+            "message": "", "observedGeneration": 1, "lastTransitionTime": NOW_TEXT}  # fmt: skip
+    raw["status"] = (
+        {
+            "keyspaceVersion": 1,
+            "lastMaterialization": {"completionTime": NOW_TEXT, "watermark": watermark},
+            "conditions": [cond],
+        }
+        if watermark
+        else {}
+    )
     return FeatureView.model_validate(raw)
 
 
@@ -322,11 +338,13 @@ def fv(completed: str | None) -> FeatureView:
     [
         ("no gate", None, {}, None),
         ("fresh enough", "2h", {"users": fv("2026-11-23T11:00:00Z")}, None),
-        ("too old", "30m", {"users": fv("2026-11-23T11:00:00Z")}, "3600s ago"),
-        ("never materialized", "2h", {"users": fv(None)}, "has not materialized"),
-        ("not found", "2h", {}, "has not materialized"),
+        ("too old", "30m", {"users": fv("2026-11-23T11:00:00Z")}, "lags 3600s"),
+        ("the rollout's bound, not the view's own", "30m",
+         {"users": fv("2026-11-23T11:00:00Z", max_staleness="6h")}, "lags 3600s"),
+        ("never materialized", "2h", {"users": fv(None)}, "has no live data"),
+        ("not found", "2h", {}, "does not exist"),
     ],
-)
+)  # fmt: skip
 def test_a_stale_feature_view_holds_the_rollout(
     case: str, limit: str | None, views: dict[str, FeatureView], want: str | None
 ) -> None:
@@ -335,3 +353,30 @@ def test_a_stale_feature_view_holds_the_rollout(
     if want:
         assert got is not None
         assert want in got, case
+
+
+@pytest.mark.parametrize(
+    ("case", "views", "want"),
+    [
+        ("not found", {}, {"name": "users", "ready": False, "stale": "Unknown"}),
+        ("nothing live", {"users": fv(None)},
+         {"name": "users", "ready": False, "stale": "Unknown"}),
+        ("fresh", {"users": fv("2026-11-23T11:00:00Z")},
+         {"name": "users", "ready": True, "stale": "False", "watermark": "2026-11-23T11:00:00Z",
+          "staleAfter": "2026-11-25T00:00:00Z"}),
+        ("stale by its own maxStaleness", {"users": fv("2026-11-23T11:00:00Z", max_staleness="1m")},
+         {"name": "users", "ready": True, "stale": "True", "watermark": "2026-11-23T11:00:00Z",
+          "staleAfter": "2026-11-23T11:01:00Z"}),
+    ],
+)  # fmt: skip
+def test_the_recommender_shows_the_staleness_of_its_views(
+    case: str, views: dict[str, FeatureView], want: dict[str, Any]
+) -> None:
+    r = fresh_rec(None)
+    got = planner.feature_view_states(r, views, NOW)
+    assert got == [want], case
+    p = plan_of(r, [], None)
+    first = planner.status(r, {}, p, [], False, None, NOW_TEXT, None, got)
+    assert first.to_k8s()["featureViews"] == [want], case
+    later = planner.status(r, first.to_k8s(), p, [], False, None, NOW_TEXT, None, got)
+    assert later == first, "an unchanged view leaves the status unchanged"

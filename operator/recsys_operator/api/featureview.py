@@ -123,6 +123,10 @@ class Materialization(ApiModel):
     """Container image of the materialization Job; the operator's default when unset."""
     resources: ResourceRequirements | None = None
     """Resources of the materialization container."""
+    max_staleness: Duration | None = None
+    """How far the live data's watermark may lag behind now before the FeatureView is
+    ``Stale`` (``6h``). Unset: two schedule periods, i.e. stale once the second scheduled run
+    after the watermark is due, so one missed run is tolerated and a second is not."""
 
 
 class FeatureViewSpec(ApiModel):
@@ -182,16 +186,31 @@ class MaterializationRun(ApiModel):
     """Wall time of the run."""
 
 
+class Staleness(ApiModel):
+    """The live data's watermark and when it turns stale. The lag itself (now minus the
+    watermark) grows every second, so status does not hold it: the metric
+    ``recsys_featureview_staleness_seconds`` does, computed at each scrape."""
+
+    watermark: Timestamp
+    """Every source row with event time at or before it is live."""
+    limit_seconds: Annotated[float, Field(ge=0)]
+    """How far the watermark may lag: ``maxStaleness``, or two schedule periods."""
+    stale_after: Timestamp
+    """When the FeatureView turns ``Stale`` unless a newer run makes data live first."""
+
+
 class FeatureViewStatus(ApiModel):
     """Observed state of a FeatureView, written by the operator."""
 
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The ``metadata.generation`` this status describes."""
     conditions: Conditions | None = None
-    """Ready (features are being served), Progressing, Degraded (the last run failed;
-    the previous keyspace keeps serving)."""
+    """Ready (a run has made data live and the last run did not fail), Stale (the live
+    watermark lags past ``maxStaleness``; Unknown until data is live), Materialized (a keyspace
+    is live), Progressing, Degraded (the last run failed; the previous keyspace keeps
+    serving)."""
     last_materialization: MaterializationRun | None = None
-    """The last successful scheduled run."""
+    """The newest successful run, scheduled or the backfill: the one whose keyspace is live."""
     last_backfill: MaterializationRun | None = None
     """The backfill run, once it finished."""
     keyspace_version: Annotated[int, Field(ge=0)] | None = None
@@ -199,6 +218,8 @@ class FeatureViewStatus(ApiModel):
     one)."""
     live_keyspace: Annotated[str, Field(max_length=512)] | None = None
     """Redis key prefix of the live keyspace version."""
+    staleness: Staleness | None = None
+    """How fresh the live data is, once a run has made data live."""
 
 
 class FeatureView(ApiObject):
@@ -224,6 +245,10 @@ FEATURE_VIEW = KindInfo(
         PrinterColumn(
             "Ready", "string", '.status.conditions[?(@.type=="Ready")].status',
             "Whether features are being served.",
+        ),
+        PrinterColumn(
+            "Stale", "string", '.status.conditions[?(@.type=="Stale")].status',
+            "Whether the live data lags past its limit.",
         ),
         PrinterColumn(
             "Last materialized", "date", ".status.lastMaterialization.completionTime",

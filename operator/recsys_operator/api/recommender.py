@@ -554,6 +554,22 @@ class TrainingStatus(ApiModel):
     """When it was requested."""
 
 
+class FeatureViewState(ApiModel):
+    """How one FeatureView the Recommender reads stands: ready, and how fresh its data is
+    (measured as the FeatureView's own ``Stale`` condition measures it)."""
+
+    name: Name
+    """The FeatureView."""
+    ready: bool
+    """Whether it exists and a run has made its data live."""
+    stale: Literal["True", "False", "Unknown"]
+    """Whether its live watermark lags past its ``maxStaleness`` (Unknown: no data live)."""
+    watermark: Timestamp | None = None
+    """The live data's watermark."""
+    stale_after: Timestamp | None = None
+    """When the data turns stale unless a newer run makes data live first."""
+
+
 class DriftStatus(ApiModel):
     """Results of the drift checks."""
 
@@ -605,6 +621,10 @@ class RecommenderStatus(ApiModel):
     """Drift check results."""
     endpoints: Endpoints | None = None
     """Service URLs."""
+    feature_views: (
+        Annotated[list[FeatureViewState], Field(max_length=16), ListMap(("name",))] | None
+    ) = None
+    """The FeatureViews the Recommender reads (``spec.featureViews``), in that order."""
 
 
 class Recommender(ApiObject):

@@ -2,13 +2,22 @@
 
 The materializer's config is rendered from the spec here, so the pod needs no access to the
 API; the Redis password reaches it from the user's Secret as an environment variable.
+
+Freshness (:func:`freshness`) is decided here once, for the FeatureView's ``Stale`` condition
+and metric, for the Recommender's view of the FeatureViews it reads, and for the rollout's
+feature gate. It measures the live data's watermark (every source row with event time at or
+before it is live), not when a run finished: a backfill that ended minutes ago over a window
+that closed last year serves last year's data.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from croniter import croniter
 
 from recsys_contract.formats import parse_duration
 from recsys_contract.keyspace import feature_prefix, store_name
@@ -20,8 +29,9 @@ from recsys_contract.materialize import (
     OnlineStoreConfig,
     SourceConfig,
 )
-from recsys_operator.api.featureview import FeatureView, FeatureViewStatus
-from recsys_operator.conditions import set_condition
+from recsys_operator.api.featureview import FeatureView, FeatureViewSpec, FeatureViewStatus
+from recsys_operator.api.formats import parse_timestamp
+from recsys_operator.conditions import Status, set_condition
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name, short_hash
 from recsys_operator.planning import EventSpec
@@ -191,6 +201,99 @@ def plan(fv: FeatureView, owner: Mapping[str, Any], image: str) -> FeatureViewPl
     return FeatureViewPlan(config_map, cron_job, config_map_bf, backfill_job)
 
 
+FreshnessReason = Literal["NotLive", "WithinLimit", "PastLimit"]
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How fresh a FeatureView's live data is at one instant.
+
+    ``NotLive``: no run has made data live (or the live run reported no watermark), so there
+    is nothing to measure; its ``Stale`` condition is Unknown, and it is never ``fresh``.
+    ``PastLimit``: the watermark lags by ``limit_seconds`` or more (at ``stale_after``).
+    """
+
+    fresh: bool
+    reason: FreshnessReason
+    message: str
+    watermark: dt.datetime | None = None
+    limit_seconds: float | None = None
+    stale_after: dt.datetime | None = None
+
+    def lag_seconds(self, now: dt.datetime) -> float | None:
+        """How far the watermark lags behind ``now``; None when nothing is live."""
+        return None if self.watermark is None else (now - self.watermark).total_seconds()
+
+
+def default_limit_seconds(schedule: str, time_zone: str | None, watermark: dt.datetime) -> float:
+    """Two schedule periods from ``watermark``: the seconds until the second scheduled run
+    after it is due. Counted in ticks rather than as twice one gap, so an irregular schedule
+    (weekdays only, say) tolerates one missed run over a weekend as it does midweek. Without
+    ``cronJob.timeZone`` the schedule is read in UTC; a controller manager in another zone
+    fires it that offset apart, which moves the limit by as much (set the time zone for an
+    exact one)."""
+    tz: dt.tzinfo = dt.UTC
+    if time_zone:
+        from zoneinfo import ZoneInfo
+
+        tz = ZoneInfo(time_zone)
+    ticks = croniter(schedule, watermark.astimezone(tz))
+    ticks.get_next(dt.datetime)
+    second: dt.datetime = ticks.get_next(dt.datetime)
+    return (second - watermark).total_seconds()
+
+
+def freshness_of(
+    spec: FeatureViewSpec,
+    status: FeatureViewStatus | None,
+    now: dt.datetime,
+    max_staleness: str | None = None,
+) -> Freshness:
+    """Freshness of the data ``status`` says is live, against ``max_staleness`` when given
+    (the rollout's own bound), else the spec's ``maxStaleness``, else two schedule periods."""
+    run = status.last_materialization if status else None
+    if status is None or status.keyspace_version is None or run is None or not run.watermark:
+        return Freshness(False, "NotLive", "no materialization run has made data live yet")
+    watermark = parse_timestamp(run.watermark)
+    m = spec.materialization
+    limit_text = max_staleness or m.max_staleness
+    if limit_text:
+        limit = parse_duration(limit_text)
+        what = f"maxStaleness {limit_text}"
+    else:
+        limit = default_limit_seconds(m.cron_job.schedule, m.cron_job.time_zone, watermark)
+        what = f"two periods of '{m.cron_job.schedule}'"
+    stale_after = watermark + dt.timedelta(seconds=limit)
+    if now >= stale_after:
+        return Freshness(
+            False,
+            "PastLimit",
+            f"the live data's watermark {run.watermark} lags past {what}: stale since "
+            f"{rfc3339(stale_after)}",
+            watermark,
+            limit,
+            stale_after,
+        )
+    return Freshness(
+        True,
+        "WithinLimit",
+        f"the live data's watermark {run.watermark} is within {what}, until {rfc3339(stale_after)}",
+        watermark,
+        limit,
+        stale_after,
+    )
+
+
+def freshness(fv: FeatureView, now: dt.datetime, max_staleness: str | None = None) -> Freshness:
+    """Freshness of ``fv``'s live data at ``now``, as its last written status tells it."""
+    return freshness_of(fv.spec, fv.status, now, max_staleness)
+
+
+def rfc3339(t: dt.datetime) -> str:
+    """RFC 3339 in UTC, fractions of a second kept (a watermark may carry them)."""
+    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def permission_denied(
     fv: FeatureView, previous: Mapping[str, Any], message: str, now: str
 ) -> FeatureViewStatus:
@@ -217,7 +320,12 @@ def status(
 ) -> FeatureViewStatus:
     """The whole status from what was observed; equal input gives an equal status. Built as
     the wire dict (conditions keep their transition times from ``previous``), returned as the
-    API's strict status model, so a planner bug fails here, not at the API server."""
+    API's strict status model, so a planner bug fails here, not at the API server.
+
+    Ready means a run has made data live (and the last run did not fail): a Recommender or a
+    ``kubectl wait`` that waits for Ready then finds features to read. How fresh that data is,
+    ``Stale`` says, with ``staleness``; it changes with time alone, so its turn is told by
+    ``staleness.staleAfter``, when the reconciler looks again."""
     gen = fv.metadata.generation or 0
     conds: Sequence[Mapping[str, Any]] = previous.get("conditions", []) or []
     out: dict[str, Any] = {"observedGeneration": gen}
@@ -229,36 +337,62 @@ def status(
         conds = set_condition(conds, "Ready", "False", "InvalidSpec", msg, gen, now)
         conds = set_condition(conds, "Degraded", "True", "InvalidSpec", msg, gen, now)
         conds = set_condition(conds, "Progressing", "False", "InvalidSpec", msg, gen, now)
-        out["conditions"] = conds
+        out["conditions"] = _stale(fv, out, conds, gen, now)
         return FeatureViewStatus.model_validate(out)
-    # lastMaterialization is the newest finished run of either kind (a backfill is a
-    # materialization too); lastBackfill also keeps the backfill's own.
-    finished = sorted(
-        (o for o in (last_run, last_backfill) if o is not None and o.finished),
-        key=lambda o: o.completion_time or "",
-    )
+    # lastMaterialization is the newest successful run of either kind (a backfill is a
+    # materialization too), and its keyspace the live one; lastBackfill also keeps the
+    # backfill's own, failed or not. A run older than the one status already holds (the
+    # backfill while a later scheduled run's Job is gone or still running) changes nothing.
     if last_backfill is not None and last_backfill.finished:
         out["lastBackfill"] = last_backfill.run_status()
-    for outcome in finished:
+    succeeded = sorted(
+        (o for o in (last_run, last_backfill) if o is not None and o.succeeded),
+        key=lambda o: _time(o.completion_time),
+    )
+    for outcome in succeeded:
+        held = out.get("lastMaterialization") or {}
+        if outcome.name != held.get("jobName") and _time(outcome.completion_time) < _time(
+            held.get("completionTime")
+        ):
+            continue
         out["lastMaterialization"] = outcome.run_status()
-        summary = outcome.parsed(MaterializeSummary) if outcome.succeeded else None
+        summary = outcome.parsed(MaterializeSummary)
         if summary is not None and summary.version is not None:
             out["keyspaceVersion"] = summary.version
             out["liveKeyspace"] = f"{store_view_name(fv)}@{summary.version}"
     failed = next((o for o in (last_run, last_backfill) if o and o.failed), None)
     running = any(o is not None and not o.finished for o in (last_run, last_backfill))
+    live = "keyspaceVersion" in out
+    schedule = fv.spec.materialization.cron_job
+    suspended = bool(schedule.suspend)
     if cron_job is None:
         conds = set_condition(conds, "Ready", "False", "Creating", "creating the CronJob", gen, now)
     elif failed is not None:
         conds = set_condition(
             conds, "Ready", "False", "MaterializationFailed", failed.message, gen, now
         )
+    elif not live:
+        waiting = (
+            "a materialization Job is running"
+            if running
+            else "the schedule is suspended: resume it or set materialization.backfill"
+            if suspended
+            else f"the first run is due on '{schedule.schedule}'"
+        )
+        conds = set_condition(
+            conds,
+            "Ready",
+            "False",
+            "NotMaterialized",
+            f"no run has made data live yet; {waiting}",
+            gen,
+            now,
+        )
     else:
-        suspended = bool(fv.spec.materialization.cron_job.suspend)
         reason, msg = (
             ("Suspended", "the materialization schedule is suspended")
             if suspended
-            else ("Scheduled", f"materializing on '{fv.spec.materialization.cron_job.schedule}'")
+            else ("Scheduled", f"materializing on '{schedule.schedule}'")
         )
         conds = set_condition(conds, "Ready", "True", reason, msg, gen, now)
     if failed is not None:
@@ -277,7 +411,6 @@ def status(
         )
     else:
         conds = set_condition(conds, "Progressing", "False", "Idle", "no Job running", gen, now)
-    live = "keyspaceVersion" in out
     conds = set_condition(
         conds,
         "Materialized",
@@ -287,15 +420,41 @@ def status(
         gen,
         now,
     )
-    out["conditions"] = conds
+    out["conditions"] = _stale(fv, out, conds, gen, now)
     return FeatureViewStatus.model_validate(out)
+
+
+def _time(text: str | None) -> dt.datetime:
+    """A status time for ordering; the earliest possible when unset."""
+    return parse_timestamp(text) if text else dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _stale(
+    fv: FeatureView,
+    out: dict[str, Any],
+    conds: Sequence[Mapping[str, Any]],
+    gen: int,
+    now: str,
+) -> list[dict[str, Any]]:
+    """``conds`` with ``Stale`` set from the data ``out`` says is live; ``out`` gains
+    ``staleness`` once there is a watermark to measure."""
+    f = freshness_of(fv.spec, FeatureViewStatus.model_validate(out), parse_timestamp(now))
+    if f.watermark is not None and f.stale_after is not None and f.limit_seconds is not None:
+        out["staleness"] = {
+            "watermark": rfc3339(f.watermark),
+            "limitSeconds": f.limit_seconds,
+            "staleAfter": rfc3339(f.stale_after),
+        }
+    status: Status = "Unknown" if f.reason == "NotLive" else "False" if f.fresh else "True"
+    return set_condition(conds, "Stale", status, f.reason, f.message, gen, now)
 
 
 def events(
     previous: Mapping[str, Any], status: FeatureViewStatus, *outcomes: JobOutcome | None
 ) -> list[EventSpec]:
     """Events for what changed between ``previous`` and ``status``: a run that finished since
-    (once per Job, so later status writes repeat nothing), the spec turning invalid."""
+    (once per Job, so later status writes repeat nothing), the spec turning invalid, the live
+    data turning stale."""
     out: list[EventSpec] = []
     seen = {
         (previous.get(key) or {}).get("jobName") for key in ("lastMaterialization", "lastBackfill")
@@ -322,6 +481,10 @@ def events(
         if cond.reason == "InvalidSpec" and old.get(cond.type, {}).get("reason") != "InvalidSpec":
             out.append(("Warning", "InvalidSpec", cond.message))
             break
+    for cond in status.conditions or []:
+        stale = cond.type == "Stale" and cond.status == "True"
+        if stale and old.get("Stale", {}).get("status") != "True":
+            out.append(("Warning", "Stale", cond.message))
     return out
 
 

@@ -20,7 +20,6 @@ from typing import Any
 
 from croniter import croniter
 
-from recsys_contract.formats import parse_duration
 from recsys_operator import GROUP
 from recsys_operator.api.featureview import FeatureView
 from recsys_operator.api.recommender import (
@@ -30,11 +29,12 @@ from recsys_operator.api.recommender import (
     RolloutStatus,
     ShadowStatus,
 )
-from recsys_operator.conditions import set_condition
+from recsys_operator.conditions import is_true, set_condition
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name
 from recsys_operator.planning import rollout as machine
 from recsys_operator.planning.drift import DriftDecision
+from recsys_operator.planning.featureview import freshness, rfc3339
 from recsys_operator.planning.pods import owner_reference
 
 TRIGGER_ANNOTATION = f"{GROUP}/trigger"
@@ -158,29 +158,63 @@ def stale_features(
     rec: Recommender, views: Mapping[str, FeatureView], now: dt.datetime
 ) -> str | None:
     """Why the rollout must wait for fresher features (``maxFeatureStaleness``), if it must:
-    a FeatureView the Recommender reads that is missing, never materialized, or last
-    materialized longer ago than allowed."""
+    a FeatureView the Recommender reads that is missing, has no live data, or whose live
+    watermark lags ``maxFeatureStaleness`` or more.
+
+    The lag is the one the FeatureView's own ``Stale`` condition measures
+    (``featureview.freshness``), against the rollout's bound instead of the view's
+    ``maxStaleness``: a team may judge canaries more strictly than it alerts on a view (or
+    the other way round). Unset, nothing holds the rollout, as before freshness was measured.
+    """
     limit = rec.spec.serving.rollout.max_feature_staleness
     refs = rec.spec.feature_views
     if limit is None or refs is None:
         return None
-    allowed = parse_duration(limit)
     problems = []
     for ref in [*(refs.user or []), *(refs.item or [])]:
         fv = views.get(ref.name)
-        st = fv.status if fv else None
-        runs = [r for r in (st.last_materialization, st.last_backfill) if r] if st else []
-        done = [_parse(r.completion_time) for r in runs if r.completion_time]
-        if not done:
-            problems.append(f"FeatureView {ref.name} has not materialized yet")
+        if fv is None:
+            problems.append(f"FeatureView {ref.name} does not exist")
             continue
-        age = (now - max(done)).total_seconds()
-        if age > allowed:
+        f = freshness(fv, now, limit)
+        if f.reason == "NotLive":
+            problems.append(f"FeatureView {ref.name} has no live data yet")
+        elif not f.fresh:
             problems.append(
-                f"FeatureView {ref.name} last materialized {age:.0f}s ago (maxFeatureStaleness "
-                f"{limit})"
+                f"FeatureView {ref.name}'s live data lags {f.lag_seconds(now):.0f}s "
+                f"(maxFeatureStaleness {limit})"
             )
     return "; ".join(problems) or None
+
+
+def feature_view_states(
+    rec: Recommender, views: Mapping[str, FeatureView], now: dt.datetime
+) -> list[dict[str, Any]]:
+    """What the Recommender's status tells of each FeatureView it reads: ready, stale, and
+    when its data turns stale. Only what changes with the views' own status, never the
+    growing lag, so an unchanged view leaves the Recommender's status unchanged."""
+    refs = rec.spec.feature_views
+    out: list[dict[str, Any]] = []
+    for ref in [*(refs.user or []), *(refs.item or [])] if refs else []:
+        fv = views.get(ref.name)
+        if fv is None:
+            out.append({"name": ref.name, "ready": False, "stale": "Unknown"})
+            continue
+        f = freshness(fv, now)
+        conds = (
+            [c.model_dump(by_alias=True) for c in (fv.status.conditions or [])]
+            if (fv.status)
+            else []
+        )
+        state: dict[str, Any] = {
+            "name": ref.name,
+            "ready": is_true(conds, "Ready"),
+            "stale": "Unknown" if f.reason == "NotLive" else "False" if f.fresh else "True",
+        }
+        if f.watermark is not None and f.stale_after is not None:
+            state |= {"watermark": rfc3339(f.watermark), "staleAfter": rfc3339(f.stale_after)}
+        out.append(state)
+    return out
 
 
 def plan(
@@ -275,11 +309,15 @@ def status(
     blocked: str | None,
     now: str,
     drift: DriftDecision | None = None,
+    feature_views: Sequence[Mapping[str, Any]] = (),
 ) -> RecommenderStatus:
+    """The Recommender's status; ``feature_views`` from :func:`feature_view_states`."""
     gen = rec.metadata.generation or 0
     ns, name = rec.metadata.namespace, rec.metadata.name
     conds: list[dict[str, Any]] = list(previous.get("conditions", []) or [])
     st: dict[str, Any] = {"observedGeneration": gen}
+    if feature_views:
+        st["featureViews"] = [dict(v) for v in feature_views]
     if "lastTraining" in previous:
         st["lastTraining"] = previous["lastTraining"]
     if drift is not None and drift.status:

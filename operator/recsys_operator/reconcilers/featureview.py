@@ -13,6 +13,7 @@ from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context
 from recsys_operator.kube import ApiError
 from recsys_operator.labels import FEATURE_VIEW_LABEL
+from recsys_operator.metrics import FRESHNESS
 from recsys_operator.planning import featureview as planner
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, newest
 from recsys_operator.reconcilers.common import (
@@ -38,6 +39,7 @@ async def _outcome(ctx: Context, ns: str, job: Mapping[str, Any] | None) -> JobO
 async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     obj = ctx.cache.get(API_VERSION, "FeatureView", name, ns)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
+        FRESHNESS.forget(ns, name)
         return None
     previous = obj.get("status") or {}
     try:
@@ -101,5 +103,13 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     if await write_status(ctx, obj, new_status):
         for type_, reason, message in planner.events(previous, new_status, last_run, last_backfill):
             await post_event(ctx.kube, obj, type_, reason, message)
-    running = any(o is not None and not o.finished for o in (last_run, last_backfill))
-    return 30.0 if running else None
+    now = ctx.now()
+    fresh = planner.freshness_of(fv.spec, new_status, now)
+    FRESHNESS.observe(ns, name, fresh.watermark, fresh.limit_seconds)
+    waits = []
+    if any(o is not None and not o.finished for o in (last_run, last_backfill)):
+        waits.append(30.0)
+    if fresh.fresh and fresh.stale_after is not None:
+        # Nothing else happens when data turns stale: look again the moment it does.
+        waits.append(max(1.0, (fresh.stale_after - now).total_seconds()))
+    return min(waits) if waits else None

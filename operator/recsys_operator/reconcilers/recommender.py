@@ -174,7 +174,17 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     await _seed_history(ctx, obj, rec, plan.problems)
 
     previous = obj.get("status") or {}
-    new_status = planner.status(rec, previous, plan, versions, serving_ready, blocked, now, drift)
+    new_status = planner.status(
+        rec,
+        previous,
+        plan,
+        versions,
+        serving_ready,
+        blocked,
+        now,
+        drift,
+        planner.feature_view_states(rec, views, now_dt),
+    )
     observe_drift(ns, name, drift.status)
     if await write_status(ctx, obj, new_status):
         for type_, reason, message in drift.events:

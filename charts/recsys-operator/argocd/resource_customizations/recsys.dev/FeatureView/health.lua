@@ -1,7 +1,10 @@
 -- Argo CD health of a recsys.dev FeatureView from its conditions. Degraded is looked at
 -- before Ready: a failed run can leave the previous keyspace serving, and that failure is
--- what an Argo CD user needs to see. A status older than the spec says nothing yet, so it
--- is Progressing. Only Lua's base and table libraries are used (Argo CD's default).
+-- what an Argo CD user needs to see. Stale (the live data lags past maxStaleness) is
+-- Degraded too: features are served, but older than the FeatureView allows. Ready is set
+-- once a run has made data live, so a FeatureView waiting for its first run is Progressing.
+-- A status older than the spec says nothing yet, so it is Progressing. Only Lua's base and
+-- table libraries are used (Argo CD's default).
 local hs = {}
 
 local function present(s)
@@ -36,6 +39,13 @@ local degraded = condition("Degraded")
 if degraded ~= nil and degraded.status == "True" then
   hs.status = "Degraded"
   hs.message = degraded.message or degraded.reason or "Degraded"
+  return hs
+end
+
+local stale = condition("Stale")
+if stale ~= nil and stale.status == "True" then
+  hs.status = "Degraded"
+  hs.message = stale.message or stale.reason or "Stale"
   return hs
 end
 
