@@ -12,8 +12,8 @@
 # operator's built-in defaults (recsys_operator.images) name the same references.
 #
 # Caching: every image carries the label dev.recsys.inputs, a hash of the files it is built
-# from plus its build arguments (the base image's ID and, for the trainer, the workloads image's
-# hash included). When the local image already carries the hash it is not rebuilt. pip's wheel
+# from plus its build arguments and revision label (the base image's ID and, for the trainer,
+# the workloads image's hash included). When the local image already carries the hash it is not rebuilt. pip's wheel
 # cache lives on the host (CACHE_DIR/pip), so a rebuild downloads nothing it had.
 #
 # Environment:
@@ -178,7 +178,9 @@ hash_of() {
       from_id=$(podman image inspect --format '{{.Id}}' "$base"); }
   fi
   local args; mapfile -t args < <(args_of "$name" "$base")
-  content_hash "$name" "$from_id" "${args[@]}"
+  # the revision label too: committing the files an image was built from relabels it (only
+  # the last layers are rebuilt; the Containerfiles declare REVISION at their end)
+  content_hash "$name" "$from_id" "${args[@]}" "$(revision "$name")"
 }
 
 build_one() {
