@@ -22,8 +22,8 @@
 #                    image needs pulling). Elsewhere: python:3.11-slim-bookworm, the default of
 #                    the Containerfiles.
 #   TRITON_BASE      base of recsys-triton; for production nvcr.io/nvidia/tritonserver:<ver>-py3
-#                    (its own tritonserver is used). Unset: BASE, with the nvidia-pytriton
-#                    wheel's tritonserver.
+#                    (its own tritonserver is used). Unset: recsys-trainer (so the two share
+#                    their torch layers), with the nvidia-pytriton wheel's tritonserver.
 #   TORCH_INDEX_URL  where torch comes from. Unset: PyTorch's CPU-only index when it answers,
 #                    else the default index (whose Linux torch carries the CUDA libraries).
 #   CACHE_DIR        default ~/.cache/recsys-operator/images
@@ -152,7 +152,8 @@ PY
 base_of() {
   case $1 in
     trainer) ref workloads ;;  # the trainer is the workloads image plus torch
-    triton) echo "${TRITON_BASE:-$(base_image)}" ;;
+    # NVIDIA's Triton for production; here the trainer, whose torch and venv it then shares
+    triton) echo "${TRITON_BASE:-$(ref trainer)}" ;;
     *) base_image ;;
   esac
 }
@@ -167,10 +168,10 @@ args_of() {
 }
 
 # The inputs hash of NAME built FROM base: its files, its arguments and the base's identity
-# (the trainer's base is identified by its own inputs hash, as its ID changes with each build).
+# (an image of ours as base is identified by its inputs hash, as its ID changes each build).
 hash_of() {
   local name=$1 base=$2 from_id
-  if [ "$name" = trainer ]; then
+  if [ "$name" = trainer ] || { [ "$name" = triton ] && [ -z "${TRITON_BASE:-}" ]; }; then
     from_id=$(label_of "$base" dev.recsys.inputs)
   else
     from_id=$(podman image inspect --format '{{.Id}}' "$base" 2>/dev/null) || {
@@ -212,8 +213,12 @@ build() {
   mkdir -p "$CACHE_DIR"
   local wanted=("$@") n
   [ ${#wanted[@]} = 0 ] && wanted=("${IMAGES[@]}")
-  if printf '%s\n' "${wanted[@]}" | grep -qx trainer && ! printf '%s\n' "${wanted[@]}" | grep -qx workloads; then
-    wanted=(workloads "${wanted[@]}")
+  # what an image is built FROM is built first
+  if printf '%s\n' "${wanted[@]}" | grep -qx triton && [ -z "${TRITON_BASE:-}" ]; then
+    wanted+=(trainer)
+  fi
+  if printf '%s\n' "${wanted[@]}" | grep -qx trainer; then
+    wanted+=(workloads)
   fi
   for n in "${IMAGES[@]}"; do
     printf '%s\n' "${wanted[@]}" | grep -qx "$n" && build_one "$n"

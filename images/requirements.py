@@ -8,8 +8,9 @@ alone reinstalls no dependency.
 
 ``python requirements.py install [--extras a,b] [PIP_ARG...]`` runs ``pip install -c
 constraints.txt`` (the file beside this one) with the project's dependencies and those of the
-extras when ``--extras`` is given, plus the other arguments; pip's wheel cache is the directory
-in ``$HOST_PIP_CACHE`` when the build mounts one, and off otherwise (no cache in a layer).
+extras when ``--extras`` is given, plus the other arguments (requirements and pip options that
+``pip download`` takes too). With ``$HOST_PIP_CACHE`` (a directory the build mounts) the wheels
+are kept there across builds; without it pip keeps no cache (nothing of it lands in a layer).
 
 ``python requirements.py check constraints.txt`` fails (and names them) when a distribution in
 the running environment is missing from the constraints or differs from its pin: pip's ``-c``
@@ -77,10 +78,21 @@ def install(args: list[str]) -> None:
     if args[:1] == ["--extras"]:
         extras = [e for e in args[1].split(",") if e]
         args = deps(here / "pyproject.toml", extras) + args[2:]
+    pip = [sys.executable, "-m", "pip"]
+    pinned = ["-q", "-c", str(here / "constraints.txt")]
     cache = os.environ.get("HOST_PIP_CACHE")
-    cache_args = [f"--cache-dir={cache}"] if cache else ["--no-cache-dir"]
-    command = [sys.executable, "-m", "pip", "install", "-q", "-c", str(here / "constraints.txt")]
-    subprocess.run([*command, *cache_args, *args], check=True)
+    if not cache:
+        subprocess.run([*pip, "install", *pinned, "--no-cache-dir", *args], check=True)
+        return
+    # pip's HTTP cache keeps nothing behind a proxy that marks responses uncacheable, so the
+    # wheels themselves are kept: `pip download` skips a file already in the directory, and
+    # the install then reads only that directory.
+    wheels = str(Path(cache) / "wheels")
+    local = ["--find-links", wheels]
+    subprocess.run([*pip, "download", *pinned, "-d", wheels, *local, *args], check=True)
+    index_args = {"--index-url", "--extra-index-url"}
+    kept = [a for i, a in enumerate(args) if a not in index_args and args[i - 1] not in index_args]
+    subprocess.run([*pip, "install", *pinned, "--no-index", *local, *kept], check=True)
 
 
 def main(argv: list[str]) -> None:

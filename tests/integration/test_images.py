@@ -121,7 +121,10 @@ def test_operator_image_runs_its_entry_point_read_only(built: dict[str, str]) ->
 
 def test_workloads_image_runs_a_real_entry_point(built: dict[str, str]) -> None:
     image = built["workloads"]
-    rows = "import pyarrow.parquet as pq; print(pq.read_metadata('/tmp/ml/interactions.parquet').num_rows)"
+    rows = (
+        "import pyarrow.parquet as pq;"
+        "print(pq.read_metadata('/tmp/ml/interactions.parquet').num_rows)"
+    )
     script = (
         "set -e; python -m recsys_workloads.datasets movielens --out /tmp/ml;"
         f'python -c "{rows}"; python -c "import faiss, redis, s3fs, uvloop"'
