@@ -12,12 +12,13 @@
 # operator's built-in defaults (recsys_operator.images) name the same references.
 #
 # Caching: every image carries the label dev.recsys.inputs, a hash of the files it is built
-# from plus its build arguments and revision label (the base image's ID and, for the trainer,
-# the workloads image's hash included). When the local image already carries the hash it is not rebuilt. pip's wheel
-# cache lives on the host (CACHE_DIR/pip), so a rebuild downloads nothing it had.
+# from plus its build arguments and revision label and its base's identity (the base image's
+# ID, or for the Triton image built FROM the trainer, the trainer's hash). An image that already
+# carries the hash is not rebuilt. The wheels pip downloads are kept on the host
+# (CACHE_DIR/pip), so a rebuild downloads nothing it had.
 #
 # Environment:
-#   BASE             base image of operator, workloads and triton. Unset: a Debian bookworm root
+#   BASE             base image of operator, workloads and trainer. Unset: a Debian bookworm root
 #                    made with debootstrap and imported as localhost/recsys-base:<hash> (no base
 #                    image needs pulling). Elsewhere: python:3.11-slim-bookworm, the default of
 #                    the Containerfiles.
@@ -109,7 +110,7 @@ inputs() {
   case $1 in
     operator) echo "${COMMON[@]}" operator images/operator/Containerfile ;;
     workloads) echo "${COMMON[@]}" workloads images/workloads/Containerfile ;;
-    trainer) echo pyproject.toml images/constraints.txt images/requirements.py images/trainer/Containerfile ;;
+    trainer) echo "${COMMON[@]}" workloads images/trainer/Containerfile ;;
     triton) echo "${COMMON[@]}" workloads images/triton/Containerfile ;;
   esac
 }
@@ -151,7 +152,6 @@ PY
 # The image NAME is built FROM.
 base_of() {
   case $1 in
-    trainer) ref workloads ;;  # the trainer is the workloads image plus torch
     # NVIDIA's Triton for production; here the trainer, whose torch and venv it then shares
     triton) echo "${TRITON_BASE:-$(ref trainer)}" ;;
     *) base_image ;;
@@ -171,7 +171,7 @@ args_of() {
 # (an image of ours as base is identified by its inputs hash, as its ID changes each build).
 hash_of() {
   local name=$1 base=$2 from_id
-  if [ "$name" = trainer ] || { [ "$name" = triton ] && [ -z "${TRITON_BASE:-}" ]; }; then
+  if [ "$name" = triton ] && [ -z "${TRITON_BASE:-}" ]; then
     from_id=$(label_of "$base" dev.recsys.inputs)
   else
     from_id=$(podman image inspect --format '{{.Id}}' "$base" 2>/dev/null) || {
@@ -216,9 +216,6 @@ build() {
   # what an image is built FROM is built first
   if printf '%s\n' "${wanted[@]}" | grep -qx triton && [ -z "${TRITON_BASE:-}" ]; then
     wanted+=(trainer)
-  fi
-  if printf '%s\n' "${wanted[@]}" | grep -qx trainer; then
-    wanted+=(workloads)
   fi
   for n in "${IMAGES[@]}"; do
     printf '%s\n' "${wanted[@]}" | grep -qx "$n" && build_one "$n"

@@ -137,3 +137,85 @@ def test_workloads_image_runs_a_real_entry_point(built: dict[str, str]) -> None:
     no_torch = run(image, "-c", "import torch", entrypoint=["python"])
     assert no_torch.returncode == 1
     assert "No module named 'torch'" in no_torch.stderr
+
+
+#: A python-backend model that imports what every generated model.py imports (the serving
+#: code, torch) through the same prelude (recsys_workloads.serving.repository.PRELUDE).
+PROBE_CONFIG = """\
+backend: "python"
+max_batch_size: 0
+input [ { name: "X", data_type: TYPE_FP32, dims: [ 2 ] } ]
+output [ { name: "Y", data_type: TYPE_FP32, dims: [ 2 ] } ]
+"""
+PROBE_MODEL = """\
+import torch
+import recsys_workloads.serving.triton_python  # noqa: F401
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = torch.from_numpy(pb_utils.get_input_tensor_by_name(r, "X").as_numpy())
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", (x * 2).numpy())]))
+        return out
+"""
+#: Inside the container: start tritonserver as the operator's pod does, wait until ready, infer.
+PROBE_CLIENT = """\
+import http.client, json, subprocess, sys, time
+server = subprocess.Popen(
+    ["tritonserver", "--model-repository=/models", "--http-port=18000", "--grpc-port=18001",
+     "--metrics-port=18002"], stdout=open("/tmp/triton.log", "w"), stderr=subprocess.STDOUT)
+for _ in range(180):
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", 18000, timeout=2)
+        conn.request("GET", "/v2/health/ready")
+        if conn.getresponse().status == 200:
+            break
+    except OSError:
+        pass
+    if server.poll() is not None:
+        sys.exit("exited:\\n" + open("/tmp/triton.log").read()[-3000:])
+    time.sleep(1)
+else:
+    sys.exit("never ready:\\n" + open("/tmp/triton.log").read()[-3000:])
+body = {"inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "data": [1.5, 2.0]}]}
+conn = http.client.HTTPConnection("127.0.0.1", 18000, timeout=30)
+conn.request("POST", "/v2/models/probe/infer", json.dumps(body))
+reply = conn.getresponse().read()
+server.terminate()
+print(json.loads(reply)["outputs"][0]["data"] if b"outputs" in reply else reply)
+"""
+
+
+def test_trainer_and_triton_images_serve_a_python_model(tmp_path: Path) -> None:
+    """The torch images: the trainer runs the training entry point, and Triton's image loads a
+    python-backend model that imports torch and the serving code, from a repository mounted
+    read-only (the pod's emptyDir, filled by the init container), and answers an inference."""
+    from recsys_workloads.serving.repository import PRELUDE
+
+    out = subprocess.run(
+        ["bash", str(REPO / "images" / "build.sh"), "triton"],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    trainer = run(images.reference("trainer"), "-m", "recsys_workloads.train", "--help",
+                  entrypoint=["python"])  # fmt: skip
+    assert trainer.returncode == 0, trainer.stderr[-2000:]
+    assert trainer.stdout.startswith("usage:")
+    model = tmp_path / "probe"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(PROBE_CONFIG)
+    (model / "1" / "model.py").write_text(PRELUDE + PROBE_MODEL)
+    for path in (tmp_path, model, model / "1"):
+        path.chmod(0o755)  # pytest makes tmp_path 0700; the server runs as 65532
+    served = subprocess.run(
+        [*RUN, "-v", f"{tmp_path}:/models:ro", images.reference("triton"), "python", "-c",
+         PROBE_CLIENT],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert served.returncode == 0, served.stdout[-2000:] + served.stderr[-2000:]
+    assert served.stdout.split("\n")[-2] == "[3.0, 4.0]", served.stdout[-2000:]
