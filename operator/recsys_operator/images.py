@@ -3,8 +3,8 @@
 They are exactly the references that ``make images`` (images/build.sh) tags and that the Helm
 chart defaults to: ``<REGISTRY>/recsys-<name>:<version>``. The version is this distribution's
 (pyproject.toml's, which tests keep equal to the chart's appVersion) and REGISTRY is the
-directory of the chart's ``image.repository``; tests/unit/test_images.py checks all three
-agree. The chart always passes its resolved references through the ``RECSYS_*_IMAGE``
+directory of the chart's ``image.repository``; tests/unit/test_image_references.py checks all
+three agree. The chart always passes its resolved references through the ``RECSYS_*_IMAGE``
 variables, so these built-in values matter when the operator runs outside the chart.
 
 Which image runs what: training and Triton's repository builder import torch, and the operator
