@@ -9,7 +9,7 @@ EXTRAS := workloads,train,index,serving,dev
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: test deps system-deps python-deps testbed lint typecheck unit demo crds clean
+.PHONY: test deps system-deps python-deps testbed lint typecheck unit demo crds images clean
 
 test: deps lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -53,6 +53,12 @@ unit: python-deps
 # materialization, training, evaluation, indexing and promotion (demo/run_demo.py).
 demo: deps
 	$(PY) demo/run_demo.py $(DEMO_ARGS)
+
+# The four container images (operator, workloads, trainer, triton), tagged as the chart
+# defaults them; an image whose inputs did not change is not rebuilt (images/README.md).
+# Installs podman, buildah, runc and debootstrap when missing. IMAGES=operator limits the set.
+images:
+	@bash images/build.sh $(IMAGES)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from lightkube import ConfigError
 from prometheus_client import start_http_server
 
 from recsys_operator.controller import Context, Controller, configure_settings, register
+from recsys_operator.images import default_images
 from recsys_operator.kube import KubeClient
 from recsys_operator.kubeconfig import Credentials, load
 from recsys_operator.reconcilers import RECONCILERS
@@ -31,13 +31,7 @@ from recsys_operator.reconcilers import RECONCILERS
 log = logging.getLogger("recsys_operator")
 
 #: Images the operator puts into the workloads it creates, unless a spec names its own.
-DEFAULT_IMAGES = {
-    "workloads": os.environ.get(
-        "RECSYS_WORKLOADS_IMAGE", "ghcr.io/recsys-dev/recsys-workloads:0.1.0"
-    ),
-    "gateway": os.environ.get("RECSYS_GATEWAY_IMAGE", "ghcr.io/recsys-dev/recsys-workloads:0.1.0"),
-    "triton": os.environ.get("RECSYS_TRITON_IMAGE", "nvcr.io/nvidia/tritonserver:24.08-py3"),
-}
+DEFAULT_IMAGES = default_images()
 
 
 def build(

@@ -45,6 +45,7 @@ from fixtures.operator import (
     get,
     materialize,
 )
+from recsys_operator import images
 from testbed.processes import free_port
 
 pytestmark = pytest.mark.testbed
@@ -164,15 +165,49 @@ def test_defaults_watch_all_namespaces_with_a_cluster_role(helm: Helm) -> None:
     args = dict(zip(container["args"][1::2], container["args"][2::2], strict=True))
     assert args == {"--metrics-port": "8080", "--health-port": "8081", "--workers": "8"}
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["RECSYS_WORKLOADS_IMAGE"] == "ghcr.io/recsys-dev/recsys-workloads:0.1.0"
-    assert env["RECSYS_TRITON_IMAGE"] == "nvcr.io/nvidia/tritonserver:24.08-py3"
-    assert container["image"] == "ghcr.io/recsys-dev/recsys-operator:0.1.0"
+    # the references `make images` tags (images/build.sh) and the operator's own defaults
+    assert env["RECSYS_WORKLOADS_IMAGE"] == images.reference("trainer")
+    assert env["RECSYS_GATEWAY_IMAGE"] == images.reference("workloads")
+    assert env["RECSYS_TRITON_IMAGE"] == images.reference("triton")
+    assert container["image"] == images.reference("operator")
     probe = container["livenessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
     (service,) = by_kind["Service"]
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"image": {"repository": "reg.example:5000/team/recsys-operator"}},
+         {"operator": "reg.example:5000/team/recsys-operator:{v}",
+          "RECSYS_WORKLOADS_IMAGE": "reg.example:5000/team/recsys-trainer:{v}",
+          "RECSYS_GATEWAY_IMAGE": "reg.example:5000/team/recsys-workloads:{v}",
+          "RECSYS_TRITON_IMAGE": "reg.example:5000/team/recsys-triton:{v}"}),
+        ({"image": {"repository": "localhost/recsys-operator", "tag": "dev"}},
+         {"operator": "localhost/recsys-operator:dev",
+          "RECSYS_WORKLOADS_IMAGE": "localhost/recsys-trainer:dev",
+          "RECSYS_GATEWAY_IMAGE": "localhost/recsys-workloads:dev",
+          "RECSYS_TRITON_IMAGE": "localhost/recsys-triton:dev"}),
+        ({"workloadImages": {"triton": "nvcr.io/nvidia/tritonserver:25.01-py3"}},
+         {"operator": "ghcr.io/recsys-dev/recsys-operator:{v}",
+          "RECSYS_WORKLOADS_IMAGE": "ghcr.io/recsys-dev/recsys-trainer:{v}",
+          "RECSYS_GATEWAY_IMAGE": "ghcr.io/recsys-dev/recsys-workloads:{v}",
+          "RECSYS_TRITON_IMAGE": "nvcr.io/nvidia/tritonserver:25.01-py3"}),
+    ],
+    ids=["own-registry", "own-tag", "one-image-named"],
+)  # fmt: skip
+def test_workload_images_follow_the_operator_image(
+    helm: Helm, values: dict[str, Any], expected: dict[str, str]
+) -> None:
+    """Empty workload images sit beside the operator's image with its tag, so one
+    ``--set image.repository=...`` moves all four images to another registry."""
+    container = operator_container(helm.render(values))
+    env = {e["name"]: e["value"] for e in container["env"]}
+    got = {"operator": container["image"]} | {k: env[k] for k in expected if k != "operator"}
+    assert got == {k: v.format(v=images.VERSION) for k, v in expected.items()}
 
 
 def test_the_pod_runs_with_least_privilege(helm: Helm) -> None:
@@ -281,7 +316,7 @@ def test_optional_objects_render_when_enabled(helm: Helm) -> None:
         ({"watchNamespace": ["a"]}, "additional properties 'watchNamespace' not allowed"),
         ({"metrics": {"port": 70000}}, "at '/metrics/port': maximum"),
         ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy': value must be one of"),
-        ({"workloadImages": {"triton": ""}}, "at '/workloadImages/triton'"),
+        ({"workloadImages": {"triton": "a b"}}, "at '/workloadImages/triton'"),
         ({"logLevel": "trace"}, "at '/logLevel'"),
         ({"podSecurityContext": {"runAsNonRoot": False}}, "at '/podSecurityContext/runAsNonRoot'"),
         ({"health": {"port": 8080}}, "metrics.port and health.port are both 8080"),

@@ -87,8 +87,8 @@ def server_environment() -> dict[str, str]:
         paths.append(os.environ["LD_LIBRARY_PATH"])
     # The stub embeds the base interpreter and ignores PYTHONPATH, so it does not see this
     # virtual environment. Model code that must run here starts with MODEL_PRELUDE, which puts
-    # these paths on sys.path; in the Triton image the packages are installed system-wide and
-    # the variable is simply absent.
+    # these paths on sys.path; the recsys-triton image's tritonserver sets the same variable to
+    # the image's virtual environment (images/triton/Containerfile).
     python_path = [p for p in sys.path if p and Path(p).is_dir()]
     return {"LD_LIBRARY_PATH": ":".join(paths), PYTHONPATH_VARIABLE: os.pathsep.join(python_path)}
 

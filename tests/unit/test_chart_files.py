@@ -3,16 +3,13 @@ ones, the versions match the Python distribution, the default images match the o
 
 from __future__ import annotations
 
-import importlib
 import json
 import tomllib
 from pathlib import Path
 
-import pytest
 import yaml
 
-import recsys_operator.__main__ as operator_main
-from recsys_operator import crdgen
+from recsys_operator import crdgen, images
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "recsys-operator"
@@ -42,14 +39,20 @@ def test_chart_versions_follow_the_distribution() -> None:
     assert chart["appVersion"] == project["version"], "Chart.yaml appVersion != pyproject version"
 
 
-def test_default_workload_images_match_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_workload_images_match_the_operator() -> None:
     """Installing the chart with default values must give the same workload images as running
-    the operator without the environment variables."""
-    for var in ("RECSYS_WORKLOADS_IMAGE", "RECSYS_GATEWAY_IMAGE", "RECSYS_TRITON_IMAGE"):
-        monkeypatch.delenv(var, raising=False)
-    defaults = importlib.reload(operator_main).DEFAULT_IMAGES
+    the operator without the environment variables: the chart leaves them empty and derives
+    them from image.repository's directory, which is the operator's REGISTRY (the rendered
+    references are checked against ``images.reference`` in tests/integration/test_chart.py)."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["workloadImages"] == defaults
+    assert values["workloadImages"] == {key: "" for key in images.IMAGES}
+    assert values["image"]["repository"] == f"{images.REGISTRY}/recsys-operator"
+    assert values["image"]["tag"] == ""
+    assert images.default_images({}) == {
+        "workloads": images.reference("trainer"),
+        "gateway": images.reference("workloads"),
+        "triton": images.reference("triton"),
+    }
 
 
 def test_values_schema_names_every_top_level_value() -> None:

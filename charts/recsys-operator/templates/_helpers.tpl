@@ -39,6 +39,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/*
+A workload image: workloadImages.<key> when set, else recsys-<name> beside the operator's
+image (image.repository's directory) with the operator's tag; exactly what `make images`
+tags. Called with (list $ key name).
+*/}}
+{{- define "recsys-operator.workloadImage" -}}
+{{- $root := index . 0 -}}
+{{- $set := index $root.Values.workloadImages (index . 1) -}}
+{{- if $set }}
+{{- $set }}
+{{- else }}
+{{- printf "%s/recsys-%s:%s" (dir $root.Values.image.repository) (index . 2) (default $root.Chart.AppVersion $root.Values.image.tag) }}
+{{- end }}
+{{- end }}
+
 {{- define "recsys-operator.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}

@@ -67,7 +67,8 @@ log = logging.getLogger("recsys_workloads.serving.repository")
 MODEL_KIND = "model"
 TRITON_VERSION = "1"
 #: The environment variable through which a server may add paths to the models' sys.path
-#: (the testbed's tritonserver sets it to this virtual environment; the image leaves it unset).
+#: (the testbed's tritonserver sets it to its virtual environment, the recsys-triton image's
+#: tritonserver to the image's: images/triton/Containerfile).
 PYTHONPATH_VARIABLE = "RECSYS_TRITON_PYTHONPATH"
 PRELUDE = f"""\
 import os as _os, sys as _sys
