@@ -7,9 +7,10 @@ directory of the chart's ``image.repository``; tests/unit/test_image_references.
 three agree. The chart always passes its resolved references through the ``RECSYS_*_IMAGE``
 variables, so these built-in values matter when the operator runs outside the chart.
 
-Which image runs what: training and Triton's repository builder import torch, and the operator
-runs every batch Job from the one ``workloads`` image, so that key names ``recsys-trainer``
-(recsys-workloads plus torch); the gateway needs no torch and gets ``recsys-workloads``.
+Which image runs what: training and Triton's repository builder import torch and get the
+``trainer`` key (``recsys-trainer``: recsys-workloads plus torch); every other batch Job
+(materialize, history, index, drift, log join) and the gateway need no torch and get
+``recsys-workloads``, a tenth of its size.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ VERSION = importlib.metadata.version("recsys-operator")
 #: The operator's image keys (``Context.images``), the image each defaults to, and the
 #: environment variable that overrides it.
 IMAGES = {
-    "workloads": ("trainer", "RECSYS_WORKLOADS_IMAGE"),
+    "workloads": ("workloads", "RECSYS_WORKLOADS_IMAGE"),
+    "trainer": ("trainer", "RECSYS_TRAINER_IMAGE"),
     "gateway": ("workloads", "RECSYS_GATEWAY_IMAGE"),
     "triton": ("triton", "RECSYS_TRITON_IMAGE"),
 }

@@ -166,7 +166,8 @@ def test_defaults_watch_all_namespaces_with_a_cluster_role(helm: Helm) -> None:
     assert args == {"--metrics-port": "8080", "--health-port": "8081", "--workers": "8"}
     env = {e["name"]: e["value"] for e in container["env"]}
     # the references `make images` tags (images/build.sh) and the operator's own defaults
-    assert env["RECSYS_WORKLOADS_IMAGE"] == images.reference("trainer")
+    assert env["RECSYS_WORKLOADS_IMAGE"] == images.reference("workloads")
+    assert env["RECSYS_TRAINER_IMAGE"] == images.reference("trainer")
     assert env["RECSYS_GATEWAY_IMAGE"] == images.reference("workloads")
     assert env["RECSYS_TRITON_IMAGE"] == images.reference("triton")
     assert container["image"] == images.reference("operator")
@@ -183,17 +184,20 @@ def test_defaults_watch_all_namespaces_with_a_cluster_role(helm: Helm) -> None:
     [
         ({"image": {"repository": "reg.example:5000/team/recsys-operator"}},
          {"operator": "reg.example:5000/team/recsys-operator:{v}",
-          "RECSYS_WORKLOADS_IMAGE": "reg.example:5000/team/recsys-trainer:{v}",
+          "RECSYS_WORKLOADS_IMAGE": "reg.example:5000/team/recsys-workloads:{v}",
+          "RECSYS_TRAINER_IMAGE": "reg.example:5000/team/recsys-trainer:{v}",
           "RECSYS_GATEWAY_IMAGE": "reg.example:5000/team/recsys-workloads:{v}",
           "RECSYS_TRITON_IMAGE": "reg.example:5000/team/recsys-triton:{v}"}),
         ({"image": {"repository": "localhost/recsys-operator", "tag": "dev"}},
          {"operator": "localhost/recsys-operator:dev",
-          "RECSYS_WORKLOADS_IMAGE": "localhost/recsys-trainer:dev",
+          "RECSYS_WORKLOADS_IMAGE": "localhost/recsys-workloads:dev",
+          "RECSYS_TRAINER_IMAGE": "localhost/recsys-trainer:dev",
           "RECSYS_GATEWAY_IMAGE": "localhost/recsys-workloads:dev",
           "RECSYS_TRITON_IMAGE": "localhost/recsys-triton:dev"}),
         ({"workloadImages": {"triton": "nvcr.io/nvidia/tritonserver:25.01-py3"}},
          {"operator": "ghcr.io/recsys-dev/recsys-operator:{v}",
-          "RECSYS_WORKLOADS_IMAGE": "ghcr.io/recsys-dev/recsys-trainer:{v}",
+          "RECSYS_WORKLOADS_IMAGE": "ghcr.io/recsys-dev/recsys-workloads:{v}",
+          "RECSYS_TRAINER_IMAGE": "ghcr.io/recsys-dev/recsys-trainer:{v}",
           "RECSYS_GATEWAY_IMAGE": "ghcr.io/recsys-dev/recsys-workloads:{v}",
           "RECSYS_TRITON_IMAGE": "nvcr.io/nvidia/tritonserver:25.01-py3"}),
     ],

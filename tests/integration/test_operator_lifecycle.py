@@ -241,7 +241,7 @@ def test_first_version_trains_indexes_and_serves(
     # the version's model repository is built from its artifact by an init container
     pod = triton["spec"]["template"]["spec"]
     (builder,) = pod["initContainers"]
-    assert builder["image"] == TEST_IMAGES["RECSYS_WORKLOADS_IMAGE"]
+    assert builder["image"] == TEST_IMAGES["RECSYS_TRAINER_IMAGE"]
     assert builder["command"] == ["python", "-m", "recsys_workloads.serving.repository"]
     assert builder["securityContext"]["allowPrivilegeEscalation"] is False
     assert "--model-repository=/models" in pod["containers"][0]["args"]

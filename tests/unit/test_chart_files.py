@@ -49,7 +49,8 @@ def test_default_workload_images_match_the_operator() -> None:
     assert values["image"]["repository"] == f"{images.REGISTRY}/recsys-operator"
     assert values["image"]["tag"] == ""
     assert images.default_images({}) == {
-        "workloads": images.reference("trainer"),
+        "workloads": images.reference("workloads"),
+        "trainer": images.reference("trainer"),
         "gateway": images.reference("workloads"),
         "triton": images.reference("triton"),
     }

@@ -30,18 +30,32 @@ def test_build_script_tags_are_the_operator_references() -> None:
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
-        ({}, {"workloads": "trainer", "gateway": "workloads", "triton": "triton"}),
+        (
+            {},
+            {
+                "workloads": "workloads",
+                "trainer": "trainer",
+                "gateway": "workloads",
+                "triton": "triton",
+            },
+        ),
         (
             {"RECSYS_TRITON_IMAGE": "nvcr.io/nvidia/tritonserver:25.01-py3"},
             {
-                "workloads": "trainer",
+                "workloads": "workloads",
+                "trainer": "trainer",
                 "gateway": "workloads",
                 "triton": "=nvcr.io/nvidia/tritonserver:25.01-py3",
             },
         ),
         (
             {"RECSYS_WORKLOADS_IMAGE": "", "RECSYS_GATEWAY_IMAGE": "reg/gw:1"},
-            {"workloads": "trainer", "gateway": "=reg/gw:1", "triton": "triton"},
+            {
+                "workloads": "workloads",
+                "trainer": "trainer",
+                "gateway": "=reg/gw:1",
+                "triton": "triton",
+            },
         ),
     ],
     ids=["built-in", "one-set", "empty-is-unset"],

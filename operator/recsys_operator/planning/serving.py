@@ -166,7 +166,7 @@ def triton_objects(
     version: str,
     artifact_uri: str,
     image: str,
-    workloads_image: str,
+    builder_image: str,
 ) -> list[dict[str, Any]]:
     """A version's Triton: a ConfigMap, a Deployment whose init container builds the model
     repository from the version's artifact into an emptyDir (the repository is derived data,
@@ -183,7 +183,7 @@ def triton_objects(
     config_map = workload_config_map(name, ns, labels, owner, repository_config(rec, artifact_uri))
     models = {"name": "models", "mountPath": REPOSITORY_DIR}
     builder = workload_container(
-        image=workloads_image,
+        image=builder_image,
         module="recsys_workloads.serving.repository",
         env_from=artifact_env_from(rec),
         extra_mounts=[models],

@@ -107,11 +107,12 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     decision = planner.decide(mv, observed, now)
 
     if rec is not None and decision.run is not None:
-        image = ctx.images.get("workloads", "")
         try:
             if decision.run == "train":
+                image = ctx.images.get("trainer", "")
                 await _run(ctx, training_job(rec, mv, obj, image, sources), "train", obj)
             else:
+                image = ctx.images.get("workloads", "")
                 await _run(ctx, index_job(rec, mv, obj, image), "index", obj)
         except Refusal as refusal:
             decision = planner.fail(mv, "JobRejected", str(refusal), now)

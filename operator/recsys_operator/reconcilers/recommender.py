@@ -135,15 +135,16 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     if routing is not None:
         by_name = {m["metadata"]["name"]: m for m in mv_objs}
         indexes = {v.name: v.index_name for v in versions}
-        triton_image, workloads_image = (
+        triton_image, trainer_image, workloads_image = (
             ctx.images.get("triton", ""),
+            ctx.images.get("trainer", ""),  # the repository builder imports torch
             ctx.images.get("workloads", ""),
         )
         try:
             ready_now = True
             for version in sorted(routing.versions):
                 uri = (by_name[version].get("status") or {}).get("artifactUri", "")
-                for child in triton_objects(rec, obj, version, uri, triton_image, workloads_image):
+                for child in triton_objects(rec, obj, version, uri, triton_image, trainer_image):
                     applied = await ensure(ctx, child)
                     if child["kind"] == "Deployment" and version == routing.stable:
                         ready_now = ready_now and _available(applied)
