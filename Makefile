@@ -41,6 +41,7 @@ testbed:
 
 lint: python-deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 typecheck: python-deps
 	$(VENV)/bin/mypy
