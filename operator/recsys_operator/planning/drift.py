@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recsys_contract.drift import DriftConfig, DriftSummary
-from recsys_contract.history import RecommenderStoreConfig
 from recsys_contract.keyspace import store_name
 from recsys_operator.api.formats import parse_duration
 from recsys_operator.api.recommender import Drift, Recommender
@@ -28,12 +27,11 @@ from recsys_operator.naming import child_name
 from recsys_operator.planning import EventSpec
 from recsys_operator.planning.jobstatus import JobOutcome
 from recsys_operator.planning.pods import (
-    object_meta,
-    pod_failure_policy,
+    recommender_store,
     redis_password_env,
+    serial_cron_job,
     workload_config_map,
     workload_container,
-    workload_pod_spec,
 )
 from recsys_operator.planning.training import artifact_env_from
 
@@ -53,12 +51,10 @@ def labels(rec: Recommender) -> dict[str, str]:
 
 
 def drift_config(rec: Recommender, drift: Drift, version: str, artifact_uri: str) -> DriftConfig:
-    redis = rec.spec.stores.redis
-    prefix = {"key_prefix": redis.key_prefix} if redis.key_prefix else {}
     return DriftConfig.model_validate(
         {
             "recommender": store_name(rec.metadata.namespace, rec.metadata.name),
-            "served_log": RecommenderStoreConfig.model_validate({"redis_url": redis.url, **prefix}),
+            "served_log": recommender_store(rec),
             "model_artifact_uri": artifact_uri,
             # only what the stable version served: a canary's traffic is its own
             "model_version": version,
@@ -89,33 +85,9 @@ def drift_objects(
         env=redis_password_env(rec.spec.stores.redis.password_secret_ref),
         env_from=artifact_env_from(rec),
     )
-    spec: dict[str, Any] = {
-        "schedule": drift.schedule,
-        "suspend": drift.suspend,
-        "concurrencyPolicy": "Forbid",
-        "successfulJobsHistoryLimit": 3,
-        "failedJobsHistoryLimit": 3,
-        "jobTemplate": {
-            "metadata": {"labels": labels(rec)},
-            "spec": {
-                "backoffLimit": 2,
-                "podFailurePolicy": pod_failure_policy(),
-                "ttlSecondsAfterFinished": 86400,
-                "template": {
-                    "metadata": {"labels": labels(rec)},
-                    "spec": workload_pod_spec(container, name),
-                },
-            },
-        },
-    }
-    if drift.time_zone:
-        spec["timeZone"] = drift.time_zone
-    cron_job = {
-        "apiVersion": "batch/v1",
-        "kind": "CronJob",
-        "metadata": object_meta(name, ns, labels(rec), owner),
-        "spec": spec,
-    }
+    cron_job = serial_cron_job(
+        name, ns, labels(rec), owner, container, drift.schedule, drift.time_zone, drift.suspend
+    )
     return [config_map, cron_job]
 
 

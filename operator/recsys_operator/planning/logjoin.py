@@ -15,19 +15,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from recsys_contract.formats import parse_duration
-from recsys_contract.history import RecommenderStoreConfig
 from recsys_contract.keyspace import store_name
 from recsys_contract.logjoin import LogJoinConfig
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name
 from recsys_operator.planning.pods import (
-    object_meta,
-    pod_failure_policy,
+    recommender_store,
     redis_password_env,
+    serial_cron_job,
     workload_config_map,
     workload_container,
-    workload_pod_spec,
 )
 from recsys_operator.planning.training import artifact_env_from, logged_uri
 from recsys_operator.planning.training import logged_enabled as logged_enabled
@@ -53,15 +51,11 @@ def wait_seconds(rec: Recommender) -> float:
 
 
 def logjoin_config(rec: Recommender) -> LogJoinConfig:
-    redis = rec.spec.stores.redis
-    prefix = {"key_prefix": redis.key_prefix} if redis.key_prefix else {}
     logged = rec.spec.training.logged_data
     return LogJoinConfig.model_validate(
         {
             "recommender": store_name(rec.metadata.namespace, rec.metadata.name),
-            "online_store": RecommenderStoreConfig.model_validate(
-                {"redis_url": redis.url, **prefix}
-            ),
+            "online_store": recommender_store(rec),
             "output_uri": logged_uri(rec),
             "wait_seconds": wait_seconds(rec),
             "retain_seconds": parse_duration(logged.retention),
@@ -82,30 +76,7 @@ def logjoin_objects(rec: Recommender, owner: Mapping[str, Any], image: str) -> l
         env=redis_password_env(rec.spec.stores.redis.password_secret_ref),
         env_from=artifact_env_from(rec),
     )
-    spec: dict[str, Any] = {
-        "schedule": logged.schedule,
-        "concurrencyPolicy": "Forbid",
-        "successfulJobsHistoryLimit": 3,
-        "failedJobsHistoryLimit": 3,
-        "jobTemplate": {
-            "metadata": {"labels": labels(rec)},
-            "spec": {
-                "backoffLimit": 2,
-                "podFailurePolicy": pod_failure_policy(),
-                "ttlSecondsAfterFinished": 86400,
-                "template": {
-                    "metadata": {"labels": labels(rec)},
-                    "spec": workload_pod_spec(container, name),
-                },
-            },
-        },
-    }
-    if logged.time_zone:
-        spec["timeZone"] = logged.time_zone
-    cron_job = {
-        "apiVersion": "batch/v1",
-        "kind": "CronJob",
-        "metadata": object_meta(name, ns, labels(rec), owner),
-        "spec": spec,
-    }
+    cron_job = serial_cron_job(
+        name, ns, labels(rec), owner, container, logged.schedule, logged.time_zone
+    )
     return [config_map, cron_job]

@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from recsys_contract.base import ConfigSection
+from recsys_contract.history import RecommenderStoreConfig
 from recsys_contract.termination import EXIT_BAD_INPUT
 from recsys_operator.api.common import SecretKeyRef
+from recsys_operator.api.recommender import Recommender
 
 CONFIG_DIR = "/etc/recsys"
 CONFIG_FILE = "config.json"
@@ -90,6 +92,14 @@ def redis_password_env(ref: SecretKeyRef | None) -> list[dict[str, Any]]:
         return []
     secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
     return [{"name": "REDIS_PASSWORD", "valueFrom": secret}]
+
+
+def recommender_store(rec: Recommender) -> RecommenderStoreConfig:
+    """Where a Recommender's workloads find its gateway keys (history, served log, cursor).
+    The prefix only when set, so a config hashed into a Job's name stays as it was without."""
+    redis = rec.spec.stores.redis
+    prefix = {"key_prefix": redis.key_prefix} if redis.key_prefix else {}
+    return RecommenderStoreConfig.model_validate({"redis_url": redis.url, **prefix})
 
 
 def workload_container(
@@ -172,4 +182,47 @@ def pod_failure_policy() -> dict[str, Any]:
             },
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
         ]
+    }
+
+
+def serial_cron_job(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    container: Mapping[str, Any],
+    schedule: str,
+    time_zone: str | None = None,
+    suspend: bool | None = None,
+) -> dict[str, Any]:
+    """A Recommender's periodic workload (the drift check, the log join): never two runs at
+    once (``Forbid``: each run continues from what the previous one recorded), a few retries,
+    and finished Jobs kept a day for their termination messages."""
+    spec: dict[str, Any] = {
+        "schedule": schedule,
+        "concurrencyPolicy": "Forbid",
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "jobTemplate": {
+            "metadata": {"labels": dict(labels)},
+            "spec": {
+                "backoffLimit": 2,
+                "podFailurePolicy": pod_failure_policy(),
+                "ttlSecondsAfterFinished": 86400,
+                "template": {
+                    "metadata": {"labels": dict(labels)},
+                    "spec": workload_pod_spec(container, name),
+                },
+            },
+        },
+    }
+    if suspend is not None:
+        spec["suspend"] = suspend
+    if time_zone:
+        spec["timeZone"] = time_zone
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": object_meta(name, namespace, labels, owner),
+        "spec": spec,
     }

@@ -201,11 +201,7 @@ def feature_view_states(
             out.append({"name": ref.name, "ready": False, "stale": "Unknown"})
             continue
         f = freshness(fv, now)
-        conds = (
-            [c.model_dump(by_alias=True) for c in (fv.status.conditions or [])]
-            if (fv.status)
-            else []
-        )
+        conds = [c.model_dump() for c in fv.status.conditions or []] if fv.status else []
         state: dict[str, Any] = {
             "name": ref.name,
             "ready": is_true(conds, "Ready"),

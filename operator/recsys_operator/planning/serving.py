@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from recsys_contract import gateway as wire
-from recsys_contract.history import HistoryConfig, RecommenderStoreConfig
+from recsys_contract.history import HistoryConfig
 from recsys_contract.keyspace import DEFAULT_FEATURE_PREFIX, recommender_prefix, store_name
 from recsys_contract.repository import RepositoryConfig
 from recsys_operator.api.featureview import FeatureView
@@ -30,6 +30,7 @@ from recsys_operator.planning.pods import (
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
     object_meta,
+    recommender_store,
     redis_password_env,
     workload_config_map,
     workload_container,
@@ -333,14 +334,11 @@ HISTORY_MODULE = "recsys_workloads.history"
 
 
 def history_config(rec: Recommender) -> HistoryConfig:
-    redis = rec.spec.stores.redis
-    # the prefix only when set, so the Job's name (a hash of this) stays as it was without one
-    prefix = {"key_prefix": redis.key_prefix} if redis.key_prefix else {}
     return HistoryConfig(
         recommender=store_name(rec.metadata.namespace, rec.metadata.name),
         interactions_uri=rec.spec.interactions.path,
         interaction_columns=interaction_columns(rec),
-        online_store=RecommenderStoreConfig.model_validate({"redis_url": redis.url, **prefix}),
+        online_store=recommender_store(rec),
     )
 
 

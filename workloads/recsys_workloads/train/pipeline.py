@@ -72,17 +72,15 @@ def load_prepared(cfg: TrainConfig, store: Store) -> tuple[Prepared, Lineage]:
 
 def published_summary(manifest: dict[str, Any], uri: str) -> TrainSummary:
     lineage = manifest.get("lineage")
-    summary = TrainSummary(
+    return TrainSummary(
         version=manifest.get("version"),
         artifact_uri=uri,
         digest=manifest["digest"],
         item_count=manifest.get("itemCount"),
         embedding_dim=manifest.get("embeddingDim"),
         metrics=manifest.get("metrics", {}),
+        lineage=Lineage.model_validate(lineage) if lineage else None,
     )
-    if lineage:
-        summary = summary.model_copy(update={"lineage": Lineage.model_validate(lineage)})
-    return summary
 
 
 def exported_items(cfg: TrainConfig, p: Prepared) -> np.ndarray[Any, np.dtype[np.int64]]:
