@@ -21,11 +21,17 @@ What the Job does with it is told in ``recsys_workloads.index_build``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import Field
 
 from recsys_contract.base import ConfigSection, Summary
+
+#: How a model encodes a feature (``recsys_workloads.train.features``): a served value of
+#: another kind is not what it learnt from.
+FeatureKind = Literal["categorical", "numeric", "multi_hot"]
 
 #: The approximate index ``kind: auto`` builds above ``flatThreshold`` items.
 ApproximateKind = Literal["hnsw", "ivfFlat"]
@@ -62,6 +68,25 @@ class IndexBuildConfig(ConfigSection):
     seed: int = 0
 
 
+class SchemaFeature(Summary):
+    name: str
+    kind: FeatureKind
+
+
+class FeatureSchema(Summary):
+    """The features a model was trained on, as its encoders hold them. Serving must supply
+    every user feature by name and kind (item features are baked into its repository)."""
+
+    user: list[SchemaFeature] = Field(default_factory=list)
+    item: list[SchemaFeature] = Field(default_factory=list)
+
+    def digest(self) -> str:
+        """One name for one schema, the same whichever side computes it."""
+        doc = {side: [[f.name, f.kind] for f in getattr(self, side)] for side in ("user", "item")}
+        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
 class IndexSummary(Summary):
     """What a finished index build reports: the published index, checked against exact search."""
 
@@ -78,4 +103,7 @@ class IndexSummary(Summary):
     k: int
     #: the digest of the model artifact the index was built from
     model_digest: str
+    #: the features the model was trained on (None from an index published before they were
+    #: reported)
+    features: FeatureSchema | None = None
     already_published: bool = False

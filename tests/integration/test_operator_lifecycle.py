@@ -19,7 +19,7 @@ from fixtures.operator import (
     finish_pod,
     get,
 )
-from recsys_contract.index import IndexSummary
+from recsys_contract.index import FeatureSchema, IndexSummary, SchemaFeature
 from recsys_contract.train import Lineage, LoggedLineage, TrainSummary
 
 pytestmark = pytest.mark.testbed
@@ -159,9 +159,10 @@ def train_summary(version: str, recall: float, lineage: Lineage | None = None) -
     return {"status": "Succeeded", **summary.to_wire()}
 
 
-def index_summary(version: str) -> dict[str, Any]:
+def index_summary(version: str, features: FeatureSchema | None = None) -> dict[str, Any]:
     """What the index build Job of ``version`` writes (``recsys_contract.index``)."""
     summary = IndexSummary(
+        **({"features": features} if features else {}),
         version=version,
         index_uri=f"s3://models/movies/indexes/{version}",
         digest="sha256:" + "b" * 64,
@@ -519,6 +520,73 @@ def test_with_canary_steps_a_better_model_becomes_the_canary(
     )["routing"]
     assert routing["canary"]["modelVersion"] == "movies-v2"
     assert routing["canaryWeight"] == 10
+
+
+def test_a_version_serves_only_where_the_gateway_has_the_features_it_learnt(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    """Promotion as one unit with the feature schema: a version trained on a user feature
+    the FeatureViews do not serve is held back (Degraded says which), becomes the canary
+    once the view serves it, and is aborted when the spec drops a feature it reads."""
+
+    def schema(*names: str) -> FeatureSchema:
+        kinds = {"age": "numeric", "occupation": "categorical"}
+        return FeatureSchema(user=[SchemaFeature(name=n, kind=kinds[n]) for n in names])  # type: ignore[arg-type]
+
+    def degraded() -> dict[str, Any] | None:
+        return condition(get(testbed, "recommender", "movies", namespace), "Degraded")
+
+    apply_stack(testbed, namespace)  # the view serves age only
+    wait_phase(testbed, namespace, "movies-v1", "Training", operator)
+    finish_pod(testbed, namespace, "movies-v1-train", exit_code=0,
+               summary=train_summary("movies-v1", 0.12))  # fmt: skip
+    wait_phase(testbed, namespace, "movies-v1", "Indexing", operator)
+    finish_pod(testbed, namespace, "movies-v1-index", exit_code=0,
+               summary=index_summary("movies-v1", schema("age")))  # fmt: skip
+    wait_rollout(testbed, namespace, operator, stable="movies-v1")
+    mv1 = get(testbed, "modelversion", "movies-v1", namespace) or {}
+    assert mv1["status"]["featureSchema"]["user"] == [{"name": "age", "kind": "numeric"}]
+    assert mv1["status"]["featureSchemaDigest"] == schema("age").digest()
+
+    testbed.kubectl("annotate", "-n", namespace, "recommender/movies", "recsys.dev/retrain=a")
+    wait_phase(testbed, namespace, "movies-v2", "Training", operator)
+    finish_pod(testbed, namespace, "movies-v2-train", exit_code=0,
+               summary=train_summary("movies-v2", 0.15))  # fmt: skip
+    wait_phase(testbed, namespace, "movies-v2", "Indexing", operator)
+    finish_pod(testbed, namespace, "movies-v2-index", exit_code=0,
+               summary=index_summary("movies-v2", schema("age", "occupation")))  # fmt: skip
+    wait_phase(testbed, namespace, "movies-v2", "Ready", operator)
+    cond = eventually(
+        lambda: (c := degraded()) and c["reason"] == "FeatureSchemaMismatch" and c, 60,
+        "Degraded=FeatureSchemaMismatch", operator=operator,
+    )  # fmt: skip
+    assert cond["status"] == "True"
+    assert "not rolled out: movies-v2 was trained on user features" in cond["message"]
+    assert "missing occupation" in cond["message"]
+    ro = rollout(testbed, namespace)
+    assert (ro["stable"], ro.get("canary")) == ("movies-v1", None)
+
+    def serve_occupation(docs: list[dict[str, Any]]) -> None:
+        docs[0]["spec"]["features"].append({"name": "occupation", "dtype": "String"})
+
+    apply_stack(testbed, namespace, serve_occupation)
+    wait_rollout(testbed, namespace, operator, canary="movies-v2", canaryWeight=10)
+    eventually(lambda: (degraded() or {}).get("status") == "False", 60, "no longer Degraded",
+               operator=operator)  # fmt: skip
+
+    def read_occupation_only(docs: list[dict[str, Any]]) -> None:
+        serve_occupation(docs)
+        docs[1]["spec"]["featureViews"] = {"user": [{"name": "users", "features": ["occupation"]}]}
+
+    # both versions read age: the canary is aborted, the stable keeps serving and degrades
+    apply_stack(testbed, namespace, read_occupation_only)
+    ro = wait_rollout(testbed, namespace, operator, phase="Aborted", stable="movies-v1")
+    assert "missing age" in ro["message"]
+    cond = eventually(
+        lambda: (c := degraded()) and "the stable version movies-v1" in c["message"] and c, 60,
+        "the stable's mismatch reported", operator=operator,
+    )  # fmt: skip
+    assert cond["reason"] == "FeatureSchemaMismatch"
 
 
 def test_without_steps_a_better_model_is_promoted_and_pinning_rolls_back(

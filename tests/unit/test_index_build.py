@@ -12,10 +12,12 @@ import faiss
 import numpy as np
 import pytest
 
+from recsys_contract.index import FeatureSchema, IndexSummary
 from recsys_workloads import ann_index
 from recsys_workloads.artifact_store import ArtifactWriter, Store
 from recsys_workloads.index_build import load_index, main
 from recsys_workloads.runtime import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT
+from recsys_workloads.train.features import EntityEncoder, FeatureSpec, IdVocabulary
 
 
 def clustered(n: int, dim: int, seed: int, clusters: int = 100) -> np.ndarray:
@@ -70,10 +72,16 @@ def test_serialised_index_searches_the_same() -> None:
 
 
 def model_artifact(
-    root: Path, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray | None = None
+    root: Path,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    queries: np.ndarray | None = None,
+    encoders: dict[str, Any] | None = None,
 ) -> str:
     uri = str(root / "model")
     writer = ArtifactWriter(Store({}), uri, "model")
+    if encoders is not None:
+        writer.put_json("encoders.json", encoders)
     writer.put_npy("embeddings/item_ids.npy", ids)
     writer.put_npy("embeddings/item_embeddings.npy", vectors)
     if queries is not None:
@@ -327,3 +335,59 @@ def test_unreachable_store_is_transient(tmp_path: Path) -> None:
     code, summary = run_cli(tmp_path, cfg)
     assert code == EXIT_TRANSIENT
     assert "unreachable" in summary["message"]
+
+
+def encoders(user: list[FeatureSpec], item: list[FeatureSpec]) -> dict[str, Any]:
+    def entity(name: str, features: list[FeatureSpec]) -> EntityEncoder:
+        return EntityEncoder(name, f"{name}_id", IdVocabulary(np.arange(3)), tuple(features))
+
+    return {"user": entity("user", user).to_json(), "item": entity("item", item).to_json()}
+
+
+def test_the_trained_feature_schema_is_reported_and_kept_with_the_index(tmp_path: Path) -> None:
+    """What the rollout checks against the gateway's features: each user and item feature of
+    the model's encoders, with its kind, in the summary and the index manifest (so a rerun
+    that finds the index published reports it too)."""
+    enc = encoders(
+        [
+            FeatureSpec("age", "numeric", boundaries=(20.0, 40.0)),
+            FeatureSpec("gender", "categorical", ("F", "M")),
+        ],
+        [FeatureSpec("genres", "multi_hot", ("a", "b"), max_len=2)],
+    )
+    uri = model_artifact(tmp_path, clustered(50, 8, 1), np.arange(50, dtype=np.int64), encoders=enc)
+    cfg = {"modelArtifactUri": uri, "indexUri": str(tmp_path / "idx")}
+    want = {
+        "user": [{"name": "age", "kind": "numeric"}, {"name": "gender", "kind": "categorical"}],
+        "item": [{"name": "genres", "kind": "multi_hot"}],
+    }
+    code, summary = run_cli(tmp_path, cfg)
+    assert code == EXIT_OK, summary
+    assert summary["features"] == want
+    code, again = run_cli(tmp_path, cfg, "again")
+    assert (again["alreadyPublished"], again["features"]) == (True, want)
+    parsed = IndexSummary.model_validate(summary)
+    assert parsed.features is not None
+    assert parsed.features.digest() == FeatureSchema.model_validate(want).digest()
+    swapped = {"user": want["user"][::-1], "item": want["item"]}
+    assert FeatureSchema.model_validate(swapped).digest() != parsed.features.digest()
+
+
+def test_a_schema_too_wide_for_the_termination_message_is_left_out(tmp_path: Path) -> None:
+    wide = [FeatureSpec(f"feature_with_a_long_name_{n:03d}", "numeric") for n in range(200)]
+    uri = model_artifact(
+        tmp_path, clustered(50, 8, 1), np.arange(50, dtype=np.int64), encoders=encoders(wide, [])
+    )
+    code, summary = run_cli(tmp_path, {"modelArtifactUri": uri, "indexUri": str(tmp_path / "i")})
+    assert code == EXIT_OK, summary
+    assert "features" in summary
+    assert summary["features"] is None
+    assert summary["recall"] == 1.0  # the rest of the summary is whole
+    manifest = json.loads((tmp_path / "i/manifest.json").read_text())
+    assert len(manifest["model"]["features"]["user"]) == 200
+
+
+def test_an_artifact_without_encoders_reports_no_schema(model: str, tmp_path: Path) -> None:
+    code, summary = run_cli(tmp_path, {"modelArtifactUri": model, "indexUri": str(tmp_path / "x")})
+    assert code == EXIT_OK, summary
+    assert summary.get("features") is None

@@ -6,7 +6,7 @@ from typing import Any
 
 from api_objects import NOW, model_version, recommender
 
-from recsys_contract.index import IndexSummary
+from recsys_contract.index import FeatureSchema, IndexSummary
 from recsys_operator.api.modelversion import ModelVersion
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning import modelversion as planner
@@ -132,6 +132,26 @@ def test_a_built_index_makes_the_trained_version_ready_and_indexed() -> None:
         "Evaluated",
         "Indexed",
     }
+
+
+def test_the_index_builds_feature_schema_is_the_versions() -> None:
+    """The schema the rollout checks serving against comes from the index build's summary;
+    an older summary without one leaves it unset (the version serves unchecked)."""
+    indexing = with_status(
+        evaluating(0.12), planner.decide(evaluating(0.12), planner.Observed(rec()), NOW)
+    )
+    schema = {"user": [{"name": "age", "kind": "numeric"}], "item": []}
+    ready = planner.decide(
+        indexing, planner.Observed(rec(), index=index_built("movies-v2", features=schema)), NOW
+    )
+    st = ready.status.to_k8s()
+    assert st["featureSchema"] == {"user": [{"name": "age", "kind": "numeric"}], "item": []}
+    assert st["featureSchemaDigest"] == FeatureSchema.model_validate(schema).digest()
+    assert st["featureSchemaDigest"].startswith("sha256:")
+    unreported = planner.decide(
+        indexing, planner.Observed(rec(), index=index_built("movies-v2")), NOW
+    )
+    assert "featureSchema" not in unreported.status.to_k8s()
 
 
 def imported_mv() -> ModelVersion:

@@ -380,3 +380,87 @@ def test_the_recommender_shows_the_staleness_of_its_views(
     assert first.to_k8s()["featureViews"] == [want], case
     later = planner.status(r, first.to_k8s(), p, [], False, None, NOW_TEXT, None, got)
     assert later == first, "an unchanged view leaves the status unchanged"
+
+
+# --- the features a version was trained on, against what the gateways serve -----------------
+
+
+def view(name: str, features: dict[str, str]) -> FeatureView:
+    raw = feature_view(name).model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["spec"]["features"] = [{"name": n, "dtype": t} for n, t in features.items()]
+    return FeatureView.model_validate(raw)
+
+
+def reading(*refs: dict[str, Any]) -> Recommender:
+    raw = rec(steps=True).model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["spec"]["featureViews"] = {"user": list(refs)}
+    return Recommender.model_validate(raw)
+
+
+def trained(n: int, *features: tuple[str, str], phase: str = "Ready") -> Version:
+    base = v(n, phase, "initial" if n == 1 else f"manual/{n}")
+    return Version(**{**base.__dict__, "user_features": tuple(features)})
+
+
+USERS = view("users", {"age": "Int64", "gender": "String", "tags": "Array(String)"})
+AGE, GENDER, TAGS = ("age", "numeric"), ("gender", "categorical"), ("tags", "multi_hot")
+
+
+@pytest.mark.parametrize(
+    ("case", "r", "views", "version", "want"),
+    [
+        ("every feature served as trained", reading({"name": "users"}), {"users": USERS},
+         trained(2, AGE, GENDER, TAGS), None),
+        ("a subset of the view's features is fine", reading({"name": "users"}),
+         {"users": USERS}, trained(2, AGE), None),
+        ("no schema reported: not judged", reading(), {}, v(2, "Ready"), None),
+        ("an id-only model needs nothing", reading(), {}, trained(2), None),
+        ("a feature dropped from the ref's features",
+         reading({"name": "users", "features": ["age"]}), {"users": USERS},
+         trained(2, AGE, GENDER), "missing gender"),
+        ("a feature dropped from the view", reading({"name": "users"}),
+         {"users": view("users", {"age": "Int64"})}, trained(2, AGE, GENDER), "missing gender"),
+        ("the view itself is gone", reading({"name": "users"}), {}, trained(2, AGE),
+         "missing age (FeatureView users does not exist)"),
+        ("a feature served with another type", reading({"name": "users"}),
+         {"users": view("users", {"age": "String"})}, trained(2, AGE),
+         "of another type age (trained numeric, served categorical)"),
+        ("a type no encoder takes", reading({"name": "users"}),
+         {"users": view("users", {"age": "Bytes"})}, trained(2, AGE),
+         "age (trained numeric, served unencodable)"),
+        ("found in a second user view", reading({"name": "users"}, {"name": "more"}),
+         {"users": view("users", {"age": "Int64"}), "more": view("more", {"gender": "Bool"})},
+         trained(2, AGE, GENDER), None),
+        ("a version still training is not judged", reading(), {},
+         trained(2, AGE, phase="Training"), None),
+    ],
+)  # fmt: skip
+def test_versions_the_gateways_cannot_feed_as_trained(
+    case: str, r: Recommender, views: dict[str, FeatureView], version: Version, want: str | None
+) -> None:
+    got = planner.unfit_versions(r, views, [version])
+    if want is None:
+        assert got == {}, case
+    else:
+        assert want in got[version.name], (case, got)
+        assert "spec.featureViews.user" in got[version.name]
+
+
+def test_an_unfit_canary_is_not_rolled_out_and_an_unfit_stable_degrades() -> None:
+    r = reading({"name": "users", "features": ["age"]})
+    versions = [trained(1, AGE), trained(2, AGE, GENDER)]
+    obj = {"apiVersion": "recsys.dev/v1alpha1", "kind": "Recommender",
+           "metadata": r.metadata.model_dump(by_alias=True),
+           "status": {"rollout": {"phase": "Healthy", "stable": "movies-v1"}}}  # fmt: skip
+    ready = frozenset({"movies-v1", "movies-v2"})
+    unfit = planner.unfit_versions(r, {"users": USERS}, versions)
+    p = planner.plan(obj, r, versions, NOW, ready=ready, unfit=unfit)
+    assert (p.stable, p.routing and p.routing.canary) == ("movies-v1", None)
+    assert [(x.reason, x.degrades) for x in p.problems] == [("FeatureSchemaMismatch", True)]
+    assert p.problems[0].message.startswith("not rolled out: movies-v2 was trained on")
+    # the stable's own feature dropped: it keeps serving, and the Recommender degrades
+    r2 = reading({"name": "users", "features": ["gender"]})
+    unfit2 = planner.unfit_versions(r2, {"users": USERS}, versions[:1])
+    p2 = planner.plan(obj, r2, versions[:1], NOW, ready=ready, unfit=unfit2)
+    assert p2.stable == "movies-v1"
+    assert conditions(r2, versions[:1], p2)["Degraded"] == ("True", "FeatureSchemaMismatch")

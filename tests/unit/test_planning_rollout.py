@@ -66,6 +66,7 @@ class Row:
     hold: str | None = None
     routing: tuple[str, str | None, int, str | None] | None = None
     shadow: int = 0
+    unfit: tuple[str, ...] = ()
     events: tuple[str, ...] = ()
     requeue: float | None = field(default=None)
 
@@ -87,6 +88,7 @@ class Row:
             check=check(self.check) if self.check else None,
             ready=frozenset(self.ready),
             hold=self.hold,
+            unfit={v: f"{v} was trained on features not served" for v in self.unfit},
         )
 
 
@@ -447,6 +449,53 @@ ROWS = [
         versions=("v1",),
         routing=("v1", None, 0, None),
     ),
+    # A version the gateways cannot feed the features it was trained on (``unfit``).
+    Row(
+        "a version the gateways cannot feed never becomes the canary",
+        HEALTHY_V1,
+        {"phase": "Healthy", "stable": "v1", "canary": None},
+        unfit=("v2",),
+        routing=("v1", None, 0, None),
+    ),
+    Row(
+        "a canary that turns unfit is aborted, all traffic back on the stable",
+        PAUSED_AT_1,
+        {"phase": "Aborted", "stable": "v1", "canary": None, "abortedVersion": "v2"},
+        unfit=("v2",),
+        routing=("v1", None, 0, None),
+        events=("RolloutAborted",),
+    ),
+    Row(
+        "the first version to serve is the newest that fits",
+        {},
+        {"phase": "Healthy", "stable": "v1"},
+        unfit=("v2",),
+        routing=("v1", None, 0, None),
+        events=("Promoted",),
+    ),
+    Row(
+        "nothing serves first when no version fits",
+        {},
+        {},
+        unfit=("v1", "v2"),
+        routing=None,
+    ),
+    Row(
+        "an unfit stable keeps serving (the Recommender reports it)",
+        HEALTHY_V1,
+        {"phase": "Healthy", "stable": "v1"},
+        versions=("v1",),
+        unfit=("v1",),
+        routing=("v1", None, 0, None),
+    ),
+    Row(
+        "a promotion waits for no unfit version",
+        {**AWAITING, "phase": "Promoting", "canary": None, "canaryWeight": 0},
+        {"phase": "Healthy", "stable": "v1"},
+        versions=("v1", "v2"),
+        unfit=("v2",),
+        routing=("v1", None, 0, None),
+    ),
 ]
 
 
@@ -472,6 +521,14 @@ def test_pinning_a_version_that_is_not_ready_keeps_the_stable_and_says_why() -> 
     assert out.status.stable == "v1"
     assert out.problem is not None
     assert "v9" in out.problem
+
+
+def test_pinning_a_version_the_gateways_cannot_feed_keeps_the_stable_and_says_why() -> None:
+    row = Row("", HEALTHY_V1, {}, pinned="v2", unfit=("v2",))
+    out = machine.step(row.inputs())
+    assert (out.status.stable, out.status.canary) == ("v1", None)
+    assert out.problem is not None
+    assert "v2 cannot serve: v2 was trained on features not served" in out.problem
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ operator's rollout does that after reading this Job's summary (``IndexSummary``)
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -31,10 +32,12 @@ from typing import Any
 import numpy as np
 
 from recsys_contract.formats import join_uri
-from recsys_contract.index import IndexBuildConfig, IndexSummary
+from recsys_contract.index import FeatureSchema, IndexBuildConfig, IndexSummary
+from recsys_contract.termination import TERMINATION_MESSAGE_LIMIT
 from recsys_workloads import ann_index
 from recsys_workloads.artifact_store import MANIFEST_NAME, ArtifactReader, ArtifactWriter, Store
 from recsys_workloads.runtime import BadInputError, parse_config, run_entrypoint
+from recsys_workloads.train.features import ENCODERS_FILE, EntityEncoder, feature_schema
 
 log = logging.getLogger("recsys_workloads.index_build")
 
@@ -106,6 +109,21 @@ def summary_of(manifest: dict[str, Any], uri: str) -> IndexSummary:
         recall=manifest["validation"]["recall"],
         k=manifest["validation"]["k"],
         model_digest=manifest["model"]["digest"],
+        features=FeatureSchema.model_validate(features)
+        if (features := manifest["model"].get("features")) is not None
+        else None,
+    )
+
+
+def model_schema(reader: ArtifactReader) -> FeatureSchema | None:
+    """The features the model was trained on, from its encoders: the rollout serves a version
+    only where the gateway supplies them. None for an artifact without encoders (its index
+    can be built; Triton's repository build refuses it)."""
+    if not reader.has(ENCODERS_FILE):
+        return None
+    encoders = reader.read_json(ENCODERS_FILE)
+    return feature_schema(
+        EntityEncoder.from_json(encoders["user"]), EntityEncoder.from_json(encoders["item"])
     )
 
 
@@ -115,7 +133,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     if store.exists(join_uri(cfg.index_uri, MANIFEST_NAME), what="look up index"):
         existing = ArtifactReader(store, cfg.index_uri, INDEX_KIND)
         published = summary_of(existing.manifest, cfg.index_uri)
-        return published.model_copy(update={"already_published": True}).to_wire()
+        return fitted(published.model_copy(update={"already_published": True})).to_wire()
 
     reader = ArtifactReader(store, cfg.model_artifact_uri, MODEL_KIND)
     ids = reader.read_npy("embeddings/item_ids.npy")
@@ -203,10 +221,24 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
                 "minRecall": v.min_recall,
                 "curve": curve,
             },
-            "model": {"uri": cfg.model_artifact_uri, "digest": reader.manifest["digest"]},
+            "model": {
+                "uri": cfg.model_artifact_uri,
+                "digest": reader.manifest["digest"],
+                "features": schema.to_wire() if (schema := model_schema(reader)) else None,
+            },
         }
     )
-    return summary_of(manifest, cfg.index_uri).to_wire()
+    return fitted(summary_of(manifest, cfg.index_uri)).to_wire()
+
+
+def fitted(summary: IndexSummary) -> IndexSummary:
+    """The summary without its feature schema when a wide schema would push it past what a
+    termination message holds: the version then serves unchecked, rather than unreported."""
+    text = json.dumps(summary.to_wire(), separators=(",", ":"), sort_keys=True)
+    if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT - 256 or summary.features is None:
+        return summary
+    log.warning("the feature schema does not fit the termination message; not reported")
+    return summary.model_copy(update={"features": None})
 
 
 def load_index(store: Store, uri: str) -> tuple[Any, dict[str, Any]]:

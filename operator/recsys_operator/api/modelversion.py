@@ -160,6 +160,27 @@ class Lineage(ApiModel):
     """The logged rows read beside them (``spec.training.loggedData``); unset when off."""
 
 
+class SchemaFeature(ApiModel):
+    """One feature a model was trained on, and how it encodes it."""
+
+    name: Annotated[str, Field(max_length=253)]
+    """The feature's name, as its FeatureView (and the training table) call it."""
+    kind: Literal["categorical", "numeric", "multi_hot"]
+    """How the model encodes it: ``numeric`` (Int and Float columns, bucketed),
+    ``categorical`` (String, Bool) or ``multi_hot`` (Array(String))."""
+
+
+class FeatureSchema(ApiModel):
+    """The features a version was trained on, read from its artifact's encoders by the index
+    build. The gateway must supply every user feature, by name and kind, for the version to
+    serve; item features are built into its Triton repository from the training data."""
+
+    user: Annotated[list[SchemaFeature], Field(max_length=256)] = Field(default_factory=list)
+    """User features, in the order the model's encoder holds them."""
+    item: Annotated[list[SchemaFeature], Field(max_length=256)] = Field(default_factory=list)
+    """Item features, in the order the model's encoder holds them."""
+
+
 class ModelVersionStatus(ApiModel):
     """Observed state of a ModelVersion, written by the operator."""
 
@@ -194,8 +215,12 @@ class ModelVersionStatus(ApiModel):
     """Digest of the artifact manifest, to tell identical artifacts apart from changed ones."""
     index_name: Annotated[str, Field(max_length=253)] | None = None
     """The ANN index built from this version's item embeddings (``<recommender>-<version>``)."""
+    feature_schema: FeatureSchema | None = None
+    """The features the version was trained on. A version the Recommender's user
+    FeatureViews do not supply them for is not rolled out (and a canary is aborted); unset
+    (an index build that could not report it), the version serves unchecked."""
     feature_schema_digest: Digest | None = None
-    """Digest of the feature schema the version was trained on; served only with it."""
+    """Digest of ``featureSchema``: versions with the same digest read the same features."""
     metrics: Annotated[dict[str, float], Field(max_length=64)] | None = None
     """Every metric the evaluation wrote, by name (``recall@20``, ``ndcg@10``, ``auc``)."""
     evaluation: Evaluation | None = None

@@ -292,6 +292,9 @@ def decide(mv: ModelVersion, observed: Observed, now: str) -> Decision:
                 "DigestMismatch",
             )
         st["indexName"] = built.index_uri if built is not None else ix.name
+        if built is not None and built.features is not None:
+            st["featureSchema"] = built.features.to_wire()
+            st["featureSchemaDigest"] = built.features.digest()
         if imported:
             st.setdefault("artifactUri", mv.spec.storage_uri)
             if model_digest:

@@ -55,6 +55,8 @@ class Version:
     trigger: str | None
     number: int
     index_name: str | None = None
+    #: (name, kind) of each user feature it was trained on; None when not reported
+    user_features: tuple[tuple[str, str], ...] | None = None
 
 
 def version_of(obj: Mapping[str, Any]) -> Version:
@@ -64,6 +66,7 @@ def version_of(obj: Mapping[str, Any]) -> Version:
     number = (
         int(name.rsplit("-v", 1)[1]) if "-v" in name and name.rsplit("-v", 1)[1].isdigit() else 0
     )
+    schema = status.get("featureSchema")
     return Version(
         name=name,
         phase=status.get("phase") or "Pending",
@@ -71,6 +74,9 @@ def version_of(obj: Mapping[str, Any]) -> Version:
         trigger=(meta.get("annotations") or {}).get(TRIGGER_ANNOTATION),
         number=number,
         index_name=status.get("indexName"),
+        user_features=tuple((f["name"], f["kind"]) for f in schema.get("user") or [])
+        if schema is not None
+        else None,
     )
 
 
@@ -187,6 +193,71 @@ def stale_features(
     return "; ".join(problems) or None
 
 
+#: The encoding training gives a FeatureView column of each type (``infer_kind`` of the
+#: training workload); None for types it cannot encode.
+KIND_OF_DTYPE: Mapping[str, str | None] = {
+    "Bool": "categorical",
+    "String": "categorical",
+    "Int32": "numeric",
+    "Int64": "numeric",
+    "Float32": "numeric",
+    "Float64": "numeric",
+    "Array(String)": "multi_hot",
+    "UnixTimestamp": None,
+    "Bytes": None,
+    "Array(Int64)": None,
+    "Array(Float32)": None,
+}
+
+
+def unfit_versions(
+    rec: Recommender, views: Mapping[str, FeatureView], versions: Sequence[Version]
+) -> dict[str, str]:
+    """Ready versions the gateways cannot feed as they were trained, with why: a user feature
+    of the version's schema that no user FeatureView of the spec serves (dropped from a
+    view's ``features`` or from the view), or one served with another type than it learnt.
+
+    The model would see such a feature as "missing" on every request and score silently
+    worse, so the rollout does not serve it; a version that reported no schema is not judged.
+    """
+    refs = rec.spec.feature_views
+    served: dict[str, str | None] = {}
+    absent: list[str] = []
+    for ref in (refs.user or []) if refs else []:
+        fv = views.get(ref.name)
+        if fv is None:
+            absent.append(ref.name)
+            continue
+        dtypes = {f.name: f.dtype for f in fv.spec.features}
+        for name in ref.features or list(dtypes):
+            if name in dtypes:
+                served.setdefault(name, KIND_OF_DTYPE.get(dtypes[name]))
+    out: dict[str, str] = {}
+    for v in versions:
+        if v.phase not in SERVABLE or not v.user_features:
+            continue
+        missing = [n for n, _ in v.user_features if n not in served]
+        other = [
+            f"{n} (trained {k}, served {served[n] or 'unencodable'})"
+            for n, k in v.user_features
+            if n in served and served[n] != k
+        ]
+        if not missing and not other:
+            continue
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+            if absent:
+                parts[-1] += f" (FeatureView {', '.join(absent)} does not exist)"
+        if other:
+            parts.append(f"of another type {', '.join(other)}")
+        out[v.name] = (
+            f"{v.name} was trained on user features spec.featureViews.user does not serve as "
+            f"trained ({'; '.join(parts)}): serve them again or train a new version"
+        )
+    return out
+
+
 def feature_view_states(
     rec: Recommender, views: Mapping[str, FeatureView], now: dt.datetime
 ) -> list[dict[str, Any]]:
@@ -223,6 +294,7 @@ def plan(
     ready: frozenset[str] = frozenset(),
     hold: str | None = None,
     shadow: ShadowStatus | None = None,
+    unfit: Mapping[str, str] | None = None,
 ) -> Plan:
     out = Plan()
     triggers = {v.trigger for v in versions if v.trigger}
@@ -278,11 +350,20 @@ def plan(
             ready=ready,
             hold=hold,
             shadow=shadow,
+            unfit=unfit or {},
         )
     )
     out.rollout = result
     if result.problem:
         out.problems.append(Problem("PinnedVersionNotServable", result.problem))
+    stable_now = result.routing.stable if result.routing else None
+    newest = servable[-1].name if servable else None
+    for name, why in (unfit or {}).items():
+        if name == stable_now:
+            out.problems.append(Problem("FeatureSchemaMismatch", f"the stable version {why}"))
+        elif name == newest:
+            # a Ready model held back for good until the spec changes: not a quiet note
+            out.problems.append(Problem("FeatureSchemaMismatch", f"not rolled out: {why}"))
     pinned = rec.spec.serving.pinned_model_version
     serving = result.routing.versions if result.routing else set()
 

@@ -22,13 +22,17 @@ which versions are ready to take traffic, and the clock:
   replaced version stays ready as the routing table's standby for ``rollbackWindow``;
 - abort with no canary inside the rollback window rolls the last promotion back;
 - ``pinnedModelVersion`` serves exactly that version (Promoting to it when it is not yet
-  ready, so no request meets a version still loading).
+  ready, so no request meets a version still loading);
+- a version the gateways cannot feed the features it was trained on (``unfit``) never
+  becomes the canary, the first stable or the pinned one, and a canary that turns unfit (a
+  feature dropped from the spec) is aborted. A stable that turns unfit keeps serving: taking
+  it away would serve nothing, so the Recommender reports it instead.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -73,6 +77,8 @@ class Inputs:
     hold: str | None = None
     #: The canary's answers to mirrored requests, read with the check (if one ran).
     shadow: ShadowStatus | None = None
+    #: Ready versions the gateways cannot serve as they were trained, and why.
+    unfit: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -222,7 +228,8 @@ class _Machine:
         if inp.pinned:
             return self.pinned(inp.pinned)
         if st.stable is None:
-            newest = inp.versions[-1].name if inp.versions else None
+            fit = [c.name for c in inp.versions if c.name not in inp.unfit]
+            newest = fit[-1] if fit else None
             if newest is None:
                 return Step(self.final(), None)
             # Nothing serves yet, so nobody can be hurt: the first version serves at once.
@@ -251,13 +258,17 @@ class _Machine:
     def pinned(self, pinned: str) -> Step:
         st = self.st
         self.consume_tokens()
-        if pinned not in self.names:
+        if pinned not in self.names or pinned in self.inp.unfit:
+            why = (
+                f"cannot serve: {self.inp.unfit[pinned]}"
+                if pinned in self.inp.unfit
+                else "is not a Ready version of this Recommender"
+            )
             return Step(
                 self.final(),
                 self.routing(),
                 requeue_after=None,
-                problem=f"spec.serving.pinnedModelVersion {pinned} is not a Ready version of this "
-                "Recommender; keeping the current one",
+                problem=f"spec.serving.pinnedModelVersion {pinned} {why}; keeping the current one",
             )
         if st.canary:
             self.event("Normal", "RolloutAbandoned", f"canary {st.canary} left: pinned to {pinned}")
@@ -284,7 +295,9 @@ class _Machine:
             st.last_promote_token = inp.promote_token
         stable_order = self.order[st.stable] if st.stable else ("", 0)
         newer = [
-            c.name for c in inp.versions if c.order > stable_order and c.name != st.aborted_version
+            c.name
+            for c in inp.versions
+            if c.order > stable_order and c.name != st.aborted_version and c.name not in inp.unfit
         ]
         if not newer:
             if st.phase not in ("Aborted", "Healthy"):
@@ -309,6 +322,9 @@ class _Machine:
         if self.new_token(inp.abort_token, st.last_abort_token):
             st.last_abort_token = inp.abort_token
             self.abort("recsys.dev/abort")
+            return
+        if st.canary is not None and st.canary in inp.unfit:
+            self.abort(inp.unfit[st.canary])
             return
         if inp.shadow is not None:
             st.shadow = inp.shadow
@@ -457,7 +473,9 @@ class _Machine:
         newer = [
             c.name
             for c in self.inp.versions
-            if c.order > stable_order and c.name != st.aborted_version
+            if c.order > stable_order
+            and c.name != st.aborted_version
+            and c.name not in self.inp.unfit
         ]
         return newer[-1] if newer else None
 

@@ -105,7 +105,10 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     ready, unready_why = await _ready_versions(ctx, online, keys, rec, versions)
     views = _feature_views(ctx, rec)
     hold = planner.stale_features(rec, views, now_dt)
-    plan = planner.plan(obj, rec, versions, now_dt, drift.retrain, check, ready, hold, shadow)
+    unfit = planner.unfit_versions(rec, views, versions)
+    plan = planner.plan(
+        obj, rec, versions, now_dt, drift.retrain, check, ready, hold, shadow, unfit
+    )
     if unready_why:
         plan.problems.append(planner.Problem("OnlineStoreUnavailable", unready_why))
 

@@ -21,10 +21,14 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsys_contract.index import FeatureSchema, SchemaFeature
 from recsys_workloads.runtime import BadInputError
 
 FeatureKind = Literal["categorical", "numeric", "multi_hot"]
 IntArray = npt.NDArray[np.int64]
+
+#: The artifact file holding both entities' encoders (``EntityEncoder.to_json``).
+ENCODERS_FILE = "encoders.json"
 
 #: Columns of an entity table that are never features.
 EVENT_TIME = "event_timestamp"
@@ -227,6 +231,14 @@ class EntityEncoder:
             ids=IdVocabulary(np.asarray(raw["ids"], dtype=np.int64)),
             features=tuple(FeatureSpec.from_json(f) for f in raw["features"]),
         )
+
+
+def feature_schema(user: EntityEncoder, item: EntityEncoder) -> FeatureSchema:
+    """What serving must supply for a model with these encoders (names and kinds)."""
+    return FeatureSchema(
+        user=[SchemaFeature(name=f.name, kind=f.kind) for f in user.features],
+        item=[SchemaFeature(name=f.name, kind=f.kind) for f in item.features],
+    )
 
 
 def fit_entity_encoder(
