@@ -169,7 +169,8 @@ def test_each_kind_must_be_served(
             "monitoring.podMonitor.operator and metrics.serviceMonitor.enabled are both true",
         ),
         (
-            with_values(grafanaDashboard={"labels": {}}),
+            # null removes a default key in Helm (an empty map would merge with the default)
+            with_values(grafanaDashboard={"labels": {"grafana_dashboard": None}}),
             "monitoring.grafanaDashboard.labels is empty",
         ),
         (
@@ -552,7 +553,8 @@ def selector_names(world: World, expr: str) -> set[str]:
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if node.get("type") == "vectorSelector":
+            # the API flattens a range's selector into its matrixSelector node
+            if node.get("type") in ("vectorSelector", "matrixSelector"):
                 name = node.get("name") or next(
                     (m["value"] for m in node.get("matchers", []) if m["name"] == "__name__"), ""
                 )
