@@ -26,7 +26,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,8 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": ".*", "$recommender
 
 @pytest.fixture
 def helm(testbed: Testbed, tmp_path: Path) -> Helm:
+    """test_chart's ``helm`` fixture, declared here because an imported fixture reads to ruff
+    as an unused import that each test then redefines."""
     return Helm(testbed, tmp_path)
 
 
@@ -108,7 +110,8 @@ def dashboard(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def dashboard_queries(board: Mapping[str, Any]) -> dict[str, str]:
-    """Each panel target's query, by panel title and refId, with the variables filled in."""
+    """Each panel target's query, by panel title and refId, and each variable's selector, with
+    the variables filled in."""
     out = {}
     for panel in board["panels"]:
         for target in panel.get("targets", []):
@@ -116,6 +119,14 @@ def dashboard_queries(board: Mapping[str, Any]) -> dict[str, str]:
             for variable, value in GRAFANA_VARIABLES.items():
                 expr = expr.replace(variable, value)
             out[f"{panel['title']} {target['refId']}"] = expr
+    # a variable's label_values(<selector>, <label>): the selector is PromQL too
+    for variable in board["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict) and query["query"].startswith("label_values("):
+            selector = query["query"].removeprefix("label_values(").rsplit(",", 1)[0]
+            for name, value in GRAFANA_VARIABLES.items():
+                selector = selector.replace(name, value)
+            out[f"variable {variable['name']}"] = selector
     return out
 
 
@@ -716,15 +727,19 @@ async def world(
             prometheus.stop()
 
 
-async def _until(what: str, check: Any, world: World) -> Any:
+async def _until(what: str, check: Callable[[], Any], world: World) -> Any:
+    """Poll ``check`` (blocking, so in a thread) until it is truthy, for at most WAIT_S; fail
+    with the alerts Prometheus has and the operator's log tail."""
     deadline = time.monotonic() + WAIT_S
     while True:
         got = await asyncio.to_thread(check)
         if got:
             return got
         if time.monotonic() > deadline:
+            active = world.api("/api/v1/alerts")["alerts"]
             raise AssertionError(
-                f"not {what} within {WAIT_S:.0f} s\noperator log:\n{world.operator.tail()}"
+                f"not {what} within {WAIT_S:.0f} s\nactive alerts: {active}\n"
+                f"operator log:\n{world.operator.tail()}"
             )
         await asyncio.sleep(0.5)
 
