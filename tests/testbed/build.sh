@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the testbed's control plane from Go modules: kube-apiserver, kube-controller-manager,
 # kube-scheduler (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3), kwok and helm; and, through
-# tests/argocd/build.sh, argocd-health (`build.sh argocd` builds only that one), and through
-# build_prometheus.sh, Prometheus (`build.sh prometheus`).
+# tests/argocd/build.sh, argocd-health (`build.sh argocd` builds only that one), through
+# build_prometheus.sh, Prometheus (`build.sh prometheus`), and through build_promtool.sh and
+# fetch_prometheus_operator_crds.sh, promtool and the Prometheus Operator's CRDs for the chart's
+# monitoring objects (`build.sh promtool`).
 #
 # No Docker and no release downloads are available here, but the Go module proxy is. The
 # kubernetes module cannot be `go install`ed (its go.mod pins every staging module at v0.0.0
@@ -23,13 +25,16 @@ key=$( (cat "$here/versions.env"; echo "$BUILD_REVISION"; go version) | sha256su
 out="$cache/bin/$key"
 log() { printf '[testbed-build] %s\n' "$*" >&2; }
 
-# argocd-health (Argo CD's Lua VM for the chart's health checks) and Prometheus (the canary
-# analysis' provider) have their own cache keys and locks, so they are built before the control
-# plane's early exit: a warm control-plane cache must not skip them.
+# argocd-health (Argo CD's Lua VM for the chart's health checks), Prometheus (the canary
+# analysis' provider), promtool and the Prometheus Operator's CRDs (the chart's monitoring
+# objects) have their own cache keys and locks, so they are built before the control plane's
+# early exit: a warm control-plane cache must not skip them.
 case "${1:-all}" in
   argocd) exec bash "$here/../argocd/build.sh";;
   prometheus) exec bash "$here/build_prometheus.sh";;
-  all) bash "$here/../argocd/build.sh" >/dev/null; bash "$here/build_prometheus.sh" >/dev/null;;
+  promtool) bash "$here/fetch_prometheus_operator_crds.sh" >/dev/null; exec bash "$here/build_promtool.sh";;
+  all) bash "$here/../argocd/build.sh" >/dev/null; bash "$here/build_prometheus.sh" >/dev/null
+    bash "$here/build_promtool.sh" >/dev/null; bash "$here/fetch_prometheus_operator_crds.sh" >/dev/null;;
 esac
 
 if [ -f "$out/.done" ]; then echo "$out"; exit 0; fi

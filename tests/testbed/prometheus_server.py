@@ -1,4 +1,5 @@
-"""A real Prometheus (built from its Go module by build_prometheus.sh) scraping local targets.
+"""A real Prometheus (built from its Go module by build_prometheus.sh) scraping local targets,
+and the promtool and Prometheus Operator CRDs of the chart's monitoring tests.
 
 It listens on the loopback only, keeps its TSDB in a temporary folder that ``stop`` removes, and
 scrapes every target at ``scrape_interval`` (a second by default, so a test waits seconds, not
@@ -22,12 +23,27 @@ from testbed.processes import Process, ProcessGroup, free_port, wait_until
 HERE = Path(__file__).resolve().parent
 
 
-def prometheus_binary() -> Path:
-    """Run build_prometheus.sh (a no-op once the pinned version is cached) for the binary."""
+def _built(script: str) -> Path:
+    """Run a build script of this folder (a no-op once its pin is cached) for what it prints."""
     out = subprocess.run(
-        ["bash", str(HERE / "build_prometheus.sh")], check=True, stdout=subprocess.PIPE, text=True
+        ["bash", str(HERE / script)], check=True, stdout=subprocess.PIPE, text=True
     ).stdout
     return Path(out.strip().splitlines()[-1])
+
+
+def prometheus_binary() -> Path:
+    return _built("build_prometheus.sh")
+
+
+def promtool_binary() -> Path:
+    """promtool of the same Prometheus module and version (build_promtool.sh)."""
+    return _built("build_promtool.sh")
+
+
+def prometheus_operator_crds() -> Path:
+    """The folder of the Prometheus Operator's PodMonitor, ServiceMonitor and PrometheusRule
+    CRDs (fetch_prometheus_operator_crds.sh)."""
+    return _built("fetch_prometheus_operator_crds.sh")
 
 
 @dataclass
@@ -46,23 +62,46 @@ class PrometheusServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class ScrapeJob:
+    """A static scrape job: ``targets`` (``host:port``) under ``name`` (the ``job`` label), each
+    series labelled with ``labels`` as Kubernetes service discovery and a monitor's relabeling
+    would add ``namespace`` and the like; ``honor_labels`` keeps a scraped label that collides
+    with one of those (the Prometheus Operator's ``honorLabels``)."""
+
+    name: str
+    targets: Sequence[str]
+    labels: Mapping[str, str] | None = None
+    honor_labels: bool = False
+
+
 def scrape_config(
-    targets: Sequence[str], scrape_interval: float, labels: Mapping[str, str] | None = None
+    targets: Sequence[str],
+    scrape_interval: float,
+    labels: Mapping[str, str] | None = None,
+    *,
+    jobs: Sequence[ScrapeJob] = (),
+    rule_files: Sequence[Path] = (),
 ) -> str:
-    """One static job over ``targets`` (``host:port``), each series labelled with ``labels``
-    as Kubernetes service discovery would add ``namespace`` and the like. JSON is YAML, so no
-    YAML writer is needed."""
+    """A job ``gateway`` over ``targets`` (when there are any) and ``jobs``, with ``rule_files``
+    evaluated at the scrape interval. JSON is YAML, so no YAML writer is needed."""
     interval = prometheus_duration(scrape_interval)
+    every = [*([ScrapeJob("gateway", targets, labels)] if targets else []), *jobs]
     return json.dumps(
         {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "rule_files": [str(p) for p in rule_files],
             "scrape_configs": [
                 {
-                    "job_name": "gateway",
+                    "job_name": job.name,
                     "scrape_interval": interval,
                     "scrape_timeout": interval,
-                    "static_configs": [{"targets": list(targets), "labels": dict(labels or {})}],
+                    "honor_labels": job.honor_labels,
+                    "static_configs": [
+                        {"targets": list(job.targets), "labels": dict(job.labels or {})}
+                    ],
                 }
+                for job in every
             ],
         },
         indent=2,
@@ -79,12 +118,17 @@ def start_prometheus(
     scrape_interval: float = 1.0,
     timeout: float = 30,
     labels: Mapping[str, str] | None = None,
+    *,
+    jobs: Sequence[ScrapeJob] = (),
+    rule_files: Sequence[Path] = (),
 ) -> PrometheusServer:
     binary = prometheus_binary()
     workdir = Path(tempfile.mkdtemp(prefix="recsys-prometheus-"))
     procs = ProcessGroup(workdir / "logs")
     config = workdir / "prometheus.yml"
-    config.write_text(scrape_config(targets, scrape_interval, labels))
+    config.write_text(
+        scrape_config(targets, scrape_interval, labels, jobs=jobs, rule_files=rule_files)
+    )
     port = free_port()
     try:
         proc = procs.start(
