@@ -37,6 +37,7 @@ from testbed.drift_world import (  # noqa: E402
     DRIFT,
     HOLDOUT,
     LATE_FROM,
+    LOGGED_CLICKS,
     SAMPLE_SIZE,
     drift_recommender,
     user_feature_view,
@@ -46,6 +47,7 @@ from testbed.local_serving import LocalServing, ServingPlayer  # noqa: E402
 from testbed.rollout_world import (  # noqa: E402
     ANALYSIS,
     Models,
+    Tally,
     Traffic,
     imported,
     recommender,
@@ -325,6 +327,11 @@ def trained_on(mv: dict[str, Any], batch: int, batch_end_us: int) -> int | None:
     return int(trained["count"]) - batch if int(trained["lastTime"]) >= batch_end_us else 0
 
 
+def answered(tally: Tally, version: str) -> str:
+    return (f"{tally.responses[version]} answers from {version}, {tally.clicks[version]} "
+            f"clicks (CTR {tally.ctr(version):.2%}), {len(tally.failures)} failed")  # fmt: skip
+
+
 def run_drift(cluster: Cluster, work: Path, ns: str, timeout: float) -> int:
     """The drift path, step by step (README, "What the demo runs")."""
     s = DriftScenario(cluster, ns)
@@ -364,12 +371,13 @@ def run_drift(cluster: Cluster, work: Path, ns: str, timeout: float) -> int:
         with Traffic(serving.urls, world.world, users=world.early) as early:
             early.wait_for(lambda t: sum(t.responses.values()) >= wanted, f"{wanted} answers",
                            timeout)  # fmt: skip
+        say(f"early users: {answered(early.tally, stable_v)}")
         s.mark("unshifted traffic served")
         result["unshifted"] = s.drift_check(f"{NAME}-drift-unshifted", timeout)
         s.mark("drift check on unshifted traffic")
-        # the retrain should learn from the log: enough clicks that logged rows outnumber the
-        # holdout the gate keeps (the newest share of all interactions, logged ones last)
-        clicks = world.interactions // 2
+        # the retrain should learn from the log: enough clicks that they outnumber the holdout
+        # the gate keeps (the newest share of all interactions, logged ones last)
+        clicks = int(world.interactions * LOGGED_CLICKS)
         say(f"shifted traffic: now the late users ask, until {wanted} answers and "
             f"{clicks} clicks since the start")  # fmt: skip
         with Traffic(serving.urls, world.world, users=world.late) as late:
@@ -378,6 +386,7 @@ def run_drift(cluster: Cluster, work: Path, ns: str, timeout: float) -> int:
                 and sum(t.clicks.values()) + sum(early.tally.clicks.values()) >= clicks,
                 f"{wanted} answers and {clicks} clicks", timeout,
             )  # fmt: skip
+            say(f"late users: {answered(late.tally, stable_v)}")
             s.mark("shifted traffic served")
             time.sleep(4)  # the attribution window (3 s): the last clicks count
             result["logJoin"] = s.log_join(f"{NAME}-logjoin-1", timeout)
@@ -391,29 +400,28 @@ def run_drift(cluster: Cluster, work: Path, ns: str, timeout: float) -> int:
         say(f"the operator created {version}, reason {mv['spec']['reason']} (trigger "
             f"{mv['metadata'].get('annotations', {}).get('recsys.dev/trigger')})")  # fmt: skip
         result["version"] = {"name": version, "reason": mv["spec"]["reason"]}
-        say("traffic from every user of the world while it trains and rolls out")
+        mv = s.follow_version(version, timeout)
+        status = mv.get("status") or {}
+        lineage = status.get("lineage") or {}
+        logged = lineage.get("logged") or {}
+        learned = trained_on(mv, world.interactions, world.end_us)
+        say(f"{version} lineage: {lineage.get('interactions')} batch interactions; logged "
+            f"{logged.get('rows')} rows in partitions {logged.get('partitions')}, "
+            f"{logged.get('interactions')} clicks as interactions, {learned} of them in its "
+            f"training split (the newest {HOLDOUT:.0%} of all are the gate's holdout)")  # fmt: skip
+        evaluation = status.get("evaluation") or {}
+        say(f"{version} evaluation gate: passed={evaluation.get('passed')} "
+            f"(recall@{evaluation.get('k')}={evaluation.get('recallAtK')}, "
+            f"floor 0.01); phase {status.get('phase')}")  # fmt: skip
+        result["version"] |= {
+            "phase": status.get("phase"),
+            "gatePassed": evaluation.get("passed"),
+            "logged": logged,
+            "loggedInTraining": learned,
+        }
+        s.mark(f"{version} trained on the log, gated, indexed")
+        say("traffic from every user of the world (early, late and between) for the canary")
         with Traffic(serving.urls, world.world) as traffic:
-            mv = s.follow_version(version, timeout)
-            status = mv.get("status") or {}
-            lineage = status.get("lineage") or {}
-            logged = lineage.get("logged") or {}
-            learned = trained_on(mv, world.interactions, world.end_us)
-            say(f"{version} lineage: {lineage.get('interactions')} batch interactions; logged "
-                f"{logged.get('rows')} rows in partitions {logged.get('partitions')}, "
-                f"{logged.get('interactions')} clicks as interactions, {learned} of them in its "
-                f"training split (the newest {HOLDOUT:.0%} of all are the gate's "
-                "holdout)")  # fmt: skip
-            evaluation = status.get("evaluation") or {}
-            say(f"{version} evaluation gate: passed={evaluation.get('passed')} "
-                f"(recall@{evaluation.get('k')}={evaluation.get('recallAtK')}, "
-                f"floor 0.01); phase {status.get('phase')}")  # fmt: skip
-            result["version"] |= {
-                "phase": status.get("phase"),
-                "gatePassed": evaluation.get("passed"),
-                "logged": logged,
-                "loggedInTraining": learned,
-            }
-            s.mark(f"{version} trained on the log, gated, indexed")
             end: dict[str, Any] = {}
             if status.get("phase") == "Ready":
                 started = time.monotonic()
