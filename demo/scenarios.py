@@ -327,6 +327,15 @@ def trained_on(mv: dict[str, Any], batch: int, batch_end_us: int) -> int | None:
     return int(trained["count"]) - batch if int(trained["lastTime"]) >= batch_end_us else 0
 
 
+def last_ctr(rollout: dict[str, Any]) -> dict[str, Any]:
+    """The click-through-rate result of the rollout's last analysis check (empty if none):
+    a canary runs out of steps while the check is still Inconclusive when too few clicks
+    could tell the two versions apart, and is promoted then (Inconclusive holds nothing)."""
+    checks = rollout.get("analysis") or []
+    metrics = checks[-1].get("metrics") or [] if checks else []
+    return next((dict(m) for m in metrics if m.get("name") == "click-through-rate"), {})
+
+
 def answered(tally: Tally, version: str) -> str:
     return (f"{tally.responses[version]} answers from {version}, {tally.clicks[version]} "
             f"clicks (CTR {tally.ctr(version):.2%}), {len(tally.failures)} failed")  # fmt: skip
@@ -443,10 +452,13 @@ def run_drift(cluster: Cluster, work: Path, ns: str, timeout: float) -> int:
         say(f"traffic: {sum(tally.responses.values())} responses, {len(tally.failures)} failed; "
             f"CTR {stable_v} {tally.ctr(stable_v):.2%}, {version} {tally.ctr(version):.2%} "
             "(every user of the world, during the canary)")  # fmt: skip
+        ctr = last_ctr(end)
+        say(f"the last click-through-rate check: {ctr.get('verdict')}: {ctr.get('message')}")
         if end["phase"] == "Healthy":
             say(f"{version} promoted after {took:.0f} s of canary")
         else:
             say(f"{version} aborted after {took:.0f} s: {end.get('message')}")
+        result["ctrVerdict"] = ctr.get("verdict")
     result["failedRequests"] = {
         "unshifted": len(early.tally.failures),
         "shifted": len(late.tally.failures),

@@ -104,13 +104,17 @@ def test_the_drift_scenario_names_the_shift_and_retrains_on_the_log(tmp_path: Pa
     assert logged["servedFeatures"] is True
     assert version["loggedInTraining"] > 0
     assert (version["gatePassed"], version["phase"]) == (True, "Ready")
-    # the canary ran and the analysis decided: promoted, or aborted by a failed check
+    # the canary ran its steps under the click analysis; whether the retrained model earns as
+    # many clicks is the analysis' call, not the design's: promoted unless the click-through
+    # rate check failed, aborted when it did
     rollout = result["rollout"]
+    assert "Paused (PauseStep): step 1: pause 15s at 25%" in out
     if rollout["phase"] == "Healthy":
         assert rollout["stable"] == version["name"]
+        assert result["ctrVerdict"] in ("Passed", "Inconclusive"), result
         assert f"{version['name']} promoted after" in out
     else:
         assert rollout["phase"] == "Aborted", rollout
-        assert re.search(r"click-through-rate +[\d.]+ +[\d.]+ +>= 90 +Failed", out), out[-3000:]
+        assert result["ctrVerdict"] == "Failed", result
     assert result["failedRequests"] == {"unshifted": 0, "shifted": 0, "canary": 0}
     assert failed_requests(out) == 0
