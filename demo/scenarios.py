@@ -1,6 +1,6 @@
-"""``make demo DEMO_ARGS="--scenario rollout|rollback"``: a canary rollout, watched as it goes.
+"""``make demo DEMO_ARGS="--scenario rollout|rollback|drift"``: a canary, watched as it goes.
 
-Both scenarios run on the same parts as the closed loop (the testbed's control plane, a
+The scenarios run on the same parts as the closed loop (the testbed's control plane, a
 redis-server, the operator, Job pods run as local processes, real Triton servers and two
 gateway replicas played from the operator's Deployments) over a synthetic world whose users'
 true tastes are known (tests/testbed/rollout_world.py), so simulated users click what they
@@ -13,6 +13,13 @@ really like and a better model earns more clicks:
 - ``rollback``: the same first version; the second is a model trained on a world with other
   tastes (imported, as a notebook's model would be). Its users click less, the sequential CTR
   check catches it, and the canary is aborted with all traffic back on the stable.
+- ``drift``: a world whose late users' features moved (tests/testbed/drift_world.py), their
+  features served from a FeatureView in Redis. Early users' traffic raises no alarm; late
+  users' makes two drift checks in a row name the moved features; the operator's Drift
+  retrain learns from the logged clicks (the log join), passes the gate and goes through the
+  canary to the outcome the click analysis gives. The checks and the log join are started by
+  hand (``kubectl create job --from=cronjob/...``), when the traffic is in place, and the
+  demo says so.
 
 The demo prints every step as the operator takes it, ``kubectl recsys status`` (the step, the
 weights and the last analysis as a table) at each change, and how long each part took.
