@@ -68,10 +68,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument(
         "--scenario",
-        choices=("loop", "rollout", "rollback"),
+        choices=("loop", "rollout", "rollback", "drift"),
         default="loop",
         help="loop: MovieLens through the closed loop (default); rollout / rollback: a canary "
-        "judged on simulated users' clicks, promoted or aborted (demo/scenarios.py)",
+        "judged on simulated users' clicks, promoted or aborted; drift: served features shift, "
+        "the drift check names them, a retrain on the logged rows goes through the gate and the "
+        "canary (demo/scenarios.py)",
     )
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the finally below stops every process the demo started.

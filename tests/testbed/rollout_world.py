@@ -7,14 +7,15 @@
   (a Triton repository's models are named after it).
 - ``stack``: the Recommender over the world (ids only, no FeatureViews) and imported
   ModelVersions of those artifacts.
-- ``Traffic``: users of the world asking the gateways for recommendations, from a few threads,
-  and clicking what they are shown with the probability their true taste gives (the
-  generator's ground truth), so a better model really earns more clicks. It counts every
-  answer by variant and version, and every failed one.
+- ``Traffic``: users of the world (all, or the ones given) asking the gateways for
+  recommendations, from a few threads, and clicking what they are shown with the probability
+  their true taste gives (the generator's ground truth), so a better model really earns more
+  clicks. It counts every answer by variant and version, and every failed one.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import threading
@@ -22,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -135,12 +137,19 @@ class Tally:
 
 
 class Traffic:
-    """Requests and clicks against the gateways until ``stop``; bounded by ``max_seconds``."""
+    """Requests and clicks against the gateways until ``stop``; bounded by ``max_seconds``.
+    ``users``: who asks (drawn uniformly); every user of the world when unset."""
 
     def __init__(
-        self, urls: list[str], world: World, threads: int = 3, max_seconds: float = 600
+        self,
+        urls: list[str],
+        world: World,
+        threads: int = 3,
+        max_seconds: float = 600,
+        users: Sequence[int] | None = None,
     ) -> None:
         self.urls, self.world = urls, world
+        self.users = list(users) if users else None
         self.tally = Tally()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -158,6 +167,18 @@ class Traffic:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
+    def wait_for(self, enough: Callable[[Tally], bool], what: str, timeout: float) -> Tally:
+        """Block until ``enough`` holds of the counts so far; a copy of them then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                tally = copy.deepcopy(self.tally)
+            if enough(tally):
+                return tally
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"traffic: not {what} within {timeout:.0f} s")
+            time.sleep(0.2)
+
     def stop(self) -> None:
         self.stopping.set()
         for t in self.threads:
@@ -172,7 +193,7 @@ class Traffic:
         users = self.world.spec.users
         while not self.stopping.is_set() and time.monotonic() - self.started < self.max_seconds:
             url = self.urls[rng.randrange(len(self.urls))]
-            user = rng.randrange(users)
+            user = rng.choice(self.users) if self.users else rng.randrange(users)
             try:
                 with urllib.request.urlopen(
                     f"{url}/v1/recommendations?user_id={user}&k=10", timeout=5
