@@ -46,6 +46,8 @@ from recsys_workloads.train.features import EntityEncoder, infer_kind
 from recsys_workloads.train.models import Ranker, TwoTower
 
 IntArray = npt.NDArray[np.int64]
+#: The most of a fallback's reason the summary carries (the ModelVersion status keeps it).
+REASON_CHARS = 1000
 
 #: Where each network keeps an entity's embedder, by state-dict key prefix.
 _EMBEDDERS = {
@@ -212,7 +214,8 @@ def lineage(
     digest = checkpoint.manifest.get("digest") if checkpoint else ws.digest
     source = {"from_version": ws.version, "from_uri": ws.artifact_uri, "from_digest": digest}
     if reason is not None or checkpoint is None or p.window_since_us is None:
-        return WarmStartLineage.model_validate({**source, "applied": False, "reason": reason})
+        short = reason[:REASON_CHARS] if reason else None
+        return WarmStartLineage.model_validate({**source, "applied": False, "reason": short})
     old_users, old_items = checkpoint.user_encoder.ids.ids, checkpoint.item_encoder.ids.ids
     return WarmStartLineage.model_validate(
         {
