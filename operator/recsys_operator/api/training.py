@@ -207,7 +207,8 @@ class WarmStart(ApiModel):
     __rules__ = (
         Rule(
             # the format check reports a malformed window; CEL parses only a well-formed one
-            cel=f"!self.window.matches(r'{DURATION}') || duration(self.window) >= duration('1m')",
+            cel="!has(self.window) || !self.window.matches(r'" + DURATION + "') "
+            "|| duration(self.window) >= duration('1m')",
             message="must be at least 1m: a warm retrain needs some recent interactions to "
             "train on; widen the window",
             field_path=".window",
