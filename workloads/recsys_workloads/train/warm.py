@@ -46,8 +46,8 @@ from recsys_workloads.train.features import EntityEncoder, infer_kind
 from recsys_workloads.train.models import Ranker, TwoTower
 
 IntArray = npt.NDArray[np.int64]
-#: The most of a fallback's reason the summary carries (the ModelVersion status keeps it).
-REASON_CHARS = 1000
+#: The most of a fallback's reason the summary carries: the termination message holds 4 KiB.
+REASON_CHARS = 300
 
 #: Where each network keeps an entity's embedder, by state-dict key prefix.
 _EMBEDDERS = {
