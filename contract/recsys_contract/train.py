@@ -67,6 +67,20 @@ Example (every field but the URIs has a default)::
   otherwise sizes its pool by the node's cores and oversubscribes a throttled container).
 - ``training.device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``. With WORLD_SIZE > 1
   in the environment (torchrun) training runs data-parallel with DDP.
+- ``warmStart`` (optional; the Recommender's ``spec.training.warmStart``): start from the
+  published artifact at ``warmStart.artifactUri`` (the serving version) and take gradient
+  steps only on the training interactions of the last ``windowSeconds`` before the holdout
+  cutoff, for ``warmStart.epochs`` (unset: ``training.epochs``). Everything else reads as a
+  cold run does: the same tables, the same time split and holdout (so the gate judges warm
+  and cold models on the same rows), every earlier interaction as user history and as the
+  seen items evaluation masks. The new version's vocabularies are the checkpoint's ids plus
+  the ids of the window (new ids start from a fresh initialisation), its feature encoders the
+  checkpoint's (so every embedding row keeps its meaning; a feature value new since then
+  reads as unknown until a cold retrain). A checkpoint whose architecture or features do not
+  fit this config (another ``embeddingDim``, other hidden layers, other features) is not an
+  error: the run trains cold on all data with ``training.epochs`` and the summary's
+  ``lineage.warmStart`` says why. An artifact that cannot be read, or whose digest is not
+  ``warmStart.digest``, is bad input.
 """
 
 from __future__ import annotations
@@ -195,6 +209,21 @@ class EvaluationConfig(ConfigSection):
         return self
 
 
+class WarmStartConfig(ConfigSection):
+    """Where a warm-started run starts from and what it trains on (see the module's notes)."""
+
+    #: the published model artifact to start from (the serving version's ``artifactUri``)
+    artifact_uri: str = Field(min_length=1)
+    #: its ModelVersion, for the lineage
+    version: str | None = Field(default=None, min_length=1)
+    #: its manifest digest; another artifact found at the URI is refused
+    digest: str | None = Field(default=None, min_length=1)
+    #: the training interactions this long before the holdout cutoff are trained on
+    window_seconds: float = Field(gt=0)
+    #: passes over the window; unset: ``training.epochs``
+    epochs: int | None = Field(default=None, ge=1, le=10_000)
+
+
 class TrainConfig(ConfigSection):
     version: str = Field(default="dev", min_length=1, max_length=253)
     seed: int = 0
@@ -206,6 +235,8 @@ class TrainConfig(ConfigSection):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    #: unset: a cold run (fresh weights, every training interaction)
+    warm_start: WarmStartConfig | None = None
 
     @property
     def resolved_checkpoint_uri(self) -> str:
@@ -249,13 +280,37 @@ class LoggedLineage(Summary):
     served_features: bool = False
 
 
+class WarmStartLineage(Summary):
+    """Whether a run started from a checkpoint (``warmStart``), from which, and on what."""
+
+    from_version: str | None = None
+    from_uri: str
+    from_digest: str | None = None
+    #: False: the checkpoint did not fit and the run trained cold on all data (``reason``)
+    applied: bool
+    reason: str | None = None
+    #: the window trained on (RFC 3339): interactions at or after ``since``, before ``until``
+    #: (the holdout cutoff)
+    since: str | None = None
+    until: str | None = None
+    #: training interactions in the window: the only rows gradient steps were taken on
+    interactions: int = 0
+    #: ids whose embeddings came from the checkpoint, and ids new in the window (fresh)
+    carried_users: int = 0
+    new_users: int = 0
+    carried_items: int = 0
+    new_items: int = 0
+
+
 class Lineage(Summary):
-    """What a model learned from: the batch interactions and the logged rows."""
+    """What a model learned from: the batch interactions and the logged rows, and the
+    checkpoint a warm start began at."""
 
     interactions_uri: str
     #: interactions read from ``interactionsUri``
     interactions: int
     logged: LoggedLineage | None = None
+    warm_start: WarmStartLineage | None = None
 
 
 def timestamp(value: dt.datetime) -> str:

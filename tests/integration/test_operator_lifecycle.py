@@ -20,7 +20,7 @@ from fixtures.operator import (
     get,
 )
 from recsys_contract.index import FeatureSchema, IndexSummary, SchemaFeature
-from recsys_contract.train import Lineage, LoggedLineage, TrainSummary
+from recsys_contract.train import Lineage, LoggedLineage, TrainSummary, WarmStartLineage
 
 pytestmark = pytest.mark.testbed
 
@@ -355,12 +355,14 @@ def test_drift_checks_report_and_two_in_a_row_retrain(
     testbed: Testbed, namespace: str, operator: OperatorProcess
 ) -> None:
     """The drift CronJob checks the stable version; each finished check reaches status once;
-    two drifted checks in a row make one ModelVersion with reason Drift; dropping spec.drift
+    two drifted checks in a row make one ModelVersion with reason Drift, warm-started from
+    the stable (spec.training.warmStart), its lineage in status; dropping spec.drift
     removes the CronJob."""
 
     def with_drift(docs: list[dict[str, Any]]) -> None:
         # a schedule that does not fire in the test: the test starts each check itself
         docs[1]["spec"]["drift"] = {"schedule": "0 0 1 1 *", "consecutiveChecks": 2}
+        docs[1]["spec"]["training"]["warmStart"] = {"enabled": True, "window": "72h", "epochs": 2}
 
     apply_stack(testbed, namespace, with_drift)
     walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
@@ -403,6 +405,33 @@ def test_drift_checks_report_and_two_in_a_row_retrain(
     assert "lastActionTime" in drift_status()
     mvs = json.loads(testbed.kubectl("get", "mv", "-n", namespace, "-o", "json").stdout)["items"]
     assert len(mvs) == 2, "one retraining for the drift, not one per pass"
+    # the drift retrain starts from the serving version's artifact; the Initial one was cold
+    configs = {
+        v: json.loads(get(testbed, "configmap", f"{v}-train", namespace)["data"]["config.json"])  # type: ignore[index]
+        for v in ("movies-v1", "movies-v2")
+    }
+    assert "warmStart" not in configs["movies-v1"]
+    assert configs["movies-v2"]["warmStart"] == {
+        "artifactUri": "s3://models/movies/models/movies-v1", "version": "movies-v1",
+        "digest": "sha256:" + "a" * 64, "windowSeconds": 259200.0, "epochs": 2,
+    }  # fmt: skip
+    warm = WarmStartLineage(
+        from_version="movies-v1", from_uri="s3://models/movies/models/movies-v1",
+        from_digest="sha256:" + "a" * 64, applied=True, since="2024-01-20T00:00:00Z",
+        until="2024-01-23T00:00:00Z", interactions=900, carried_users=80, new_users=5,
+    )  # fmt: skip
+    lineage = Lineage(interactions_uri="s3://data/interactions/", interactions=5000,
+                      warm_start=warm)  # fmt: skip
+    finish_pod(testbed, namespace, "movies-v2-train", exit_code=0,
+               summary=train_summary("movies-v2", 0.12, lineage))  # fmt: skip
+    mv2 = wait_phase(testbed, namespace, "movies-v2", "Indexing", operator)
+    assert mv2["status"]["lineage"]["warmStart"] == {
+        "fromVersion": "movies-v1", "fromUri": "s3://models/movies/models/movies-v1",
+        "fromDigest": "sha256:" + "a" * 64, "applied": True,
+        "since": "2024-01-20T00:00:00Z", "until": "2024-01-23T00:00:00Z",
+        "interactions": 900, "carriedUsers": 80, "newUsers": 5, "carriedItems": 0,
+        "newItems": 0,
+    }  # fmt: skip
 
     apply_stack(testbed, namespace)  # without spec.drift
     eventually(lambda: get(testbed, "cronjob", "movies-drift", namespace) is None, 60,

@@ -81,6 +81,8 @@ def test_defaults_fill_a_minimal_spec() -> None:
     assert [s.set_weight for s in spec.serving.rollout.steps] == [10, None, 50, None]
     assert spec.serving.rollout.analysis.metrics[0].name == "request-success-rate"
     assert spec.training.evaluation.metrics[0].max_regression == 0.05
+    assert spec.training.warm_start.enabled is False  # cold retraining is the default
+    assert spec.training.warm_start.window == "168h"
     wire = spec.to_k8s()
     assert wire["serving"]["rollout"]["userSticky"] is True
     assert "drift" not in wire
@@ -203,6 +205,11 @@ RULES = [
     ("timezone-without-schedule", {"training.timeZone": "Etc/UTC"}, "applies only to a schedule"),
     ("bad-cron", {"training.schedule": "0 25 * * *"}, "must be a cron schedule"),
     ("bad-duration", {"serving.rollout.rollbackWindow": "1d"}, "a day is 24h"),
+    ("warm-start-window-in-days", {"training.warmStart": {"enabled": True, "window": "7d"}},
+     "a day is 24h"),
+    ("warm-start-window-too-short", {"training.warmStart": {"enabled": True, "window": "30s"}},
+     "must be at least 1m"),
+    ("warm-start-no-epochs", {"training.warmStart": {"epochs": 0}}, "greater than or equal to 1"),
     ("unknown-field", {"retrival": {}}, "Extra inputs are not permitted"),
     ("string-for-int", {"ranking.topK": "20"}, "valid integer"),
 ]  # fmt: skip
@@ -230,6 +237,8 @@ def test_rules_accept_the_valid_neighbours() -> None:
         {"ranking.topK": 100, "retrieval.numCandidates": 100},
         {"retrieval.index": {"type": "IVFFlat", "ivf": {"nlist": 8, "nprobe": 8}}},
         {"training.schedule": "*/15 0-6 1,15 JAN-MAR MON-FRI", "training.timeZone": "Etc/UTC"},
+        {"training.warmStart": {"enabled": True, "window": "1m", "epochs": 1}},
+        {"training.warmStart": {"enabled": True, "window": "1.5h30m"}},
     ]
     for changes in ok:
         spec = _rec()

@@ -22,6 +22,7 @@ from recsys_operator.api.common import (
     Fraction,
     Name,
     StorageUri,
+    SubdomainName,
     Timestamp,
 )
 from recsys_operator.api.kinds import AGE, ApiObject, KindInfo, PrinterColumn
@@ -149,6 +150,36 @@ class LoggedLineage(ApiModel):
     user FeatureView or when they did not fit its columns."""
 
 
+class WarmStartLineage(ApiModel):
+    """The serving version a warm-started retrain began at (``spec.training.warmStart``)."""
+
+    from_version: SubdomainName | None = None
+    """The ModelVersion whose weights it started from."""
+    from_uri: Annotated[str, Field(max_length=2048)]
+    """That version's artifact."""
+    from_digest: Digest | None = None
+    """That artifact's digest."""
+    applied: bool
+    """False: the checkpoint did not fit the spec (see reason) and the version trained cold
+    on all data."""
+    reason: Annotated[str, Field(max_length=1024)] | None = None
+    """Why the warm start was not applied."""
+    since: Timestamp | None = None
+    """The window trained on began here (``warmStart.window`` before ``until``)."""
+    until: Timestamp | None = None
+    """And ended here: the holdout cutoff."""
+    interactions: Annotated[int, Field(ge=0)] = 0
+    """Training interactions in the window: the only ones gradient steps were taken on."""
+    carried_users: Annotated[int, Field(ge=0)] = 0
+    """Users whose embeddings came from the checkpoint."""
+    new_users: Annotated[int, Field(ge=0)] = 0
+    """Users new in the window (embeddings trained from a fresh start)."""
+    carried_items: Annotated[int, Field(ge=0)] = 0
+    """Items whose embeddings came from the checkpoint."""
+    new_items: Annotated[int, Field(ge=0)] = 0
+    """Items new in the window."""
+
+
 class Lineage(ApiModel):
     """What the version learned from."""
 
@@ -158,6 +189,9 @@ class Lineage(ApiModel):
     """Interactions read from it."""
     logged: LoggedLineage | None = None
     """The logged rows read beside them (``spec.training.loggedData``); unset when off."""
+    warm_start: WarmStartLineage | None = None
+    """The checkpoint a warm-started retrain began at and the window it trained on
+    (``spec.training.warmStart``); unset for a cold run."""
 
 
 class SchemaFeature(ApiModel):

@@ -8,10 +8,12 @@ Distributed training is described the Kubeflow Trainer way (``numNodes`` pods, e
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field
 
+from recsys_contract.formats import DURATION, parse_duration
 from recsys_operator.api.base import ApiModel, ListMap, Rule
 from recsys_operator.api.common import (
     Cron,
@@ -184,6 +186,48 @@ class LoggedData(ApiModel):
     logged row when unset."""
 
 
+class WarmStart(ApiModel):
+    """Retrain cheaply: a Drift or Schedule retrain starts from the serving version's weights
+    and takes its gradient steps on the recent window only (continual training), instead of
+    training from scratch on everything.
+
+    The window is the last ``window`` of training interactions before the holdout cutoff
+    (the newest ``evaluation.holdoutFraction`` of interactions stay held out, as for a cold
+    run, so the gate judges both kinds of model on the same rows); older interactions still
+    serve as user history and as the items evaluation treats as seen. Users and items the
+    serving version knew keep their embeddings; ids new in the window start fresh; feature
+    vocabularies stay the serving version's (a category new since then reads as unknown
+    until a cold retrain). The Initial version, a Manual retrain (``recsys.dev/retrain``:
+    the way to force a full cold retrain) and a Recommender with no serving version train
+    cold. A serving version whose architecture no longer fits the spec (another
+    ``embeddingDim``, other hidden layers or features) is not an error: that retrain trains
+    cold on all data and says why. The ModelVersion's ``status.lineage.warmStart`` says
+    whether and from which version it was warm-started, and on which window."""
+
+    __rules__ = (
+        Rule(
+            # the format check reports a malformed window; CEL parses only a well-formed one
+            cel="!has(self.window) || !self.window.matches(r'" + DURATION + "') "
+            "|| duration(self.window) >= duration('1m')",
+            message="must be at least 1m: a warm retrain needs some recent interactions to "
+            "train on; widen the window",
+            field_path=".window",
+            check=lambda m: (
+                re.fullmatch(DURATION, m.window) is None or parse_duration(m.window) >= 60
+            ),
+        ),
+    )
+
+    enabled: bool = False
+    """Warm-start Drift and Schedule retrains. Off: every retrain trains cold on all data."""
+    window: Duration = "168h"
+    """How much recent training data a warm retrain takes gradient steps on, counted back
+    from the holdout cutoff (``168h``: the last week); a day is ``24h``."""
+    epochs: Annotated[int, Field(ge=1, le=10000)] | None = None
+    """Passes over the window; ``hyperParameters.epochs`` when unset. A warm start usually
+    needs fewer passes than a cold run, and its window is smaller too."""
+
+
 class Training(ApiModel):
     """Training runs: when they happen, where their pods go, and what they must achieve."""
 
@@ -265,6 +309,8 @@ class Training(ApiModel):
     """The evaluation gate each new model must pass."""
     logged_data: LoggedData = Field(default_factory=LoggedData)
     """Training on the served log joined with its outcomes (log and wait); on by default."""
+    warm_start: WarmStart = Field(default_factory=WarmStart)
+    """Warm-started retraining from the serving version on recent data; off by default."""
 
 
 class TrainingOverrides(ApiModel):

@@ -22,6 +22,7 @@ from recsys_contract.train import (
     ModelConfig,
     TrainConfig,
     TrainingConfig,
+    WarmStartConfig,
 )
 from recsys_operator.api.modelversion import ModelVersion
 from recsys_operator.api.recommender import IvfParams, Recommender
@@ -103,7 +104,44 @@ def interaction_columns(rec: Recommender) -> InteractionColumns | None:
     return None if columns.model_dump() == InteractionColumns().model_dump() else columns
 
 
-def train_config(rec: Recommender, mv: ModelVersion, sources: FeatureSources) -> TrainConfig:
+#: The retrains a warm start applies to: those the operator starts on its own cadence. A
+#: Manual retrain (``recsys.dev/retrain``) stays cold: it is how a user forces a full retrain
+#: after a run of warm ones; Initial has nothing to start from.
+WARM_START_REASONS = frozenset({"Drift", "Schedule"})
+
+
+def warm_start(
+    rec: Recommender, mv: ModelVersion, stable: ModelVersion | None, epochs: int | None = None
+) -> WarmStartConfig | None:
+    """The training config's ``warmStart``: start from the serving (stable) version's
+    artifact when ``spec.training.warmStart`` is on, the version is a Drift or Schedule
+    retrain and the stable is a Ready version with a published artifact; None (a cold run)
+    otherwise. ``epochs``: this version's own override, which wins over the warm start's."""
+    ws = rec.spec.training.warm_start
+    if not ws.enabled or mv.spec.reason not in WARM_START_REASONS or mv.spec.storage_uri:
+        return None
+    if stable is None or stable.metadata.name == mv.metadata.name or stable.status is None:
+        return None
+    st = stable.status
+    if st.phase != "Ready" or not st.artifact_uri:
+        return None
+    return WarmStartConfig(
+        artifact_uri=st.artifact_uri,
+        version=stable.metadata.name,
+        digest=st.digest,
+        window_seconds=parse_duration(ws.window),
+        epochs=epochs or ws.epochs,
+    )
+
+
+def train_config(
+    rec: Recommender,
+    mv: ModelVersion,
+    sources: FeatureSources,
+    stable: ModelVersion | None = None,
+) -> TrainConfig:
+    """The training Job's config; ``stable``, the version serving now, is what a warm start
+    begins at (``warm_start``)."""
     spec = rec.spec
     hp = spec.training.hyper_parameters
     overrides = mv.spec.training.hyper_parameters if mv.spec.training else None
@@ -145,6 +183,7 @@ def train_config(rec: Recommender, mv: ModelVersion, sources: FeatureSources) ->
             user=(sources.user_features or None) if sources.users_uri else None,
             item=(sources.item_features or None) if sources.items_uri else None,
         ),
+        warm_start=warm_start(rec, mv, stable, over.get("epochs")),
     )
 
 
@@ -200,12 +239,13 @@ def training_job(
     owner: Mapping[str, Any],
     image: str,
     sources: FeatureSources,
+    stable: ModelVersion | None = None,
 ) -> JobPlan:
     tr = rec.spec.training
     ns = mv.metadata.namespace or "default"
     name = child_name(mv.metadata.name, "train")
     labels = _labels(rec, mv, "train")
-    cm = workload_config_map(name, ns, labels, owner, train_config(rec, mv, sources))
+    cm = workload_config_map(name, ns, labels, owner, train_config(rec, mv, sources, stable))
     image = (mv.spec.training.image if mv.spec.training and mv.spec.training.image else None) or (
         tr.image or image
     )

@@ -90,12 +90,14 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     rec = Recommender.model_validate(rec_obj) if rec_obj else None
     rec_status = (rec_obj or {}).get("status") or {}
     baseline = baseline_name = None
+    stable_mv: ModelVersion | None = None
     stable = (rec_status.get("rollout") or {}).get("stable")
     if stable and stable != name:
         stable_obj = ctx.cache.get(API_VERSION, "ModelVersion", stable, ns)
         if stable_obj:
             baseline = (stable_obj.get("status") or {}).get("metrics")
             baseline_name = stable
+            stable_mv = ModelVersion.model_validate(stable_obj)
     phase = (obj.get("status") or {}).get("phase") or "Pending"
     train = await _job(ctx, ns, child_name(name, "train")) if phase == "Training" else None
     index = await _job(ctx, ns, child_name(name, "index")) if phase == "Indexing" else None
@@ -110,7 +112,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
         try:
             if decision.run == "train":
                 image = ctx.images.get("trainer", "")
-                await _run(ctx, training_job(rec, mv, obj, image, sources), "train", obj)
+                await _run(ctx, training_job(rec, mv, obj, image, sources, stable_mv), "train", obj)
             else:
                 image = ctx.images.get("workloads", "")
                 await _run(ctx, index_job(rec, mv, obj, image), "index", obj)

@@ -3,6 +3,11 @@
 Entity feature rows are encoded once per table row (plus one all-missing row at the end), and
 each interaction only stores which row was valid at its time. A batch is then a few gathers,
 whatever the number of features, and time-varying features stay point-in-time correct.
+
+A warm start (``WarmBase``) prepares the same split as a cold run, so both are judged on the
+same holdout and see the same user histories; only the interactions the loop trains on (the
+``train_*`` arrays, ``trained``) are cut to the window before the cutoff, and the encoders
+are the checkpoint's, grown by the window's ids.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from recsys_workloads.train.data import (
     timestamps_us,
     validate_entity_table,
 )
-from recsys_workloads.train.features import EntityEncoder, fit_entity_encoder
+from recsys_workloads.train.features import EntityEncoder, extend_encoder, fit_entity_encoder
 from recsys_workloads.train.models import EntityShape, FeatureShape, ModelShape
 
 IntArray = npt.NDArray[np.int64]
@@ -87,13 +92,27 @@ class EntityRows:
 
 
 @dataclass(frozen=True)
+class WarmBase:
+    """What a warm start brings to ``prepare``: the checkpoint's encoders and how far before
+    the holdout cutoff the trained-on window reaches."""
+
+    user_encoder: EntityEncoder
+    item_encoder: EntityEncoder
+    window_us: int
+
+
+@dataclass(frozen=True)
 class Prepared:
     """Everything training and evaluation need, as arrays."""
 
     split: TimeSplit
     users: EntityRows
     items: EntityRows
-    #: per training interaction: id indices and feature rows valid at its time
+    #: the interactions the loop trains on: ``split.train``, or a warm start's window of it
+    trained: Interactions
+    #: a warm start's window begins here (µs); None for a cold run
+    window_since_us: int | None
+    #: per trained-on interaction: id indices and feature rows valid at its time
     train_user_idx: IntArray
     train_item_idx: IntArray
     train_user_row: IntArray
@@ -141,59 +160,81 @@ def prepare(
     interactions: Interactions,
     users_table: pa.Table | None,
     items_table: pa.Table | None,
+    warm: WarmBase | None = None,
 ) -> Prepared:
-    """Split by time, fit encoders on the training side, encode everything once."""
+    """Split by time, fit encoders on the training side (a warm start: extend the
+    checkpoint's by the window), encode everything once."""
     split = time_split(interactions, cfg.evaluation.holdout_fraction)
     fc = cfg.features
-    users_table, user_features = _entity(users_table, "user", USER_KEY, fc.user)
-    items_table, item_features = _entity(items_table, "item", ITEM_KEY, fc.item)
-    # Encoders are fitted on entity rows known before the cutoff, like the ids.
-    user_encoder = fit_entity_encoder(
-        "user",
-        USER_KEY,
-        split.train.user_ids,
-        _before(users_table, split.cutoff_us),
-        user_features,
-        numeric_buckets=fc.numeric_buckets,
-        min_count=fc.min_count,
-        max_multi_hot=fc.max_multi_hot,
-    )
-    item_encoder = fit_entity_encoder(
-        "item",
-        ITEM_KEY,
-        split.train.item_ids,
-        _before(items_table, split.cutoff_us),
-        item_features,
-        numeric_buckets=fc.numeric_buckets,
-        min_count=fc.min_count,
-        max_multi_hot=fc.max_multi_hot,
-    )
+    users_table, user_features = entity_table(users_table, "user", USER_KEY, fc.user)
+    items_table, item_features = entity_table(items_table, "item", ITEM_KEY, fc.item)
+    train = split.train
+    since: int | None = None
+    in_window = np.ones(len(train), dtype=bool)
+    if warm is None:
+        # Encoders are fitted on entity rows known before the cutoff, like the ids.
+        user_encoder = fit_entity_encoder(
+            "user",
+            USER_KEY,
+            train.user_ids,
+            _before(users_table, split.cutoff_us),
+            user_features,
+            numeric_buckets=fc.numeric_buckets,
+            min_count=fc.min_count,
+            max_multi_hot=fc.max_multi_hot,
+        )
+        item_encoder = fit_entity_encoder(
+            "item",
+            ITEM_KEY,
+            train.item_ids,
+            _before(items_table, split.cutoff_us),
+            item_features,
+            numeric_buckets=fc.numeric_buckets,
+            min_count=fc.min_count,
+            max_multi_hot=fc.max_multi_hot,
+        )
+    else:
+        since = split.cutoff_us - warm.window_us
+        in_window = train.times_us >= since
+        if int(in_window.sum()) < 2:
+            raise BadInputError(
+                f"warmStart: the window of {warm.window_us / 3.6e9:g}h before the holdout cutoff "
+                f"holds {int(in_window.sum())} training interaction(s); a warm start needs at "
+                "least two: widen spec.training.warmStart.window"
+            )
+        window = train.take(in_window)
+        user_encoder = extend_encoder(warm.user_encoder, window.user_ids, fc.min_count)
+        item_encoder = extend_encoder(warm.item_encoder, window.item_ids, fc.min_count)
     users = EntityRows.build(user_encoder, users_table)
     items = EntityRows.build(item_encoder, items_table)
-    train = split.train
     item_idx = item_encoder.ids.encode(train.item_ids)
-    counts = np.bincount(item_idx, minlength=item_encoder.ids.size).astype(np.float64)
+    counts = np.bincount(item_idx[in_window], minlength=item_encoder.ids.size).astype(np.float64)
     log_q = np.log(np.maximum(counts, 1.0) / max(float(counts.sum()), 1.0))
     catalog = item_encoder.ids.ids
+    # Histories run over every training interaction, window or not: what a user did before
+    # the window is still what serving passes as their recent items.
     order = _user_time_order(train)
     position = np.empty(order.size, dtype=np.int64)
     position[order] = np.arange(order.size)
     users_in_seq = train.user_ids[order]
+    trained = train.take(in_window)
     return Prepared(
         split=split,
         users=users,
         items=items,
-        train_user_idx=user_encoder.ids.encode(train.user_ids),
-        train_item_idx=item_idx,
-        train_user_row=users.rows_at(train.user_ids, train.times_us),
-        train_item_row=items.rows_at(train.item_ids, train.times_us),
+        trained=trained,
+        window_since_us=since,
+        train_user_idx=user_encoder.ids.encode(trained.user_ids),
+        train_item_idx=item_idx[in_window],
+        train_user_row=users.rows_at(trained.user_ids, trained.times_us),
+        train_item_row=items.rows_at(trained.item_ids, trained.times_us),
         item_log_q=log_q,
         catalog_item_ids=catalog,
         catalog_item_rows=items.rows_as_of(catalog, split.cutoff_us),
         history_length=cfg.model.history_length,
         history_seq=item_idx[order],
-        train_hist_start=np.searchsorted(users_in_seq, train.user_ids, side="left"),
-        train_hist_end=position,
+        train_hist_start=np.searchsorted(users_in_seq, train.user_ids, side="left")[in_window],
+        train_hist_end=position[in_window],
     )
 
 
@@ -211,9 +252,11 @@ def history_matrix(seq: IntArray, starts: IntArray, ends: IntArray, length: int)
     return np.asarray(picked, dtype=np.int64)
 
 
-def _entity(
+def entity_table(
     table: pa.Table | None, entity: str, key: str, features: Sequence[str] | None
 ) -> tuple[pa.Table | None, list[str]]:
+    """The entity table checked and sorted (key, time), and the feature names training uses
+    (``features``, or every column but the key and time)."""
     if table is None:
         if features:
             raise BadInputError(

@@ -245,8 +245,20 @@ def top_k(scores_for: Scorer, ev: EvalSet, n_users: int, k: int, chunk: int = 10
     return np.asarray(np.concatenate(out), dtype=np.int64)
 
 
+def catalog_positions(p: Prepared, item_ids: IntArray) -> tuple[BoolArray, IntArray]:
+    """Which of ``item_ids`` are catalog items, and the catalog positions of those. Every
+    training item is one in a cold run; a warm start's catalog (the checkpoint's items and
+    the window's) may lack an item seen only between the two."""
+    catalog = p.catalog_item_ids
+    if catalog.size == 0:
+        return np.zeros(item_ids.size, dtype=bool), np.zeros(0, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(catalog, item_ids), catalog.size - 1)
+    hit = catalog[pos] == item_ids
+    return hit, pos[hit].astype(np.int64)
+
+
 def popularity_scores(p: Prepared) -> npt.NDArray[np.float64]:
-    pos = np.searchsorted(p.catalog_item_ids, p.split.train.item_ids)
+    _, pos = catalog_positions(p, p.split.train.item_ids)
     return np.bincount(pos, minlength=p.catalog_item_ids.size).astype(np.float64)
 
 
@@ -267,12 +279,13 @@ def fit_als(p: Prepared, ev: EvalSet, cfg: AlsConfig, seed: int) -> AlsModel:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    train_users = np.unique(p.split.train.user_ids)
+    train = p.split.train
+    hit, ipos = catalog_positions(p, train.item_ids)
+    train_users = np.unique(train.user_ids[hit])
     others = train_users[~np.isin(train_users, ev.user_ids)]
     order = np.concatenate([ev.user_ids, others])
     sorter = np.argsort(order)
-    upos = sorter[np.searchsorted(order, p.split.train.user_ids, sorter=sorter)]
-    ipos = np.searchsorted(p.catalog_item_ids, p.split.train.item_ids)
+    upos = sorter[np.searchsorted(order, train.user_ids[hit], sorter=sorter)]
     matrix = sp.csr_matrix(
         (np.full(upos.size, cfg.alpha, dtype=np.float32), (upos, ipos)),
         shape=(order.size, p.catalog_item_ids.size),
@@ -460,6 +473,11 @@ def evaluate(
         "split": {
             "cutoff": int(p.split.cutoff_us),
             "trainInteractions": len(p.split.train),
+            **(
+                {"trainedInteractions": len(p.trained), "windowSince": p.window_since_us}
+                if p.window_since_us is not None
+                else {}
+            ),
             "testInteractions": len(p.split.test),
             "testOutsideCatalog": ev.test_outside_catalog,
             "evaluatedUsers": int(has_rel.sum()),

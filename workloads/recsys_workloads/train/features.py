@@ -268,3 +268,13 @@ def fit_entity_encoder(
                 )
             )
     return EntityEncoder(entity, key, IdVocabulary.fit(interaction_ids, min_count), tuple(features))
+
+
+def extend_encoder(base: EntityEncoder, interaction_ids: IntArray, min_count: int) -> EntityEncoder:
+    """A warm start's encoder: the checkpoint's feature encoders unchanged (every feature
+    embedding row, and every hashed cross, keeps the meaning it was trained with) and its id
+    vocabulary grown by the ids of the new interactions. Ids are kept sorted, so an id's index
+    may move; ``warm.carried_state`` moves its embedding row with it."""
+    window = IdVocabulary.fit(interaction_ids, min_count)
+    ids = IdVocabulary(np.union1d(base.ids.ids, window.ids).astype(np.int64))
+    return EntityEncoder(base.entity, base.key, ids, base.features)

@@ -8,6 +8,7 @@ evaluation gate compares, and how training went.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,13 +16,26 @@ import torch
 import torch.distributed as torch_dist
 
 from recsys_contract.formats import join_uri
-from recsys_contract.train import Lineage, TrainConfig, TrainSummary, WorkerSummary
+from recsys_contract.train import (
+    Lineage,
+    TrainConfig,
+    TrainSummary,
+    WarmStartLineage,
+    WorkerSummary,
+)
 from recsys_workloads.artifact_store import MANIFEST_NAME, ArtifactReader, Store
+from recsys_workloads.train import warm
 from recsys_workloads.train.config import parse_train_config
-from recsys_workloads.train.data import interaction_columns, read_table, validate_interactions
-from recsys_workloads.train.dataset import Prepared, prepare
+from recsys_workloads.train.data import (
+    ITEM_KEY,
+    USER_KEY,
+    interaction_columns,
+    read_table,
+    validate_interactions,
+)
+from recsys_workloads.train.dataset import Prepared, entity_table, prepare
 from recsys_workloads.train.evaluate import Evaluation, evaluate, item_vectors
-from recsys_workloads.train.export import MODEL_KIND, ExportInputs, export_model
+from recsys_workloads.train.export import MODEL_KIND, ExportInputs, LoadedModel, export_model
 from recsys_workloads.train.logged import read_logged, with_served_features
 from recsys_workloads.train.profile import (
     SCORE_CANDIDATES,
@@ -34,9 +48,22 @@ from recsys_workloads.train.trainer import Distributed, TrainResult, train
 log = logging.getLogger("recsys_workloads.train")
 
 
-def load_prepared(cfg: TrainConfig, store: Store) -> tuple[Prepared, Lineage]:
+@dataclass(frozen=True)
+class Loaded:
+    """The prepared data, what it came from, and how this run starts."""
+
+    prepared: Prepared
+    lineage: Lineage
+    #: the config as run: a warm start that applies trains ``warmStart.epochs``
+    cfg: TrainConfig
+    #: the warm start's checkpoint when its weights fit this run; None for a cold run
+    checkpoint: LoadedModel | None = None
+
+
+def load_prepared(cfg: TrainConfig, store: Store) -> Loaded:
     """The prepared data, and what it came from: the batch interactions and, with
-    ``data.loggedUri``, the logged rows in range (``train.logged``)."""
+    ``data.loggedUri``, the logged rows in range (``train.logged``); with ``warmStart``, the
+    checkpoint it starts from, or why it trains cold after all (``train.warm``)."""
     data, columns = cfg.data, cfg.data.columns
     interactions = validate_interactions(
         read_table(
@@ -67,7 +94,38 @@ def load_prepared(cfg: TrainConfig, store: Store) -> tuple[Prepared, Lineage]:
         lineage = lineage.model_copy(
             update={"logged": logged.lineage.model_copy(update={"served_features": served})}
         )
-    return prepare(cfg, interactions, users, items), lineage
+    ws = cfg.warm_start
+    if ws is None:
+        return Loaded(prepare(cfg, interactions, users, items), lineage, cfg)
+    checkpoint = warm.load_checkpoint(store, ws)
+    user_side = entity_table(users, "user", USER_KEY, cfg.features.user)
+    item_side = entity_table(items, "item", ITEM_KEY, cfg.features.item)
+    problem = warm.misfit(cfg, checkpoint, user_side, item_side)
+    if problem is not None:
+        reason = f"the checkpoint does not fit ({problem}); trained cold on all data"
+        log.warning("warm start from %s: %s", ws.artifact_uri, reason)
+        prepared = prepare(cfg, interactions, users, items)
+        return Loaded(prepared, _with_warm(lineage, warm.lineage(ws, None, prepared, reason)), cfg)
+    prepared = prepare(cfg, interactions, users, items, warm.warm_base(ws, checkpoint))
+    run_cfg = cfg
+    if ws.epochs is not None:
+        run_cfg = cfg.model_copy(
+            update={"training": cfg.training.model_copy(update={"epochs": ws.epochs})}
+        )
+    ws_lineage = warm.lineage(ws, checkpoint, prepared)
+    log.info(
+        "warm start from %s: %d training interactions since %s, %d new users, %d new items",
+        ws.version or ws.artifact_uri,
+        ws_lineage.interactions,
+        ws_lineage.since,
+        ws_lineage.new_users,
+        ws_lineage.new_items,
+    )
+    return Loaded(prepared, _with_warm(lineage, ws_lineage), run_cfg, checkpoint)
+
+
+def _with_warm(lineage: Lineage, ws: WarmStartLineage) -> Lineage:
+    return lineage.model_copy(update={"warm_start": ws})
 
 
 def published_summary(manifest: dict[str, Any], uri: str) -> TrainSummary:
@@ -102,18 +160,19 @@ def run(raw: dict[str, Any]) -> dict[str, Any]:
         published = published_summary(reader.manifest, cfg.artifact_uri)
         return published.model_copy(update={"already_published": True}).to_wire()
 
-    prepared, lineage = load_prepared(cfg, store)
+    loaded = load_prepared(cfg, store)
+    cfg = loaded.cfg
     if dist.enabled and not torch_dist.is_initialized():
         use_nccl = cfg.training.device != "cpu" and torch.cuda.is_available()
         torch_dist.init_process_group(backend="nccl" if use_nccl else "gloo")
     try:
-        result = train(cfg, prepared, store, dist)
+        result = train(cfg, loaded.prepared, store, dist, loaded.checkpoint)
     finally:
         if dist.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
     if not dist.is_main:
         return WorkerSummary(version=cfg.version, role="worker", rank=dist.rank).to_wire()
-    return _evaluate_and_export(cfg, prepared, result, store, lineage)
+    return _evaluate_and_export(cfg, loaded.prepared, result, store, loaded.lineage)
 
 
 def _score_profile(evaluation: Evaluation) -> dict[str, Any] | None:

@@ -175,7 +175,8 @@ def build_profile(p: Prepared, scores: dict[str, Any] | None = None) -> dict[str
             features[f"{rows.encoder.entity}.{spec.name}"] = feature_profile(
                 rows, spec, latest, train_rows
             )
-    train = p.split.train
+    # what the model was trained on: a warm start's window, not the older context
+    train = p.trained
     ratings, rating_counts = np.unique(train.ratings, return_counts=True)
     item_counts = np.bincount(p.train_item_idx)
     out: dict[str, Any] = {

@@ -46,6 +46,7 @@ from recsys_contract.train import TrainConfig
 from recsys_workloads.artifact_store import Store, sha256_hex
 from recsys_workloads.runtime import BadInputError, TransientError
 from recsys_workloads.train.dataset import EntityRows, Prepared
+from recsys_workloads.train.export import LoadedModel
 from recsys_workloads.train.models import (
     HISTORY,
     ModelShape,
@@ -53,6 +54,7 @@ from recsys_workloads.train.models import (
     TwoTower,
     in_batch_softmax_loss,
 )
+from recsys_workloads.train.warm import start_from
 
 log = logging.getLogger("recsys_workloads.train")
 
@@ -265,15 +267,26 @@ def _load_checkpoint(
     return state
 
 
-def train(cfg: TrainConfig, p: Prepared, store: Store, dist: Distributed) -> TrainResult:
-    """Train (or finish training) both models; returns them unwrapped, in eval mode."""
+def train(
+    cfg: TrainConfig,
+    p: Prepared,
+    store: Store,
+    dist: Distributed,
+    checkpoint: LoadedModel | None = None,
+) -> TrainResult:
+    """Train (or finish training) both models; returns them unwrapped, in eval mode. With a
+    ``checkpoint`` (a warm start that fits, ``train.warm``) the networks begin at its weights;
+    a resumable checkpoint of this very run still wins, being further along."""
     device = resolve_device(cfg.training.device, dist)
     if cfg.training.cpu_threads:
         torch.set_num_threads(cfg.training.cpu_threads)
     make_deterministic(cfg.seed)
     shape = p.model_shape(cfg)
-    two_tower = TwoTower(shape).to(device)
-    ranker = Ranker(shape).to(device)
+    two_tower = TwoTower(shape)
+    ranker = Ranker(shape)
+    if checkpoint is not None:
+        start_from(checkpoint, p, two_tower, ranker)
+    two_tower, ranker = two_tower.to(device), ranker.to(device)
     tc = cfg.training
     opt_tt = torch.optim.Adam(
         two_tower.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
