@@ -347,6 +347,32 @@ ROWS = [
         requeue=2,
     ),
     Row(
+        "a shadow step's clock starts once the canary is ready, not while it loads",
+        {
+            **CANARY,
+            "canaryWeight": 0,
+            "currentStepIndex": 0,
+            "stepStartedAt": None,
+            "lastCheckTime": at(90),
+        },
+        {"phase": "Progressing", "currentStepIndex": 0, "stepStartedAt": at(100)},
+        now=100,
+        steps=[{"shadow": {"duration": "30s", "percent": 20}}, {"setWeight": 10}],
+        routing=("v1", "v2", 0, None),
+        shadow=20,
+        requeue=20,  # the next check; the shadow's own 30 s run from now
+    ),
+    Row(
+        "a shadow step waiting for the canary keeps no clock",
+        {**CANARY, "canaryWeight": 0, "currentStepIndex": 0, "lastCheckTime": at(90)},
+        {"phase": "Progressing", "currentStepIndex": 0, "stepStartedAt": None},
+        now=100,
+        steps=[{"shadow": {"duration": "30s", "percent": 20}}, {"setWeight": 10}],
+        ready=("v1",),
+        routing=("v1", "v2", 0, None),
+        requeue=2,
+    ),
+    Row(
         "an abort token aborts the canary once",
         PAUSED_AT_1,
         {"phase": "Aborted", "abortedVersion": "v2", "lastAbortToken": "a1", "canary": None},

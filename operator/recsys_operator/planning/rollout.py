@@ -392,10 +392,16 @@ class _Machine:
                     "and every gateway replica's index"
                 )
                 st.current_step_index = index
+                # a shadow step's duration counts mirrored requests, so its clock starts once
+                # the canary can answer them (unset while waiting: no write per poll)
+                if step.shadow is not None:
+                    st.step_started_at = None
                 self.wait(WAIT_POLL_SECONDS)
                 return
             if step.shadow is not None:
-                began = _parse(st.step_started_at) if st.step_started_at else inp.now
+                if st.step_started_at is None:
+                    st.step_started_at = self.now()
+                began = _parse(st.step_started_at)
                 left = parse_duration(step.shadow.duration) - (inp.now - began).total_seconds()
                 if left > 0:
                     st.phase, st.pause_reason = "Progressing", None
