@@ -399,6 +399,7 @@ def test_drift_checks_report_and_two_in_a_row_retrain(
     mv = wait_phase(testbed, namespace, "movies-v2", "Training", operator)
     assert mv["spec"]["reason"] == "Drift"
     assert mv["metadata"]["annotations"]["recsys.dev/trigger"] == "drift/movies-drift-manual-2"
+    assert mv["metadata"]["annotations"]["recsys.dev/warm-start-from"] == "movies-v1"
     # the pending trigger leaves status once its version exists; the cooldown counts from here
     eventually(lambda: "retrainTrigger" not in drift_status(), 30, "the trigger cleared",
                operator=operator)  # fmt: skip

@@ -15,6 +15,7 @@ from recsys_contract.train import Lineage, WarmStartConfig, WarmStartLineage
 from recsys_operator.api.modelversion import ModelVersion, ModelVersionStatus
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning.modelversion import lineage_status
+from recsys_operator.planning.recommender import WARM_START_ANNOTATION, new_version
 from recsys_operator.planning.training import FeatureSources, train_config, training_job
 from recsys_workloads.train.config import parse_train_config
 
@@ -131,3 +132,25 @@ def test_the_summary_warm_start_lands_in_status_lineage(warm: WarmStartLineage) 
     assert got.reason == warm.reason
     assert got.new_users == warm.new_users
     assert got.since == warm.since
+
+
+@pytest.mark.parametrize(
+    ("case", "r", "reason", "serving", "pinned"),
+    [
+        ("a warm drift retrain pins the stable it starts from", rec(ON), "Drift", "movies-v1",
+         "movies-v1"),
+        ("a warm scheduled one too", rec(ON), "Schedule", "movies-v1", "movies-v1"),
+        ("warm start off: nothing pinned", rec(), "Drift", "movies-v1", None),
+        ("a manual retrain trains cold: nothing pinned", rec(ON), "Manual", "movies-v1", None),
+        ("nothing serves yet", rec(ON), "Drift", None, None),
+    ],
+)  # fmt: skip
+def test_the_version_a_warm_retrain_starts_from_is_fixed_at_creation(
+    case: str, r: Recommender, reason: str, serving: str | None, pinned: str | None
+) -> None:
+    """A promotion while the retrain trains must not move its starting point (a retried pod
+    reads what the first one did): the operator names it on the ModelVersion it creates."""
+    obj = {"apiVersion": "recsys.dev/v1alpha1", "kind": "Recommender",
+           "metadata": r.metadata.model_dump(by_alias=True)}  # fmt: skip
+    made = new_version(obj, r, 2, reason, f"{reason.lower()}/x", serving)
+    assert made["metadata"]["annotations"].get(WARM_START_ANNOTATION) == pinned, case

@@ -201,8 +201,11 @@ class WarmStart(ApiModel):
     the way to force a full cold retrain) and a Recommender with no serving version train
     cold. A serving version whose architecture no longer fits the spec (another
     ``embeddingDim``, other hidden layers or features) is not an error: that retrain trains
-    cold on all data and says why. The ModelVersion's ``status.lineage.warmStart`` says
-    whether and from which version it was warm-started, and on which window."""
+    cold on all data and says why. The version it starts from is the one serving when the
+    operator created the retrain (annotation ``recsys.dev/warm-start-from``), so a promotion
+    during training does not change what a retried pod reads. The ModelVersion's
+    ``status.lineage.warmStart`` says whether and from which version it was warm-started,
+    and on which window."""
 
     __rules__ = (
         Rule(

@@ -36,9 +36,13 @@ from recsys_operator.planning import rollout as machine
 from recsys_operator.planning.drift import DriftDecision
 from recsys_operator.planning.featureview import freshness, rfc3339
 from recsys_operator.planning.pods import owner_reference
+from recsys_operator.planning.training import WARM_START_REASONS
 
 TRIGGER_ANNOTATION = f"{GROUP}/trigger"
 RETRAIN_ANNOTATION = f"{GROUP}/retrain"
+#: The version a warm-started retrain starts from, fixed when the operator creates it: a
+#: promotion during its training must not change what a retried pod reads.
+WARM_START_ANNOTATION = f"{GROUP}/warm-start-from"
 API_VERSION = f"{GROUP}/v1alpha1"
 SERVABLE = ("Ready",)
 #: Versions whose lifecycle ended; those not serving count toward revisionHistoryLimit.
@@ -138,9 +142,17 @@ def schedule_ticks(
 
 
 def new_version(
-    rec_obj: Mapping[str, Any], rec: Recommender, number: int, reason: str, trigger: str
+    rec_obj: Mapping[str, Any],
+    rec: Recommender,
+    number: int,
+    reason: str,
+    trigger: str,
+    stable: str | None = None,
 ) -> dict[str, Any]:
     name = child_name(rec.metadata.name, f"v{number}")
+    annotations = {TRIGGER_ANNOTATION: trigger}
+    if stable and rec.spec.training.warm_start.enabled and reason in WARM_START_REASONS:
+        annotations[WARM_START_ANNOTATION] = stable
     return {
         "apiVersion": API_VERSION,
         "kind": "ModelVersion",
@@ -153,7 +165,7 @@ def new_version(
                 recommender=rec.metadata.name,
                 model_version=name,
             ),
-            "annotations": {TRIGGER_ANNOTATION: trigger},
+            "annotations": annotations,
             "ownerReferences": [owner_reference(rec_obj)],
         },
         "spec": {"recommenderRef": {"name": rec.metadata.name}, "reason": reason},
@@ -324,7 +336,8 @@ def plan(
             )
             continue
         number += 1
-        out.create.append(new_version(rec_obj, rec, number, reason, trigger))
+        stable = ((rec_obj.get("status") or {}).get("rollout") or {}).get("stable")
+        out.create.append(new_version(rec_obj, rec, number, reason, trigger, stable))
         out.last_training = {
             "modelVersion": out.create[-1]["metadata"]["name"],
             "reason": reason,

@@ -15,6 +15,7 @@ from recsys_operator.metrics import JOBS_FAILED, JOBS_STARTED
 from recsys_operator.naming import child_name
 from recsys_operator.planning import modelversion as planner
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome
+from recsys_operator.planning.recommender import WARM_START_ANNOTATION
 from recsys_operator.planning.training import FeatureSources, JobPlan, index_job, training_job
 from recsys_operator.reconcilers.common import (
     Refusal,
@@ -98,6 +99,11 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
             baseline = (stable_obj.get("status") or {}).get("metrics")
             baseline_name = stable
             stable_mv = ModelVersion.model_validate(stable_obj)
+    # a warm start reads the version serving when this one was made, even after a promotion
+    warm_from = mv.metadata.annotations.get(WARM_START_ANNOTATION)
+    if warm_from and warm_from != stable:
+        warm_obj = ctx.cache.get(API_VERSION, "ModelVersion", warm_from, ns)
+        stable_mv = ModelVersion.model_validate(warm_obj) if warm_obj else None
     phase = (obj.get("status") or {}).get("phase") or "Pending"
     train = await _job(ctx, ns, child_name(name, "train")) if phase == "Training" else None
     index = await _job(ctx, ns, child_name(name, "index")) if phase == "Indexing" else None
