@@ -59,6 +59,15 @@ ANALYSIS_CHECKS = Counter(
     "Analysis checks of canaries, by verdict.",
     ["verdict"],
 )
+ROLLOUTS_ENDED = Counter(
+    "recsys_operator_rollouts_total",
+    "Rollouts that ended, by Recommender and outcome: Promoted (a version became the stable), "
+    "Aborted (a canary sent back) or RolledBack (a promotion undone in its rollback window).",
+    ["namespace", "recommender", "outcome"],
+)
+#: The rollout machine's events that end a rollout, and the outcome each one counts as.
+ROLLOUT_OUTCOMES = {"Promoted": "Promoted", "RolloutAborted": "Aborted", "RolledBack": "RolledBack"}
+
 ROUTING_PUBLISHED = Counter(
     "recsys_operator_routing_published_total",
     "Routing tables written to Redis for the gateways (only when they changed).",

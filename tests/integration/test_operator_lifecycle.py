@@ -4,6 +4,7 @@ playing the training and index workloads through their termination messages."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from typing import Any
 
 import pytest
@@ -617,6 +618,17 @@ def test_a_version_serves_only_where_the_gateway_has_the_features_it_learnt(
         "the stable's mismatch reported", operator=operator,
     )  # fmt: skip
     assert cond["reason"] == "FeatureSchemaMismatch"
+    # each ended rollout counted once, by outcome (the chart's RecsysRolloutAborted alert)
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics") as r:
+        page = r.read().decode()
+    ended = {
+        outcome: float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith("recsys_operator_rollouts_total{") and f'namespace="{namespace}"' in line
+        for outcome in ("Promoted", "Aborted")
+        if f'outcome="{outcome}"' in line
+    }
+    assert ended == {"Promoted": 1.0, "Aborted": 1.0}
 
 
 def test_without_steps_a_better_model_is_promoted_and_pinning_rolls_back(

@@ -31,6 +31,8 @@ from recsys_operator.metrics import (
     ANALYSIS_CHECKS,
     DRIFT_RETRAINS,
     JOBS_STARTED,
+    ROLLOUT_OUTCOMES,
+    ROLLOUTS_ENDED,
     ROUTING_PUBLISHED,
     observe_drift,
 )
@@ -197,6 +199,8 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
             DRIFT_RETRAINS.inc()
         for type_, reason, message in plan.rollout.events if plan.rollout else []:
             await post_event(ctx.kube, obj, type_, reason, message)
+            if reason in ROLLOUT_OUTCOMES:  # counted once: events follow a status change
+                ROLLOUTS_ENDED.labels(ns, name, ROLLOUT_OUTCOMES[reason]).inc()
         # A new stable is the baseline the next versions' gates compare with.
         for known in versions:
             ctx.queue.add(Key("ModelVersion", ns, known.name))
