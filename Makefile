@@ -9,12 +9,12 @@ EXTRAS := workloads,train,index,serving,dev
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: test deps system-deps python-deps testbed lint typecheck unit demo crds images clean
+.PHONY: test deps system-deps realnode-deps python-deps testbed lint typecheck unit demo crds images clean
 
 test: deps lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-deps: system-deps python-deps testbed
+deps: system-deps realnode-deps python-deps testbed
 
 # Debian packages the tests start for real. Installed only when missing (CI runs as root).
 system-deps:
@@ -22,6 +22,16 @@ system-deps:
 	  echo "installing redis-server (Debian)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; }
+
+# What the testbed's real node runs (tests/testbed/real_node.py): containerd, runc, the CNI
+# plugins and iptables, and gcc for its static pause binary. Installed only when missing.
+REALNODE_PACKAGES := containerd runc containernetworking-plugins iptables gcc libc6-dev
+realnode-deps:
+	@command -v containerd >/dev/null && command -v runc >/dev/null && command -v iptables >/dev/null \
+	  && [ -x /usr/lib/cni/bridge ] && command -v gcc >/dev/null && [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || { \
+	  echo "installing $(REALNODE_PACKAGES) (Debian)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(REALNODE_PACKAGES) >/dev/null; }
 
 python-deps: $(VENV_STAMP)
 
@@ -34,7 +44,8 @@ $(VENV_STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps 'recbole==1.2.1'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok and helm, built
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok and helm (and the
+# real node's kubelet, kube-proxy and pause), built
 # from Go modules once and cached by version under ~/.cache/recsys-operator (see tests/testbed).
 testbed:
 	@bash tests/testbed/build.sh all >/dev/null

@@ -4,7 +4,9 @@
 # tests/argocd/build.sh, argocd-health (`build.sh argocd` builds only that one), through
 # build_prometheus.sh, Prometheus (`build.sh prometheus`), and through build_promtool.sh and
 # fetch_prometheus_operator_crds.sh, promtool and the Prometheus Operator's CRDs for the chart's
-# monitoring objects (`build.sh promtool`).
+# monitoring objects (`build.sh promtool`). For the real node (real_node.py): kubelet and kube-proxy
+# from the same kubernetes module, and a static `pause` (the pod sandbox's process) from pause.c
+# (`build.sh realnode` builds only these three).
 #
 # No Docker and no release downloads are available here, but the Go module proxy is. The
 # kubernetes module cannot be `go install`ed (its go.mod pins every staging module at v0.0.0
@@ -30,6 +32,7 @@ log() { printf '[testbed-build] %s\n' "$*" >&2; }
 # objects) have their own cache keys and locks, so they are built before the control plane's
 # early exit: a warm control-plane cache must not skip them.
 case "${1:-all}" in
+  realnode) ;;
   argocd) exec bash "$here/../argocd/build.sh";;
   prometheus) exec bash "$here/build_prometheus.sh";;
   promtool) bash "$here/fetch_prometheus_operator_crds.sh" >/dev/null; exec bash "$here/build_promtool.sh";;
@@ -37,12 +40,27 @@ case "${1:-all}" in
     bash "$here/build_promtool.sh" >/dev/null; bash "$here/fetch_prometheus_operator_crds.sh" >/dev/null;;
 esac
 
-if [ -f "$out/.done" ]; then echo "$out"; exit 0; fi
+# The pod sandbox's process for the real node: a static binary from pause.c, cached by its hash.
+build_pause() {
+  local dir="$cache/bin/pause-$( (cat "$here/pause.c"; gcc --version | head -1) | sha256sum | cut -c1-12)"
+  if [ ! -x "$dir/pause" ]; then
+    mkdir -p "$dir"
+    log "building pause"
+    gcc -static -O2 -Wall -Werror -o "$dir/pause.tmp" "$here/pause.c" && strip "$dir/pause.tmp"
+    mv "$dir/pause.tmp" "$dir/pause"
+  fi
+  ln -sfn "$dir/pause" "$out/pause"
+}
+
+# Complete: every binary of the set is there. kubelet and kube-proxy were added after the first
+# caches were made; a cache with its .done stamp but without them builds only those two.
+complete() { [ -f "$out/.done" ] && [ -x "$out/kubelet" ] && [ -x "$out/kube-proxy" ] && [ -x "$out/pause" ]; }
+if complete; then echo "$out"; exit 0; fi
 mkdir -p "$out" "$cache/src"
 # One build at a time: concurrent test runs wait for the first one instead of compiling twice.
 exec 9>"$cache/build.lock"
 flock 9
-if [ -f "$out/.done" ]; then echo "$out"; exit 0; fi
+if complete; then echo "$out"; exit 0; fi
 start=$(date +%s)
 
 build_kubernetes() {
@@ -61,7 +79,7 @@ build_kubernetes() {
   } > "$src/go.mod"
   log "kubernetes $v: $(grep -c '^replace' "$src/go.mod") staging modules replaced"
   # kubectl too: the one on a developer's PATH may be several minors away from this apiserver.
-  local pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+  local pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy"
   (cd "$src" && printf 'package tools\nimport (\n' > tools.go &&
      for p in $pkgs; do printf '\t_ "%s"\n' "$p" >> tools.go; done && printf ')\n' >> tools.go &&
      sed -i '1i //go:build tools' tools.go && go mod tidy >/dev/null 2>&1 || go mod tidy)
@@ -102,7 +120,8 @@ build_installable() {  # name module@version [ldflags]
 }
 
 what=${1:-all}
-case "$what" in all|kubernetes) build_kubernetes;; esac
+case "$what" in all|kubernetes|realnode) build_kubernetes;; esac
+case "$what" in all|realnode) build_pause;; esac
 case "$what" in all|etcd) build_etcd;; esac
 case "$what" in all|kwok)
   build_installable kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"

@@ -1,8 +1,15 @@
 """A real Kubernetes control plane on the loopback, for tests and the local demo.
 
-etcd, kube-apiserver (TLS, RBAC, PodSecurity admission, service-account tokens, an audit log of
-writes), kube-controller-manager, kube-scheduler and kwok, which plays one fake Node with GPUs
-and moves pods through their phases. Binaries come from ``build.sh`` (Go modules, cached).
+etcd, kube-apiserver (TLS, Node and RBAC authorization, PodSecurity and NodeRestriction
+admission, service-account tokens, an audit log of writes), kube-controller-manager,
+kube-scheduler and kwok, which plays one fake Node with GPUs and moves pods through their phases.
+Binaries come from ``build.sh`` (Go modules, cached).
+
+kwok manages only the nodes annotated ``kwok.x-k8s.io/node=fake`` (the fake GPU node), so a real
+kubelet can join the same control plane (``real_node.py``) and run its pods itself. For that the
+apiserver must be reachable from inside a pod's network namespace: ``start(address=...)`` binds
+and advertises it on the pod bridge's gateway address instead of 127.0.0.1, and the ``kubernetes``
+Service then leads there.
 
 Run by hand: ``python tests/testbed/controlplane.py up`` prints a kubeconfig path and keeps the
 control plane up until interrupted.
@@ -30,10 +37,14 @@ if __package__ in (None, ""):  # run as a script: make the sibling modules impor
 
 import yaml
 
-from testbed.pki import Pki, make_pki
+from testbed.pki import Pki, issue_client, make_pki
 from testbed.processes import ComponentFailed, Process, ProcessGroup, free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
+#: Where Services get their ClusterIPs; a real node's pods are routed to it (and nowhere else).
+SERVICE_CIDR = "10.96.0.0/16"
+#: The ``kubernetes`` Service's ClusterIP: the first address of SERVICE_CIDR.
+SERVICE_IP = "10.96.0.1"
 
 #: The controllers the operator's workloads rely on. Node lifecycle stays off so the fake node
 #: is never tainted; leader election is off so restarts never wait on stale leases.
@@ -105,6 +116,8 @@ class ControlPlane:
     server: str
     kubeconfig: Path
     audit_log: Path
+    #: Where the apiserver listens (``start``'s ``address``).
+    address: str = "127.0.0.1"
     startup_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     _keep_workdir: bool = False
@@ -153,7 +166,8 @@ def run_kubectl(
     return result
 
 
-def _kubeconfig(server: str, pki: Pki) -> str:
+def kubeconfig_for(server: str, ca: Path, cert: Path, key: Path) -> str:
+    """A kubeconfig (JSON) for the client certificate ``cert``; the admin's, or a node's."""
     return json.dumps(
         {
             "apiVersion": "v1",
@@ -161,16 +175,13 @@ def _kubeconfig(server: str, pki: Pki) -> str:
             "clusters": [
                 {
                     "name": "testbed",
-                    "cluster": {"server": server, "certificate-authority": str(pki.serving_ca)},
+                    "cluster": {"server": server, "certificate-authority": str(ca)},
                 }
             ],
             "users": [
                 {
                     "name": "admin",
-                    "user": {
-                        "client-certificate": str(pki.admin_cert),
-                        "client-key": str(pki.admin_key),
-                    },
+                    "user": {"client-certificate": str(cert), "client-key": str(key)},
                 }
             ],
             "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": "admin"}}],
@@ -180,10 +191,10 @@ def _kubeconfig(server: str, pki: Pki) -> str:
     )
 
 
-def _https_ok(port: int, path: str, pki: Pki) -> bool:
+def _https_ok(address: str, port: int, path: str, pki: Pki) -> bool:
     ctx = ssl.create_default_context(cafile=str(pki.serving_ca))
     ctx.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    conn = http.client.HTTPSConnection(address, port, context=ctx, timeout=5)
     try:
         conn.request("GET", path)
         return conn.getresponse().status == 200
@@ -211,8 +222,15 @@ def _insecure_ok(port: int, path: str) -> bool:
         conn.close()
 
 
-def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPlane:
-    """Start every component, wait for each to be healthy, and register the fake GPU node."""
+def start(
+    bin_dir: Path | None = None, workdir: Path | None = None, address: str = "127.0.0.1"
+) -> ControlPlane:
+    """Start every component, wait for each to be healthy, and register the fake GPU node.
+
+    ``address``: where the apiserver listens and what it advertises (the ``kubernetes``
+    Service's endpoint). The default keeps it on the loopback; a real node's pods need an
+    address of this machine that their network namespaces reach, such as the pod bridge's
+    gateway (``real_node.PodNetwork``), which must exist before this is called."""
     t0 = time.monotonic()
     bin_dir = bin_dir or build_binaries()
     keep = workdir is not None
@@ -220,7 +238,8 @@ def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPl
     procs = ProcessGroup(workdir / "logs")
     timings: dict[str, float] = {}
     try:
-        pki = make_pki(workdir / "pki", ["localhost", "127.0.0.1", "kubernetes.default.svc"])
+        names = ["localhost", "127.0.0.1", "kubernetes.default.svc", SERVICE_IP]
+        pki = make_pki(workdir / "pki", [*names, address] if address not in names else names)
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         etcd = procs.start(
             "etcd",
@@ -240,6 +259,8 @@ def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPl
         wait_until(etcd, lambda: _http_ok(etcd_port, "/health"), 30, "healthy")
         timings["etcd"] = time.monotonic() - t0
 
+        # The apiserver's identity towards kubelets (logs, exec); a real node trusts the client CA.
+        kubelet_client = issue_client(pki, workdir / "pki", "kube-apiserver-kubelet-client")
         audit_log = workdir / "audit.log"
         (workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
         apiserver = procs.start(
@@ -247,15 +268,19 @@ def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPl
             [
                 str(bin_dir / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--secure-port={api_port}",
                 f"--cert-dir={workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki.serving_cert}",
                 f"--tls-private-key-file={pki.serving_key}",
                 f"--client-ca-file={pki.client_ca}",
-                "--authorization-mode=RBAC",
+                f"--kubelet-client-certificate={kubelet_client[0]}",
+                f"--kubelet-client-key={kubelet_client[1]}",
+                # Node: a kubelet may read and write only what concerns its own node's pods.
+                "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,"
+                "NodeRestriction,"
                 "LimitRanger,ResourceQuota,DefaultStorageClass,MutatingAdmissionWebhook,"
                 "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,"
                 # As on OpenShift: setting blockOwnerDeletion needs update on the owner's
@@ -267,7 +292,9 @@ def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPl
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki.sa_public}",
                 f"--service-account-signing-key-file={pki.sa_private}",
-                "--service-cluster-ip-range=10.96.0.0/16",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # logs and exec reach a kubelet at its node's IP: a node name is not in any DNS.
+                "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
                 f"--audit-policy-file={workdir / 'audit-policy.yaml'}",
                 f"--audit-log-path={audit_log}",
@@ -277,11 +304,11 @@ def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPl
                 "--v=0",
             ],
         )
-        wait_until(apiserver, lambda: _https_ok(api_port, "/readyz", pki), 120, "ready")
+        wait_until(apiserver, lambda: _https_ok(address, api_port, "/readyz", pki), 120, "ready")
         timings["kube-apiserver"] = time.monotonic() - t0
-        server = f"https://127.0.0.1:{api_port}"
+        server = f"https://{address}:{api_port}"
         kubeconfig = workdir / "kubeconfig"
-        kubeconfig.write_text(_kubeconfig(server, pki))
+        kubeconfig.write_text(kubeconfig_for(server, pki.serving_ca, pki.admin_cert, pki.admin_key))
         kubeconfig.chmod(0o600)
 
         cm_port, sched_port, kwok_port = free_port(), free_port(), free_port()
@@ -322,7 +349,8 @@ def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPl
             [
                 str(bin_dir / "kwok"),
                 f"--kubeconfig={kubeconfig}",
-                "--manage-all-nodes=true",
+                # Only the fake node: a real kubelet's node and pods are its own.
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 f"--server-address=127.0.0.1:{kwok_port}",
                 *(f"--config={p}" for p in _kwok_stages(bin_dir, workdir)),
             ],
@@ -344,6 +372,7 @@ def start(bin_dir: Path | None = None, workdir: Path | None = None) -> ControlPl
             server=server,
             kubeconfig=kubeconfig,
             audit_log=audit_log,
+            address=address,
             startup_seconds=timings["all"],
             timings=timings,
             _keep_workdir=keep,

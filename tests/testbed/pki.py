@@ -3,6 +3,11 @@
 envtest's recipe: one CA signs the apiserver's serving certificate, a second CA signs client
 certificates (the admin's carries O=system:masters), and one key pair signs service-account
 tokens. EC P-256 keys keep generation in the milliseconds.
+
+The client CA's key is kept beside its certificate so that ``issue_client`` can sign more client
+certificates later: a real node's kubelet (``system:node:<name>`` in ``system:nodes``, as the
+Node authorizer wants) and its kube-proxy (``system:kube-proxy``, which the default RBAC binds to
+``system:node-proxier``).
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ class Pki:
     serving_cert: Path
     serving_key: Path
     client_ca: Path
+    client_ca_key: Path
     admin_cert: Path
     admin_key: Path
     sa_public: Path
@@ -132,6 +138,7 @@ def make_pki(directory: Path, server_names: list[str]) -> Pki:
         "serving_cert": serving_cert,
         "serving_key": serving_key,
         "client_ca": _pem_cert(client_ca.cert),
+        "client_ca_key": _pem_key(client_ca.key),
         "admin_cert": admin_cert,
         "admin_key": admin_key,
         "sa_public": sa_key.public_key().public_bytes(
@@ -146,3 +153,18 @@ def make_pki(directory: Path, server_names: list[str]) -> Pki:
         path.chmod(0o600)
         paths[field] = path
     return Pki(**paths)
+
+
+def issue_client(pki: Pki, directory: Path, cn: str, org: str | None = None) -> tuple[Path, Path]:
+    """A client certificate for ``cn`` (group ``org``) from the client CA: (cert, key) paths."""
+    key = serialization.load_pem_private_key(pki.client_ca_key.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    ca = _CA(key, x509.load_pem_x509_certificate(pki.client_ca.read_bytes()))
+    cert_pem, key_pem = ca.issue(_name(cn, org))
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = cn.replace(":", "-")
+    paths = (directory / f"{stem}-cert.pem", directory / f"{stem}-key.pem")
+    for path, content in zip(paths, (cert_pem, key_pem), strict=True):
+        path.write_bytes(content)
+        path.chmod(0o600)
+    return paths

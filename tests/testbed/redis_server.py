@@ -1,4 +1,8 @@
-"""A real redis-server (Debian's package) on a free loopback port, with no persistence."""
+"""A real redis-server (Debian's package) on a free port, with no persistence.
+
+It listens on the loopback unless ``start_redis(address=...)`` names another address of this
+machine: the real node's pods reach it on their bridge's gateway address (``real_node.py``).
+"""
 
 from __future__ import annotations
 
@@ -30,13 +34,15 @@ class RedisServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _pong(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+def _pong(address: str, port: int) -> bool:
+    with socket.create_connection((address, port), timeout=2) as sock:
         sock.sendall(b"PING\r\n")
         return sock.recv(16).startswith(b"+PONG")
 
 
-def start_redis(databases: int = 64, extra_args: tuple[str, ...] = ()) -> RedisServer:
+def start_redis(
+    databases: int = 64, extra_args: tuple[str, ...] = (), address: str = "127.0.0.1"
+) -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         raise ComponentFailed(
@@ -52,7 +58,7 @@ def start_redis(databases: int = 64, extra_args: tuple[str, ...] = ()) -> RedisS
             "--port",
             str(port),
             "--bind",
-            "127.0.0.1",
+            address,
             "--save",
             "",
             "--appendonly",
@@ -61,12 +67,16 @@ def start_redis(databases: int = 64, extra_args: tuple[str, ...] = ()) -> RedisS
             str(databases),
             "--dir",
             str(workdir),
+            # Protected mode answers only loopback clients of a password-less server; on a pod
+            # bridge's address the clients are the pods (and only they reach that address).
+            "--protected-mode",
+            "yes" if address == "127.0.0.1" else "no",
             *extra_args,
         ],
     )
     try:
-        wait_until(proc, lambda: _pong(port), 20, "answering PING")
+        wait_until(proc, lambda: _pong(address, port), 20, "answering PING")
     except BaseException:
         procs.stop_all()
         raise
-    return RedisServer("127.0.0.1", port, procs, workdir)
+    return RedisServer(address, port, procs, workdir)
