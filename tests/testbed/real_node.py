@@ -64,6 +64,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -265,18 +266,18 @@ def containerd_config(default: str, settings: dict[tuple[str, str], str]) -> str
     return "\n".join(out) + "\n"
 
 
-def _kubelet_config(workdir: Path, ca: Path, sock: Path) -> dict[str, object]:
+def _kubelet_config(workdir: Path, ca: Path, sock: Path, address: str) -> dict[str, object]:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        "address": "127.0.0.1",
+        "address": address,
         "port": free_port(),
         "healthzBindAddress": "127.0.0.1",
         "healthzPort": free_port(),
         "readOnlyPort": 0,
         "containerRuntimeEndpoint": f"unix://{sock}",
         "podLogsDir": str(workdir / "pod-logs"),
-        # The logs/exec API: client certificates of the testbed's CA only, on the loopback.
+        # The logs/exec API: client certificates of the testbed's client CA only.
         "authentication": {
             "anonymous": {"enabled": False},
             "webhook": {"enabled": False},
@@ -360,6 +361,7 @@ class RealNode:
         self.procs.stop_all()  # kube-proxy, containerd
         with contextlib.suppress(ComponentFailed):
             _run([str(self.bin_dir / "kube-proxy"), "--cleanup"], timeout=30)
+        _remove_kubelet_chains()
         _unmount_under(self.workdir)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -381,6 +383,26 @@ class RealNode:
     def _tasks(self) -> list[str]:
         out = self.ctr("tasks", "ls", "-q", timeout=10)
         return out.split()
+
+
+#: The chains a kubelet adds to this machine's iptables (kube-proxy --cleanup leaves them).
+KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY")
+
+
+def _remove_kubelet_chains() -> None:
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            rules = subprocess.run(
+                [tool, "-t", table, "-S"], capture_output=True, text=True, check=False
+            ).stdout.splitlines()
+            for rule in rules:
+                words = shlex.split(rule)
+                if words[:1] == ["-A"] and any(f"-j {c}" in rule for c in KUBELET_CHAINS):
+                    subprocess.run([tool, "-t", table, "-D", *words[1:]], check=False)
+            for chain in KUBELET_CHAINS:
+                if f"-N {chain}" in rules:
+                    subprocess.run([tool, "-t", table, "-F", chain], check=False)
+                    subprocess.run([tool, "-t", table, "-X", chain], check=False)
 
 
 def _unmount_under(path: Path) -> None:
@@ -510,7 +532,9 @@ def start(
         )
         node_kubeconfig.write_text(kubeconfig_for(cp.server, ca, *node_cert))
         proxy_kubeconfig.write_text(kubeconfig_for(cp.server, ca, *proxy_cert))
-        kubelet_config = _kubelet_config(workdir, cp.pki.client_ca, workdir / "containerd.sock")
+        kubelet_config = _kubelet_config(
+            workdir, cp.pki.client_ca, workdir / "containerd.sock", network.gateway
+        )
         (workdir / "kubelet.yaml").write_text(yaml.safe_dump(kubelet_config))
         kubelet = procs.start(
             "kubelet",
@@ -521,8 +545,9 @@ def start(
                 f"--root-dir={workdir / 'kubelet'}",
                 f"--cert-dir={workdir / 'kubelet-certs'}",
                 f"--hostname-override={NODE_NAME}",
-                # logs and exec: the apiserver reaches the kubelet at 127.0.0.1 (InternalIP).
-                "--node-ip=127.0.0.1",
+                # The apiserver reaches the kubelet (logs, exec) at its InternalIP; a kubelet
+                # refuses a loopback node IP, so it is the bridge's gateway address.
+                f"--node-ip={network.gateway}",
                 f"--node-labels={NODE_LABEL[0]}={NODE_LABEL[1]}",
                 "--v=1",
             ],
