@@ -330,6 +330,11 @@ class RealNode:
     bin_dir: Path
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def kubeconfig(self) -> Path:
+        """The kubelet's kubeconfig: the node's client certificate (system:node:<name>)."""
+        return self.workdir / "kubelet.kubeconfig"
+
     def ctr(self, *args: str, timeout: float = 60) -> str:
         return _run([*self.ctr_argv, *args], timeout=timeout)
 

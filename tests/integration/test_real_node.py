@@ -1,0 +1,410 @@
+"""On a node that really runs containers (tests/testbed/real_node.py): the node joins with its
+own certificate and kwok leaves it alone; ``helm install`` of the chart with the images
+``make images`` builds, under Pod Security ``restricted`` enforced; the operator, talking to
+the apiserver from inside its pod, reconciles a FeatureView whose materialization Job runs in a
+container and writes to Redis, and the termination message the kubelet records reaches the
+FeatureView's status; killing the operator pod makes the Deployment start another, which
+creates nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from fixtures.operator import condition, get
+from fixtures.real_node import FAKE_TAINT, RealNodeWorld
+from recsys_contract.keyspace import FeatureViewKeys
+from recsys_workloads.featurestore.reader import read_online_features
+from testbed.controlplane import FAKE_NODE, run_kubectl
+from testbed.real_node import NODE_LABEL
+
+pytestmark = [pytest.mark.realnode, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "recsys-operator"
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} within {timeout:.0f} s; last seen: {last!r}")
+
+
+def pod(world: RealNodeWorld, ns: str, name: str) -> dict[str, Any]:
+    obj = get(world.testbed, "pod", name, ns)
+    assert obj is not None, f"pod {ns}/{name} is gone"
+    return obj
+
+
+def audit_events(world: RealNodeWorld) -> Iterator[dict[str, Any]]:
+    for line in world.testbed.audit_log.read_text().splitlines():
+        yield json.loads(line)
+
+
+def python_pod(name: str, code: str, **spec: Any) -> dict[str, Any]:
+    """A restricted pod running ``python3 -c code`` in the workloads image."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": RESTRICTED,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "",  # set by the caller
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", code],
+                    "securityContext": CONTAINER_RESTRICTED,
+                }
+            ],
+            **spec,
+        },
+    }
+
+
+# --- the node --------------------------------------------------------------------------------
+
+
+def test_the_node_joins_with_its_certificate_and_runs_what_kwok_leaves_alone(
+    real_node_world: RealNodeWorld,
+) -> None:
+    world = real_node_world
+    tb = world.testbed
+    node = json.loads(tb.kubectl("get", "node", world.node_name, "-o", "json").stdout)
+    ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+    assert ready == "True"
+    assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    assert {"type": "InternalIP", "address": world.gateway} in node["status"]["addresses"]
+    assert node["metadata"]["labels"][NODE_LABEL[0]] == NODE_LABEL[1]
+    # Real capacity, not the fake node's 64 CPUs and 8 GPUs.
+    assert "nvidia.com/gpu" not in node["status"]["capacity"]
+
+    # The kubelet registered itself with its own certificate, not as an admin.
+    creators = {
+        (e["user"]["username"], "system:nodes" in e["user"].get("groups", []))
+        for e in audit_events(world)
+        if e["verb"] == "create"
+        and e["objectRef"].get("resource") == "nodes"
+        and e["objectRef"].get("subresource") is None
+        and e["responseStatus"]["code"] == 201
+        and e["objectRef"].get("name") in (world.node_name, None)
+    }
+    assert (f"system:node:{world.node_name}", True) in creators
+    # NodeRestriction: that certificate cannot touch another node.
+    denied = run_kubectl(
+        tb.kubectl_path,
+        world.node.node.kubeconfig,
+        ["label", "node", FAKE_NODE["metadata"]["name"], "stolen=yes"],  # type: ignore[index]
+        check=False,
+    )
+    assert denied.returncode != 0
+    assert "forbidden" in denied.stderr.lower(), denied.stderr
+
+    ns = world.namespace(f"node-pods-{uuid.uuid4().hex[:6]}")
+    real = python_pod(
+        "real",
+        "import os, socket\n"
+        "host = os.environ['KUBERNETES_SERVICE_HOST']\n"
+        "port = os.environ['KUBERNETES_SERVICE_PORT']\n"
+        "socket.create_connection((host, int(port)), timeout=5).close()\n"
+        "open('/dev/termination-log', 'w').write(f'uid {os.getuid()} reached {host}:{port}')\n",
+        nodeSelector={NODE_LABEL[0]: NODE_LABEL[1]},
+    )
+    real["spec"]["containers"][0]["image"] = world.images["workloads"]
+    # kwok's: an image that exists nowhere, so only a played pod can be Running.
+    fake = python_pod(
+        "fake",
+        "raise SystemExit(3)",
+        nodeSelector={"type": "kwok"},
+        tolerations=[{**FAKE_TAINT, "operator": "Equal"}],
+    )
+    fake["spec"]["containers"][0]["image"] = "registry.test/never-pulled:1"
+    for obj in (real, fake):
+        tb.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(obj))
+
+    done = until(
+        lambda: (p := pod(world, ns, "real"))["status"].get("phase") == "Succeeded" and p,
+        90,
+        "Succeeded real pod",
+    )
+    state = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert state["message"] == "uid 65532 reached 10.96.0.1:443"
+    assert ipaddress.ip_address(done["status"]["podIP"]) in world.node.network.subnet
+    container_id = done["status"]["containerStatuses"][0]["containerID"]
+    assert container_id.startswith("containerd://")
+    assert (
+        container_id.removeprefix("containerd://")
+        in world.node.node.ctr("containers", "ls", "-q").split()
+    )
+
+    played = until(
+        lambda: (p := pod(world, ns, "fake"))["status"].get("phase") == "Running" and p,
+        60,
+        "Running kwok pod",
+    )
+    assert played["spec"]["nodeName"] == FAKE_NODE["metadata"]["name"]  # type: ignore[index]
+    assert "registry.test/never-pulled" not in world.node.node.ctr("containers", "ls")
+
+
+# --- the chart and the operator ---------------------------------------------------------------
+
+
+@dataclass
+class Release:
+    namespace: str
+    name: str
+    service_account: str
+
+    @property
+    def selector(self) -> str:
+        return f"app.kubernetes.io/instance={self.name}"
+
+
+def operator_pods(world: RealNodeWorld, release: Release) -> list[dict[str, Any]]:
+    out = world.testbed.kubectl(
+        "get", "pods", "-n", release.namespace, "-l", release.selector, "-o", "json"
+    )
+    return list(json.loads(out.stdout)["items"])
+
+
+def ready_pod(world: RealNodeWorld, release: Release, not_uid: str = "") -> dict[str, Any] | None:
+    for p in operator_pods(world, release):
+        conds = {c["type"]: c["status"] for c in p["status"].get("conditions", [])}
+        if conds.get("Ready") == "True" and p["metadata"]["uid"] != not_uid:
+            return p
+    return None
+
+
+@pytest.fixture(scope="module")
+def release(
+    real_node_world: RealNodeWorld, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    world = real_node_world
+    ns = world.namespace("recsys-system")
+    values = {
+        "image": {"pullPolicy": "Never"},
+        "nodeSelector": {NODE_LABEL[0]: NODE_LABEL[1]},
+    }
+    values_file = tmp_path_factory.mktemp("helm") / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    name = "recsys"
+    helm = [str(world.testbed.helm_path), "--kubeconfig", str(world.testbed.kubeconfig)]
+    out = subprocess.run(
+        [*helm, "install", name, str(CHART), "--namespace", ns, "--values", str(values_file),
+         "--wait", "--timeout", "120s"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    if out.returncode != 0:
+        pods = world.testbed.kubectl("describe", "pods", "-n", ns, check=False).stdout
+        raise AssertionError(f"helm install failed:\n{out.stderr}\n{pods[-4000:]}")
+    try:
+        yield Release(ns, name, f"{name}-recsys-operator")
+    finally:
+        subprocess.run(
+            [*helm, "uninstall", name, "--namespace", ns, "--wait", "--timeout", "60s"],
+            capture_output=True, timeout=90, check=False,
+        )  # fmt: skip
+
+
+def test_helm_install_runs_the_operator_pod_under_enforced_restricted(
+    real_node_world: RealNodeWorld, release: Release
+) -> None:
+    world = real_node_world
+    labels = json.loads(
+        world.testbed.kubectl("get", "namespace", release.namespace, "-o", "json").stdout
+    )["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    running = until(lambda: ready_pod(world, release), 90, "Ready operator pod")
+    assert running["spec"]["nodeName"] == world.node_name
+    (container,) = running["status"]["containerStatuses"]
+    assert container["image"] == world.images["operator"]
+    assert container["containerID"].startswith("containerd://")
+
+
+@pytest.fixture(scope="module")
+def feature_view(real_node_world: RealNodeWorld, release: Release) -> dict[str, Any]:
+    """A FeatureView whose source the file server holds; returned once it is Materialized."""
+    world = real_node_world
+    ns = world.namespace("features")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    table = pa.table(
+        {
+            "user_id": pa.array([1, 2, 3], pa.int64()),
+            "event_timestamp": pa.array(
+                [now - dt.timedelta(hours=1)] * 3, pa.timestamp("us", "UTC")
+            ),
+            "age": pa.array([31, 42, 53], pa.int64()),
+        }
+    )
+    pq.write_table(table, world.files.directory / "users.parquet")
+    fv = {
+        "apiVersion": "recsys.dev/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": "users"},
+        "spec": {
+            "entity": {"name": "user", "joinKeys": ["user_id"]},
+            "source": {
+                "path": world.files.url("users.parquet"),
+                "timestampField": "event_timestamp",
+            },
+            "features": [{"name": "age", "dtype": "Int64"}],
+            "ttl": "24h",
+            "onlineStore": {"redis": {"url": world.redis.url_for_db(1)}},
+            "materialization": {
+                # A schedule that does not fire during the test: only the backfill runs.
+                "cronJob": {"schedule": "0 0 1 1 *"},
+                "backfill": {
+                    "startTime": (now - dt.timedelta(days=2)).isoformat().replace("+00:00", "Z")
+                },
+            },
+        },
+    }
+    world.testbed.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(fv))
+
+    def materialized() -> dict[str, Any] | None:
+        """The FeatureView once a run made data live, or once a run failed (Degraded)."""
+        obj = get(world.testbed, "featureview", "users", ns)
+        live, failed = condition(obj, "Materialized"), condition(obj, "Degraded")
+        done = (live and live["status"] == "True") or (failed and failed["status"] == "True")
+        return obj if done else None
+
+    try:
+        return dict(until(materialized, 180, "Materialized condition"))
+    except AssertionError:
+        pods = world.testbed.kubectl("describe", "pods", "-n", ns, check=False).stdout
+        logs = world.testbed.kubectl(
+            "logs", "-n", release.namespace, "-l", release.selector, "--tail=60", check=False
+        ).stdout
+        raise AssertionError(f"pods:\n{pods[-3000:]}\noperator:\n{logs}") from None
+
+
+def test_the_materialization_job_runs_in_a_container_and_its_message_reaches_the_status(
+    real_node_world: RealNodeWorld, release: Release, feature_view: dict[str, Any]
+) -> None:
+    world = real_node_world
+    ns = feature_view["metadata"]["namespace"]
+    cond = condition(feature_view, "Materialized")
+    assert cond is not None, feature_view.get("status")
+    assert cond["status"] == "True", feature_view["status"]
+    assert feature_view["status"]["lastBackfill"]["rows"] == 3
+
+    # The Job's pod ran on the real node, in containerd, and the kubelet recorded its message.
+    (job_pod,) = json.loads(world.testbed.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)[
+        "items"
+    ]
+    assert job_pod["spec"]["nodeName"] == world.node_name
+    (status,) = job_pod["status"]["containerStatuses"]
+    assert status["containerID"].startswith("containerd://")
+    summary = json.loads(status["state"]["terminated"]["message"])
+    assert summary["entitiesWritten"] == 3 or summary.get("entities_written") == 3, summary
+
+    # The rows are in Redis, readable as the gateway reads them.
+    client = redis.Redis.from_url(world.redis.url_for_db(1))
+    try:
+        rows = read_online_features(client, FeatureViewKeys.of(f"{ns}.users"), [1, 2, 3]).rows
+    finally:
+        client.close()
+    assert [r["age"] if r else None for r in rows] == [31, 42, 53]
+
+    # The operator wrote that status from inside its pod, as its service account, through the
+    # kubernetes Service (the request came from the pod network).
+    writers = {
+        (e["user"]["username"], e["sourceIPs"][0])
+        for e in audit_events(world)
+        if e["objectRef"].get("resource") == "featureviews"
+        and e["objectRef"].get("subresource") == "status"
+        and e["verb"] in ("patch", "update")
+    }
+    sa = f"system:serviceaccount:{release.namespace}:{release.service_account}"
+    assert any(
+        user == sa and ipaddress.ip_address(ip) in world.node.network.subnet for user, ip in writers
+    ), writers
+
+
+def reconciles(operator_pod: dict[str, Any], kind: str) -> float:
+    """How many reconciles of ``kind`` the operator in ``operator_pod`` has finished."""
+    url = f"http://{operator_pod['status']['podIP']}:8080/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "recsys_operator_reconcile_duration_seconds_count"
+                and sample.labels.get("kind") == kind
+            ):
+                return float(sample.value)
+    return 0.0
+
+
+def owned_objects(world: RealNodeWorld, ns: str) -> list[str]:
+    out = world.testbed.kubectl("get", "jobs,cronjobs", "-n", ns, "-o", "json").stdout
+    return sorted(f"{o['kind']}/{o['metadata']['name']}" for o in json.loads(out)["items"])
+
+
+def test_a_killed_operator_pod_is_restarted_and_creates_nothing_twice(
+    real_node_world: RealNodeWorld, release: Release, feature_view: dict[str, Any]
+) -> None:
+    world = real_node_world
+    ns = feature_view["metadata"]["namespace"]
+    before = owned_objects(world, ns)
+    assert len([o for o in before if o.startswith("CronJob/")]) == 1, before
+    assert len([o for o in before if o.startswith("Job/")]) == 1, before
+
+    old = until(lambda: ready_pod(world, release), 60, "Ready operator pod")
+    world.testbed.kubectl(
+        "delete", "pod", "-n", release.namespace, old["metadata"]["name"],
+        "--grace-period=0", "--force", "--wait=false",
+    )  # fmt: skip
+    new = until(
+        lambda: ready_pod(world, release, not_uid=old["metadata"]["uid"]),
+        120,
+        "Ready replacement operator pod",
+    )
+    assert new["spec"]["nodeName"] == world.node_name
+
+    # The new operator has reconciled the FeatureView (its own /metrics, read on its pod's
+    # address) before the Jobs and CronJobs are counted again.
+    until(lambda: reconciles(new, "FeatureView") > 0, 60, "FeatureView reconcile by the new pod")
+    after = owned_objects(world, ns)
+    assert after == before
+    obj = get(world.testbed, "featureview", "users", ns)
+    assert obj is not None
+    assert condition(obj, "Materialized")["status"] == "True"  # type: ignore[index]
