@@ -64,7 +64,11 @@ def main(argv: list[str]) -> None:
 
     directory, address, port = argv
     app = web.Application()
-    app.router.add_get("/", lambda _: web.Response(text="ok\n"))
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app.router.add_get("/", health)
     app.router.add_static("/", directory)
     web.run_app(app, host=address, port=int(port), print=None)
 

@@ -241,6 +241,9 @@ def _containerd_settings(
         (cri, "netns_mounts_under_state_dir"): "true",
         (f"{cri}.cni", "bin_dir"): json.dumps(str(CNI_BIN_DIR)),
         (f"{cri}.cni", "conf_dir"): json.dumps(str(workdir / "cni")),
+        # runc's state and containerd's opt directory: the node's too, not /run's and /opt's.
+        (f"{cri}.containerd.runtimes.runc.options", "Root"): json.dumps(str(workdir / "runc")),
+        ('plugins."io.containerd.internal.v1.opt"', "path"): json.dumps(str(workdir / "opt")),
     }
 
 
@@ -367,6 +370,9 @@ class RealNode:
         with contextlib.suppress(ComponentFailed):
             _run([str(self.bin_dir / "kube-proxy"), "--cleanup"], timeout=30)
         _remove_kubelet_chains()
+        # The one file a kubelet writes outside its --root-dir (a path compiled into it).
+        with contextlib.suppress(FileNotFoundError):
+            DEVICE_PLUGIN_SOCKET.unlink()
         _unmount_under(self.workdir)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -390,6 +396,7 @@ class RealNode:
         return out.split()
 
 
+DEVICE_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
 #: The chains a kubelet adds to this machine's iptables (kube-proxy --cleanup leaves them).
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY")
 
