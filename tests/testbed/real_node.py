@@ -22,7 +22,9 @@ What was chosen, and why:
   with a /24 of their own; the bridge's gateway address is this machine's. The pods get a route
   to the Service CIDR only, not a default route, so nothing a pod sends can leave the machine
   (everything they need is on this host: the apiserver, Redis, each other). One node needs no
-  overlay; ``host-local`` keeps its leases under the node's workdir.
+  overlay; ``host-local`` keeps its leases under the node's workdir. The bridge plugin, as
+  gateway, turns on this machine's ``net.ipv4.ip_forward`` (as podman does): a Service whose
+  endpoints are pods is reached through the host.
 - **The apiserver on the gateway address.** A pod's network namespace has its own loopback, so
   an apiserver on 127.0.0.1 cannot be reached from a pod. The control plane is started bound
   to (and advertising) the gateway address, which this machine and its pods both reach, so the
@@ -370,9 +372,7 @@ class RealNode:
         with contextlib.suppress(ComponentFailed):
             _run([str(self.bin_dir / "kube-proxy"), "--cleanup"], timeout=30)
         _remove_kubelet_chains()
-        # The one file a kubelet writes outside its --root-dir (a path compiled into it).
-        with contextlib.suppress(FileNotFoundError):
-            DEVICE_PLUGIN_SOCKET.unlink()
+        _remove_kubelet_host_files(self.workdir)
         _unmount_under(self.workdir)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -396,7 +396,26 @@ class RealNode:
         return out.split()
 
 
+#: What a kubelet writes outside its --root-dir and podLogsDir (paths compiled into it).
 DEVICE_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
+
+
+def _remove_kubelet_host_files(workdir: Path) -> None:
+    """The kubelet's device-plugin socket, and its links to the container logs under
+    ``workdir``; directories are removed only when that leaves them empty."""
+    with contextlib.suppress(FileNotFoundError):
+        DEVICE_PLUGIN_SOCKET.unlink()
+    prefix = str(workdir.resolve()) + "/"
+    with contextlib.suppress(FileNotFoundError):
+        for link in CONTAINER_LOG_LINKS.iterdir():
+            if link.is_symlink() and os.readlink(link).startswith(prefix):
+                link.unlink()
+    for empty in (DEVICE_PLUGIN_SOCKET.parent, DEVICE_PLUGIN_SOCKET.parent.parent):
+        with contextlib.suppress(OSError):
+            empty.rmdir()
+
+
 #: The chains a kubelet adds to this machine's iptables (kube-proxy --cleanup leaves them).
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY")
 
