@@ -110,12 +110,10 @@ PACKAGES = {
 }
 
 
-def _run(argv: Sequence[str], *, timeout: float = 60, stdin: IO[bytes] | None = None) -> str:
+def _run(argv: Sequence[str], *, timeout: float = 60) -> str:
     """Run a short command; raise ComponentFailed with its output when it fails."""
     try:
-        result = subprocess.run(
-            list(argv), stdin=stdin, capture_output=True, timeout=timeout, check=False
-        )
+        result = subprocess.run(list(argv), capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise ComponentFailed(f"{' '.join(argv)} did not finish within {timeout:.0f} s") from exc
     if result.returncode != 0:
@@ -324,7 +322,11 @@ def _kube_proxy_config(kubeconfig: Path, network: PodNetwork) -> dict[str, objec
 
 @dataclass
 class RealNode:
-    """A started node; ``stop()`` stops what it started, in an order that leaves nothing."""
+    """A started node. ``stop()`` stops what it started (pods through the kubelet, then the
+    kubelet, any container left, kube-proxy with its rules, containerd), removes the kubelet's
+    chains and host files, unmounts and deletes the workdir. Left behind: empty directories
+    that containerd and libcni create at compiled-in paths (/run/containerd/s,
+    /var/lib/cni/results) and ``net.ipv4.ip_forward`` on."""
 
     name: str
     control_plane: ControlPlane
