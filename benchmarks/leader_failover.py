@@ -64,6 +64,12 @@ def start(cp: ControlPlane, identity: str, timing: list[str]) -> subprocess.Pope
     )  # fmt: skip
 
 
+def electing(cp: ControlPlane, identity: str) -> bool:
+    """Whether the process has started its election loop (it then watches the Lease)."""
+    log = cp.workdir / f"{identity}.log"
+    return log.exists() and "leader election on Lease" in log.read_text()
+
+
 def holder(cp: ControlPlane) -> str:
     out = cp.kubectl("get", "lease", LEASE, "-n", NS, "-o", "json", check=False)
     if out.returncode != 0:
@@ -123,6 +129,7 @@ def main() -> None:
         procs["op-a"] = start(cp, "op-a", timing)
         wait(lambda: holder(cp) == "op-a")
         procs["op-b"] = start(cp, "op-b", timing)
+        wait(lambda: electing(cp, "op-b"))
         cp.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(fv("0 0 * * *")))
         wait(lambda: schedule(cp) == "0 0 * * *")
         rows = []
@@ -146,7 +153,9 @@ def main() -> None:
             rows.append((took, done))
             print(f"trial {trial}: {leader} killed; {standby} holds the lease after {took:.2f} s, "
                   f"the change reconciled after {done:.2f} s", flush=True)  # fmt: skip
+            (cp.workdir / f"{leader}.log").unlink()
             procs[leader] = start(cp, leader, timing)  # the next standby
+            wait(lambda s=leader: electing(cp, s))
         took_all = [r[0] for r in rows]
         done_all = [r[1] for r in rows]
         print(
