@@ -36,7 +36,10 @@ def _pong(port: int) -> bool:
         return sock.recv(16).startswith(b"+PONG")
 
 
-def start_redis(databases: int = 64, extra_args: tuple[str, ...] = ()) -> RedisServer:
+def start_redis(
+    databases: int = 64, extra_args: tuple[str, ...] = (), port: int | None = None
+) -> RedisServer:
+    """``port``: a given one (to bring a stopped server back where its clients look)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ComponentFailed(
@@ -44,7 +47,7 @@ def start_redis(databases: int = 64, extra_args: tuple[str, ...] = ()) -> RedisS
         )
     workdir = Path(tempfile.mkdtemp(prefix="recsys-redis-"))
     procs = ProcessGroup(workdir)
-    port = free_port()
+    port = port or free_port()
     proc = procs.start(
         "redis-server",
         [
