@@ -34,7 +34,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,7 +309,7 @@ class LeaderElector:
 
     async def run(
         self,
-        on_started: Callable[[], Awaitable[None]],
+        on_started: Callable[[], Coroutine[Any, Any, None]],
         on_lost: Callable[[], None],
     ) -> None:
         s = self.settings
