@@ -8,6 +8,12 @@ the same identity, and a bad kubeconfig stops the process with one line saying w
 Watch scope: ``--namespace`` (repeatable) for a list of namespaces, or ``--all-namespaces``
 (the default). The RBAC the Helm chart grants matches each choice (Role per namespace or one
 ClusterRole).
+
+Leader election (``--leader-elect``, module ``leader``): off when run by hand, where one
+process is the only operator and needs neither a Lease nor the RBAC for it, and where a
+developer's restart should not wait for a lease; on in the chart, whose replicas all watch and
+only the holder of the Lease reconciles. Without it, running two processes reconciles every
+object twice.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -26,6 +34,8 @@ from recsys_operator.controller import Context, Controller, configure_settings, 
 from recsys_operator.images import default_images
 from recsys_operator.kube import KubeClient
 from recsys_operator.kubeconfig import Credentials, load
+from recsys_operator.leader import Fence, LeaderElector, Settings, Timing, default_identity
+from recsys_operator.metrics import LEADER
 from recsys_operator.reconcilers import RECONCILERS
 
 log = logging.getLogger("recsys_operator")
@@ -39,9 +49,12 @@ def build(
     registry: kopf.OperatorRegistry,
     credentials: Credentials,
     namespaces: Sequence[str] = (),
+    election: Settings | None = None,
 ) -> Controller:
     controller = Controller(reconcilers=RECONCILERS, workers=workers)
     register(controller, registry)
+    elector: LeaderElector | None = None
+    election_task: asyncio.Task[None] | None = None
 
     # kopf calls it at start, when the token's expiration passes, and after a 401.
     @kopf.on.login(registry=registry)
@@ -50,17 +63,77 @@ def build(
 
     @kopf.on.startup(registry=registry)
     async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        nonlocal elector, election_task
         configure_settings(settings)
-        kube = KubeClient(credentials, trust_env=settings.networking.trust_env)
-        await controller.prime(kube, list(namespaces) or [None])
-        controller.start(Context(kube=kube, queue=controller.queue, images=DEFAULT_IMAGES))
-        log.info("recsys-operator started with %d workers", workers)
+        fence = (
+            Fence(election.timing.renew_deadline, asyncio.get_running_loop().time)
+            if election
+            else Fence.open()
+        )
+        kube = KubeClient(credentials, trust_env=settings.networking.trust_env, fence=fence.check)
+
+        async def lead() -> None:
+            await controller.prime(kube, list(namespaces) or [None])
+            controller.start(Context(kube=kube, queue=controller.queue, images=DEFAULT_IMAGES))
+            log.info("recsys-operator reconciling with %d workers", workers)
+
+        if election is None:
+            LEADER.set(1)
+            await lead()
+            return
+        # A standby keeps kopf's watches (and so the cache) current and only waits; the
+        # election runs beside kopf, which goes on to start the watches.
+        elector = LeaderElector(kube, election, fence, clock=asyncio.get_running_loop().time)
+        election_task = asyncio.create_task(elector.run(lead, _exit_on_lost_lease))
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(**_: Any) -> None:
+        if election_task is not None:
+            election_task.cancel()
         await controller.stop()
+        if elector is not None:  # after the last reconcile: hand over at once
+            await elector.release()
+            await elector.kube.close()
 
     return controller
+
+
+def _exit_on_lost_lease() -> None:
+    """End the process now: no drain, no cleanup handler, so nothing more is written; the
+    Deployment restarts the container, which comes back as a standby with a fresh cache."""
+    logging.shutdown()
+    os._exit(1)
+
+
+#: Where a pod finds its own namespace (the service account's mount).
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def election_settings(args: argparse.Namespace) -> Settings | None:
+    """The leader election's settings from the flags, or None when it is off; a ValueError
+    names the flag to fix."""
+    if not args.leader_elect:
+        return None
+    timing = Timing(
+        lease_duration=args.leader_election_lease_duration,
+        renew_deadline=args.leader_election_renew_deadline,
+        retry_period=args.leader_election_retry_period,
+    )
+    timing.check()
+    namespace = args.leader_election_namespace
+    if not namespace and SERVICE_ACCOUNT_NAMESPACE.exists():
+        namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    if not namespace:
+        raise ValueError(
+            "--leader-elect needs the Lease's namespace: pass --leader-election-namespace "
+            "or set POD_NAMESPACE (in a pod it is the service account's namespace)"
+        )
+    return Settings(
+        namespace=namespace,
+        name=args.leader_election_name,
+        identity=args.leader_election_identity or default_identity(),
+        timing=timing,
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -78,7 +151,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--health-port", type=int, default=8081, help="liveness probe port")
     parser.add_argument("--workers", type=int, default=8, help="concurrent reconciles")
     parser.add_argument("--verbose", action="store_true")
-    return parser.parse_args(argv)
+    elect = parser.add_argument_group("leader election (a coordination.k8s.io Lease)")
+    elect.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("RECSYS_LEADER_ELECT", "").lower() in ("1", "true", "yes"),
+        help="reconcile only while holding the Lease (default: $RECSYS_LEADER_ELECT, else off)",
+    )
+    elect.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE", ""),
+        help="the Lease's namespace (default: $POD_NAMESPACE, else the pod's own)",
+    )
+    elect.add_argument("--leader-election-name", default="recsys-operator", help="the Lease")
+    elect.add_argument(
+        "--leader-election-identity",
+        default=os.environ.get("POD_NAME", ""),
+        help="this replica's name in the Lease (default: $POD_NAME, else host_random)",
+    )
+    elect.add_argument(
+        "--leader-election-lease-duration",
+        type=float,
+        default=Timing.lease_duration,
+        help="seconds a standby waits after the last renewal it saw before taking over",
+    )
+    elect.add_argument(
+        "--leader-election-renew-deadline",
+        type=float,
+        default=Timing.renew_deadline,
+        help="seconds the leader keeps trying to renew before it stops",
+    )
+    elect.add_argument(
+        "--leader-election-retry-period",
+        type=float,
+        default=Timing.retry_period,
+        help="seconds between two looks at the Lease",
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.election = election_settings(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -101,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         credentials.source,
     )
     registry = kopf.OperatorRegistry()
-    build(args.workers, registry, credentials, args.namespace)
+    build(args.workers, registry, credentials, args.namespace, args.election)
     clusterwide = not args.namespace
     asyncio.run(
         kopf.operator(

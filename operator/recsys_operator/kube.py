@@ -11,7 +11,7 @@ by verb and kind, so benchmarks can report API requests per object.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -70,6 +70,7 @@ RESOURCES: dict[tuple[str, str], ResourceType] = {
     ("apps/v1", "Deployment"): ResourceType("apps", "v1", "deployments"),
     ("batch/v1", "Job"): ResourceType("batch", "v1", "jobs"),
     ("batch/v1", "CronJob"): ResourceType("batch", "v1", "cronjobs"),
+    ("coordination.k8s.io/v1", "Lease"): ResourceType("coordination.k8s.io", "v1", "leases"),
     (f"{GROUP}/{VERSION}", "Recommender"): ResourceType(GROUP, VERSION, "recommenders"),
     (f"{GROUP}/{VERSION}", "FeatureView"): ResourceType(GROUP, VERSION, "featureviews"),
     (f"{GROUP}/{VERSION}", "ModelVersion"): ResourceType(GROUP, VERSION, "modelversions"),
@@ -105,8 +106,16 @@ class ApiError(Exception):
         return self.status in (401, 409, 429) or self.status >= 500 or self.rbac_denied
 
 
+def _unfenced() -> None:
+    """The fence of a process without leader election: every write may go."""
+
+
 class KubeClient:
-    """Raw-dict access to the API server. One instance per operator process."""
+    """Raw-dict access to the API server. One instance per operator process.
+
+    ``fence`` is called before every write but those of the leader election's own Lease, and
+    raises to refuse it (``leader.Fence.check``): a replica that does not lead never writes.
+    """
 
     def __init__(
         self,
@@ -115,8 +124,10 @@ class KubeClient:
         *,
         trust_env: bool = False,
         page_size: int = PAGE_SIZE,
+        fence: Callable[[], None] = _unfenced,
     ) -> None:
         self.credentials = credentials
+        self.fence = fence
         self.server = credentials.server
         self.field_manager = field_manager
         self.page_size = page_size
@@ -148,6 +159,8 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         """One API request (a retry after a 401 with fresh credentials is part of it)."""
+        if method != "GET" and kind != "Lease":
+            self.fence()
         API_REQUESTS.labels(method.lower(), kind).inc()
         resp = await self._http().request(
             method,
@@ -272,6 +285,19 @@ class KubeClient:
         return await self.request(
             "POST",
             rt.path(meta.get("namespace")),
+            kind=obj["kind"],
+            params={"fieldManager": self.field_manager},
+            body=obj,
+        )
+
+    async def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT the whole object; with ``metadata.resourceVersion`` set, the apiserver refuses it
+        (409) when the object changed since it was read (optimistic concurrency)."""
+        meta = obj["metadata"]
+        rt = resource_type(obj["apiVersion"], obj["kind"])
+        return await self.request(
+            "PUT",
+            rt.path(meta.get("namespace"), meta["name"]),
             kind=obj["kind"],
             params={"fieldManager": self.field_manager},
             body=obj,

@@ -27,6 +27,11 @@ OBJECTS_BY_PHASE = Gauge(
     "Objects the operator manages, by kind and phase (ModelVersion) or readiness (others).",
     ["kind", "phase"],
 )
+LEADER = Gauge(
+    "recsys_operator_leader",
+    "1 on the replica that holds the leader lease and reconciles, 0 on standbys (always 1 "
+    "without leader election).",
+)
 JOBS_STARTED = Counter(
     "recsys_operator_jobs_started_total",
     "Jobs the operator created, by purpose (train, index, history).",

@@ -23,7 +23,7 @@ import redis.asyncio
 import redis.exceptions
 
 from recsys_contract.gateway import RoutingTable
-from recsys_contract.keyspace import GatewayKeys, IndexAlias
+from recsys_contract.keyspace import FeatureViewKeys, GatewayKeys, IndexAlias
 from recsys_contract.traffic import Counts, Heartbeat
 from recsys_operator.api.common import SecretKeyRef
 from recsys_operator.kube import KubeClient
@@ -140,3 +140,29 @@ async def counts(
         return Counts.of(await pipe.execute())
     except (redis.exceptions.RedisError, OSError) as exc:
         raise OnlineStoreUnavailable(f"Redis: {exc}") from exc
+
+
+#: Keys per UNLINK while a keyspace is deleted (and SCAN's COUNT hint).
+DELETE_BATCH = 500
+
+
+async def delete_keyspace(client: redis.asyncio.Redis, keys: FeatureViewKeys) -> int:
+    """Delete every key of a FeatureView (``<prefix>:<view>:*``: the live pointer, every
+    layer's entities, the layer book, the sequence and the lock); the number deleted.
+
+    SCAN walks the keyspace in steps, so a large view never blocks Redis the way KEYS would,
+    and UNLINK frees the values off Redis' main thread. Stored names hold no ``:`` and no glob
+    characters (``keyspace.NAME_PATTERN``), so the pattern matches this view's keys only."""
+    removed = 0
+    batch: list[bytes | str] = []
+    try:
+        async for key in client.scan_iter(match=f"{keys.base}:*", count=DELETE_BATCH):
+            batch.append(key)
+            if len(batch) >= DELETE_BATCH:
+                removed += int(await client.unlink(*batch))
+                batch.clear()
+        if batch:
+            removed += int(await client.unlink(*batch))
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise OnlineStoreUnavailable(f"Redis: {exc}") from exc
+    return removed

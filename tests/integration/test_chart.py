@@ -137,8 +137,10 @@ def operator_container(docs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
         {},
         {"watchNamespaces": ["team-a", "team-b"]},
         {"podDisruptionBudget": {"enabled": True}, "networkPolicy": {"enabled": True}},
+        {"replicas": 2},
+        {"leaderElection": {"enabled": False}},
     ],
-    ids=["defaults", "namespaced", "optional-objects"],
+    ids=["defaults", "namespaced", "optional-objects", "two-replicas", "no-leader-election"],
 )
 def test_lint_is_clean(helm: Helm, values: dict[str, Any]) -> None:
     out = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART),
@@ -152,8 +154,13 @@ def test_defaults_watch_all_namespaces_with_a_cluster_role(helm: Helm) -> None:
     docs = helm.render({})
     by_kind = kinds(docs)
     assert set(by_kind) == {
-        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
+        "Deployment",
     }  # fmt: skip
+    # the leader election's Role, the only namespaced one
+    assert [r["metadata"]["name"] for r in by_kind["Role"]] == [
+        "rel-recsys-operator-leader-election"
+    ]
     (binding,) = by_kind["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == by_kind["ClusterRole"][0]["metadata"]["name"]
     assert binding["subjects"] == [
@@ -162,9 +169,18 @@ def test_defaults_watch_all_namespaces_with_a_cluster_role(helm: Helm) -> None:
     container = operator_container(docs)
     assert container["args"][:1] == ["--all-namespaces"]
     assert "--namespace" not in container["args"]
-    args = dict(zip(container["args"][1::2], container["args"][2::2], strict=True))
-    assert args == {"--metrics-port": "8080", "--health-port": "8081", "--workers": "8"}
-    env = {e["name"]: e["value"] for e in container["env"]}
+    flags = container["args"][1:]
+    assert flags.pop(flags.index("--leader-elect")) == "--leader-elect"
+    args = dict(zip(flags[0::2], flags[1::2], strict=True))
+    assert args == {
+        "--metrics-port": "8080", "--health-port": "8081", "--workers": "8",
+        "--leader-election-name": "rel-recsys-operator", "--leader-election-namespace": "ops",
+        "--leader-election-lease-duration": "15", "--leader-election-renew-deadline": "10",
+        "--leader-election-retry-period": "2",
+    }  # fmt: skip
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    (pod_name,) = [e for e in container["env"] if e["name"] == "POD_NAME"]
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     # the references `make images` tags (images/build.sh) and the operator's own defaults
     assert env["RECSYS_WORKLOADS_IMAGE"] == images.reference("workloads")
     assert env["RECSYS_TRAINER_IMAGE"] == images.reference("trainer")
@@ -209,7 +225,7 @@ def test_workload_images_follow_the_operator_image(
     """Empty workload images sit beside the operator's image with its tag, so one
     ``--set image.repository=...`` moves all four images to another registry."""
     container = operator_container(helm.render(values))
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     got = {"operator": container["image"]} | {k: env[k] for k in expected if k != "operator"}
     assert got == {k: v.format(v=images.VERSION) for k, v in expected.items()}
 
@@ -218,7 +234,10 @@ def test_the_pod_runs_with_least_privilege(helm: Helm) -> None:
     docs = helm.render({})
     (deployment,) = kinds(docs)["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # never two operators at once
+    # With leader election the new pod waits as a standby while the old one still leads.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }  # fmt: skip
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = operator_container(docs)["securityContext"]
@@ -229,8 +248,59 @@ def test_the_pod_runs_with_least_privilege(helm: Helm) -> None:
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
+def test_without_leader_election_one_operator_at_a_time(helm: Helm) -> None:
+    docs = helm.render({"leaderElection": {"enabled": False}})
+    (deployment,) = kinds(docs)["Deployment"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # never two operators at once
+    assert not [a for a in operator_container(docs)["args"] if a.startswith("--leader")]
+    assert "Role" not in kinds(docs)
+
+
+def test_leader_election_gets_exactly_its_lease_in_the_release_namespace(helm: Helm) -> None:
+    values = {
+        "replicas": 2,
+        "watchNamespaces": ["team-a"],
+        "leaderElection": {"enabled": True, "leaseDuration": 30, "renewDeadline": 20,
+                           "retryPeriod": 4},
+    }  # fmt: skip
+    by_kind = kinds(helm.render(values))
+    (role,) = [r for r in by_kind["Role"] if r["metadata"]["name"].endswith("-leader-election")]
+    assert role["metadata"]["namespace"] == "ops"  # the release's, not a watched one
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": ["rel-recsys-operator"], "verbs": ["get", "update"]},
+    ]  # fmt: skip
+    (binding,) = [b for b in by_kind["RoleBinding"] if b["metadata"]["name"] == "rel-recsys-"
+                  "operator-leader-election"]  # fmt: skip
+    assert binding["metadata"]["namespace"] == "ops"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}  # fmt: skip
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rel-recsys-operator", "namespace": "ops"}
+    ]
+    # No other rule anywhere names leases.
+    others = [r for r in by_kind["Role"] if r is not role]
+    assert not [rule for r in others for rule in r["rules"] if "leases" in rule["resources"]]
+    (deployment,) = by_kind["Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+    args = operator_container(list(by_kind["Deployment"]))["args"]
+    assert args[args.index("--leader-election-lease-duration") + 1] == "30"
+    assert args[args.index("--leader-election-renew-deadline") + 1] == "20"
+    assert args[args.index("--leader-election-retry-period") + 1] == "4"
+    # Two replicas: a budget keeps one through node drains.
+    (pdb,) = by_kind["PodDisruptionBudget"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+def test_a_single_replica_gets_no_budget_unless_asked(helm: Helm) -> None:
+    assert "PodDisruptionBudget" not in kinds(helm.render({}))
+
+
 def test_a_namespace_list_gets_a_role_in_each_and_nothing_cluster_wide(helm: Helm) -> None:
-    docs = helm.render({"watchNamespaces": ["team-a", "team-b"]})
+    docs = helm.render({"watchNamespaces": ["team-a", "team-b"], "leaderElection": {
+        "enabled": False}})  # fmt: skip
     by_kind = kinds(docs)
     assert "ClusterRole" not in by_kind
     assert "ClusterRoleBinding" not in by_kind
@@ -249,7 +319,12 @@ def test_a_namespace_list_gets_a_role_in_each_and_nothing_cluster_wide(helm: Hel
 
 def test_rules_are_the_same_in_both_scopes_and_name_every_verb(helm: Helm) -> None:
     cluster_rules = kinds(helm.render({}))["ClusterRole"][0]["rules"]
-    roles = kinds(helm.render({"watchNamespaces": ["team-a", "team-b"]}))["Role"]
+    roles = [
+        role
+        for role in kinds(helm.render({"watchNamespaces": ["team-a", "team-b"]}))["Role"]
+        if not role["metadata"]["name"].endswith("-leader-election")
+    ]
+    assert len(roles) == 2
     assert all(role["rules"] == cluster_rules for role in roles)
     for rule in cluster_rules:
         for field in ("apiGroups", "resources", "verbs"):
@@ -314,7 +389,23 @@ def test_optional_objects_render_when_enabled(helm: Helm) -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"replicas": 2}, "at '/replicas': maximum: got 2, want 1"),
+        (
+            {"replicas": 2, "leaderElection": {"enabled": False}},
+            "replicas is 2 but leaderElection.enabled is false",
+        ),
+        ({"replicas": -1}, "at '/replicas': minimum: got -1, want 0"),
+        (
+            {"leaderElection": {"enabled": True, "renewDeadline": 15}},
+            "leaderElection.renewDeadline (15) must be less than leaderElection.leaseDuration (15)",
+        ),
+        (
+            {"leaderElection": {"enabled": True, "retryPeriod": 10}},
+            "leaderElection.retryPeriod (10) must be less than leaderElection.renewDeadline (10)",
+        ),
+        (
+            {"leaderElection": {"enabled": True, "leaseDuration": 0}},
+            "at '/leaderElection/leaseDuration'",
+        ),
         ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0': 'Team_A' does not match"),
         ({"watchNamespaces": ["a", "a"]}, "at '/watchNamespaces'"),
         ({"watchNamespace": ["a"]}, "additional properties 'watchNamespace' not allowed"),
@@ -516,6 +607,14 @@ def test_install_creates_the_crds_and_the_operator_objects(
             "only with RECSYS_TEST_KUBECONFIG (an existing cluster): this test deletes the "
             "recsys.dev CRDs first; make test's own control plane always runs it"
         )
+    # FeatureViews earlier tests left with the keyspace finalizer (their operator and Redis
+    # are gone, so nobody will remove it) would hold the CRD's deletion forever.
+    held = testbed.kubectl("get", "featureviews", "-A", "-o", "json", check=False)
+    for view in json.loads(held.stdout)["items"] if held.returncode == 0 else []:
+        if view["metadata"].get("finalizers"):
+            testbed.kubectl("patch", "featureview", view["metadata"]["name"], "-n",
+                            view["metadata"]["namespace"], "--type=merge", "-p",
+                            '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
     # A clean slate, so that the objects checked below are the ones helm made.
     testbed.kubectl("delete", "crd", *CRD_NAMES, "--ignore-not-found", "--wait=true",
                     timeout=120)  # fmt: skip
@@ -587,7 +686,12 @@ def test_a_role_per_namespace_is_all_the_operator_needs(
         helm.installed(release, namespace, chart_values([team_a, team_b], testbed)),
     ):
         kubeconfig = token_kubeconfig(testbed, namespace, account, tmp_path / "sa.kubeconfig")
-        args = ["--namespace", team_a, "--namespace", team_b]
+        # As the chart's Deployment runs it: leader election on the chart's Lease, so the
+        # Lease's Role is part of what is proven enough (kwok's pod of the Deployment runs no
+        # operator, so this process is the only candidate).
+        args = ["--namespace", team_a, "--namespace", team_b, "--leader-elect",
+                "--leader-election-namespace", namespace, "--leader-election-name", account,
+                "--leader-election-identity", "test-process"]  # fmt: skip
         with operator_as(kubeconfig, tmp_path / "operator.log", args) as operator:
             for ns in (team_b, unwatched):
                 first = next(yaml.safe_load_all(LIFECYCLE_STACK))  # a FeatureView alone
@@ -599,6 +703,37 @@ def test_a_role_per_namespace_is_all_the_operator_needs(
             assert get(testbed, "cronjob", "users-materialize", unwatched) is None
             assert "status" not in (get(testbed, "featureview", "users", unwatched) or {})
             assert_no_denials(testbed, operator, f"system:serviceaccount:{namespace}:{account}")
+            lease = get(testbed, "lease", account, namespace)
+            assert lease is not None
+            assert lease["spec"]["holderIdentity"] == "test-process"
+
+
+def test_two_replicas_run_under_a_disruption_budget(
+    testbed: Testbed, helm: Helm, namespace: str, crds: None
+) -> None:
+    if testbed.control_plane is None:
+        pytest.skip(
+            "only with RECSYS_TEST_KUBECONFIG (an existing cluster, no kwok to play the "
+            "operator's pods); make test's own control plane always runs it"
+        )
+    release = f"ha-{uuid.uuid4().hex[:6]}"
+    with helm.installed(release, namespace, {"watchNamespaces": [namespace], "replicas": 2}):
+        fullname = f"{release}-recsys-operator"
+        deployment = get(testbed, "deployment", fullname, namespace)
+        assert deployment is not None
+        assert deployment["status"].get("availableReplicas", 0) == 2
+        # The disruption controller counts the healthy pods: one of the two may go.
+        pdb = eventually(
+            lambda: (
+                (p := get(testbed, "pdb", fullname, namespace))
+                and p.get("status", {}).get("currentHealthy") == 2
+                and p
+            ),
+            60,
+            "the budget's status",
+        )
+        assert pdb["status"]["disruptionsAllowed"] == 1
+        assert get(testbed, "role", f"{fullname}-leader-election", namespace) is not None
 
 
 def test_the_cluster_role_is_all_the_operator_needs(

@@ -41,8 +41,12 @@ def _pong(address: str, port: int) -> bool:
 
 
 def start_redis(
-    databases: int = 64, extra_args: tuple[str, ...] = (), address: str = "127.0.0.1"
+    databases: int = 64,
+    extra_args: tuple[str, ...] = (),
+    address: str = "127.0.0.1",
+    port: int | None = None,
 ) -> RedisServer:
+    """``port``: a given one (to bring a stopped server back where its clients look)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ComponentFailed(
@@ -50,7 +54,7 @@ def start_redis(
         )
     workdir = Path(tempfile.mkdtemp(prefix="recsys-redis-"))
     procs = ProcessGroup(workdir)
-    port = free_port()
+    port = port or free_port()
     proc = procs.start(
         "redis-server",
         [

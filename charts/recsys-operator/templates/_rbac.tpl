@@ -6,8 +6,14 @@ tests/integration/test_chart.py runs the operator on exactly these rules and fai
 {{- define "recsys-operator.rules" -}}
 # kopf watches the three kinds into the cache the reconcilers read.
 - apiGroups: ["recsys.dev"]
-  resources: ["featureviews", "recommenders"]
+  resources: ["recommenders"]
   verbs: ["list", "watch"]
+# FeatureViews too; patch: server-side apply of the operator's finalizer alone
+# (metadata.finalizers, never the spec), which keeps a FeatureView until its Redis keyspace is
+# deleted.
+- apiGroups: ["recsys.dev"]
+  resources: ["featureviews"]
+  verbs: ["list", "watch", "patch"]
 # A Recommender creates a ModelVersion per training run (get: only after a create conflict)
 # and prunes old ones.
 - apiGroups: ["recsys.dev"]
@@ -23,10 +29,11 @@ tests/integration/test_chart.py runs the operator on exactly these rules and fai
   resources: ["featureviews/finalizers", "modelversions/finalizers", "recommenders/finalizers"]
   verbs: ["update"]
 # Training, index and backfill Jobs: created once (Jobs are immutable; get: only after a create
-# conflict), watched for the outcome.
+# conflict), watched for the outcome; a deleted FeatureView's runs are deleted before its
+# keyspace, so none writes it afterwards.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 # Materialization and drift-check CronJobs: server-side apply (patch; create when the object
 # is new); a drift CronJob goes when spec.drift does.
 - apiGroups: ["batch"]

@@ -494,3 +494,73 @@ def _failed_before(previous: Mapping[str, Any], outcome: JobOutcome) -> bool:
         if cond.get("type") == "Degraded" and cond.get("status") == "True":
             return bool(cond.get("message") == outcome.message)
     return False
+
+
+# --- deletion: the keyspace in Redis --------------------------------------------------------
+
+#: The finalizer that keeps a FeatureView until its Redis keyspace is gone. Its own name, not
+#: kopf's (``recsys.dev/finalizer``), which kopf would remove by itself.
+KEYSPACE_FINALIZER = "recsys.dev/online-keyspace"
+
+
+def has_finalizer(obj: Mapping[str, Any]) -> bool:
+    return KEYSPACE_FINALIZER in ((obj.get("metadata") or {}).get("finalizers") or [])
+
+
+def needs_finalizer(obj: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the finalizer must be added now: the FeatureView is not being deleted and a run
+    (materialization or backfill Job) exists, the only writers of its keyspace. Before any run
+    there is nothing in Redis to clean, so a FeatureView that never ran (or whose Redis never
+    existed) deletes at once."""
+    if (obj.get("metadata") or {}).get("deletionTimestamp") or has_finalizer(obj):
+        return False
+    return bool(runs)
+
+
+def finalizer_apply(obj: Mapping[str, Any], keep: bool) -> dict[str, Any]:
+    """A server-side apply of the operator's finalizer alone (added or, with ``keep`` false,
+    removed): the spec and other finalizers stay their owners'."""
+    meta = obj["metadata"]
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "finalizers": [KEYSPACE_FINALIZER] if keep else [],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """What a FeatureView being deleted still needs, in this order: its writers stopped (the
+    CronJob, so no new run starts, and its Jobs, deleted in the foreground so they are gone
+    only once their pods are), then its keyspace deleted, then the finalizer removed."""
+
+    #: (apiVersion, kind, name) of writers to delete now.
+    delete: tuple[tuple[str, str, str], ...] = ()
+    #: Writers are still there (or going): look again before touching Redis.
+    wait: bool = False
+    #: No writer is left: delete the keyspace, then remove the finalizer.
+    clean: bool = False
+
+
+def teardown(
+    obj: Mapping[str, Any],
+    cron_jobs: Sequence[Mapping[str, Any]],
+    jobs: Sequence[Mapping[str, Any]],
+) -> Teardown | None:
+    """The next deletion step of a FeatureView with ``deletionTimestamp``; None when it holds
+    no finalizer of the operator's (the API server deletes it by itself)."""
+    if not has_finalizer(obj):
+        return None
+    writers = [*cron_jobs, *jobs]
+    if not writers:
+        return Teardown(clean=True)
+    delete = tuple(
+        (str(w["apiVersion"]), str(w["kind"]), str(w["metadata"]["name"]))
+        for w in writers
+        if not w["metadata"].get("deletionTimestamp")
+    )
+    return Teardown(delete=delete, wait=True)

@@ -1,4 +1,5 @@
-"""Reconcile a FeatureView: its config, CronJob and backfill Job, and a truthful status."""
+"""Reconcile a FeatureView: its config, CronJob and backfill Job, and a truthful status; on
+deletion, its Redis keyspace (the finalizer ``planner.KEYSPACE_FINALIZER``)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from recsys_contract.keyspace import FeatureViewKeys
 from recsys_operator.api.featureview import FeatureView
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context
 from recsys_operator.kube import ApiError
 from recsys_operator.labels import FEATURE_VIEW_LABEL
 from recsys_operator.metrics import FRESHNESS
+from recsys_operator.online import OnlineStoreUnavailable, delete_keyspace
 from recsys_operator.planning import featureview as planner
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, newest
 from recsys_operator.reconcilers.common import (
@@ -40,7 +43,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     obj = ctx.cache.get(API_VERSION, "FeatureView", name, ns)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         FRESHNESS.forget(ns, name)
-        return None
+        return None if obj is None else await _tear_down(ctx, obj, ns, name)
     previous = obj.get("status") or {}
     try:
         fv = FeatureView.model_validate(obj)
@@ -80,6 +83,10 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
             spec_error = planner.SpecError("spec", str(refusal))
 
     jobs = ctx.cache.list("batch/v1", "Job", ns, {FEATURE_VIEW_LABEL: name})
+    if planner.needs_finalizer(obj, jobs):
+        # A run may write the keyspace from now on: keep the FeatureView until it is removed.
+        obj = await ctx.kube.apply(planner.finalizer_apply(obj, keep=True))
+        ctx.cache.upsert(obj)
     runs = [
         j
         for j in jobs
@@ -113,3 +120,52 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
         # Nothing else happens when data turns stale: look again the moment it does.
         waits.append(max(1.0, (fresh.stale_after - now).total_seconds()))
     return min(waits) if waits else None
+
+
+class KeyspaceNotDeleted(Exception):
+    """Redis (or the Secret with its password) could not be reached: the finalizer stays and
+    the deletion is retried with backoff."""
+
+
+async def _tear_down(ctx: Context, obj: Mapping[str, Any], ns: str, name: str) -> float | None:
+    """One step of a deletion (``planner.teardown``): stop the writers, wait for them to go,
+    delete the keyspace, remove the finalizer."""
+    crons = ctx.cache.list("batch/v1", "CronJob", ns, {FEATURE_VIEW_LABEL: name})
+    jobs = ctx.cache.list("batch/v1", "Job", ns, {FEATURE_VIEW_LABEL: name})
+    step = planner.teardown(obj, crons, jobs)
+    if step is None:
+        return None
+    for api_version, kind, child in step.delete:
+        log.info("FeatureView %s/%s is being deleted: deleting %s %s", ns, name, kind, child)
+        await ctx.kube.delete(api_version, kind, child, ns, propagation="Foreground")
+    if step.wait:
+        return 2.0
+    # The cache may not hold yet a Job the CronJob started just before it went: ask once.
+    if await ctx.kube.list("batch/v1", "Job", ns, {FEATURE_VIEW_LABEL: name}):
+        return 2.0
+    try:
+        fv = FeatureView.model_validate(obj)
+    except ValidationError as exc:
+        raise TerminalError(f"FeatureView {ns}/{name} does not parse: {exc}") from exc
+    redis_spec = fv.spec.online_store.redis
+    keys = FeatureViewKeys.of(planner.store_view_name(fv), redis_spec.key_prefix)
+    try:
+        client = await ctx.online.client(redis_spec.url, ns, redis_spec.password_secret_ref)
+        ctx.kube.fence()  # a Redis write: only the leader's
+        removed = await delete_keyspace(client, keys)
+    except (OnlineStoreUnavailable, ApiError) as exc:
+        message = (
+            f"cannot delete the keyspace {keys.base}:* at {redis_spec.url} ({exc}); the "
+            f"FeatureView stays (finalizer {planner.KEYSPACE_FINALIZER}) and the deletion is "
+            "retried"
+        )
+        await post_event(ctx.kube, obj, "Warning", "KeyspaceNotDeleted", message)
+        raise KeyspaceNotDeleted(message) from exc
+    await post_event(
+        ctx.kube, obj, "Normal", "KeyspaceDeleted", f"deleted {removed} keys of {keys.base}:*"
+    )
+    log.info("FeatureView %s/%s: deleted %d keys of %s:*", ns, name, removed, keys.base)
+    # Not put back into the cache: the object may be gone already, and its DELETED event may
+    # have come before this answer.
+    await ctx.kube.apply(planner.finalizer_apply(obj, keep=False))
+    return None

@@ -159,6 +159,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                 if child["kind"] == "Deployment":
                     ready_now = ready_now and _available(applied)
             serving_ready = ready_now
+            ctx.kube.fence()  # the routing table is a write too: only the leader's goes out
             await _publish(online, keys, table, indexes.get(routing.stable), plan.problems)
             await _remove_unused_tritons(ctx, ns, name, routing.versions)
             stable_uri = (by_name[routing.stable].get("status") or {}).get("artifactUri", "")
