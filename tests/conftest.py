@@ -1,3 +1,9 @@
 """Test-wide configuration: the fixtures over the real parts live in tests/fixtures/."""
 
-pytest_plugins = ["fixtures.kube", "fixtures.redis", "fixtures.triton", "fixtures.operator"]
+pytest_plugins = [
+    "fixtures.kube",
+    "fixtures.redis",
+    "fixtures.s3",
+    "fixtures.triton",
+    "fixtures.operator",
+]

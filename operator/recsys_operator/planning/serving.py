@@ -29,6 +29,8 @@ from recsys_operator.planning.pods import (
     CONFIG_DIR,
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
+    claims_in,
+    mount_claims,
     object_meta,
     recommender_store,
     redis_password_env,
@@ -181,7 +183,8 @@ def triton_objects(
         recommender=rec.metadata.name,
         model_version=version,
     )
-    config_map = workload_config_map(name, ns, labels, owner, repository_config(rec, artifact_uri))
+    cfg = repository_config(rec, artifact_uri)
+    config_map = workload_config_map(name, ns, labels, owner, cfg)
     models = {"name": "models", "mountPath": REPOSITORY_DIR}
     builder = workload_container(
         image=builder_image,
@@ -218,6 +221,15 @@ def triton_objects(
     ]
     ports = [("http", TRITON_HTTP), ("grpc", TRITON_GRPC), ("metrics", TRITON_METRICS)]
     served = _served(name, ns, labels, owner, tr, container, volumes, ports, [builder])
+    # the init container reads the artifact; Triton itself reads only the built repository
+    builder_pod = served[0]["spec"]["template"]["spec"]
+    claims = claims_in(cfg)
+    if claims:
+        mount_claims(
+            {"containers": builder_pod["initContainers"], "volumes": builder_pod["volumes"]},
+            claims,
+            read_only=True,
+        )
     return [config_map, *served]
 
 
@@ -316,6 +328,8 @@ def gateway_objects(
         "command": ["python", "-m", "recsys_workloads.gateway"],
         "args": ["--config", f"{CONFIG_DIR}/{GATEWAY_CONFIG_FILE}", f"--port={GATEWAY_PORT}"],
         "env": env,
+        # the gateway loads each variant's ANN index from the artifact store
+        "envFrom": artifact_env_from(rec),
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": GATEWAY_PORT}},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": GATEWAY_PORT}},
@@ -327,6 +341,7 @@ def gateway_objects(
     }
     volumes = [{"name": "config", "configMap": {"name": name}}]
     served = _served(name, ns, labels, owner, gw, container, volumes, [("http", GATEWAY_PORT)])
+    mount_claims(served[0]["spec"]["template"]["spec"], claims_in(config), read_only=True)
     return [config_map, *served]
 
 
@@ -364,4 +379,5 @@ def history_job(rec: Recommender, owner: Mapping[str, Any], image: str) -> JobPl
         env_from=artifact_env_from(rec),
     )
     job = single_pod_job(name, ns, labels, owner, container)
+    mount_claims(job["spec"]["template"]["spec"], claims_in(cfg), read_only=True)
     return JobPlan(workload_config_map(name, ns, labels, owner, cfg), job)
