@@ -153,6 +153,10 @@ def test_the_gateway_gets_the_artifact_store_secret() -> None:
     table = serving.routing_table(r, Routing("v1", None, 0), {"v1": "s3://m/indexes/v1"})
     pod = pod_of(serving.gateway_objects(r, OWNER, table, IMG, {})[1])
     assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "artifact-store"}}]
+    # without a Secret no envFrom at all (an empty list would differ from what the apiserver
+    # hands back, and the Deployment would be rewritten on every reconcile)
+    pod = pod_of(serving.gateway_objects(ON_S3, OWNER, table, IMG, {})[1])
+    assert "envFrom" not in pod["containers"][0]
 
 
 @pytest.mark.parametrize(

@@ -119,17 +119,26 @@ def claim_volume_name(claim: str) -> str:
     return f"pvc-{short_hash(claim)}"
 
 
-def mount_claims(pod_spec: dict[str, Any], claims: Sequence[str], *, read_only: bool) -> None:
+def mount_claims(
+    pod_spec: dict[str, Any],
+    claims: Sequence[str],
+    *,
+    read_only: bool,
+    containers: Sequence[str] | None = None,
+) -> None:
     """Mount each claim at ``PVC_MOUNT_ROOT/CLAIM`` (where ``recsys_workloads.pvc`` reads a
-    ``pvc://CLAIM/...`` URI) in every container and init container of ``pod_spec``;
-    ``read_only`` for the pods that only read artifacts and data (least privilege). Pods on
-    several nodes share a claim only when its access mode allows it (ReadWriteMany)."""
+    ``pvc://CLAIM/...`` URI) in the ``containers`` of ``pod_spec`` named (all of them, init
+    containers included, by default); ``read_only`` for the pods that only read artifacts and
+    data (least privilege). Pods on several nodes share a claim only when its access mode
+    allows it (ReadWriteMany)."""
     if not claims:
         return
     pod_spec.setdefault("volumes", []).extend(
         {"name": claim_volume_name(c), "persistentVolumeClaim": {"claimName": c}} for c in claims
     )
     for container in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]:
+        if containers is not None and container["name"] not in containers:
+            continue
         container.setdefault("volumeMounts", []).extend(
             {
                 "name": claim_volume_name(c),

@@ -222,14 +222,8 @@ def triton_objects(
     ports = [("http", TRITON_HTTP), ("grpc", TRITON_GRPC), ("metrics", TRITON_METRICS)]
     served = _served(name, ns, labels, owner, tr, container, volumes, ports, [builder])
     # the init container reads the artifact; Triton itself reads only the built repository
-    builder_pod = served[0]["spec"]["template"]["spec"]
-    claims = claims_in(cfg)
-    if claims:
-        mount_claims(
-            {"containers": builder_pod["initContainers"], "volumes": builder_pod["volumes"]},
-            claims,
-            read_only=True,
-        )
+    pod = served[0]["spec"]["template"]["spec"]
+    mount_claims(pod, claims_in(cfg), read_only=True, containers=[builder["name"]])
     return [config_map, *served]
 
 
@@ -328,8 +322,6 @@ def gateway_objects(
         "command": ["python", "-m", "recsys_workloads.gateway"],
         "args": ["--config", f"{CONFIG_DIR}/{GATEWAY_CONFIG_FILE}", f"--port={GATEWAY_PORT}"],
         "env": env,
-        # the gateway loads each variant's ANN index from the artifact store
-        "envFrom": artifact_env_from(rec),
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": GATEWAY_PORT}},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": GATEWAY_PORT}},
@@ -339,6 +331,9 @@ def gateway_objects(
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         ],
     }
+    env_from = artifact_env_from(rec)  # it loads each variant's ANN index from the store
+    if env_from:
+        container["envFrom"] = env_from
     volumes = [{"name": "config", "configMap": {"name": name}}]
     served = _served(name, ns, labels, owner, gw, container, volumes, [("http", GATEWAY_PORT)])
     mount_claims(served[0]["spec"]["template"]["spec"], claims_in(config), read_only=True)
