@@ -1,12 +1,13 @@
 """A real S3-compatible object store: SeaweedFS's ``weed mini`` (built from its Go module by
 build_seaweedfs.sh), on free loopback ports, with one authenticated identity.
 
-``weed mini`` is SeaweedFS's single-process setup (master, volume server, filer and the S3
-gateway in one process). Every listener is pinned to 127.0.0.1 and a port picked here, the
-parts a test does not need (WebDAV, the admin UI, the Iceberg and Lance catalogs) are off, and
-so is the telemetry that would otherwise be sent out. Requests must be signed with the
-identity's keys (``-s3.config``), and a bucket is never created on upload
-(``-s3.autoCreateBucket=false``), so a missing bucket fails the way it does on AWS.
+``weed mini`` is SeaweedFS's single-process setup (master, volume server, filer, admin and
+the S3 gateway in one process). Every listener is pinned to 127.0.0.1 and a port picked here
+(two sessions on one machine never share one), the parts a test does not need (WebDAV, the
+admin UI and its legacy port, the Iceberg and Lance catalogs) are off, and so is the
+telemetry that would otherwise be sent out. Requests must be signed with the identity's keys
+(``-s3.config``), and a bucket is never created on upload (``-s3.autoCreateBucket=false``),
+so a missing bucket fails the way it does on AWS.
 
 Workloads reach it exactly as a pod does from the ``artifact-store`` Secret of
 examples/recommender.yaml: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and
@@ -123,6 +124,8 @@ def start_s3(buckets: tuple[str, ...] = (), timeout: float = 60.0) -> S3Server:
             "filer.port.grpc",
             "s3.port",
             "s3.port.grpc",
+            "admin.port",  # the admin server runs (for its maintenance worker) even without UI
+            "admin.port.grpc",
         )
     }
     argv = [
@@ -141,6 +144,7 @@ def start_s3(buckets: tuple[str, ...] = (), timeout: float = 60.0) -> S3Server:
         f"-filer.localSocket={workdir}/filer.sock",
         "-webdav=false",
         "-admin.ui=false",
+        "-admin.port.legacy=0",
         "-master.telemetry=false",
         "-master.volumeSizeLimitMB=64",
     ]
