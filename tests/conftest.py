@@ -3,6 +3,7 @@
 pytest_plugins = [
     "fixtures.kube",
     "fixtures.redis",
+    "fixtures.s3",
     "fixtures.triton",
     "fixtures.operator",
     "fixtures.real_node",

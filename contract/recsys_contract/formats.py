@@ -1,4 +1,5 @@
-"""The string formats both sides read: Go durations and artifact URIs.
+"""The string formats both sides read: Go durations, artifact URIs and where a ``pvc://``
+URI's claim is mounted.
 
 The duration pattern is also the API's (the CRDs are generated with it), so a duration the
 apiserver admits is one the operator and every workload parse the same way.
@@ -29,6 +30,33 @@ def duration(text: str) -> str:
     """``text`` when it is a duration (a field validator), else ValueError."""
     parse_duration(text)
     return text
+
+
+#: Where the operator mounts the PersistentVolumeClaim of a ``pvc://CLAIM/path`` URI in every
+#: pod whose config names one: ``/mnt/pvc/CLAIM``. The workloads read ``pvc://`` through an
+#: fsspec filesystem of their own that maps it below this folder, so a URI keeps one spelling
+#: everywhere (the API, the configs, the status) and only the pod's mount decides the disk.
+PVC_MOUNT_ROOT = "/mnt/pvc"
+PVC_SCHEME = "pvc://"
+
+
+def pvc_claim(uri: str) -> str | None:
+    """The claim a ``pvc://CLAIM/path`` URI names; None for any other URI."""
+    if not uri.startswith(PVC_SCHEME):
+        return None
+    claim = uri[len(PVC_SCHEME) :].split("/", 1)[0]
+    if not claim:
+        raise ValueError(f"{uri}: a pvc:// URI needs a claim name, as in pvc://CLAIM/path")
+    return claim
+
+
+def pvc_local_path(uri: str, root: str = PVC_MOUNT_ROOT) -> str:
+    """The file path of ``pvc://CLAIM/path`` in a pod that mounts CLAIM at ``root/CLAIM``."""
+    claim = pvc_claim(uri)
+    if claim is None:
+        raise ValueError(f"{uri} is not a pvc:// URI")
+    rest = uri[len(PVC_SCHEME) + len(claim) :].strip("/")
+    return f"{root.rstrip('/')}/{claim}/{rest}" if rest else f"{root.rstrip('/')}/{claim}"
 
 
 def join_uri(base: str, *parts: str) -> str:

@@ -82,8 +82,12 @@ def test_parse_timestamp() -> None:
     ("pattern", "good", "bad"),
     [
         (formats.DNS1123_LABEL, ["movies", "a", "movies-v12"], ["Movies", "-a", "a-", "a_b"]),
-        (formats.STORAGE_URI, ["s3://b/p", "file:///data/x.parquet", "pvc://claim/dir"],
-         ["/data/x", "data/x", "s3://b/with space", "ftp://h/x", "s3://b/caf\u00e9"]),
+        (formats.STORAGE_URI,
+         ["s3://b/p", "file:///data/x.parquet", "pvc://claim/dir", "pvc://my.claim-1",
+          "pvc://c/"],
+         ["/data/x", "data/x", "s3://b/with space", "ftp://h/x", "s3://b/caf\u00e9",
+          "gs://b/p", "az://c/p", "hdfs://nn/p", "https://h/x.parquet", "s3a://b/p",
+          "pvc:///dir", "pvc://Claim/dir", "pvc://-claim/dir"]),
         (formats.REDIS_URL, ["redis://redis:6379/0", "rediss://r.ns.svc:6380", "redis://r"],
          ["http://redis:6379", "redis://r:6379/db", "redis://r/0 "]),
         (formats.IMAGE, ["ghcr.io/org/trainer:1.2.3", "trainer", "localhost:5000/t@sha256:"

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from recsys_contract.formats import join_uri
+from recsys_contract.formats import join_uri, pvc_claim, pvc_local_path
 from recsys_workloads.runtime import BadInputError, TransientError
 
 MANIFEST_NAME = "manifest.json"
@@ -89,14 +90,16 @@ class Store:
         """Write a whole file; readers see the old content or the new, never a torn one.
 
         Object stores give that for free (a PUT appears whole); on a local filesystem or a
-        PVC the bytes go to a temporary name first and are renamed into place.
+        PVC the bytes go to a temporary name first and are renamed into place. An object store
+        has no folders to make: s3fs's ``makedirs`` would *create a missing bucket*, turning a
+        misspelt bucket into a new one instead of the bad-input error it is.
         """
         fs, path = self.fs_and_path(uri)
         with store_errors(uri, what):
-            parent = path.rsplit("/", 1)[0] if "/" in path else ""
-            if parent:
-                fs.makedirs(parent, exist_ok=True)
-            if "file" in _protocols(fs):
+            if isinstance(fs, LocalFileSystem):  # file:// and pvc://
+                parent = path.rsplit("/", 1)[0] if "/" in path else ""
+                if parent:
+                    fs.makedirs(parent, exist_ok=True)
                 # hidden (dataset readers skip dot files) and unique (pods of two Jobs may
                 # share a pid, 1 in most containers, and write the same name on one PVC)
                 head, _, base = path.rpartition("/")
@@ -131,11 +134,6 @@ class Store:
         with store_errors(uri, what):
             if fs.exists(path):
                 fs.rm(path, recursive=True)
-
-
-def _protocols(fs: Any) -> tuple[str, ...]:
-    protocol = fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -248,6 +246,10 @@ def local_path(uri: str) -> str | None:
     """The local filesystem path behind ``uri`` when there is one (used for faster I/O)."""
     if uri.startswith("file://"):
         return uri[len("file://") :]
+    if pvc_claim(uri) is not None:
+        from recsys_workloads.pvc import pvc_root
+
+        return pvc_local_path(uri, pvc_root())
     if "://" not in uri:
         return os.path.abspath(uri)
     return None

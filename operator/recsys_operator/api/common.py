@@ -47,8 +47,11 @@ StorageUri = Annotated[
     Field(min_length=6, max_length=2048),
     Format(
         formats.STORAGE_URI,
-        "must be a URI with a scheme, such as s3://bucket/path, gs://bucket/path, "
-        "pvc://claim/path or file:///absolute/path",
+        "must be a URI with a scheme the workloads read and write: s3://bucket/path (AWS or "
+        "any S3-compatible store, its endpoint and keys in the artifact store Secret), "
+        "pvc://claim/path (a PersistentVolumeClaim of the namespace) or file:///absolute/path; "
+        "gs://, az://, hdfs:// and https:// are not supported: copy the data to an "
+        "S3-compatible bucket or a PersistentVolumeClaim",
     ),
 ]
 Image = Annotated[str, Field(min_length=1, max_length=512, pattern=formats.IMAGE)]

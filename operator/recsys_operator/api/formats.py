@@ -29,9 +29,13 @@ QUANTITY = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-#: A URI of a dataset or artifact directory, through fsspec: object stores, HDFS, local files.
+#: A URI of a dataset or artifact directory, in a scheme the workload images can read *and*
+#: write: ``s3://`` (s3fs, AWS or any S3-compatible store), ``pvc://CLAIM/path`` (the claim
+#: mounted by the operator; CLAIM a DNS-1123 subdomain) and ``file://``. GCS, Azure, HDFS and
+#: HTTP are refused here rather than accepted and failed in a pod: their fsspec backends are
+#: not in the images and nothing here tests them.
 #: Printable ASCII only (``[!-~]``): ``\s`` means different things to Go and to Rust.
-STORAGE_URI = r"^(s3|s3a|gs|gcs|az|abfs|abfss|hdfs|file|pvc|https?)://[!-~]+$"
+STORAGE_URI = r"^((s3|file)://[!-~]+|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[!-~]*)?)$"
 #: A Redis URL. The pattern lets user info (``user:pass@``) through on purpose: a CEL rule then
 #: refuses it with a message that says where the password belongs (a Secret), which a pattern
 #: mismatch could not say.

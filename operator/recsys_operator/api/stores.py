@@ -47,12 +47,13 @@ class OnlineStore(ApiModel):
 
 class ArtifactStore(ApiModel):
     """Where model versions, their item embeddings and ANN indexes are written, read through
-    fsspec (S3-compatible stores, GCS, Azure, HDFS, a mounted volume)."""
+    fsspec: an S3-compatible store or a PersistentVolumeClaim (or a local folder)."""
 
     storage_uri: StorageUri
     """Base URI; each ModelVersion gets its own directory below it. Same spelling as KServe's
-    ``storageUri``: ``s3://bucket/recsys/movies``, ``gs://...``, ``pvc://claim/path``,
-    ``file:///data/models``."""
+    ``storageUri``: ``s3://bucket/recsys/movies`` or ``pvc://claim/path`` (the operator mounts
+    the claim into every pod that reads or writes below it; pods on several nodes need a
+    ReadWriteMany claim), ``file:///data/models`` on a single-node setup."""
     secret_ref: LocalObjectRef | None = None
     """A Secret whose keys become environment variables of every Job and pod that reads or
     writes artifacts (e.g. ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,

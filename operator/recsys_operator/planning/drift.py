@@ -27,6 +27,9 @@ from recsys_operator.naming import child_name
 from recsys_operator.planning import EventSpec
 from recsys_operator.planning.jobstatus import JobOutcome
 from recsys_operator.planning.pods import (
+    claims_in,
+    cron_pod_spec,
+    mount_claims,
     recommender_store,
     redis_password_env,
     serial_cron_job,
@@ -76,9 +79,8 @@ def drift_objects(
     if drift is None:
         return []
     name, ns = drift_name(rec), rec.metadata.namespace or "default"
-    config_map = workload_config_map(
-        name, ns, labels(rec), owner, drift_config(rec, drift, version, artifact_uri)
-    )
+    cfg = drift_config(rec, drift, version, artifact_uri)
+    config_map = workload_config_map(name, ns, labels(rec), owner, cfg)
     container = workload_container(
         image=rec.spec.training.image or image,
         module=DRIFT_MODULE,
@@ -88,6 +90,7 @@ def drift_objects(
     cron_job = serial_cron_job(
         name, ns, labels(rec), owner, container, drift.schedule, drift.time_zone, drift.suspend
     )
+    mount_claims(cron_pod_spec(cron_job), claims_in(cfg), read_only=True)
     return [config_map, cron_job]
 
 

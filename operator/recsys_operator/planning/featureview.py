@@ -37,6 +37,8 @@ from recsys_operator.naming import child_name, short_hash
 from recsys_operator.planning import EventSpec
 from recsys_operator.planning.jobstatus import JobOutcome
 from recsys_operator.planning.pods import (
+    claims_in,
+    mount_claims,
     object_meta,
     pod_failure_policy,
     redis_password_env,
@@ -131,7 +133,9 @@ def _labels(fv: FeatureView, component: str) -> dict[str, str]:
     )
 
 
-def _job_spec(fv: FeatureView, image: str, config_map: str, component: str) -> dict[str, Any]:
+def _job_spec(
+    fv: FeatureView, image: str, config_map: str, component: str, config: MaterializeConfig
+) -> dict[str, Any]:
     m = fv.spec.materialization
     container = workload_container(
         image=m.image or image,
@@ -139,14 +143,13 @@ def _job_spec(fv: FeatureView, image: str, config_map: str, component: str) -> d
         resources=m.resources.to_k8s() if m.resources else None,
         env=redis_password_env(fv.spec.online_store.redis.password_secret_ref),
     )
+    pod = workload_pod_spec(container, config_map)
+    mount_claims(pod, claims_in(config), read_only=True)  # a pvc:// source
     return {
         "backoffLimit": 3,
         "podFailurePolicy": pod_failure_policy(),
         "ttlSecondsAfterFinished": 86400,
-        "template": {
-            "metadata": {"labels": _labels(fv, component)},
-            "spec": workload_pod_spec(container, config_map),
-        },
+        "template": {"metadata": {"labels": _labels(fv, component)}, "spec": pod},
     }
 
 
@@ -165,7 +168,7 @@ def plan(fv: FeatureView, owner: Mapping[str, Any], image: str) -> FeatureViewPl
         "suspend": schedule.suspend,
         "jobTemplate": {
             "metadata": {"labels": _labels(fv, "materialize")},
-            "spec": _job_spec(fv, image, cm_name, "materialize"),
+            "spec": _job_spec(fv, image, cm_name, "materialize", config),
         },
     }
     if schedule.time_zone:
@@ -196,7 +199,7 @@ def plan(fv: FeatureView, owner: Mapping[str, Any], image: str) -> FeatureViewPl
             "apiVersion": "batch/v1",
             "kind": "Job",
             "metadata": object_meta(bf_cm, ns, _labels(fv, "backfill"), owner),
-            "spec": _job_spec(fv, image, bf_cm, "backfill"),
+            "spec": _job_spec(fv, image, bf_cm, "backfill", bf_config),
         }
     return FeatureViewPlan(config_map, cron_job, config_map_bf, backfill_job)
 

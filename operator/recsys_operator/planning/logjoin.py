@@ -21,6 +21,9 @@ from recsys_operator.api.recommender import Recommender
 from recsys_operator.labels import standard_labels
 from recsys_operator.naming import child_name
 from recsys_operator.planning.pods import (
+    claims_in,
+    cron_pod_spec,
+    mount_claims,
     recommender_store,
     redis_password_env,
     serial_cron_job,
@@ -69,7 +72,8 @@ def logjoin_objects(rec: Recommender, owner: Mapping[str, Any], image: str) -> l
         return []
     logged = rec.spec.training.logged_data
     name, ns = logjoin_name(rec), rec.metadata.namespace or "default"
-    config_map = workload_config_map(name, ns, labels(rec), owner, logjoin_config(rec))
+    cfg = logjoin_config(rec)
+    config_map = workload_config_map(name, ns, labels(rec), owner, cfg)
     container = workload_container(
         image=rec.spec.training.image or image,
         module=LOGJOIN_MODULE,
@@ -79,4 +83,6 @@ def logjoin_objects(rec: Recommender, owner: Mapping[str, Any], image: str) -> l
     cron_job = serial_cron_job(
         name, ns, labels(rec), owner, container, logged.schedule, logged.time_zone
     )
+    # writes the joined rows
+    mount_claims(cron_pod_spec(cron_job), claims_in(cfg), read_only=False)
     return [config_map, cron_job]

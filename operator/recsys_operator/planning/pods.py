@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from recsys_contract.base import ConfigSection
+from recsys_contract.formats import PVC_MOUNT_ROOT, pvc_claim
 from recsys_contract.history import RecommenderStoreConfig
 from recsys_contract.termination import EXIT_BAD_INPUT
 from recsys_operator.api.common import SecretKeyRef
 from recsys_operator.api.recommender import Recommender
+from recsys_operator.naming import short_hash
 
 CONFIG_DIR = "/etc/recsys"
 CONFIG_FILE = "config.json"
@@ -84,6 +86,67 @@ def workload_config_map(
         "metadata": object_meta(name, ns, labels, owner),
         "data": {file: render_config(cfg)},
     }
+
+
+def claims_in(*configs: ConfigSection) -> list[str]:
+    """The PersistentVolumeClaims that the ``pvc://CLAIM/...`` URIs of ``configs`` name, sorted.
+
+    Read off the rendered config rather than off the spec fields that fed it, so no URI a
+    workload is handed (an imported version's storageUri, a warm start's artifact, a
+    FeatureView's source, an index in the gateway's routing table) can miss its mount.
+    """
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            claim = pvc_claim(value)
+            if claim is not None:
+                found.add(claim)
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    for cfg in configs:
+        walk(cfg.to_wire())
+    return sorted(found)
+
+
+def claim_volume_name(claim: str) -> str:
+    """A volume name (a DNS label) for any claim name (a DNS subdomain, up to 253 chars)."""
+    return f"pvc-{short_hash(claim)}"
+
+
+def mount_claims(
+    pod_spec: dict[str, Any],
+    claims: Sequence[str],
+    *,
+    read_only: bool,
+    containers: Sequence[str] | None = None,
+) -> None:
+    """Mount each claim at ``PVC_MOUNT_ROOT/CLAIM`` (where ``recsys_workloads.pvc`` reads a
+    ``pvc://CLAIM/...`` URI) in the ``containers`` of ``pod_spec`` named (all of them, init
+    containers included, by default); ``read_only`` for the pods that only read artifacts and
+    data (least privilege). Pods on several nodes share a claim only when its access mode
+    allows it (ReadWriteMany)."""
+    if not claims:
+        return
+    pod_spec.setdefault("volumes", []).extend(
+        {"name": claim_volume_name(c), "persistentVolumeClaim": {"claimName": c}} for c in claims
+    )
+    for container in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]:
+        if containers is not None and container["name"] not in containers:
+            continue
+        container.setdefault("volumeMounts", []).extend(
+            {
+                "name": claim_volume_name(c),
+                "mountPath": f"{PVC_MOUNT_ROOT}/{c}",
+                **({"readOnly": True} if read_only else {}),
+            }
+            for c in claims
+        )
 
 
 def redis_password_env(ref: SecretKeyRef | None) -> list[dict[str, Any]]:
@@ -183,6 +246,12 @@ def pod_failure_policy() -> dict[str, Any]:
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
         ]
     }
+
+
+def cron_pod_spec(cron_job: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec inside a CronJob's Job template."""
+    spec: dict[str, Any] = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return spec
 
 
 def serial_cron_job(

@@ -29,6 +29,8 @@ from recsys_operator.planning.pods import (
     CONFIG_DIR,
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
+    claims_in,
+    mount_claims,
     object_meta,
     recommender_store,
     redis_password_env,
@@ -181,7 +183,8 @@ def triton_objects(
         recommender=rec.metadata.name,
         model_version=version,
     )
-    config_map = workload_config_map(name, ns, labels, owner, repository_config(rec, artifact_uri))
+    cfg = repository_config(rec, artifact_uri)
+    config_map = workload_config_map(name, ns, labels, owner, cfg)
     models = {"name": "models", "mountPath": REPOSITORY_DIR}
     builder = workload_container(
         image=builder_image,
@@ -218,6 +221,9 @@ def triton_objects(
     ]
     ports = [("http", TRITON_HTTP), ("grpc", TRITON_GRPC), ("metrics", TRITON_METRICS)]
     served = _served(name, ns, labels, owner, tr, container, volumes, ports, [builder])
+    # the init container reads the artifact; Triton itself reads only the built repository
+    pod = served[0]["spec"]["template"]["spec"]
+    mount_claims(pod, claims_in(cfg), read_only=True, containers=[builder["name"]])
     return [config_map, *served]
 
 
@@ -325,8 +331,12 @@ def gateway_objects(
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         ],
     }
+    env_from = artifact_env_from(rec)  # it loads each variant's ANN index from the store
+    if env_from:
+        container["envFrom"] = env_from
     volumes = [{"name": "config", "configMap": {"name": name}}]
     served = _served(name, ns, labels, owner, gw, container, volumes, [("http", GATEWAY_PORT)])
+    mount_claims(served[0]["spec"]["template"]["spec"], claims_in(config), read_only=True)
     return [config_map, *served]
 
 
@@ -364,4 +374,5 @@ def history_job(rec: Recommender, owner: Mapping[str, Any], image: str) -> JobPl
         env_from=artifact_env_from(rec),
     )
     job = single_pod_job(name, ns, labels, owner, container)
+    mount_claims(job["spec"]["template"]["spec"], claims_in(cfg), read_only=True)
     return JobPlan(workload_config_map(name, ns, labels, owner, cfg), job)

@@ -29,6 +29,8 @@ from recsys_operator.api.recommender import IvfParams, Recommender
 from recsys_operator.labels import KUEUE_QUEUE_LABEL, standard_labels
 from recsys_operator.naming import child_name
 from recsys_operator.planning.pods import (
+    claims_in,
+    mount_claims,
     object_meta,
     pod_failure_policy,
     workload_config_map,
@@ -245,7 +247,8 @@ def training_job(
     ns = mv.metadata.namespace or "default"
     name = child_name(mv.metadata.name, "train")
     labels = _labels(rec, mv, "train")
-    cm = workload_config_map(name, ns, labels, owner, train_config(rec, mv, sources, stable))
+    cfg = train_config(rec, mv, sources, stable)
+    cm = workload_config_map(name, ns, labels, owner, cfg)
     image = (mv.spec.training.image if mv.spec.training and mv.spec.training.image else None) or (
         tr.image or image
     )
@@ -297,6 +300,7 @@ def training_job(
         extra_volumes=[{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
     )
     pod["containers"][0]["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    mount_claims(pod, claims_in(cfg), read_only=False)  # writes the model artifact
     job_labels = dict(labels)
     spec: dict[str, Any] = {
         "backoffLimit": tr.backoff_limit,
@@ -328,13 +332,16 @@ def index_job(rec: Recommender, mv: ModelVersion, owner: Mapping[str, Any], imag
     ns = mv.metadata.namespace or "default"
     name = child_name(mv.metadata.name, "index")
     labels = _labels(rec, mv, "index")
-    cm = workload_config_map(name, ns, labels, owner, index_config(rec, mv))
+    cfg = index_config(rec, mv)
+    cm = workload_config_map(name, ns, labels, owner, cfg)
     container = workload_container(
         image=rec.spec.training.image or image,
         module=INDEX_MODULE,
         env_from=artifact_env_from(rec),
     )
-    return JobPlan(cm, single_pod_job(name, ns, labels, owner, container))
+    job = single_pod_job(name, ns, labels, owner, container)
+    mount_claims(job["spec"]["template"]["spec"], claims_in(cfg), read_only=False)  # writes it
+    return JobPlan(cm, job)
 
 
 def single_pod_job(

@@ -53,10 +53,9 @@ def parquet_sink(
     import fsspec
 
     with store_errors(uri, "write dataset"):
+        # no makedirs: an object store has no folders, and s3fs's would create a missing
+        # bucket (see artifact_store.Store.write_bytes)
         fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-        parent = path.rsplit("/", 1)[0] if "/" in path else ""
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
         with (
             fs.open(path, "wb") as handle,
             pq.ParquetWriter(handle, schema, compression="zstd") as writer,
