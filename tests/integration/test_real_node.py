@@ -258,7 +258,8 @@ def test_helm_install_runs_the_operator_pod_under_enforced_restricted(
 
 @pytest.fixture(scope="module")
 def feature_view(real_node_world: RealNodeWorld, release: Release) -> dict[str, Any]:
-    """A FeatureView whose source the file server holds; returned once it is Materialized."""
+    """A FeatureView whose source is a parquet file in the S3 store, read with the keys of an
+    artifact-store Secret made as examples/recommender.yaml shows; returned once Materialized."""
     world = real_node_world
     ns = world.namespace("features")
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -271,7 +272,18 @@ def feature_view(real_node_world: RealNodeWorld, release: Release) -> dict[str, 
             "age": pa.array([31, 42, 53], pa.int64()),
         }
     )
-    pq.write_table(table, world.files.directory / "users.parquet")
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    world.s3.create_bucket("features")
+    world.s3.client().put_object(
+        Bucket="features", Key="users/users.parquet", Body=sink.getvalue().to_pybytes()
+    )
+    # Only the three keys the example's Secret has: the Job must find the store with them.
+    s3_keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+    world.testbed.kubectl(
+        "create", "secret", "generic", "artifact-store", "-n", ns,
+        *(f"--from-literal={key}={world.s3.env[key]}" for key in s3_keys),
+    )  # fmt: skip
     fv = {
         "apiVersion": "recsys.dev/v1alpha1",
         "kind": "FeatureView",
@@ -279,7 +291,8 @@ def feature_view(real_node_world: RealNodeWorld, release: Release) -> dict[str, 
         "spec": {
             "entity": {"name": "user", "joinKeys": ["user_id"]},
             "source": {
-                "path": world.files.url("users.parquet"),
+                "path": "s3://features/users/",
+                "secretRef": {"name": "artifact-store"},
                 "timestampField": "event_timestamp",
             },
             "features": [{"name": "age", "dtype": "Int64"}],
@@ -328,6 +341,8 @@ def test_the_materialization_job_runs_in_a_container_and_its_message_reaches_the
         "items"
     ]
     assert job_pod["spec"]["nodeName"] == world.node_name
+    (container,) = job_pod["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "artifact-store"}}]
     (status,) = job_pod["status"]["containerStatuses"]
     assert status["containerID"].startswith("containerd://")
     summary = json.loads(status["state"]["terminated"]["message"])

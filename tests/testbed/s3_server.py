@@ -2,7 +2,9 @@
 build_seaweedfs.sh), on free loopback ports, with one authenticated identity.
 
 ``weed mini`` is SeaweedFS's single-process setup (master, volume server, filer, admin and
-the S3 gateway in one process). Every listener is pinned to 127.0.0.1 and a port picked here
+the S3 gateway in one process). Every listener is pinned to one address (127.0.0.1 unless the
+caller names another, e.g. the real node's bridge gateway, where its pods reach it) and a port
+picked here
 (two sessions on one machine never share one), the parts a test does not need (WebDAV, the
 admin UI and its legacy port, the Iceberg and Lance catalogs) are off, and so is the
 telemetry that would otherwise be sent out. Requests must be signed with the identity's keys
@@ -37,6 +39,7 @@ def seaweedfs_binary() -> Path:
 
 @dataclass
 class S3Server:
+    address: str
     port: int
     access_key: str
     secret_key: str
@@ -46,7 +49,7 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -92,8 +95,11 @@ def _answers_signed(server: S3Server) -> bool:
     return True
 
 
-def start_s3(buckets: tuple[str, ...] = (), timeout: float = 60.0) -> S3Server:
-    """Start ``weed mini`` with a fresh identity and data folder, and create ``buckets``."""
+def start_s3(
+    buckets: tuple[str, ...] = (), timeout: float = 60.0, address: str = "127.0.0.1"
+) -> S3Server:
+    """Start ``weed mini`` on ``address`` with a fresh identity and data folder, and create
+    ``buckets``."""
     binary = seaweedfs_binary()
     workdir = Path(tempfile.mkdtemp(prefix="recsys-s3-"))
     data = workdir / "data"
@@ -131,8 +137,8 @@ def start_s3(buckets: tuple[str, ...] = (), timeout: float = 60.0) -> S3Server:
     argv = [
         str(binary),
         "mini",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
+        f"-ip={address}",
+        f"-ip.bind={address}",
         f"-dir={data}",
         *(f"-{name}={port}" for name, port in ports.items()),
         "-s3=true",
@@ -150,7 +156,7 @@ def start_s3(buckets: tuple[str, ...] = (), timeout: float = 60.0) -> S3Server:
     ]
     procs = ProcessGroup(workdir)
     process = procs.start("seaweedfs", argv, cwd=workdir)
-    server = S3Server(ports["s3.port"], access_key, secret_key, process, procs, workdir)
+    server = S3Server(address, ports["s3.port"], access_key, secret_key, process, procs, workdir)
     try:
         wait_until(process, lambda: _answers_signed(server), timeout, "answering signed S3 calls")
         for bucket in buckets:

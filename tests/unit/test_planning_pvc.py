@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from api_objects import feature_view, model_version, recommender
 
+from recsys_operator.api.common import LocalObjectRef
 from recsys_operator.api.featureview import FeatureView
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning import drift, logjoin, serving
@@ -86,12 +87,13 @@ def materialize(view: FeatureView) -> tuple[dict[str, Any], list[str]]:
     return pod_of(fv_planner.plan(view, OWNER, IMG).cron_job), ["main"]
 
 
+def with_source(view: FeatureView, **update: Any) -> FeatureView:
+    source = view.spec.source.model_copy(update=update)
+    return view.model_copy(update={"spec": view.spec.model_copy(update={"source": source})})
+
+
 def source_view(path: str) -> FeatureView:
-    view = feature_view()
-    return view.model_copy(
-        update={"spec": view.spec.model_copy(update={"source": view.spec.source.model_copy(
-            update={"path": path})})}
-    )  # fmt: skip
+    return with_source(feature_view(), path=path)
 
 
 ON_PVC = rec("pvc://models/recsys/movies")
@@ -157,6 +159,30 @@ def test_the_gateway_gets_the_artifact_store_secret() -> None:
     # hands back, and the Deployment would be rewritten on every reconcile)
     pod = pod_of(serving.gateway_objects(ON_S3, OWNER, table, IMG, {})[1])
     assert "envFrom" not in pod["containers"][0]
+
+
+BACKFILL: dict[str, Any] = {"backfill": {"startTime": "2024-01-01T00:00:00Z"}}
+
+
+@pytest.mark.parametrize(
+    ("case", "view", "env_from"),
+    [
+        ("the source's Secret", with_source(feature_view(**BACKFILL),
+         secret_ref=LocalObjectRef(name="artifact-store")),
+         [{"secretRef": {"name": "artifact-store"}}]),
+        ("no Secret, no envFrom", feature_view(**BACKFILL), None),
+    ],
+)  # fmt: skip
+def test_materialization_gets_the_secret_its_source_names(
+    case: str, view: FeatureView, env_from: list[dict[str, Any]] | None
+) -> None:
+    """The Jobs read the source themselves, so they need its store's keys; without a Secret
+    no envFrom at all, as for the gateway."""
+    planned = fv_planner.plan(view, OWNER, IMG)
+    assert planned.backfill_job is not None, case
+    for obj in (planned.cron_job, planned.backfill_job):
+        (container,) = pod_of(obj)["containers"]
+        assert container.get("envFrom") == env_from, (case, obj["kind"])
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from recsys_operator.api.common import (
     Duration,
     Identifier,
     Image,
+    LocalObjectRef,
     ResourceRequirements,
     StorageUri,
     Timestamp,
@@ -69,6 +70,13 @@ class FileSource(ApiModel):
     path: StorageUri
     """Parquet file or directory, any fsspec URI: ``s3://bucket/features/users/``,
     ``file:///data/users.parquet``."""
+    secret_ref: LocalObjectRef | None = None
+    """A Secret whose keys become environment variables of the materialization Jobs (e.g.
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``), the way
+    ``envFrom.secretRef`` works, so an ``s3://`` source on a store that wants keys can be read.
+    Unset: the Jobs get none (a ``pvc://`` or ``file://`` source, or credentials from the
+    node). A Recommender's training reads the source with its own
+    ``stores.artifacts.secretRef``, not this one."""
     timestamp_field: Identifier = "event_timestamp"
     """Event-time column: when each row's values became true. Materialization takes, per
     entity, the newest row at or before the run's time (never a value from the future)."""

@@ -42,6 +42,7 @@ from recsys_operator.planning.pods import (
     object_meta,
     pod_failure_policy,
     redis_password_env,
+    secret_env_from,
     workload_config_map,
     workload_container,
     workload_pod_spec,
@@ -142,6 +143,7 @@ def _job_spec(
         module=MATERIALIZE_MODULE,
         resources=m.resources.to_k8s() if m.resources else None,
         env=redis_password_env(fv.spec.online_store.redis.password_secret_ref),
+        env_from=secret_env_from(fv.spec.source.secret_ref),
     )
     pod = workload_pod_spec(container, config_map)
     mount_claims(pod, claims_in(config), read_only=True)  # a pvc:// source

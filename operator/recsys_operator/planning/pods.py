@@ -16,7 +16,7 @@ from recsys_contract.base import ConfigSection
 from recsys_contract.formats import PVC_MOUNT_ROOT, pvc_claim
 from recsys_contract.history import RecommenderStoreConfig
 from recsys_contract.termination import EXIT_BAD_INPUT
-from recsys_operator.api.common import SecretKeyRef
+from recsys_operator.api.common import LocalObjectRef, SecretKeyRef
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.naming import short_hash
 
@@ -163,6 +163,13 @@ def recommender_store(rec: Recommender) -> RecommenderStoreConfig:
     redis = rec.spec.stores.redis
     prefix = {"key_prefix": redis.key_prefix} if redis.key_prefix else {}
     return RecommenderStoreConfig.model_validate({"redis_url": redis.url, **prefix})
+
+
+def secret_env_from(ref: LocalObjectRef | None) -> list[dict[str, Any]]:
+    """``envFrom`` for a Secret reference: empty without one, so a container without a
+    Secret carries no ``envFrom`` (the apiserver hands none back, and an empty list would
+    differ from it on every reconcile)."""
+    return [{"secretRef": {"name": ref.name}}] if ref else []
 
 
 def workload_container(

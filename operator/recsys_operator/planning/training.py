@@ -33,6 +33,7 @@ from recsys_operator.planning.pods import (
     mount_claims,
     object_meta,
     pod_failure_policy,
+    secret_env_from,
     workload_config_map,
     workload_container,
     workload_pod_spec,
@@ -222,8 +223,7 @@ def _labels(rec: Recommender, mv: ModelVersion, component: str) -> dict[str, str
 
 
 def artifact_env_from(rec: Recommender) -> list[dict[str, Any]]:
-    ref = rec.spec.stores.artifacts.secret_ref
-    return [{"secretRef": {"name": ref.name}}] if ref else []
+    return secret_env_from(rec.spec.stores.artifacts.secret_ref)
 
 
 @dataclass(frozen=True)
