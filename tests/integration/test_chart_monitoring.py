@@ -18,6 +18,7 @@ They are checked by the real tools the objects are for, not by reading them back
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -722,8 +723,12 @@ async def world(
                 gateway_metrics = await r.text()
             yield World(prometheus, operator, fv_namespace, gateway_metrics, rendered)
         finally:
+            # cancelled, not awaited to the end of its round: a request stuck behind a loaded
+            # machine must not hold the teardown until the test timeout
             stop.set()
-            await sender
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
             prometheus.stop()
 
 
