@@ -123,3 +123,15 @@ def wait_until(
             pass
         time.sleep(interval)
     raise proc.failure(f"was not {what} within {timeout:.0f} s")
+
+
+def built_by(script: str) -> Path:
+    """Run a build script of tests/testbed (a no-op once its pin is cached) for the path it
+    prints last: where the binary it builds lives."""
+    out = subprocess.run(
+        ["bash", str(Path(__file__).resolve().parent / script)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
+    return Path(out.strip().splitlines()[-1])

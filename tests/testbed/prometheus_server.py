@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import tempfile
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -18,32 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recsys_operator.prometheus import prometheus_duration
-from testbed.processes import Process, ProcessGroup, free_port, wait_until
-
-HERE = Path(__file__).resolve().parent
-
-
-def _built(script: str) -> Path:
-    """Run a build script of this folder (a no-op once its pin is cached) for what it prints."""
-    out = subprocess.run(
-        ["bash", str(HERE / script)], check=True, stdout=subprocess.PIPE, text=True
-    ).stdout
-    return Path(out.strip().splitlines()[-1])
+from testbed.processes import Process, ProcessGroup, built_by, free_port, wait_until
 
 
 def prometheus_binary() -> Path:
-    return _built("build_prometheus.sh")
+    return built_by("build_prometheus.sh")
 
 
 def promtool_binary() -> Path:
     """promtool of the same Prometheus module and version (build_promtool.sh)."""
-    return _built("build_promtool.sh")
+    return built_by("build_promtool.sh")
 
 
 def prometheus_operator_crds() -> Path:
     """The folder of the Prometheus Operator's PodMonitor, ServiceMonitor and PrometheusRule
     CRDs (fetch_prometheus_operator_crds.sh)."""
-    return _built("fetch_prometheus_operator_crds.sh")
+    return built_by("fetch_prometheus_operator_crds.sh")
 
 
 @dataclass

@@ -26,15 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed.processes import Process, ProcessGroup, free_port, wait_until
-from testbed.prometheus_server import _built
+from testbed.processes import Process, ProcessGroup, built_by, free_port, wait_until
 
 #: The region botocore signs for; SeaweedFS accepts any, but it must be the same on each call.
 REGION = "us-east-1"
 
 
 def seaweedfs_binary() -> Path:
-    return _built("build_seaweedfs.sh")
+    return built_by("build_seaweedfs.sh")
 
 
 @dataclass
