@@ -21,6 +21,16 @@ p50s: what HTTP, JSON, the event loop and queueing add). Two reference figures c
 
     .venv/bin/python benchmarks/serving_bench.py                       # 50/100/200/400 rps
     .venv/bin/python benchmarks/serving_bench.py --rates 50 100 --duration 10 --items 20000
+    .venv/bin/python benchmarks/serving_bench.py --hybrid --zipf 1.1 --head 20 --rates 200 1000
+
+``--zipf S`` draws users from a Zipf mix (the user of popularity rank r with probability
+proportional to r^-S, ranks a seeded permutation of the MovieLens users) instead of uniformly.
+``--hybrid`` compares live computation with pre-computed head lists side by side on that mix:
+each rate runs first with every request computed live, then again after the precompute
+workload (``recsys_workloads.precompute``, the CronJob's code) has stored the lists of the
+``--head`` percent most active users of the warm-up traffic; each row reports the head-cache
+hit rate (``recsys_gateway_precomputed_total{outcome="served"}`` over all lookups), p99 and
+CPU per request.
 
 Raw samples' summaries go to benchmarks/results/serving_bench-<time>.json; a markdown table is
 printed. The load generator (benchmarks/loadgen: Go, in its own process, latency from each
@@ -141,7 +151,7 @@ def build_stack(root: Path, n_items: int) -> Stack:
     return Stack(root, artifact, index, version, paths, timings=timings)
 
 
-def start_gateway(stack: Stack, triton_http: str, cfg_overrides: dict[str, Any]) -> None:
+def start_gateway(stack: Stack, triton_http: str, cfg_overrides: dict[str, Any]) -> dict[str, Any]:
     version = ss.Version(stack.version, stack.artifact, stack.index)
     art = ss.Artifacts(stack.root, stack.paths, version, version, stack.root / "triton")
     cfg = ss.gateway_config(art, triton_http, stack.redis.url)
@@ -169,6 +179,7 @@ def start_gateway(stack: Stack, triton_http: str, cfg_overrides: dict[str, Any])
         stderr=subprocess.STDOUT,
     )
     stack.gateway_url = f"http://127.0.0.1:{port}"
+    return cfg
 
 
 def stop_gateway(stack: Stack) -> None:
@@ -192,11 +203,27 @@ async def wait_ready(url: str, within_s: float = 120) -> None:
     raise RuntimeError(f"gateway at {url} not ready within {within_s}s")
 
 
+#: MovieLens-100k's users are 1..943
+N_USERS = 943
+#: the Zipf exponent of the user mix; 0 draws users uniformly (set by ``--zipf``)
+ZIPF = {"s": 0.0}
+
+
+def draw_users(rng: np.random.Generator, n: int, zipf_s: float) -> list[int]:
+    """``n`` user ids: uniform, or Zipf over a fixed permutation (the same head every run)."""
+    if zipf_s <= 0:
+        return [int(u) for u in rng.integers(1, N_USERS + 1, n)]
+    weights = np.arange(1, N_USERS + 1, dtype=np.float64) ** -zipf_s
+    by_rank = np.random.default_rng(7).permutation(N_USERS) + 1
+    ranks = rng.choice(N_USERS, size=n, p=weights / weights.sum())
+    return [int(u) for u in by_rank[ranks]]
+
+
 async def run_rate(url: str, rate: float, duration: float, seed: int) -> loadgen.LoadRun:
     """Open-loop load from the Go generator in its own process (a thread waits for it, so the
     event loop stays free); the users are drawn here, so a seed repeats a run."""
     rng = np.random.default_rng(seed)
-    users = rng.integers(1, 944, loadgen.requests_in(rate, duration)).tolist()
+    users = draw_users(rng, loadgen.requests_in(rate, duration), ZIPF["s"])
     template = f"{url}/v1/recommendations?user_id={{user}}"
     return await asyncio.to_thread(
         loadgen.run, template, users, rate, duration, timeout_s=2.0, max_conns=1024
@@ -402,13 +429,98 @@ async def measure(args: argparse.Namespace, stack: Stack, triton_http: str) -> d
     return out
 
 
+async def precomputed_counts(url: str) -> dict[str, float]:
+    """The gateway's ``recsys_gateway_precomputed_total`` by outcome."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("recsys_gateway_precomputed_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            out[outcome] = out.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def hit_rate(before: dict[str, float], after: dict[str, float]) -> float:
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    looked = sum(delta.values())
+    return round(delta.get("served", 0.0) / looked, 4) if looked else 0.0
+
+
+async def run_precompute(cfg: dict[str, Any], head_percent: int) -> dict[str, Any]:
+    """The precompute workload's run, in this process, as its CronJob would start it."""
+    import redis.asyncio
+
+    from recsys_contract.precompute import PrecomputeConfig
+    from recsys_workloads import precompute
+
+    config = PrecomputeConfig.model_validate(
+        {
+            "gateway": cfg,
+            "audience": {"mostActivePercent": head_percent, "windowSeconds": 3600},
+            "topN": 50,
+        }
+    )
+    client = redis.asyncio.Redis.from_url(cfg["redisUrl"])
+    t = time.perf_counter()
+    try:
+        summary = (await precompute.run(config, client)).to_wire()
+    finally:
+        await client.aclose()
+    return {**summary, "seconds": round(time.perf_counter() - t, 1)}
+
+
+async def measure_hybrid(
+    args: argparse.Namespace, stack: Stack, triton_http: str
+) -> dict[str, Any]:
+    """Live against pre-computed head lists, on the same Zipf mix and rates."""
+    rows = []
+    cfg = start_gateway(stack, triton_http, {"precomputed": {"maxAge": "1h"}})
+    try:
+        await wait_ready(stack.gateway_url)
+        # warm-up, and the traffic the head is chosen from (the served log)
+        await run_rate(stack.gateway_url, args.rates[0], args.duration, seed=97)
+        precomputed: dict[str, Any] = {}
+        for mode in ("live", "precomputed"):
+            if mode == "precomputed":
+                precomputed = await run_precompute(cfg, args.head)
+                print(f"precompute: {precomputed}", flush=True)
+            for n, rate in enumerate(args.rates):
+                hits = await precomputed_counts(stack.gateway_url)
+                before = cpu_snapshot(stack)
+                load = await run_rate(stack.gateway_url, rate, args.duration, seed=n)
+                after = cpu_snapshot(stack)
+                row = {
+                    **summarize(rate, args.duration, load.samples),
+                    "label": f"{rate:g} {mode}",
+                    "mode": mode,
+                    "headHitRate": hit_rate(hits, await precomputed_counts(stack.gateway_url)),
+                    "cpuMsPerRequest": cpu_ms_per_request(before, after, load),
+                }
+                rows.append(row)
+                print(
+                    f"{row['label']}: hit rate {row['headHitRate']:.1%}, p50 {row['p50']} ms, "
+                    f"p99 {row['p99']} ms, errors {row['errorRate']:.2%}",
+                    flush=True,
+                )
+    finally:
+        stop_gateway(stack)
+    return {"rows": rows, "precompute": precomputed, "zipf": args.zipf, "headPercent": args.head}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200, 400])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per rate")
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--workdir", type=Path, default=None, help="reuse a built stack")
+    parser.add_argument("--zipf", type=float, default=0.0, help="Zipf exponent of the users")
+    parser.add_argument(
+        "--hybrid", action="store_true", help="live vs pre-computed head lists, side by side"
+    )
+    parser.add_argument("--head", type=int, default=20, help="percent of users pre-computed")
     args = parser.parse_args()
+    ZIPF["s"] = args.zipf
     loadgen.build()  # before any server starts: a missing Go fails here, in a second
     root = args.workdir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
     marker = root / "stack.json"
@@ -433,7 +545,8 @@ def main() -> None:
         # every user's MovieLens history in their seen set: filtered out, and the models'
         # history input
         ss.backfill_history(stack.redis.url, stack.paths)
-        result = asyncio.run(measure(args, stack, stack.triton.http_url))
+        run = measure_hybrid if args.hybrid else measure
+        result = asyncio.run(run(args, stack, stack.triton.http_url))
     finally:
         stop_gateway(stack)
         stack.triton.stop()
@@ -461,6 +574,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"serving_bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=1))
+    if args.hybrid:
+        print_hybrid(result)
+        print(f"load average during the run: {result['machine']['loadAverage']}; results: {out}")
+        return
     p = result["placement"]
     print(
         f"\nANN placement ({p['items']} items, k={p['k']}): FAISS HNSW search in-process "
@@ -482,6 +599,20 @@ def main() -> None:
         )
     print(f"\np99 passes 50 ms at: {result['p99Passes50msAt'] or 'not within the rates run'} rps")
     print(f"load average during the run: {result['machine']['loadAverage']}; results: {out}")
+
+
+def print_hybrid(result: dict[str, Any]) -> None:
+    print(f"\nZipf s={result['zipf']}, head {result['headPercent']}% of users pre-computed")
+    print("| rate (rps) | mode | head hit rate | throughput | errors | p50 ms | p99 ms | "
+          "CPU ms/request (gateway / Triton / Redis / loadgen) |")  # fmt: skip
+    print("|" + "---|" * 8)
+    for r in result["rows"]:
+        c = r["cpuMsPerRequest"]
+        print(
+            f"| {r['rate']:g} | {r['mode']} | {r['headHitRate']:.1%} | {r['throughput']} | "
+            f"{r['errorRate']:.2%} | {r['p50']} | {r['p99']} | "
+            f"{c['gateway']} / {c['triton']} / {c['redis']} / {c['loadGenerator']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,23 +1,29 @@
-"""Retrieval and ranking quality on MovieLens-100k: two-tower vs popularity vs implicit's ALS.
+"""The served list's quality on MovieLens-100k (and a synthetic set): the final list (two-tower
+candidates, ranker, ordering rules) vs retrieval order vs popularity vs implicit's ALS.
 
 Protocol (honest tuning: the test split is touched once per seed, at the end):
 
 1. MovieLens-100k converted by ``recsys_workloads.datasets.movielens`` (the recbole wheel's copy).
-2. Test split: the global time cut of the training Job (last 10% of interactions by time).
-   Validation split: the same cut applied again to the interactions *before* the test cutoff.
+2. Test splits: the training Job's own, ``evaluation.split``: ``time`` (the global cut, last 10%
+   of interactions by time; few users are active on both sides) and ``perUser`` (each user's
+   last 10%; every user counts). Validation split: the time cut applied again to the
+   interactions *before* the test cutoff (tuning uses the time split only).
 3. Tuning on validation only: ALS over a grid of factors × regularisation × alpha (averaged
-   over the seeds), the two-tower over a short list of candidate configs (``CANDIDATES``).
-   Each is picked by validation Recall@20.
-4. Final: for every seed, train the chosen two-tower with the training Job's own code
-   (``prepare`` → ``train`` → ``evaluate``) on the test split, with ALS at its chosen
-   hyper-parameters and the popularity baseline evaluated on the same split and users
-   (``warm`` users: those with training history, the only ones ALS can score).
-   The table reports mean ± standard deviation over seeds.
+   over the seeds), the two-tower over a short list of candidate configs (``CANDIDATES``),
+   each picked by validation Recall@20; then the ranker's share of hard negatives
+   (``HARD_NEGATIVES``) by the validation NDCG@20 of the final served list.
+4. Final: for every split and seed, train with the training Job's own code (``prepare`` →
+   ``train`` → ``evaluate``), ALS at its chosen hyper-parameters and popularity on the same
+   split and users (``warm`` users: those with training history, the only ones ALS can
+   score). ``served`` is the end-to-end evaluation (``recsys_workloads.train.evaluate``).
+   Tables: mean over seeds ± the standard error over users (averaged over seeds), and the
+   final list's lift over ALS and popularity.
 
-    .venv/bin/python benchmarks/train_quality.py                # tune, then 3 seeds
-    .venv/bin/python benchmarks/train_quality.py --no-tune      # defaults from CANDIDATES[0]
+    .venv/bin/python benchmarks/train_quality.py                # tune, then 3 seeds, both splits
+    .venv/bin/python benchmarks/train_quality.py --no-tune      # TrainConfig's defaults
+    .venv/bin/python benchmarks/train_quality.py --no-tune --synthetic 20000,5000,400000
 
-Raw results go to benchmarks/results/train_quality-<time>.json; the table is printed.
+Raw results go to benchmarks/results/train_quality-<time>.json; the tables are printed.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import torch
 
 from recsys_contract.train import AlsConfig, TrainConfig
 from recsys_workloads.artifact_store import Store
-from recsys_workloads.datasets import movielens
+from recsys_workloads.datasets import movielens, synthetic
 from recsys_workloads.train.config import parse_train_config
 from recsys_workloads.train.data import Interactions, time_split, validate_interactions
 from recsys_workloads.train.dataset import Prepared, prepare
@@ -64,6 +70,11 @@ CANDIDATES: list[dict[str, Any]] = [
     {"model": {"historyLength": 0, "temperature": 0.1}},
 ]
 MAX_EPOCHS = 12
+#: shares of the ranker's negatives drawn from the retrieval candidates, tried on validation
+HARD_NEGATIVES = [0.0, 0.5, 1.0]
+#: lists of the end-to-end evaluation, in table order
+SERVED_LISTS = ["final", "retrievalOrder", "popularity", "als"]
+SPLITS = ["time", "perUser"]
 BASE: dict[str, Any] = {
     "version": "bench",
     "data": {"interactionsUri": "-", "usersUri": "-", "itemsUri": "-"},
@@ -160,18 +171,38 @@ def tune(
             log.append(f"val two-tower {json.dumps(chosen)}: recall@20={r20:.4f}")
             print(log[-1], flush=True)
     best_tt = max(tt_scores, key=lambda x: x[0])
+    hard_scores = []
+    for share in HARD_NEGATIVES:
+        chosen = merged(best_tt[1], {"training": {"rankerHardNegatives": share}})
+        cfg = config(chosen, seed=seeds[0])
+        m = two_tower_run(prepare(cfg, val, users, items), cfg, with_baselines=False)
+        n20 = m["served"]["final"]["ndcg@20"]
+        hard_scores.append((n20, chosen))
+        log.append(
+            f"val rankerHardNegatives={share}: served ndcg@20={n20:.4f} "
+            f"(retrieval order {m['served']['retrievalOrder']['ndcg@20']:.4f})"
+        )
+        print(log[-1], flush=True)
+    best_hard = max(hard_scores, key=lambda x: x[0])
     tuning = {
         "als": [{"recall@20": r, **a.model_dump(by_alias=True)} for r, a in als_scores],
         "twoTower": [{"recall@20": r, "config": c} for r, c in tt_scores],
+        "rankerHardNegatives": [{"servedNdcg@20": r, "config": c} for r, c in hard_scores],
     }
-    return best_als[1], best_tt[1], tuning
+    return best_als[1], best_hard[1], tuning
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[float]]]]:
-    out: dict[str, dict[str, dict[str, list[float]]]] = {"retrieval": {}, "ranking": {}}
+    out: dict[str, dict[str, dict[str, list[float]]]] = {
+        "retrieval": {},
+        "ranking": {},
+        "served": {},
+    }
     for run in runs:
-        for section in ("retrieval", "ranking"):
+        for section in ("retrieval", "ranking", "served"):
             for model, values in run[section].items():
+                if not isinstance(values, dict):
+                    continue
                 for name, value in values.items():
                     out[section].setdefault(model, {}).setdefault(name, []).append(float(value))
     return out
@@ -192,19 +223,75 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--no-tune", action="store_true")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seeds = list(range(args.seeds))
+def served_table(summary: dict[str, Any]) -> str:
+    """The served lists: mean over seeds ± standard error over users, and the final list's
+    lift over each list (relative, of the means)."""
+    served = summary["served"]
+    cols = ["recall@20", "ndcg@20"]
+
+    def cell(values: dict[str, list[float]], c: str) -> str:
+        return f"{np.mean(values[c]):.4f} ± {np.mean(values[c + '.se']):.4f}"
+
+    def lift(model: str, c: str) -> str:
+        if "final" not in served or model == "final":
+            return ""
+        base = float(np.mean(served[model][c]))
+        return f"{float(np.mean(served['final'][c])) / base - 1:+.1%}" if base else ""
+
+    head = " | ".join(cols) + " | " + " | ".join(f"final vs ({c})" for c in cols)
+    lines = [f"| list | {head} |", "|---" * (2 * len(cols) + 1) + "|"]
+    for model in SERVED_LISTS:
+        if model in served:
+            lines.append(
+                f"| {model} | "
+                + " | ".join(cell(served[model], c) for c in cols)
+                + " | "
+                + " | ".join(lift(model, c) for c in cols)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def load_movielens() -> tuple[Interactions, Any, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         paths = movielens.write_dataset(str(Path(tmp) / "ml-100k"))
         interactions = validate_interactions(pq.read_table(paths.interactions))
-        users, items = pq.read_table(paths.users), pq.read_table(paths.items)
+        return interactions, pq.read_table(paths.users), pq.read_table(paths.items)
+
+
+def load_synthetic(size: str) -> tuple[Interactions, Any, Any]:
+    n_users, n_items, n_interactions = (int(x) for x in size.split(","))
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = synthetic.write_dataset(
+            str(Path(tmp) / "synthetic"),
+            users=n_users,
+            items=n_items,
+            interactions=n_interactions,
+        )
+        interactions = validate_interactions(pq.read_table(paths.interactions))
+        return interactions, pq.read_table(paths.users), pq.read_table(paths.items)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first-seed..first-seed+seeds-1"
+    )
+    parser.add_argument("--no-tune", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated")
+    parser.add_argument(
+        "--synthetic",
+        default="",
+        help="also a synthetic set of USERS,ITEMS,INTERACTIONS (untuned: the chosen configs)",
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    splits = [s for s in args.splits.split(",") if s]
+    interactions, users, items = load_movielens()
     test_cut = time_split(interactions, HOLDOUT).cutoff_us
     val = interactions.take(interactions.times_us < test_cut)
     log: list[str] = []
@@ -214,19 +301,26 @@ def main() -> None:
     else:
         best_als, best_tt, tuning = tune(val, users, items, seeds, log)
     print(f"chosen ALS {best_als.model_dump(by_alias=True)}; two-tower {json.dumps(best_tt)}")
-    runs = []
+    datasets = {"movielens-100k": (interactions, users, items)}
+    if args.synthetic:
+        datasets[f"synthetic-{args.synthetic}"] = load_synthetic(args.synthetic)
     als_part = {"evaluation": {"als": best_als.model_dump(by_alias=True)}}
-    for seed in seeds:
-        cfg = config(best_tt, als_part, seed=seed)
-        p = prepare(cfg, interactions, users, items)
-        runs.append(two_tower_run(p, cfg, with_baselines=True))
-        print(
-            f"seed {seed}: two-tower recall@20 "
-            f"{runs[-1]['retrieval']['twoTower']['recall@20']:.4f}, ALS "
-            f"{runs[-1]['retrieval']['als']['recall@20']:.4f} ({runs[-1]['seconds']}s)",
-            flush=True,
-        )
-    summary = summarise(runs)
+    results: dict[str, Any] = {}
+    for name, (data, d_users, d_items) in datasets.items():
+        for split in splits:
+            runs = []
+            for seed in seeds:
+                cfg = config(best_tt, als_part, {"evaluation": {"split": split}}, seed=seed)
+                p = prepare(cfg, data, d_users, d_items)
+                runs.append(two_tower_run(p, cfg, with_baselines=True))
+                served = runs[-1]["served"]
+                print(
+                    f"{name} {split} seed {seed}: served ndcg@20 "
+                    + ", ".join(f"{m} {served[m]['ndcg@20']:.4f}" for m in SERVED_LISTS)
+                    + f" ({runs[-1]['seconds']}s)",
+                    flush=True,
+                )
+            results[f"{name}/{split}"] = {"runs": runs, "summary": summarise(runs)}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"train_quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(
@@ -235,8 +329,7 @@ def main() -> None:
                 "chosen": {"als": best_als.model_dump(by_alias=True), "twoTower": best_tt},
                 "tuning": tuning,
                 "tuningLog": log,
-                "runs": runs,
-                "summary": summary,
+                "results": results,
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
             },
@@ -244,8 +337,12 @@ def main() -> None:
             default=str,
         )
     )
-    print(f"\nsplit: {json.dumps(runs[0]['split'])}")
-    print(table(summary))
+    for key, result in results.items():
+        split_info = result["runs"][0]["split"]
+        print(f"\n### {key} ({split_info['evaluatedUsers']} users, {len(seeds)} seeds)")
+        print(served_table(result["summary"]))
+        print()
+        print(table(result["summary"]))
     print(f"\nraw results: {path}")
 
 

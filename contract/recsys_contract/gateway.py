@@ -25,7 +25,8 @@ Example (``recommender``, ``routing`` and ``redisUrl`` are required)::
                     "itemSelector": {"matchExpressions": [{"key": "in_stock", "operator": "In",
                                                            "values": ["true"]}]}},
       "ordering": {"boosts": [{"name": "new", "matchExpressions": [...], "factor": 1.2}],
-                   "diversity": {"key": "genres", "maxPerValue": 3}}
+                   "diversity": {"key": "genres", "maxPerValue": 3}},
+      "precomputed": {"maxAge": "2h"}
     }
 
 ``routing`` here is the table the gateway starts from; a table in Redis (``keys.routing``,
@@ -147,6 +148,23 @@ class Ordering(ConfigSection):
     diversity: Diversity | None = None
 
 
+class Precomputed(ConfigSection):
+    """Lists computed ahead (``recsys_workloads.precompute``), served before live computation:
+    only a list of the user's variant's version, no older than ``maxAge``, and only when at
+    least k of its items pass the live filters."""
+
+    max_age: str = "24h"
+
+    @field_validator("max_age")
+    @classmethod
+    def _max_age(cls, value: str) -> str:
+        return duration(value)
+
+    @property
+    def max_age_s(self) -> float:
+        return parse_duration(self.max_age)
+
+
 class FeatureViewRef(ConfigSection):
     name: str = Field(min_length=1)
     #: the prefix the FeatureView was materialized under (its ``keyPrefix``)
@@ -197,6 +215,8 @@ class GatewayConfig(ConfigSection):
     attribution_window: str = "30m"
     #: fsspec options for reading index and model artifacts
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    #: serve lists computed ahead (``keyspace.PrecomputedList``); none read when unset
+    precomputed: Precomputed | None = None
 
     @field_validator(
         "scoring_timeout", "poll_interval", "redis_timeout", "item_cache_ttl", "attribution_window"

@@ -53,6 +53,15 @@ A Recommender ``<rec>``, under the Recommender's key prefix ``<p>`` (``spec.stor
                                              the user's history for the models)
     <p>recsys:<rec>:blocked          set     items nobody is shown
     <p>recsys:<rec>:blocked:<user>   set     items this user is not shown
+    <p>recsys:<rec>:precomputed:<version>:<user>
+                                     string  the user's list computed ahead by ``<version>``
+                                             (PrecomputedList: version, time, items, scores);
+                                             PEXPIREAT = its time + ``maxAge``
+
+A pre-computed list is keyed by its model version, so a gateway reads only the list of the
+version the user is routed to: after a promotion the previous version's lists are never read
+again (and expire), whatever the pre-computation Job has or has not written yet. The list
+repeats its version and time, so a reader also refuses a list that is not what its key says.
 
 Why a Redis key for routing rather than only the ConfigMap: a mounted ConfigMap reaches a
 running pod after the kubelet's sync period (about a minute), while a rollout step or a
@@ -221,6 +230,10 @@ class GatewayKeys:
         """Each gateway replica's heartbeat (``recsys_contract.traffic.Heartbeat``)."""
         return f"{self.base}:replicas"
 
+    def precomputed(self, model_version: str, user_id: object) -> str:
+        """The list ``model_version`` computed ahead for ``user_id`` (``PrecomputedList``)."""
+        return f"{self.base}:precomputed:{model_version}:{user_id}"
+
 
 @dataclass(frozen=True)
 class FeatureSchema:
@@ -296,3 +309,36 @@ class IndexAlias:
             raise ValueError('the index alias must be JSON {"uri": "...", "version": "..."}')
         version = data.get("version")
         return cls(data["uri"], str(version) if version is not None else None)
+
+
+@dataclass(frozen=True)
+class PrecomputedList:
+    """One user's list computed ahead: the items and ranker scores in score order, before
+    the live filters and ordering rules (the gateway applies them when it serves the list),
+    with the model version and the time (ms since the epoch) it was computed at."""
+
+    model_version: str
+    computed_ms: int
+    items: tuple[int, ...]
+    scores: tuple[float, ...]
+
+    def to_json(self) -> bytes:
+        data = {
+            "v": self.model_version,
+            "t": self.computed_ms,
+            "items": list(self.items),
+            "scores": [round(s, 6) for s in self.scores],
+        }
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> PrecomputedList:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("a pre-computed list must be a JSON object")
+        items, scores = data.get("items"), data.get("scores")
+        if not isinstance(items, list) or not isinstance(scores, list) or len(items) != len(scores):
+            raise ValueError("a pre-computed list needs items and scores of the same length")
+        return cls(
+            str(data["v"]), int(data["t"]), tuple(map(int, items)), tuple(map(float, scores))
+        )

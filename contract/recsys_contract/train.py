@@ -27,9 +27,12 @@ Example (every field but the URIs has a default)::
                 "rankerCrossLayers": 2, "rankerHidden": [128, 64]},
       "training": {"epochs": 10, "batchSize": 1024, "learningRate": 0.003,
                    "weightDecay": 0.0, "maxStepsPerEpoch": null,
-                   "rankerNegatives": 4, "device": "auto", "cpuThreads": null},
+                   "rankerNegatives": 4, "rankerHardNegatives": 0.0, "device": "auto",
+                   "cpuThreads": null},
       "evaluation": {"k": [10, 20, 50], "holdoutFraction": 0.1, "users": "warm",
-                     "rankingNegatives": 100, "baselines": ["popularity", "als"],
+                     "split": "time",
+                     "rankingNegatives": 100, "candidates": 200,
+                     "baselines": ["popularity", "als"],
                      "als": {"factors": 64, "regularization": 0.05, "iterations": 15,
                              "alpha": 1.0}}
     }
@@ -183,6 +186,13 @@ class TrainingConfig(ConfigSection):
     weight_decay: float = Field(default=0.0, ge=0)
     max_steps_per_epoch: int | None = Field(default=None, ge=1)
     ranker_negatives: int = Field(default=4, ge=1, le=1000)
+    #: share of the ranker's negatives drawn from the user's retrieval candidates (the
+    #: two-tower's top ``evaluation.candidates``, the user's training items replaced by uniform
+    #: draws), the rest uniform over the catalogue: serving ranks candidates, not random items.
+    #: 0 by default: benchmarks/train_quality.py found uniform negatives best on validation
+    #: (the candidates hold the items a user will like next, which hard negatives teach the
+    #: ranker to push down)
+    ranker_hard_negatives: float = Field(default=0.0, ge=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | None = Field(default=None, ge=1, le=1024)
 
@@ -198,7 +208,14 @@ class EvaluationConfig(ConfigSection):
     k: list[int] = Field(default_factory=lambda: [10, 20, 50], min_length=1)
     holdout_fraction: float = Field(default=0.1, gt=0, lt=1)
     users: Literal["warm", "all"] = "warm"
+    #: ``time``: one global cut, the newest ``holdoutFraction`` of interactions test (the model
+    #: only knows the past); ``perUser``: each user's last ``holdoutFraction`` of interactions
+    #: test (``data.per_user_split``), so every user with some history counts
+    split: Literal["time", "perUser"] = "time"
     ranking_negatives: int = Field(default=100, ge=1)
+    #: the two-tower candidates the served list is ranked from (the Recommender's
+    #: ``retrieval.numCandidates``): the end-to-end evaluation replays serving with this many
+    candidates: int = Field(default=200, ge=1, le=10_000)
     baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
     als: AlsConfig = Field(default_factory=AlsConfig)
 
@@ -256,6 +273,22 @@ def retrieval_metric(model: str, metric: str) -> str:
 def ranking_metric(model: str, metric: str) -> str:
     """The headline name of a ranking metric (``ranker.ranking.auc``)."""
     return f"{model}.ranking.{metric}"
+
+
+#: The end-to-end evaluation's lists (``served`` in metrics.json): the final list the gateway
+#: would serve (two-tower candidates, ranker scores, ordering rules), the candidates in
+#: retrieval order, and the baselines ranking the whole catalog.
+SERVED = "served"
+FINAL = "final"
+RETRIEVAL_ORDER = "retrievalOrder"
+#: suffix of a metric's standard error over the evaluated users
+STANDARD_ERROR = ".se"
+
+
+def served_metric(model: str, metric: str) -> str:
+    """The headline name of an end-to-end metric (``served.final.ndcg@20``,
+    ``served.popularity.ndcg@20.se``)."""
+    return f"{SERVED}.{model}.{metric}"
 
 
 class LoggedLineage(Summary):

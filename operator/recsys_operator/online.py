@@ -23,7 +23,7 @@ import redis.asyncio
 import redis.exceptions
 
 from recsys_contract.gateway import RoutingTable
-from recsys_contract.keyspace import FeatureViewKeys, GatewayKeys, IndexAlias
+from recsys_contract.keyspace import GatewayKeys, IndexAlias
 from recsys_contract.traffic import Counts, Heartbeat
 from recsys_operator.api.common import SecretKeyRef
 from recsys_operator.kube import KubeClient
@@ -146,17 +146,18 @@ async def counts(
 DELETE_BATCH = 500
 
 
-async def delete_keyspace(client: redis.asyncio.Redis, keys: FeatureViewKeys) -> int:
-    """Delete every key of a FeatureView (``<prefix>:<view>:*``: the live pointer, every
-    layer's entities, the layer book, the sequence and the lock); the number deleted.
+async def delete_keyspace(client: redis.asyncio.Redis, base: str) -> int:
+    """Delete every key below ``base`` (``<base>:*``): a FeatureView's (the live pointer, every
+    layer's entities, the layer book, the sequence and the lock) or a Recommender's (the
+    routing table, index alias, logs, per-user sets, counters); the number deleted.
 
     SCAN walks the keyspace in steps, so a large view never blocks Redis the way KEYS would,
     and UNLINK frees the values off Redis' main thread. Stored names hold no ``:`` and no glob
-    characters (``keyspace.NAME_PATTERN``), so the pattern matches this view's keys only."""
+    characters (``keyspace.NAME_PATTERN``), so the pattern matches this object's keys only."""
     removed = 0
     batch: list[bytes | str] = []
     try:
-        async for key in client.scan_iter(match=f"{keys.base}:*", count=DELETE_BATCH):
+        async for key in client.scan_iter(match=f"{base}:*", count=DELETE_BATCH):
             batch.append(key)
             if len(batch) >= DELETE_BATCH:
                 removed += int(await client.unlink(*batch))

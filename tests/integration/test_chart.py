@@ -607,14 +607,16 @@ def test_install_creates_the_crds_and_the_operator_objects(
             "only with RECSYS_TEST_KUBECONFIG (an existing cluster): this test deletes the "
             "recsys.dev CRDs first; make test's own control plane always runs it"
         )
-    # FeatureViews earlier tests left with the keyspace finalizer (their operator and Redis
-    # are gone, so nobody will remove it) would hold the CRD's deletion forever.
-    held = testbed.kubectl("get", "featureviews", "-A", "-o", "json", check=False)
-    for view in json.loads(held.stdout)["items"] if held.returncode == 0 else []:
-        if view["metadata"].get("finalizers"):
-            testbed.kubectl("patch", "featureview", view["metadata"]["name"], "-n",
-                            view["metadata"]["namespace"], "--type=merge", "-p",
-                            '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+    # FeatureViews and Recommenders earlier tests left with the operator's finalizers (their
+    # operator and Redis are gone, so nobody will remove them) would hold the CRD's deletion
+    # forever.
+    for plural in ("featureviews", "recommenders"):
+        held = testbed.kubectl("get", plural, "-A", "-o", "json", check=False)
+        for obj in json.loads(held.stdout)["items"] if held.returncode == 0 else []:
+            if obj["metadata"].get("finalizers"):
+                testbed.kubectl("patch", plural, obj["metadata"]["name"], "-n",
+                                obj["metadata"]["namespace"], "--type=merge", "-p",
+                                '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
     # A clean slate, so that the objects checked below are the ones helm made.
     testbed.kubectl("delete", "crd", *CRD_NAMES, "--ignore-not-found", "--wait=true",
                     timeout=120)  # fmt: skip
@@ -749,6 +751,10 @@ def test_the_cluster_role_is_all_the_operator_needs(
         kubeconfig = token_kubeconfig(testbed, namespace, account, tmp_path / "sa.kubeconfig")
         with operator_as(kubeconfig, tmp_path / "operator.log", ["--all-namespaces"]) as operator:
             walk_the_lifecycle(testbed, team_a, operator)
+            # and its deletion: the writers go, then the keyspace, then the finalizer
+            testbed.kubectl("delete", "recommender", "movies", "-n", team_a, "--wait=false")
+            until(lambda: get(testbed, "recommender", "movies", team_a) is None,
+                  "the Recommender deleted", operator, timeout=120)  # fmt: skip
             assert_no_denials(testbed, operator, f"system:serviceaccount:{namespace}:{account}")
 
 

@@ -23,7 +23,7 @@ import redis
 from fixtures.kube import Testbed
 from fixtures.operator import OperatorProcess, eventually, get, materialize
 from recsys_contract.keyspace import FeatureViewKeys
-from recsys_operator.planning.featureview import KEYSPACE_FINALIZER
+from recsys_operator.planning.finalizers import KEYSPACE_FINALIZER
 from recsys_workloads import materialize as materializer
 from testbed.redis_server import RedisServer, start_redis
 

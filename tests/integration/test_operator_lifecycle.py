@@ -21,7 +21,14 @@ from fixtures.operator import (
     get,
 )
 from recsys_contract.index import FeatureSchema, IndexSummary, SchemaFeature
-from recsys_contract.train import Lineage, LoggedLineage, TrainSummary, WarmStartLineage
+from recsys_contract.train import (
+    FINAL,
+    Lineage,
+    LoggedLineage,
+    TrainSummary,
+    WarmStartLineage,
+    served_metric,
+)
 
 pytestmark = pytest.mark.testbed
 
@@ -154,6 +161,10 @@ def train_summary(version: str, recall: float, lineage: Lineage | None = None) -
             "twoTower.ndcg@20": recall / 2,
             "als.recall@20": 0.11,
             "ranker.ranking.auc": 0.8,
+            # the end-to-end lists the default gate compares: the served one above popularity
+            served_metric(FINAL, "ndcg@20"): recall * 0.6,
+            served_metric(FINAL, "ndcg@20.se"): 0.004,
+            "popularity.ndcg@20": 0.05,
         },
         **({"lineage": lineage} if lineage else {}),
     )
@@ -672,6 +683,82 @@ def test_without_steps_a_better_model_is_promoted_and_pinning_rolls_back(
     )
     assert get(testbed, "service", "movies-triton-movies-v2", namespace) is None
     assert get(testbed, "configmap", "movies-triton-movies-v2", namespace) is None
+
+
+def test_precompute_cronjob_follows_the_stable_version_and_goes_with_the_field(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    """spec.serving.precompute: a CronJob for the stable version and a Job for it at once;
+    a promotion changes the CronJob, makes the new version's Job and removes the old one's;
+    the gateway is told maxAge; removing the field removes them all."""
+
+    def with_precompute(docs: list[dict[str, Any]]) -> None:
+        docs[1]["spec"]["serving"]["rollout"] = {"steps": []}
+        docs[1]["spec"]["serving"]["precompute"] = {
+            # a schedule that does not fire in the test
+            "schedule": "0 0 1 1 *",
+            "audience": {"mostActive": "10%", "window": "6h"},
+            "topN": 50,
+            "maxAge": "2h",
+        }
+
+    def pre_config(name: str) -> dict[str, Any]:
+        cm = get(testbed, "configmap", name, namespace)
+        assert cm is not None
+        return json.loads(cm["data"]["config.json"])  # type: ignore[no-any-return]
+
+    def cron_version() -> str | None:
+        cron = get(testbed, "cronjob", "movies-precompute", namespace)
+        if cron is None:
+            return None
+        (main,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in main["env"]}
+        return env.get("RECSYS_MODEL_VERSION")
+
+    apply_stack(testbed, namespace, with_precompute)
+    walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
+    wait_rollout(testbed, namespace, operator, stable="movies-v1")
+    eventually(lambda: cron_version() == "movies-v1", 60, "the precompute CronJob for v1",
+               operator=operator)  # fmt: skip
+    config = pre_config("movies-precompute")
+    assert config["gateway"]["routing"]["stable"]["modelVersion"] == "movies-v1"
+    assert config["audience"] == {"mostActivePercent": 10, "windowSeconds": 21600.0}
+    assert config["topN"] == 50
+    gateway_cm = get(testbed, "configmap", "movies-gateway", namespace)
+    assert json.loads(gateway_cm["data"]["gateway.json"])["precomputed"] == {"maxAge": "2h"}  # type: ignore[index]
+    eventually(lambda: get(testbed, "job", "movies-precompute-movies-v1", namespace), 60,
+               "the Job for v1", operator=operator)  # fmt: skip
+    pod = get(testbed, "cronjob", "movies-precompute", namespace)["spec"]["jobTemplate"]["spec"][  # type: ignore[index]
+        "template"
+    ]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+    # a promotion: the CronJob computes for v2, a Job for v2 runs at once, v1's goes
+    testbed.kubectl("annotate", "-n", namespace, "recommender/movies", "recsys.dev/retrain=a")
+    walk_to_ready(testbed, namespace, "movies-v2", 0.15, operator)
+    wait_rollout(testbed, namespace, operator, stable="movies-v2", phase="Healthy")
+    eventually(lambda: cron_version() == "movies-v2", 60, "the CronJob follows the promotion",
+               operator=operator)  # fmt: skip
+    assert pre_config("movies-precompute")["gateway"]["routing"]["stable"]["modelVersion"] == (
+        "movies-v2"
+    )
+    eventually(lambda: get(testbed, "job", "movies-precompute-movies-v2", namespace), 60,
+               "the Job for v2", operator=operator)  # fmt: skip
+    eventually(lambda: get(testbed, "job", "movies-precompute-movies-v1", namespace) is None,
+               60, "v1's Job removed", operator=operator)  # fmt: skip
+
+    def without(docs: list[dict[str, Any]]) -> None:
+        docs[1]["spec"]["serving"]["rollout"] = {"steps": []}
+
+    apply_stack(testbed, namespace, without)
+    eventually(lambda: get(testbed, "cronjob", "movies-precompute", namespace) is None, 60,
+               "the precompute CronJob removed", operator=operator)  # fmt: skip
+    eventually(lambda: get(testbed, "job", "movies-precompute-movies-v2", namespace) is None,
+               60, "v2's Job removed", operator=operator)  # fmt: skip
+    assert get(testbed, "configmap", "movies-precompute", namespace) is None
+    gateway_cm = get(testbed, "configmap", "movies-gateway", namespace)
+    assert "precomputed" not in json.loads(gateway_cm["data"]["gateway.json"])  # type: ignore[index]
 
 
 def test_training_failure_and_missing_feature_view_are_reported(

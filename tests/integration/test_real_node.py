@@ -13,10 +13,9 @@ import datetime as dt
 import ipaddress
 import json
 import subprocess
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from fixtures.operator import condition, get
+from fixtures.operator import condition, eventually, get
 from fixtures.real_node import FAKE_TAINT, RealNodeWorld
 from recsys_contract.keyspace import FeatureViewKeys
 from recsys_workloads.featurestore.reader import read_online_features
@@ -49,18 +48,6 @@ CONTAINER_RESTRICTED = {
     "readOnlyRootFilesystem": True,
     "capabilities": {"drop": ["ALL"]},
 }
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"no {what} within {timeout:.0f} s; last seen: {last!r}")
 
 
 def pod(world: RealNodeWorld, ns: str, name: str) -> dict[str, Any]:
@@ -157,7 +144,7 @@ def test_the_node_joins_with_its_certificate_and_runs_what_kwok_leaves_alone(
     for obj in (real, fake):
         tb.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(obj))
 
-    done = until(
+    done = eventually(
         lambda: (p := pod(world, ns, "real"))["status"].get("phase") == "Succeeded" and p,
         90,
         "Succeeded real pod",
@@ -172,7 +159,7 @@ def test_the_node_joins_with_its_certificate_and_runs_what_kwok_leaves_alone(
         in world.node.node.ctr("containers", "ls", "-q").split()
     )
 
-    played = until(
+    played = eventually(
         lambda: (p := pod(world, ns, "fake"))["status"].get("phase") == "Running" and p,
         60,
         "Running kwok pod",
@@ -249,7 +236,7 @@ def test_helm_install_runs_the_operator_pod_under_enforced_restricted(
         world.testbed.kubectl("get", "namespace", release.namespace, "-o", "json").stdout
     )["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
-    running = until(lambda: ready_pod(world, release), 90, "Ready operator pod")
+    running = eventually(lambda: ready_pod(world, release), 90, "Ready operator pod")
     assert running["spec"]["nodeName"] == world.node_name
     (container,) = running["status"]["containerStatuses"]
     assert container["image"] == world.images["operator"]
@@ -317,7 +304,7 @@ def feature_view(real_node_world: RealNodeWorld, release: Release) -> dict[str, 
         return obj if done else None
 
     try:
-        return dict(until(materialized, 180, "Materialized condition"))
+        return dict(eventually(materialized, 180, "Materialized condition"))
     except AssertionError:
         pods = world.testbed.kubectl("describe", "pods", "-n", ns, check=False).stdout
         logs = world.testbed.kubectl(
@@ -404,12 +391,12 @@ def test_a_killed_operator_pod_is_restarted_and_creates_nothing_twice(
     assert len([o for o in before if o.startswith("CronJob/")]) == 1, before
     assert len([o for o in before if o.startswith("Job/")]) == 1, before
 
-    old = until(lambda: ready_pod(world, release), 60, "Ready operator pod")
+    old = eventually(lambda: ready_pod(world, release), 60, "Ready operator pod")
     world.testbed.kubectl(
         "delete", "pod", "-n", release.namespace, old["metadata"]["name"],
         "--grace-period=0", "--force", "--wait=false",
     )  # fmt: skip
-    new = until(
+    new = eventually(
         lambda: ready_pod(world, release, not_uid=old["metadata"]["uid"]),
         120,
         "Ready replacement operator pod",
@@ -418,7 +405,9 @@ def test_a_killed_operator_pod_is_restarted_and_creates_nothing_twice(
 
     # The new operator has reconciled the FeatureView (its own /metrics, read on its pod's
     # address) before the Jobs and CronJobs are counted again.
-    until(lambda: reconciles(new, "FeatureView") > 0, 60, "FeatureView reconcile by the new pod")
+    eventually(
+        lambda: reconciles(new, "FeatureView") > 0, 60, "FeatureView reconcile by the new pod"
+    )
     after = owned_objects(world, ns)
     assert after == before
     obj = get(world.testbed, "featureview", "users", ns)

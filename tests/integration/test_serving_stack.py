@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import redis
+import redis.asyncio
 import tritonclient.http as httpclient
 from serving_support import (
     ITEMS_VIEW,
@@ -36,7 +37,15 @@ from serving_support import (
     user_history,
 )
 
-from recsys_contract.keyspace import FeatureViewKeys, GatewayKeys, IndexAlias
+from recsys_contract.keyspace import (
+    FeatureViewKeys,
+    GatewayKeys,
+    IndexAlias,
+    LivePointer,
+    PrecomputedList,
+)
+from recsys_contract.precompute import PrecomputeConfig
+from recsys_workloads import precompute
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.featurestore.reader import read_online_features
 from recsys_workloads.gateway.control import (
@@ -519,6 +528,118 @@ async def test_requests_past_max_in_flight_are_shed_with_503(
         assert (await ask(1))[0] == 200  # the slots were given back
         text = await metrics_text(session, base)
         assert metric(text, "recsys_gateway_errors_total", reason="overloaded") == 3
+
+
+# --- hybrid serving: lists computed ahead ---------------------------------------------------
+
+
+async def run_precompute(cfg: Json, audience: Json, top_n: int = 50) -> Json:
+    """The pre-computation Job's work, in this event loop (its entry point runs its own)."""
+    config = PrecomputeConfig.model_validate({"gateway": cfg, "audience": audience, "topN": top_n})
+    client = redis.asyncio.Redis.from_url(cfg["redisUrl"])
+    try:
+        return (await precompute.run(config, client)).to_wire()
+    finally:
+        await client.aclose()
+
+
+async def test_head_lists_are_served_filtered_and_never_across_a_promotion(
+    art: Artifacts, triton: TritonServer, online: str
+) -> None:
+    client = redis.Redis.from_url(online)
+    head, tail = [5, 6, 7], 8
+    cfg = gateway_config(art, triton.http_url, online, precomputed={"maxAge": "1h"})
+    async with gateway_client(cfg) as (_, base, session):
+        await wait_ready(session, base)
+        # traffic: the head users come often, the tail user once
+        live: dict[int, list[int]] = {}
+        for _ in range(3):
+            for user in head:
+                body = await recommend(session, base, user)
+                assert body["source"] == "live"  # nothing stored yet
+                live[user] = [it["itemId"] for it in body["items"]]
+        await recommend(session, base, tail)
+        await asyncio.sleep(0.3)  # the served log's writer flushes in the background
+
+        summary = await run_precompute(cfg, {"mostActive": 3, "windowSeconds": 3600})
+        assert summary["modelVersion"] == "ml-v1"
+        assert (summary["users"], summary["written"]) == (3, 3)
+        assert client.exists(KEYS.precomputed("ml-v1", tail)) == 0
+        raw = client.get(KEYS.precomputed("ml-v1", head[0]))
+        assert raw is not None
+        stored = PrecomputedList.from_json(raw)
+        assert stored.model_version == "ml-v1"
+        assert len(stored.items) == 50
+        assert 0 < client.pttl(KEYS.precomputed("ml-v1", head[0])) <= 3_600_000
+
+        # the head is served its stored list: the same items the live stages ranked
+        for user in head:
+            body = await recommend(session, base, user)
+            assert body["source"] == "precomputed", body
+            assert body["modelVersion"] == "ml-v1"
+            assert [it["itemId"] for it in body["items"]] == live[user]
+        assert (await recommend(session, base, tail))["source"] == "live"
+
+        # the live filters still apply to a stored list
+        user, first = head[0], live[head[0]][0]
+        mark_seen(client, KEYS, user, [first])
+        block_items(client, KEYS, [live[user][1]], user_id=user)
+        body = await recommend(session, base, user)
+        ids = [it["itemId"] for it in body["items"]]
+        assert body["source"] == "precomputed"
+        assert first not in ids
+        assert live[user][1] not in ids
+        assert len(ids) == 10
+
+        # a list older than maxAge is ignored
+        old = PrecomputedList("ml-v1", stored.computed_ms - 7_200_000, stored.items, stored.scores)
+        client.set(KEYS.precomputed("ml-v1", head[1]), old.to_json())
+        assert (await recommend(session, base, head[1]))["source"] == "live"
+        # so is one whose content names another version than its key
+        other = PrecomputedList("ml-v2", stored.computed_ms, stored.items, stored.scores)
+        client.set(KEYS.precomputed("ml-v1", head[1]), other.to_json())
+        assert (await recommend(session, base, head[1]))["source"] == "live"
+
+        # promotion: ml-v2 becomes stable; no user gets ml-v1's list from then on
+        publish_routing(client, KEYS, routing(art.v2, triton.http_url))
+        await wait_ready(session, base, routingSource="redis", loading=[], indexes=[art.v2.index])
+        for user in head:
+            body = await recommend(session, base, user)
+            assert body["modelVersion"] == "ml-v2"
+            assert body["source"] == "live", body
+        # until the Job writes ml-v2's own lists
+        v2_cfg = {**cfg, "routing": routing(art.v2, triton.http_url)}
+        summary = await run_precompute(v2_cfg, {"mostActive": 2, "windowSeconds": 3600})
+        assert (summary["modelVersion"], summary["written"]) == ("ml-v2", 2)
+        served = [await recommend(session, base, user) for user in head]
+        assert {b["modelVersion"] for b in served} == {"ml-v2"}
+        assert sum(b["source"] == "precomputed" for b in served) == 2
+
+        text = await metrics_text(session, base)
+        for outcome in ("served", "missing", "stale", "other-version"):
+            assert metric(text, "recsys_gateway_precomputed_total", outcome=outcome) > 0, outcome
+    client.close()
+
+
+async def test_precompute_for_all_users_walks_the_user_feature_keys(
+    art: Artifacts, triton: TritonServer, online: str
+) -> None:
+    client = redis.Redis.from_url(online)
+    cfg = gateway_config(art, triton.http_url, online, precomputed={"maxAge": "1h"})
+    raw = client.get(FeatureViewKeys.of(USERS_VIEW).live)
+    assert raw is not None
+    pointer = LivePointer.from_json(raw)
+    users = {
+        int(k.decode().rsplit(":", 1)[1])
+        for layer in pointer.layers
+        for k in client.scan_iter(match=f"{FeatureViewKeys.of(USERS_VIEW).layer(layer)}*")
+    }
+    summary = await run_precompute(cfg, {"all": True}, top_n=10)
+    assert summary["users"] >= len(users) == summary["written"] + summary["skipped"]
+    written = {int(k.decode().rsplit(":", 1)[1]) for k in client.scan_iter(
+        match=KEYS.precomputed("ml-v1", "*"))}  # fmt: skip
+    assert written == users
+    client.close()
 
 
 # --- last: this test stops Triton -------------------------------------------------------------

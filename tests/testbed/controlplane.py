@@ -22,7 +22,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -38,7 +37,13 @@ if __package__ in (None, ""):  # run as a script: make the sibling modules impor
 import yaml
 
 from testbed.pki import Pki, issue_client, make_pki
-from testbed.processes import ComponentFailed, Process, ProcessGroup, free_port, wait_until
+from testbed.processes import (
+    ComponentFailed,
+    ProcessGroup,
+    free_port,
+    run_until_interrupted,
+    wait_until,
+)
 
 HERE = Path(__file__).resolve().parent
 #: Where Services get their ClusterIPs; a real node's pods are routed to it (and nowhere else).
@@ -452,24 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"control plane up in {cp.startup_seconds:.1f} s")
     print(f"export KUBECONFIG={cp.kubeconfig}")
     print(f"kubectl: {cp.kubectl_path}")
-    stop = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    dead: list[Process] = []
-    try:
-        while not stop and not dead:
-            time.sleep(0.5)
-            dead = [p for p in cp.procs.processes if not p.alive()]
-        for p in dead:
-            print(p.failure("exited"), file=sys.stderr)
-    finally:
-        cp.stop()
-    return 1 if dead else 0
+    return run_until_interrupted(cp.procs.processes, cp.stop)
 
 
 if __name__ == "__main__":

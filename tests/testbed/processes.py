@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -135,3 +136,26 @@ def built_by(script: str) -> Path:
         text=True,
     ).stdout
     return Path(out.strip().splitlines()[-1])
+
+
+def run_until_interrupted(processes: Sequence[Process], stop: Callable[[], None]) -> int:
+    """Keep ``processes`` (a testbed started by hand with ``up``) until SIGINT or SIGTERM, or
+    until one of them exits (said on stderr, exit status 1); ``stop`` them either way."""
+    interrupted = False
+
+    def _interrupt(*_: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    dead: list[Process] = []
+    try:
+        while not interrupted and not dead:
+            time.sleep(0.5)
+            dead = [p for p in processes if not p.alive()]
+        for p in dead:
+            print(p.failure("exited"), file=sys.stderr)
+    finally:
+        stop()
+    return 1 if dead else 0

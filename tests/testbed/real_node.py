@@ -68,7 +68,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -87,7 +86,13 @@ import yaml
 from testbed import controlplane
 from testbed.controlplane import SERVICE_CIDR, ControlPlane, kubeconfig_for
 from testbed.pki import issue_client
-from testbed.processes import ComponentFailed, ProcessGroup, free_port, wait_until
+from testbed.processes import (
+    ComponentFailed,
+    ProcessGroup,
+    free_port,
+    run_until_interrupted,
+    wait_until,
+)
 
 CACHE = Path(os.environ.get("RECSYS_CACHE", Path.home() / ".cache" / "recsys-operator"))
 #: One real node per machine: its kube-proxy owns this machine's KUBE-* iptables chains.
@@ -680,29 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"control plane and node up in {tb.startup_seconds:.1f} s ({tb.node.timings})")
     print(f"export KUBECONFIG={tb.control_plane.kubeconfig}")
     print(f"kubectl: {tb.control_plane.kubectl_path}")
-    stop = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    try:
-        while not stop:
-            dead = [
-                p
-                for p in [*tb.control_plane.procs.processes, *tb.node.procs.processes]
-                if not p.alive()
-            ]
-            if dead:
-                for p in dead:
-                    print(p.failure("exited"), file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-    finally:
-        tb.stop()
-    return 0
+    return run_until_interrupted([*tb.control_plane.procs.processes, *tb.node.procs.processes],
+                                 tb.stop)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -210,6 +210,22 @@ RULES = [
     ("warm-start-window-too-short", {"training.warmStart": {"enabled": True, "window": "30s"}},
      "must be at least 1m"),
     ("warm-start-no-epochs", {"training.warmStart": {"epochs": 0}}, "greater than or equal to 1"),
+    ("precompute-no-audience", {"serving.precompute": {"schedule": "@hourly", "audience": {}}},
+     "exactly one of mostActive"),
+    ("precompute-both-audiences", {"serving.precompute": {"schedule": "@hourly", "audience":
+     {"mostActive": 10, "all": True}}}, "exactly one of mostActive"),
+    ("precompute-share-over-100", {"serving.precompute": {"schedule": "@hourly", "audience":
+     {"mostActive": "150%"}}}, "'1%' to '100%'"),
+    ("precompute-share-not-percent", {"serving.precompute": {"schedule": "@hourly", "audience":
+     {"mostActive": "5"}}}, "'1%' to '100%'"),
+    ("precompute-zero-users", {"serving.precompute": {"schedule": "@hourly", "audience":
+     {"mostActive": 0}}}, "count of users (1 to 100000000)"),
+    ("precompute-window-with-all", {"serving.precompute": {"schedule": "@hourly", "audience":
+     {"all": True, "window": "1h"}}}, "remove it with all: true"),
+    ("precompute-topn-below-topk", {"serving.precompute": {"schedule": "@hourly", "audience":
+     {"all": True}, "topN": 5}}, "between ranking.topK and"),
+    ("precompute-bad-max-age", {"serving.precompute": {"schedule": "@hourly", "audience":
+     {"all": True}, "maxAge": "2d"}}, "a day is 24h"),
     ("unknown-field", {"retrival": {}}, "Extra inputs are not permitted"),
     ("string-for-int", {"ranking.topK": "20"}, "valid integer"),
 ]  # fmt: skip
@@ -239,6 +255,14 @@ def test_rules_accept_the_valid_neighbours() -> None:
         {"training.schedule": "*/15 0-6 1,15 JAN-MAR MON-FRI", "training.timeZone": "Etc/UTC"},
         {"training.warmStart": {"enabled": True, "window": "1m", "epochs": 1}},
         {"training.warmStart": {"enabled": True, "window": "1.5h30m"}},
+        {"serving.precompute": {"schedule": "@hourly", "audience": {"mostActive": "100%"}}},
+        {
+            "serving.precompute": {
+                "schedule": "@hourly",
+                "audience": {"mostActive": 1, "window": "1h"},
+            }
+        },
+        {"serving.precompute": {"schedule": "@hourly", "audience": {"all": True}, "topN": 20}},
     ]
     for changes in ok:
         spec = _rec()

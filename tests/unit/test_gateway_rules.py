@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from recsys_contract.gateway import Diversity, MatchExpression, Ordering
+from recsys_workloads.gateway import rules
 from recsys_workloads.gateway.rules import Scored, matches, order, top_k
 
 ROWS: dict[int, Any] = {
@@ -94,3 +95,28 @@ def test_top_k_on_arrays_agrees_with_order() -> None:
     assert fast == slow
     assert len({s.item_id for s in fast}) == 15
     assert top_k(ids[:0], scores[:0], 5) == []
+
+
+def test_final_list_is_top_k_without_rules_and_order_with_them() -> None:
+    ids = np.array([3, 1, 2, 1], dtype=np.int64)
+    scores = np.array([0.5, 0.9, -0.2, 0.1])
+    plain = Ordering()
+    assert not rules.needs_rows(plain)
+    assert rules.final_list(ids, scores, plain, {}, 2) == rules.top_k(ids, scores, 2)
+    boosted = Ordering.model_validate(
+        {
+            "boosts": [
+                {
+                    "name": "new",
+                    "matchExpressions": [{"key": "new", "operator": "Exists"}],
+                    "factor": 4.0,
+                }
+            ]
+        }
+    )
+    rows = {2: {"new": True}}
+    assert rules.needs_rows(boosted)
+    got = rules.final_list(ids, scores, boosted, rows, 3)
+    listed = [rules.Scored(int(i), float(x)) for i, x in zip(ids, scores, strict=True)]
+    assert got == rules.order(listed, boosted, rows, 3)
+    assert [s.item_id for s in got] == [1, 3, 2], "a negative score boosted is divided"

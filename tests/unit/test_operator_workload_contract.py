@@ -26,13 +26,14 @@ import yaml
 from api_objects import model_version, recommender
 from pydantic import BaseModel
 
-from recsys_contract import gateway, history, index, materialize, repository, train
+from recsys_contract import gateway, history, index, materialize, precompute, repository, train
 from recsys_contract.keyspace import FeatureViewKeys, GatewayKeys
 from recsys_contract.termination import TERMINATION_MESSAGE_LIMIT, Outcome
 from recsys_operator.api.featureview import FeatureView
 from recsys_operator.api.modelversion import ModelVersion
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning import featureview as fv_planner
+from recsys_operator.planning import precompute as precompute_planner
 from recsys_operator.planning import serving, training
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, termination_summary
 from recsys_operator.planning.modelversion import gate_metrics
@@ -42,6 +43,7 @@ from recsys_workloads.gateway.config import parse_gateway_config
 from recsys_workloads.history import parse_history_config
 from recsys_workloads.index_build import index_params, parse_index_config
 from recsys_workloads.materialize import parse_config as parse_materialize_config
+from recsys_workloads.precompute import parse_precompute_config
 from recsys_workloads.runtime import BadInputError, run_entrypoint
 from recsys_workloads.serving.repository import parse_repository_config
 from recsys_workloads.train.config import parse_train_config
@@ -84,6 +86,13 @@ def _everything_set(spec: dict[str, Any]) -> None:
     spec["interactions"] |= {"userIdColumn": "uid", "itemIdColumn": "sku", "timestampField": "at"}
     triton = spec.setdefault("serving", {}).setdefault("triton", {})
     triton["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    top_k = spec.get("ranking", {}).get("topK", 20)
+    spec["serving"]["precompute"] = {
+        "schedule": "@hourly",
+        "audience": {"mostActive": "5%", "window": "6h"},
+        "topN": top_k,
+        "maxAge": "2h",
+    }
 
 
 FEATURE_VIEWS = [
@@ -256,6 +265,22 @@ def _recommender_cases(rec: Recommender) -> Iterator[Case]:
 
     yield Case(f"history/{case}", _mounted(history_cm), parse_history_config, seeded)
 
+    pre = precompute_planner.precompute_plan(rec, OWNER, "img", table, views)
+    if pre is None:
+        return
+
+    def precomputed(cfg: precompute.PrecomputeConfig) -> None:
+        # the stable's lists, under the keys and with the maxAge the gateway reads them by
+        gateway_cfg = parse_gateway_config(_mounted(gateway_cm, serving.GATEWAY_CONFIG_FILE))
+        assert cfg.gateway.routing.stable == table.stable
+        assert cfg.gateway.routing.canary is None
+        assert cfg.gateway.keys == gateway_cfg.keys
+        assert cfg.gateway.precomputed == gateway_cfg.precomputed is not None
+        assert cfg.gateway.feature_views == gateway_cfg.feature_views
+        assert cfg.audience.most_active_percent == 5
+
+    yield Case(f"precompute/{case}", _mounted(pre.config_map), parse_precompute_config, precomputed)
+
 
 CASES = [
     *(c for fv in FEATURE_VIEWS for c in _feature_view_cases(fv)),
@@ -283,6 +308,7 @@ def test_every_workload_and_example_kind_is_covered() -> None:
         "repository",
         "gateway",
         "history",
+        "precompute",
     }
     # a Recommender reading FeatureViews that have their own key prefix is among them
     assert any(
@@ -344,6 +370,8 @@ SUMMARIES: list[tuple[str, Any]] = [
         ),
     ),
     ("history", history.HistorySummary(users=2, pairs=5, interactions=7)),
+    ("precompute", precompute.PrecomputeSummary(model_version="m-v1", users=9, written=8,
+                                                skipped=1, computed_ms=1_700_000_000_000)),
     (
         "repository",
         repository.RepositorySummary(
@@ -404,11 +432,20 @@ def test_the_gate_reads_the_headline_metrics_training_reports() -> None:
     nested = {
         "retrieval": {"twoTower": {"recall@20": 0.13, "ndcg@20": 0.2}, "als": {"recall@20": 0.11}},
         "ranking": {"ranker": {"auc": 0.76, "ndcg@10": 0.5}},
+        "served": {
+            "candidates": 200,
+            "final": {"ndcg@20": 0.19, "ndcg@20.se": 0.02},
+            "retrievalOrder": {"ndcg@20": 0.2},
+        },
     }
     assert gate_metrics(headline_metrics(nested), 20) == {
         "recall@20": 0.13,
         "ndcg@20": 0.2,
         "auc": 0.76,
+        # the served list and the baselines' lists the gate compares it with
+        "served.ndcg@20": 0.19,
+        "served.ndcg@20.se": 0.02,
+        "als.recall@20": 0.11,
     }
 
 

@@ -1,4 +1,5 @@
-"""A FeatureView's finalizer and the steps of its deletion, decided without a cluster."""
+"""The operator's finalizers and the writers' step of a deletion (a FeatureView's here),
+decided without a cluster."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from recsys_operator.planning.featureview import (
+from recsys_operator.planning.finalizers import (
     KEYSPACE_FINALIZER,
     Teardown,
     finalizer_apply,
@@ -47,7 +48,7 @@ RUN = child("Job", "users-materialize-29000000")
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_needs_finalizer(case: str, obj: dict[str, Any], runs: list[Any], want: bool) -> None:
-    assert needs_finalizer(obj, runs) is want
+    assert needs_finalizer(obj, KEYSPACE_FINALIZER, wrote=bool(runs)) is want
 
 
 @pytest.mark.parametrize(
@@ -74,14 +75,14 @@ def test_needs_finalizer(case: str, obj: dict[str, Any], runs: list[Any], want: 
 def test_teardown(
     case: str, obj: dict[str, Any], crons: list[Any], jobs: list[Any], want: Teardown | None
 ) -> None:
-    assert teardown(obj, crons, jobs) == want
+    assert teardown(obj, KEYSPACE_FINALIZER, [*crons, *jobs]) == want
 
 
 @pytest.mark.parametrize(("keep", "finalizers"), [(True, [KEYSPACE_FINALIZER]), (False, [])])
 def test_the_finalizer_is_applied_alone(keep: bool, finalizers: list[str]) -> None:
     """Server-side apply of metadata.finalizers only: the spec is the user's, and a list the
     operator applies empty drops only the entry it owns, not other controllers' finalizers."""
-    assert finalizer_apply(view("example.com/keep"), keep) == {
+    assert finalizer_apply(view("example.com/keep"), KEYSPACE_FINALIZER, keep) == {
         "apiVersion": "recsys.dev/v1alpha1",
         "kind": "FeatureView",
         "metadata": {"name": "users", "namespace": "shop", "finalizers": finalizers},

@@ -14,7 +14,12 @@ from recsys_operator.planning.jobstatus import JobOutcome
 
 
 def rec() -> Recommender:
-    gate = {"k": 20, "metrics": [{"name": "recallAtK", "maxRegression": 0.05}]}
+    # regression only: the baseline comparison has its own table (test_planning_gate)
+    gate = {
+        "k": 20,
+        "metrics": [{"name": "recallAtK", "maxRegression": 0.05}],
+        "baseline": {"name": "none"},
+    }
     return recommender(training={"evaluation": gate})
 
 

@@ -14,8 +14,10 @@ from offline_frames import tiny_tables
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.runtime import BadInputError
 from recsys_workloads.train.data import (
+    Interactions,
     asof_rows,
     latest_rows,
+    per_user_split,
     read_table,
     time_split,
     validate_entity_table,
@@ -192,3 +194,36 @@ def test_training_history_holds_only_earlier_items_of_the_same_user(inter: pa.Ta
     last = p.history_of(np.array([train.user_ids[-1]]))
     mine = train.item_ids[train.user_ids == train.user_ids[-1]]
     assert last[0, 0] == vocab.encode(mine[-1:])[0]
+
+
+def _interactions(rows: list[tuple[int, int, int]]) -> Interactions:
+    """(user, item, time) rows, in the validated order (time, user, item)."""
+    rows = sorted(rows, key=lambda r: (r[2], r[0], r[1]))
+    a = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    return Interactions(a[:, 0], a[:, 1], np.ones(len(rows), np.float32), a[:, 2])
+
+
+@pytest.mark.parametrize(
+    ("rows", "fraction", "held_out"),
+    [
+        # each user's newest interactions test, whatever the others did meanwhile
+        ([(1, 10, 1), (1, 11, 2), (1, 12, 9), (2, 20, 3), (2, 21, 4)], 0.4, {(1, 12), (2, 21)}),
+        # ten interactions at 0.2: the last two; a lone interaction only trains
+        ([(1, i, i) for i in range(10)] + [(3, 30, 5)], 0.2, {(1, 8), (1, 9)}),
+        # a high fraction still keeps one interaction to train on
+        ([(1, 10, 1), (1, 11, 2), (1, 12, 3)], 0.9, {(1, 11), (1, 12)}),
+    ],
+)
+def test_per_user_split_holds_out_each_users_last_interactions(
+    rows: list[tuple[int, int, int]], fraction: float, held_out: set[tuple[int, int]]
+) -> None:
+    split = per_user_split(_interactions(rows), fraction)
+    test = set(zip(split.test.user_ids.tolist(), split.test.item_ids.tolist(), strict=True))
+    assert test == held_out
+    assert len(split.train) + len(split.test) == len(rows)
+    assert split.cutoff_us == split.train.times_us.max() + 1
+
+
+def test_per_user_split_needs_a_user_with_two_interactions() -> None:
+    with pytest.raises(BadInputError, match="per-user split"):
+        per_user_split(_interactions([(1, 10, 1), (2, 20, 2)]), 0.1)

@@ -25,9 +25,11 @@ from recsys_workloads.train.evaluate import (
     ranker_scores,
     retrieval_metrics,
     sample_ranking_candidates,
+    served_lists,
     served_scores,
     top_k,
     user_vectors,
+    with_standard_errors,
 )
 from recsys_workloads.train.models import Ranker, TwoTower
 
@@ -188,3 +190,30 @@ def test_served_scores_are_the_rankers_top_k_of_the_best_unseen_items(prepared) 
     # ranks count down each user's logits
     for r in (0, 1):
         assert np.all(got[ranks == r] >= got[ranks == r + 1])
+
+
+def test_standard_errors_are_the_spread_over_users_by_hand() -> None:
+    got = with_standard_errors({"recall@2": np.array([0.0, 0.5, 1.0, 0.5])})
+    assert got["recall@2"] == pytest.approx(0.5)
+    # sample standard deviation sqrt(1/6), over sqrt(4) users
+    assert got["recall@2.se"] == pytest.approx(math.sqrt(1 / 6) / 2)
+    assert with_standard_errors({"ndcg@2": np.array([0.3])})["ndcg@2.se"] == 0.0
+
+
+def test_served_lists_are_the_rankers_order_of_the_candidates(prepared) -> None:  # type: ignore[no-untyped-def]
+    cfg = parse_train_config({"data": {"interactionsUri": "-"}, "artifactUri": "memory://x"})
+    torch.manual_seed(0)
+    ranker = Ranker(prepared.model_shape(cfg)).eval()
+    ev = build_eval_set(prepared, "warm")
+    users = np.array([0, 2, 3])
+    candidates = np.array([[5, 1, 7, 9], [4, 8, -1, -1], [-1, -1, -1, -1]])
+    got = served_lists(ranker, prepared, ev, users, candidates, k=3)
+    assert got.shape == (3, 3)
+    for row, u in enumerate(users.tolist()):
+        valid = candidates[row][candidates[row] >= 0]
+        if valid.size == 0:
+            assert got[row].tolist() == [-1, -1, -1], "no candidates, an empty list"
+            continue
+        logits = ranker_scores(ranker, prepared, ev, np.full(valid.size, u), valid)
+        want = valid[np.argsort(-logits, kind="stable")][:3].tolist()
+        assert got[row][got[row] >= 0].tolist() == want

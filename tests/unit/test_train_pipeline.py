@@ -460,3 +460,15 @@ def test_interactions_with_their_own_column_names_train_the_same_model(
     code, summary = run_cli(tmp_path, {**cfg, "artifactUri": str(tmp_path / "out2")}, "default")
     assert code == EXIT_BAD_INPUT
     assert "interactions: missing column(s) 'user_id'" in summary["message"]
+
+
+def test_the_headline_fits_a_modelversions_status_with_four_cutoffs(
+    published: tuple[Path, dict[str, Any]],
+) -> None:
+    """The operator asks for k = 10, 20, 50 and the gate's own; status.metrics holds 64."""
+    headline = published[1]["metrics"]
+    k = min(int(m.split("@")[1]) for m in headline if m.startswith("twoTower.recall@"))
+    assert f"served.final.ndcg@{k}" in headline
+    assert f"served.final.ndcg@{k}.se" in headline
+    at_k = [m for m in headline if m.split("@")[-1].removesuffix(".se") == str(k)]
+    assert len(headline) + len(at_k) <= 64, f"a fourth cut-off adds as many as k={k} has"

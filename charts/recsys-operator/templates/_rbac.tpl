@@ -4,13 +4,14 @@ namespaces) or into a Role per watched namespace. Each rule names the code that 
 tests/integration/test_chart.py runs the operator on exactly these rules and fails on any 403.
 */}}
 {{- define "recsys-operator.rules" -}}
-# kopf watches the three kinds into the cache the reconcilers read.
+# kopf watches the three kinds into the cache the reconcilers read; patch: server-side apply
+# of the operator's finalizer alone (metadata.finalizers, never the spec), which keeps a
+# FeatureView until its Redis keyspace is deleted, and a Recommender until its keyspace (and,
+# with retentionPolicy Delete, its artifacts) is. A Recommender being deleted is read once
+# more (get) before each cleanup step, so a stale cached copy never repeats one.
 - apiGroups: ["recsys.dev"]
   resources: ["recommenders"]
-  verbs: ["list", "watch"]
-# FeatureViews too; patch: server-side apply of the operator's finalizer alone
-# (metadata.finalizers, never the spec), which keeps a FeatureView until its Redis keyspace is
-# deleted.
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["recsys.dev"]
   resources: ["featureviews"]
   verbs: ["list", "watch", "patch"]
@@ -29,8 +30,9 @@ tests/integration/test_chart.py runs the operator on exactly these rules and fai
   resources: ["featureviews/finalizers", "modelversions/finalizers", "recommenders/finalizers"]
   verbs: ["update"]
 # Training, index and backfill Jobs: created once (Jobs are immutable; get: only after a create
-# conflict), watched for the outcome; a deleted FeatureView's runs are deleted before its
-# keyspace, so none writes it afterwards.
+# conflict), watched for the outcome; a deleted FeatureView's or Recommender's runs are deleted
+# before its keyspace, so none writes it afterwards; a Recommender's cleanup Job (retentionPolicy
+# Delete) removes its artifacts.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]

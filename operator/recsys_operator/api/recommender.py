@@ -419,6 +419,19 @@ class RecommenderSpec(ApiModel):
             field_path=".ranking.topK",
             check=lambda m: m.ranking.top_k <= m.retrieval.num_candidates,
         ),
+        Rule(
+            cel="!has(self.serving.precompute) || "
+            "(self.serving.precompute.topN >= self.ranking.topK && "
+            "self.serving.precompute.topN <= self.retrieval.numCandidates)",
+            message="serving.precompute.topN must be between ranking.topK and "
+            "retrieval.numCandidates: a stored list shorter than topK is never served, and "
+            "no list holds more than the candidates; change topN",
+            field_path=".serving.precompute.topN",
+            check=lambda m: (
+                m.serving.precompute is None
+                or m.ranking.top_k <= m.serving.precompute.top_n <= m.retrieval.num_candidates
+            ),
+        ),
     )
 
     interactions: InteractionsSource

@@ -12,16 +12,18 @@ import re
 from itertools import pairwise
 from typing import Annotated, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from recsys_operator.api.base import ApiModel, ListMap, Rule
 from recsys_operator.api.common import (
     ATOMIC,
+    Cron,
     Duration,
     Image,
     Name,
     NodeSelector,
     ResourceRequirements,
+    TimeZone,
     Tolerations,
 )
 from recsys_operator.api.training import ThresholdRange
@@ -300,6 +302,96 @@ class Rollout(ApiModel):
     is judged on the wrong inputs. Unset: no such gate."""
 
 
+#: A share of users as Kubernetes writes one (``maxSurge: 25%``): 1 to 100 and a percent sign.
+SHARE_PATTERN = r"^([1-9][0-9]?|100)%$"
+_SHARE = re.compile(SHARE_PATTERN)
+#: The recent-traffic window the most active users are counted over when ``window`` is unset.
+DEFAULT_AUDIENCE_WINDOW = "24h"
+
+
+#: ``x-kubernetes-int-or-string``: a count (``10000``) or a share (``"5%"``), as Deployments'
+#: ``maxSurge`` takes one; the audience's rule checks both forms, with one message for both.
+CountOrShare = Annotated[
+    int | str,
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+        }
+    ),
+]
+
+
+class PrecomputeAudience(ApiModel):
+    """The users whose lists are computed ahead: the most active ones by recent traffic
+    (the head, where a stored list saves the most work), or all users."""
+
+    __rules__ = (
+        Rule(
+            cel="has(self.mostActive) != (has(self.all) && self.all)",
+            message="name the audience with exactly one of mostActive (a count such as 10000 "
+            "or a share such as '5%') or all: true",
+            check=lambda m: (m.most_active is not None) != m.all,
+        ),
+        Rule(
+            cel="!has(self.mostActive) || (type(self.mostActive) == int ? "
+            "self.mostActive >= 1 && self.mostActive <= 100000000 : "
+            "self.mostActive.matches('" + SHARE_PATTERN + "'))",
+            message="must be a count of users (1 to 100000000) or a share written '1%' to "
+            "'100%', e.g. 10000 or '5%'",
+            field_path=".mostActive",
+            check=lambda m: (
+                m.most_active is None
+                or (isinstance(m.most_active, int) and 1 <= m.most_active <= 100_000_000)
+                or (isinstance(m.most_active, str) and bool(_SHARE.match(m.most_active)))
+            ),
+        ),
+        Rule(
+            cel="!has(self.window) || has(self.mostActive)",
+            message="window counts recent traffic for mostActive; remove it with all: true",
+            field_path=".window",
+            check=lambda m: m.window is None or m.most_active is not None,
+        ),
+    )
+
+    most_active: CountOrShare | None = None
+    """The users with the most served requests in ``window``: a count (``10000``) or a share
+    of the users active in the window (``"5%"``)."""
+    window: Duration | None = None
+    """How far back requests are counted for ``mostActive`` (``24h`` when unset); users
+    with no request in it are the tail, served live."""
+    all: bool = False
+    """Every user with features online (the user FeatureViews' keys), for catalogs where
+    batch lists for everyone are cheap enough."""
+
+
+class Precompute(ApiModel):
+    """Hybrid serving: a CronJob computes the top-N lists of an audience ahead with the
+    stable version, through the gateway's own stages, and stores them in Redis; the gateway
+    serves a stored list (after the live filters and ordering) instead of calling Triton,
+    and computes live for everyone else. A list carries its model version and time: the
+    gateway ignores one of another version than the user's variant, or one older than
+    ``maxAge``, so after a promotion no user gets the previous version's list (the operator
+    also runs a Job for the new version at once)."""
+
+    schedule: Cron
+    """Cron schedule of the pre-computation CronJob (``0 * * * *``: hourly)."""
+    time_zone: TimeZone | None = None
+    """IANA time zone the schedule is read in."""
+    suspend: bool = False
+    """Stop scheduling runs; stored lists are still served until ``maxAge``."""
+    audience: PrecomputeAudience
+    """Whose lists are computed."""
+    top_n: Annotated[int, Field(ge=1, le=1000)] = 100
+    """Items stored per user, before the live filters; at least ``ranking.topK`` and at most
+    ``retrieval.numCandidates``. More than topK leaves room for what the live filters remove
+    since the list was computed (a list with fewer than k items left is not served)."""
+    max_age: Duration = "24h"
+    """The oldest stored list the gateway serves (and the lists' TTL in Redis); set it a
+    little above the schedule's period, so a late run does not send the head to live
+    computation."""
+
+
 class Serving(ApiModel):
     """The online side: workloads, rollout, and an optional pinned version."""
 
@@ -313,3 +405,6 @@ class Serving(ApiModel):
     """Serve exactly this ModelVersion (of this Recommender) and nothing else: a declarative
     rollback that a GitOps repository can hold. New versions are still trained but not
     rolled out while it is set; remove it to resume rollouts."""
+    precompute: Precompute | None = None
+    """Pre-compute the head's lists with the stable version (hybrid serving); off when
+    unset, and removing it removes the CronJob."""

@@ -6,7 +6,7 @@ them, and whose Jobs write model artifacts).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -58,3 +58,10 @@ class ArtifactStore(ApiModel):
     """A Secret whose keys become environment variables of every Job and pod that reads or
     writes artifacts (e.g. ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
     ``AWS_ENDPOINT_URL``), the way ``envFrom.secretRef`` works."""
+    retention_policy: Literal["Retain", "Delete"] = "Retain"
+    """What becomes of the artifacts the operator's workloads wrote below storageUri
+    (``models/``, ``indexes/``, ``logged/``) when the Recommender is deleted, as a
+    PersistentVolume's reclaim policy: Retain keeps them; Delete removes them with a cleanup
+    Job before the Recommender goes (it stays, with an ArtifactsNotDeleted event, while the
+    store refuses). An imported ModelVersion's own storageUri is never touched. With Delete,
+    storageUri must be this Recommender's alone."""

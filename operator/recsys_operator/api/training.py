@@ -77,6 +77,37 @@ class EvaluationMetric(ApiModel):
     first version, nor against an imported version (it has no holdout metrics)."""
 
 
+BaselineName = Literal["popularity", "als", "none"]
+
+
+class BaselineComparison(ApiModel):
+    """The served list must beat a baseline of the same evaluation, as Flagger's analysis
+    compares a canary with its primary: the final list (retrieval candidates, ranker,
+    ordering) against popularity or ALS, both measured by the training Job on the same
+    holdout, users and K. A model that cannot beat "most popular first" is not worth serving,
+    whatever its absolute numbers."""
+
+    __rules__ = (
+        Rule(
+            cel="self.name != 'none' || !has(self.minLift)",
+            message="applies only to a baseline: name popularity or als, or remove minLift",
+            field_path=".minLift",
+            check=lambda m: m.name != "none" or m.min_lift is None,
+        ),
+    )
+
+    name: BaselineName = "popularity"
+    """The baseline the served list must beat: ``popularity`` (most interacted items first),
+    ``als`` (implicit's ALS, the classic collaborative filter), or ``none`` to compare with
+    no baseline."""
+    metric: Literal["recallAtK", "ndcgAtK"] = "ndcgAtK"
+    """The metric of both lists compared, at the gate's ``k``."""
+    min_lift: Annotated[float, Field(ge=-1.0, le=10.0)] | None = None
+    """Relative margin the served list must win by: ``0.1`` asks for 10% above the baseline;
+    unset means 0 (strictly above it). A negative lift tolerates a list below the baseline
+    (``-0.2``: at most 20% below), for a demo that trains too briefly to win."""
+
+
 def _default_gate_metrics() -> list[EvaluationMetric]:
     return [EvaluationMetric(name="recallAtK", max_regression=0.05)]
 
@@ -88,12 +119,22 @@ class EvaluationGate(ApiModel):
     k: Annotated[int, Field(ge=1, le=1000)] = 20
     """The cut-off K of recallAtK and ndcgAtK."""
     holdout_fraction: Annotated[float, Field(gt=0.0, le=0.5)] = 0.1
-    """Share of the newest interactions (by event time) held out for evaluation."""
+    """Share of the newest interactions held out for evaluation: of all of them (``split:
+    Time``) or of each user's (``PerUser``)."""
+    split: Literal["Time", "PerUser"] = "Time"
+    """``Time``: one global cut by event time, as production only ever knows the past; only
+    users active on both sides of the cut are evaluated. ``PerUser``: each user's newest
+    interactions are held out and everything before them trains, so every user with some
+    history counts (more users, a smaller standard error), though the model has seen other
+    users' later interactions."""
     metrics: Annotated[
         list[EvaluationMetric], Field(min_length=1, max_length=8), ListMap(("name",))
     ] = Field(default_factory=_default_gate_metrics)
     """The metrics and their limits; by default recall@K may not drop more than 5% below
     the serving version's."""
+    baseline: BaselineComparison = Field(default_factory=BaselineComparison)
+    """The baseline the served list must beat; by default its NDCG@K must be above
+    popularity's."""
 
 
 class HyperParameters(ApiModel):

@@ -28,12 +28,16 @@ from typing import Any, Literal
 
 from recsys_contract.index import IndexSummary
 from recsys_contract.train import (
+    BASELINES,
+    FINAL,
     RANKER,
+    STANDARD_ERROR,
     TWO_TOWER,
     Lineage,
     TrainSummary,
     ranking_metric,
     retrieval_metric,
+    served_metric,
 )
 from recsys_operator.api.modelversion import (
     LINEAGE_PARTITIONS,
@@ -89,13 +93,22 @@ def gate_metrics(headline: Mapping[str, Any], k: int) -> dict[str, float]:
 
     The training Job reports flat names (``recsys_contract.train.retrieval_metric`` and
     ``ranking_metric``): ``<model>.recall@K``, ``<model>.ndcg@K`` for retrieval and
-    ``<model>.ranking.auc``; the gate judges the two-tower retrieval and the ranker.
+    ``<model>.ranking.auc``; the gate judges the two-tower retrieval and the ranker. The
+    end-to-end evaluation's final list (``served_metric``) comes as ``served.ndcg@K`` beside
+    its ``.se``, the baselines' lists as ``popularity.ndcg@K`` / ``als.ndcg@K``.
     """
     wanted = {
         f"recall@{k}": retrieval_metric(TWO_TOWER, f"recall@{k}"),
         f"ndcg@{k}": retrieval_metric(TWO_TOWER, f"ndcg@{k}"),
         "auc": ranking_metric(RANKER, "auc"),
     }
+    # the end-to-end evaluation: the served list (``served.…``, with its standard error
+    # over users) and each baseline's list (``<name>.…``, the baselines' retrieval metrics)
+    for metric in (f"recall@{k}", f"ndcg@{k}"):
+        for suffix in ("", STANDARD_ERROR):
+            wanted[f"served.{metric}{suffix}"] = served_metric(FINAL, metric + suffix)
+        for b in BASELINES:
+            wanted[f"{b}.{metric}"] = retrieval_metric(b, metric)
     return {
         name: float(headline[key])
         for name, key in wanted.items()
@@ -133,9 +146,40 @@ def evaluate_gate(
                     f"{baseline[key]:.4f} of {baseline_name} (floor {floor:.4f})"
                 )
         checks.append(f"{key}={value:.4f}")
+    comparison = gate.baseline
+    if comparison.name != "none":
+        metric_key = _GATE_KEYS[comparison.metric].format(k=gate.k)
+        served, base = (
+            metrics.get(f"served.{metric_key}"),
+            metrics.get(f"{comparison.name}.{metric_key}"),
+        )
+        lift = comparison.min_lift or 0.0
+        if served is None or base is None:
+            failures.append(
+                f"the served list's and {comparison.name}'s {metric_key} were not reported by "
+                "the training Job (an image without the end-to-end evaluation); set "
+                "evaluation.baseline.name: none to skip the comparison"
+            )
+        else:
+            needed = base * (1 + lift)
+            figures = (
+                f"served {metric_key}={_with_se(metrics, 'served', metric_key)} vs "
+                f"{comparison.name} {_with_se(metrics, comparison.name, metric_key)}"
+            )
+            if served <= needed:
+                margin = f" by minLift {lift:+.0%} (needs above {needed:.4f})" if lift else ""
+                failures.append(f"{figures}: does not beat {comparison.name}{margin}")
+            else:
+                checks.append(figures)
     if failures:
         return False, "; ".join(failures)
     return True, "passed: " + ", ".join(checks)
+
+
+def _with_se(metrics: Mapping[str, float], name: str, metric: str) -> str:
+    value = metrics[f"{name}.{metric}"]
+    se = metrics.get(f"{name}.{metric}{STANDARD_ERROR}")
+    return f"{value:.4f}" if se is None else f"{value:.4f}±{se:.4f}"
 
 
 def _conds(

@@ -277,6 +277,7 @@ def gateway_config(
     rec: Recommender, table: wire.RoutingTable, feature_views: Mapping[str, FeatureView]
 ) -> wire.GatewayConfig:
     redis = rec.spec.stores.redis
+    precompute = rec.spec.serving.precompute
     return wire.GatewayConfig(
         recommender=store_name(rec.metadata.namespace, rec.metadata.name),
         routing=table,
@@ -291,6 +292,8 @@ def gateway_config(
         ordering=wire.Ordering.model_validate(
             rec.spec.ordering.to_k8s() if rec.spec.ordering else {}
         ),
+        # lists stored ahead (planning.precompute), served only while the field is set
+        precomputed=wire.Precomputed(max_age=precompute.max_age) if precompute else None,
     )
 
 

@@ -179,7 +179,10 @@ def train_config(
             max_steps_per_epoch=over.get("max_steps_per_epoch", hp.max_steps_per_epoch),
         ),
         evaluation=EvaluationConfig(
-            k=sorted({10, 20, 50, gate.k}), holdout_fraction=gate.holdout_fraction
+            k=sorted({10, 20, 50, gate.k}),
+            holdout_fraction=gate.holdout_fraction,
+            split="time" if gate.split == "Time" else "perUser",
+            candidates=spec.retrieval.num_candidates,
         ),
         # an entity's features only with its table: without it the tower uses ids alone
         features=FeatureConfig(

@@ -1,5 +1,5 @@
 """Reconcile a FeatureView: its config, CronJob and backfill Job, and a truthful status; on
-deletion, its Redis keyspace (the finalizer ``planner.KEYSPACE_FINALIZER``)."""
+deletion, its Redis keyspace (the finalizer ``KEYSPACE_FINALIZER``)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from recsys_operator.controller import Context
 from recsys_operator.kube import ApiError
 from recsys_operator.labels import FEATURE_VIEW_LABEL
 from recsys_operator.metrics import FRESHNESS
-from recsys_operator.online import OnlineStoreUnavailable, delete_keyspace
 from recsys_operator.planning import featureview as planner
+from recsys_operator.planning import finalizers
+from recsys_operator.planning.finalizers import KEYSPACE_FINALIZER
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, newest
+from recsys_operator.reconcilers import teardown
 from recsys_operator.reconcilers.common import (
     Refusal,
     ensure,
@@ -83,9 +85,10 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
             spec_error = planner.SpecError("spec", str(refusal))
 
     jobs = ctx.cache.list("batch/v1", "Job", ns, {FEATURE_VIEW_LABEL: name})
-    if planner.needs_finalizer(obj, jobs):
-        # A run may write the keyspace from now on: keep the FeatureView until it is removed.
-        obj = await ctx.kube.apply(planner.finalizer_apply(obj, keep=True))
+    if finalizers.needs_finalizer(obj, KEYSPACE_FINALIZER, wrote=bool(jobs)):
+        # A run (materialization or backfill Job, the only writers) may write the keyspace
+        # from now on: keep the FeatureView until it is removed.
+        obj = await ctx.kube.apply(finalizers.finalizer_apply(obj, KEYSPACE_FINALIZER, keep=True))
         ctx.cache.upsert(obj)
     runs = [
         j
@@ -122,50 +125,27 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     return min(waits) if waits else None
 
 
-class KeyspaceNotDeleted(Exception):
-    """Redis (or the Secret with its password) could not be reached: the finalizer stays and
-    the deletion is retried with backoff."""
-
-
 async def _tear_down(ctx: Context, obj: Mapping[str, Any], ns: str, name: str) -> float | None:
-    """One step of a deletion (``planner.teardown``): stop the writers, wait for them to go,
-    delete the keyspace, remove the finalizer."""
+    """One step of a deletion: stop the writers (the CronJob, so no new run starts, and its
+    Jobs), wait for them to go, delete the keyspace, remove the finalizer."""
     crons = ctx.cache.list("batch/v1", "CronJob", ns, {FEATURE_VIEW_LABEL: name})
     jobs = ctx.cache.list("batch/v1", "Job", ns, {FEATURE_VIEW_LABEL: name})
-    step = planner.teardown(obj, crons, jobs)
+    step = await teardown.stop_writers(ctx, obj, KEYSPACE_FINALIZER, [*crons, *jobs])
     if step is None:
         return None
-    for api_version, kind, child in step.delete:
-        log.info("FeatureView %s/%s is being deleted: deleting %s %s", ns, name, kind, child)
-        await ctx.kube.delete(api_version, kind, child, ns, propagation="Foreground")
     if step.wait:
-        return 2.0
+        return teardown.WAIT_SECONDS
     # The cache may not hold yet a Job the CronJob started just before it went: ask once.
     if await ctx.kube.list("batch/v1", "Job", ns, {FEATURE_VIEW_LABEL: name}):
-        return 2.0
+        return teardown.WAIT_SECONDS
     try:
         fv = FeatureView.model_validate(obj)
     except ValidationError as exc:
         raise TerminalError(f"FeatureView {ns}/{name} does not parse: {exc}") from exc
     redis_spec = fv.spec.online_store.redis
     keys = FeatureViewKeys.of(planner.store_view_name(fv), redis_spec.key_prefix)
-    try:
-        client = await ctx.online.client(redis_spec.url, ns, redis_spec.password_secret_ref)
-        ctx.kube.fence()  # a Redis write: only the leader's
-        removed = await delete_keyspace(client, keys)
-    except (OnlineStoreUnavailable, ApiError) as exc:
-        message = (
-            f"cannot delete the keyspace {keys.base}:* at {redis_spec.url} ({exc}); the "
-            f"FeatureView stays (finalizer {planner.KEYSPACE_FINALIZER}) and the deletion is "
-            "retried"
-        )
-        await post_event(ctx.kube, obj, "Warning", "KeyspaceNotDeleted", message)
-        raise KeyspaceNotDeleted(message) from exc
-    await post_event(
-        ctx.kube, obj, "Normal", "KeyspaceDeleted", f"deleted {removed} keys of {keys.base}:*"
+    await teardown.delete_keyspace_of(
+        ctx, obj, KEYSPACE_FINALIZER, redis_spec.url, redis_spec.password_secret_ref, keys.base
     )
-    log.info("FeatureView %s/%s: deleted %d keys of %s:*", ns, name, removed, keys.base)
-    # Not put back into the cache: the object may be gone already, and its DELETED event may
-    # have come before this answer.
-    await ctx.kube.apply(planner.finalizer_apply(obj, keep=False))
+    await teardown.release(ctx, obj, KEYSPACE_FINALIZER)
     return None

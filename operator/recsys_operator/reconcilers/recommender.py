@@ -37,11 +37,13 @@ from recsys_operator.metrics import (
     observe_drift,
 )
 from recsys_operator.online import OnlineStoreUnavailable, counts, heartbeats, publish_routing
-from recsys_operator.planning import analysis
+from recsys_operator.planning import analysis, finalizers
 from recsys_operator.planning import drift as drift_planner
 from recsys_operator.planning import logjoin as logjoin_planner
+from recsys_operator.planning import precompute as precompute_planner
 from recsys_operator.planning import recommender as planner
 from recsys_operator.planning import rollout as machine
+from recsys_operator.planning.finalizers import CLEANUP_FINALIZER
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, newest
 from recsys_operator.planning.serving import (
     gateway_objects,
@@ -49,6 +51,7 @@ from recsys_operator.planning.serving import (
     routing_table,
     triton_objects,
 )
+from recsys_operator.reconcilers import teardown
 from recsys_operator.reconcilers.common import (
     Refusal,
     ensure,
@@ -73,8 +76,10 @@ def _available(deployment: dict[str, Any]) -> bool:
 
 async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     obj = ctx.cache.get(API_VERSION, "Recommender", name, ns)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
+    if obj is None:
         return None
+    if obj["metadata"].get("deletionTimestamp"):
+        return await teardown.tear_down_recommender(ctx, obj)
     rec = Recommender.model_validate(obj)
     now_dt = ctx.now()
     now = now_rfc3339()
@@ -135,7 +140,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                 f"deleted ModelVersion {old} (revisionHistoryLimit)",
             )
 
-    serving_ready = False
+    serving_ready = published = False
     routing = plan.routing
     if routing is not None:
         by_name = {m["metadata"]["name"]: m for m in mv_objs}
@@ -160,7 +165,9 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                     ready_now = ready_now and _available(applied)
             serving_ready = ready_now
             ctx.kube.fence()  # the routing table is a write too: only the leader's goes out
-            await _publish(online, keys, table, indexes.get(routing.stable), plan.problems)
+            published = await _publish(
+                online, keys, table, indexes.get(routing.stable), plan.problems
+            )
             await _remove_unused_tritons(ctx, ns, name, routing.versions)
             stable_uri = (by_name[routing.stable].get("status") or {}).get("artifactUri", "")
             for child in drift_planner.drift_objects(
@@ -169,15 +176,28 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                 await ensure(ctx, child)
             for child in logjoin_planner.logjoin_objects(rec, obj, workloads_image):
                 await ensure(ctx, child)
+            await _precompute(ctx, obj, rec, table, views, workloads_image)
         except Refusal as refusal:
             plan.problems.append(planner.Problem("ServingObjectRefused", str(refusal)))
 
+    wrote = published or (
+        rec.spec.stores.artifacts.retention_policy == "Delete" and bool(mv_objs or plan.create)
+    )
+    if finalizers.needs_finalizer(obj, CLEANUP_FINALIZER, wrote):
+        # Redis answered: the keyspace is written from now on (and, with Delete, the versions'
+        # Jobs write artifacts). Keep the Recommender until they are cleaned (planning.cleanup).
+        obj = await ctx.kube.apply(finalizers.finalizer_apply(obj, CLEANUP_FINALIZER, keep=True))
+        ctx.cache.upsert(obj)
     if rec.spec.drift is None or not plan.stable:  # checks only judge a serving version
         for api_version, kind in (("batch/v1", "CronJob"), ("v1", "ConfigMap")):
             await remove(ctx, api_version, kind, drift_planner.drift_name(rec), ns)
     if not logjoin_planner.logged_enabled(rec) or routing is None:  # it joins what is served
         for api_version, kind in (("batch/v1", "CronJob"), ("v1", "ConfigMap")):
             await remove(ctx, api_version, kind, logjoin_planner.logjoin_name(rec), ns)
+    if rec.spec.serving.precompute is None or routing is None:  # lists of a serving version
+        for api_version, kind in (("batch/v1", "CronJob"), ("v1", "ConfigMap")):
+            await remove(ctx, api_version, kind, precompute_planner.precompute_name(rec), ns)
+    await _remove_stale_precompute_jobs(ctx, rec, routing.stable if routing else None)
     await _seed_history(ctx, obj, rec, plan.problems)
 
     previous = obj.get("status") or {}
@@ -233,17 +253,20 @@ async def _publish(
     table: RoutingTable,
     stable_index: str | None,
     problems: list[planner.Problem],
-) -> None:
-    """The routing table into Redis, where every gateway replica reads it within a poll."""
+) -> bool:
+    """The routing table into Redis, where every gateway replica reads it within a poll;
+    whether Redis answered."""
     if isinstance(online, OnlineStoreUnavailable):
         problems.append(planner.Problem("RoutingNotPublished", f"routing table: {online}"))
-        return
+        return False
     alias = IndexAlias(stable_index, table.stable.model_version) if stable_index else None
     try:
         if await publish_routing(online, keys, table, alias):
             ROUTING_PUBLISHED.inc()
     except OnlineStoreUnavailable as exc:
         problems.append(planner.Problem("RoutingNotPublished", f"routing table: {exc}"))
+        return False
+    return True
 
 
 async def _ready_versions(
@@ -467,6 +490,52 @@ async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str]
                 ("v1", "ConfigMap"),
             ):
                 await remove(ctx, api_version, kind, dep["metadata"]["name"], ns)
+
+
+async def _precompute(
+    ctx: Context,
+    obj: dict[str, Any],
+    rec: Recommender,
+    table: RoutingTable,
+    views: dict[str, FeatureView],
+    image: str,
+) -> None:
+    """The precompute CronJob for the stable version, and its Job run at once when the
+    version has just become stable (``planning.precompute``)."""
+    plan = precompute_planner.precompute_plan(rec, obj, image, table, views)
+    if plan is None:
+        return
+    await ensure(ctx, plan.config_map)
+    await ensure(ctx, plan.cron_job)
+    await ensure(ctx, plan.now.config_map)
+    _, created = await ensure_created(ctx, plan.now.job)
+    if created:
+        JOBS_STARTED.labels("precompute").inc()
+        await post_event(
+            ctx.kube,
+            obj,
+            "Normal",
+            "PrecomputeStarted",
+            f"started Job {plan.now.job['metadata']['name']}: the head's lists for "
+            f"{table.stable.model_version}",
+        )
+
+
+async def _remove_stale_precompute_jobs(ctx: Context, rec: Recommender, stable: str | None) -> None:
+    """The versions' precompute Jobs (and their ConfigMaps) that no longer serve a purpose."""
+    ns = rec.metadata.namespace or "default"
+    selector = {
+        RECOMMENDER_LABEL: rec.metadata.name,
+        "app.kubernetes.io/component": precompute_planner.COMPONENT,
+    }
+    jobs = [
+        j["metadata"]["name"]
+        for j in ctx.cache.list("batch/v1", "Job", ns, selector)
+        if "recsys.dev/model-version" in (j["metadata"].get("labels") or {})
+    ]
+    for name in precompute_planner.stale_jobs(rec, jobs, stable):
+        for api_version, kind in (("batch/v1", "Job"), ("v1", "ConfigMap")):
+            await remove(ctx, api_version, kind, name, ns)
 
 
 async def _seed_history(

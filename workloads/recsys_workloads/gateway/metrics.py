@@ -56,6 +56,13 @@ class GatewayMetrics:
             [*v, "reason"],
             registry=r,
         )
+        self.precomputed = Counter(
+            "recsys_gateway_precomputed",
+            "Requests that looked for a pre-computed list, by outcome (served, missing, stale, "
+            "other-version, invalid, short: too few items left after the live filters)",
+            [*v, "outcome"],
+            registry=r,
+        )
         self.served_items = Counter(
             "recsys_gateway_served_items",
             "Items returned in responses (impressions)",

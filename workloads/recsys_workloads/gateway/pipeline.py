@@ -8,6 +8,13 @@
 3. scoring: the ranking model on Triton over the surviving candidates, in one call;
 4. ordering: boosts, de-duplication, diversity, top k (``rules.py``).
 
+Hybrid serving: with ``precomputed`` configured, the request's one Redis read also brings the
+user's list stored ahead by the variant's version (``recsys_workloads.precompute`` runs
+stages 1 to 3 above for it); a list of that version, no older than ``maxAge``, with at least
+k items passing the live filters, stands in for retrieval and scoring, and ordering runs on
+it as on live candidates. Anything else falls through to live computation. The response's
+``source`` and ``recsys_gateway_precomputed_total{outcome}`` say which it was.
+
 Each stage's time goes to the response (``timingsMs``) and the stage histogram. Retrieval's
 includes the request's one Redis round trip, which also brings filtering its seen and blocked
 sets (the ANN fetch size depends on them); filtering's is the set arithmetic and item rules.
@@ -27,14 +34,14 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from recsys_contract import traffic
 from recsys_contract.gateway import GatewayConfig, RoutingTable, Variant, rule_feature_keys
-from recsys_contract.keyspace import IndexAlias
+from recsys_contract.keyspace import IndexAlias, PrecomputedList
 from recsys_workloads.gateway import rules
 from recsys_workloads.gateway.index_pool import Candidates, IndexPool, LoadedIndex
 from recsys_workloads.gateway.metrics import GatewayMetrics
@@ -106,6 +113,46 @@ class ResolvedVariant:
     index: LoadedIndex
 
 
+#: Where a response's items come from: computed now, or a list stored ahead.
+Source = Literal["live", "precomputed"]
+
+
+@dataclass(frozen=True)
+class Found:
+    """What stages 1 to 3 found: the user's reads, the filtered candidates and their scores."""
+
+    features: Mapping[str, Any] | None
+    filters: FilterSets
+    #: the candidates that passed the filters, in retrieval (or stored) order
+    kept: Candidates
+    #: the same candidates with the ranker's scores (retrieval's when the ranker failed)
+    scored: Candidates
+    fallback: str | None
+    source: Source
+
+
+def usable_list(
+    raw: bytes | None, model_version: str, now_s: float, max_age_s: float
+) -> tuple[Candidates | None, str]:
+    """A stored list the variant may serve, or None and why not (``missing``, ``invalid``,
+    ``other-version``: written by another version than the variant's, ``stale``: older than
+    ``maxAge``). Its key already names the version; the list's own is checked too, so a list
+    under the wrong key is never served."""
+    if raw is None:
+        return None, "missing"
+    try:
+        stored = PrecomputedList.from_json(raw)
+    except (ValueError, KeyError, TypeError):
+        return None, "invalid"
+    if stored.model_version != model_version:
+        return None, "other-version"
+    if now_s * 1000 - stored.computed_ms > max_age_s * 1000:
+        return None, "stale"
+    return Candidates(
+        np.array(stored.items, dtype=np.int64), np.array(stored.scores, dtype=np.float32)
+    ), "ok"
+
+
 @dataclass
 class Recommendation:
     request_id: str
@@ -119,6 +166,7 @@ class Recommendation:
     features: Mapping[str, Any] | None
     timings_ms: dict[str, float] = field(default_factory=dict)
     history: tuple[int, ...] = ()
+    source: Source = "live"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,6 +177,7 @@ class Recommendation:
             "index": self.variant.index.uri,
             "items": [{"itemId": s.item_id, "score": round(s.score, 6)} for s in self.items],
             "fallback": self.fallback,
+            "source": self.source,
             "timingsMs": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
 
@@ -222,21 +271,65 @@ class RecommendationService:
         return rec
 
     async def run_stages(
-        self, variant: ResolvedVariant, user_id: int, k: int, served_ms: int | None = None
+        self,
+        variant: ResolvedVariant,
+        user_id: int,
+        k: int,
+        served_ms: int | None = None,
+        *,
+        stored: bool = True,
     ) -> Recommendation:
         """The four stages alone: neither logged nor measured, for an answer that is not
-        served (a shadow run)."""
-        cfg = self.cfg
+        served (a shadow run, which computes live: ``stored=False``)."""
         started = time.perf_counter()
         if served_ms is None:
             served_ms = int(time.time() * 1000)
         request_id = new_request_id(variant.name, served_ms)
-        budget = Budget(cfg.scoring_timeout_s)
         timings: dict[str, float] = {}
+        found = await self.candidate_stages(
+            variant, user_id, timings, serve_k=k if stored else None
+        )
+        # 4. ordering
+        t = time.perf_counter()
+        items = await self.order(found.scored, k)
+        timings["ordering"] = _ms(t)
+        timings["total"] = _ms(started)
+        return Recommendation(
+            request_id,
+            served_ms,
+            user_id,
+            variant,
+            items,
+            found.fallback,
+            found.kept.ids,
+            found.features,
+            timings,
+            found.filters.history,
+            found.source,
+        )
+
+    async def candidate_stages(
+        self,
+        variant: ResolvedVariant,
+        user_id: int,
+        timings: dict[str, float],
+        serve_k: int | None = None,
+    ) -> Found:
+        """Stages 1 to 3 (retrieval, filtering, scoring): the scored candidates the ordering
+        rules choose from. The pre-computation Job runs exactly these for the lists it
+        stores, so a stored list is what live computation gives, before ordering.
+
+        ``serve_k``: a request that serves k items; with pre-computed lists configured, the
+        user's stored list of this variant's version, no older than ``maxAge`` and with at
+        least k items passing the live filters, replaces retrieval and scoring."""
+        cfg = self.cfg
+        budget = Budget(cfg.scoring_timeout_s)
         seen_since = None
         if cfg.seen_window_s is not None:
             seen_since = int((time.time() - cfg.seen_window_s) * 1000)
-        # 1. retrieval (the read brings the filtering stage's seen and blocked sets too)
+        lists = cfg.precomputed if serve_k is not None else None
+        # 1. retrieval (the read brings the filtering stage's seen and blocked sets too, and
+        # the user's stored list)
         t = time.perf_counter()
         features, filters = await self.store.request_reads(
             user_id,
@@ -244,7 +337,28 @@ class RecommendationService:
             blocked=cfg.filtering.exclude_blocked,
             seen_since_ms=seen_since,
             history=cfg.history_items,
+            precomputed=self.store.keys.precomputed(variant.model_version, user_id)
+            if lists
+            else None,
         )
+        if lists is not None and serve_k is not None:
+            stored, outcome = usable_list(
+                filters.precomputed, variant.model_version, time.time(), lists.max_age_s
+            )
+            if stored is not None:
+                timings["retrieval"] = _ms(t)
+                t = time.perf_counter()
+                kept = await self._filter(stored, filters)
+                timings["filtering"] = _ms(t)
+                if len(kept) >= serve_k:
+                    timings["scoring"] = 0.0
+                    self.metrics.precomputed.labels(
+                        variant.name, variant.model_version, "served"
+                    ).inc()
+                    return Found(features, filters, kept, kept, None, "precomputed")
+                outcome = "short"
+                t = time.perf_counter()
+            self.metrics.precomputed.labels(variant.name, variant.model_version, outcome).inc()
         fallback: str | None = None
         try:
             tt = time.perf_counter()
@@ -262,12 +376,12 @@ class RecommendationService:
         except TritonUnavailable as exc:
             fallback = exc.reason
             retrieved = variant.index.popular
-        timings["retrieval"] = _ms(t)
+        timings["retrieval"] = timings.get("retrieval", 0.0) + _ms(t)
 
         # 2. filtering
         t = time.perf_counter()
         kept = (await self._filter(retrieved, filters)).take(slice(0, cfg.candidates))
-        timings["filtering"] = _ms(t)
+        timings["filtering"] = timings.get("filtering", 0.0) + _ms(t)
 
         # 3. scoring
         t = time.perf_counter()
@@ -289,32 +403,18 @@ class RecommendationService:
             except TritonUnavailable as exc:
                 fallback = exc.reason
         timings["scoring"] = _ms(t)
+        return Found(features, filters, kept, scored, fallback, "live")
 
-        # 4. ordering
-        t = time.perf_counter()
-        if cfg.ordering.boosts or cfg.ordering.diversity:
-            rows = await self.store.item_features(int(i) for i in scored.ids)
-            listed = [
-                rules.Scored(int(i), float(x))
-                for i, x in zip(scored.ids, scored.scores, strict=True)
-            ]
-            items = rules.order(listed, cfg.ordering, rows, k)
-        else:
-            items = rules.top_k(scored.ids, scored.scores, k)
-        timings["ordering"] = _ms(t)
-        timings["total"] = _ms(started)
-        return Recommendation(
-            request_id,
-            served_ms,
-            user_id,
-            variant,
-            items,
-            fallback,
-            kept.ids,
-            features,
-            timings,
-            filters.history,
+    async def order(self, scored: Candidates, k: int) -> list[rules.Scored]:
+        """Stage 4: the ordering rules (boosts, diversity) and the top k, as the offline
+        evaluation replays them (``rules.final_list``)."""
+        cfg = self.cfg
+        rows = (
+            await self.store.item_features(int(i) for i in scored.ids)
+            if rules.needs_rows(cfg.ordering)
+            else {}
         )
+        return rules.final_list(scored.ids, scored.scores, cfg.ordering, rows, k)
 
     async def _filter(self, retrieved: Candidates, filters: FilterSets) -> Candidates:
         excluded = filters.excluded()

@@ -129,6 +129,27 @@ def top_k(ids: npt.NDArray[np.int64], scores: npt.NDArray[Any], k: int) -> list[
     return [Scored(int(i), float(x)) for i, x in zip(ids[keep], scores[keep], strict=True)]
 
 
+def needs_rows(ordering: Ordering) -> bool:
+    """Whether ``final_list`` reads item feature rows (boosts or diversity are set)."""
+    return bool(ordering.boosts or ordering.diversity)
+
+
+def final_list(
+    ids: npt.NDArray[np.int64],
+    scores: npt.NDArray[Any],
+    ordering: Ordering,
+    rows: Mapping[int, ItemRow],
+    k: int,
+) -> list[Scored]:
+    """The served list from scored candidates: the one entry point the gateway and the
+    offline evaluation both call, so what is measured is what is served. ``rows`` is read
+    only when ``needs_rows``."""
+    if not needs_rows(ordering):
+        return top_k(ids, scores, k)
+    listed = [Scored(int(i), float(x)) for i, x in zip(ids, scores, strict=True)]
+    return order(listed, ordering, rows, k)
+
+
 def order(
     items: Sequence[Scored], ordering: Ordering, rows: Mapping[int, ItemRow], k: int
 ) -> list[Scored]:

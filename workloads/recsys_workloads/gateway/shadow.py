@@ -125,7 +125,9 @@ class ShadowRunner:
         started = time.perf_counter()
         shadow: Recommendation | None
         try:
-            shadow = await self.service.run_stages(canary, served.user_id, k, served.served_ms)
+            shadow = await self.service.run_stages(
+                canary, served.user_id, k, served.served_ms, stored=False
+            )
         except Exception as exc:  # a shadow's failure is the canary's, counted, never raised
             log.debug(
                 "shadow run for user %s on %s failed: %r", served.user_id, canary.model_version, exc

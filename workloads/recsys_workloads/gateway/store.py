@@ -60,6 +60,9 @@ class FilterSets:
     blocked: frozenset[int]
     #: the user's most recent items, most recent first (the models' history input)
     history: tuple[int, ...] = ()
+    #: the user's stored list (``keyspace.PrecomputedList``, undecoded) when one was asked
+    #: for: read in the same round trip, as it is served only after these sets filter it
+    precomputed: bytes | None = None
 
     def excluded(self) -> frozenset[int]:
         return self.seen | self.blocked
@@ -158,26 +161,32 @@ class GatewayStore:
         blocked: bool,
         seen_since_ms: int | None,
         history: int = 0,
+        precomputed: str | None = None,
     ) -> tuple[Row | None, FilterSets]:
         """The user's features, recent items and what to filter out for them, in one round
-        trip. The seen set is the user's history too: item -> time of the last interaction."""
+        trip. The seen set is the user's history too: item -> time of the last interaction.
+        ``precomputed``: the key of a stored list to read in the same trip."""
         pointers = await self.pointers(self.user_views)
         pipe = self.client.pipeline(transaction=False)
         counts = self._queue_rows(pipe, self.user_views, pointers, [user_id])
-        pipe.zrevrange(self.keys.seen(user_id), 0, history - 1)
+        if history:  # ZREVRANGE 0 -1 would be every item, not none
+            pipe.zrevrange(self.keys.seen(user_id), 0, history - 1)
         if seen:
             low = "-inf" if seen_since_ms is None else seen_since_ms
             pipe.zrangebyscore(self.keys.seen(user_id), low, "+inf")
         if blocked:
             pipe.smembers(self.keys.blocked)
             pipe.smembers(self.keys.blocked_for(user_id))
+        if precomputed is not None:
+            pipe.get(precomputed)
         replies = list(await guarded(pipe.execute()))
+        stored = replies.pop() if precomputed is not None else None
         per_view = self._decode(self.user_views, pointers, [user_id], counts, replies)
         row = merge_rows(self.user_views, [rows[0] for rows in per_view])
         recent = tuple(_ordered_ints(replies.pop(0))) if history else ()
         seen_items = _ints(replies.pop(0)) if seen else set()
         blocked_items = _ints(replies[0]) | _ints(replies[1]) if blocked else set()
-        return row, FilterSets(frozenset(seen_items), frozenset(blocked_items), recent)
+        return row, FilterSets(frozenset(seen_items), frozenset(blocked_items), recent, stored)
 
     async def item_features(self, item_ids: Iterable[int]) -> dict[int, Row | None]:
         """Features of the given items for the rules, from the cache or Redis."""

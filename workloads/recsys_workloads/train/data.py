@@ -217,6 +217,39 @@ def time_split(interactions: Interactions, holdout_fraction: float) -> TimeSplit
     return split
 
 
+def per_user_split(interactions: Interactions, holdout_fraction: float) -> TimeSplit:
+    """Each user's last interactions test, everything before them trains (leave-last-out).
+
+    A user with n interactions holds out their last max(1, round(holdout_fraction * n)),
+    always keeping at least one to train on; a user with a single interaction only trains.
+    Every user with two or more interactions is then evaluated (the global cut evaluates only
+    those active on both sides of one moment), at the price of training on other users'
+    later interactions. ``cutoff_us`` is just after the last training interaction: entity
+    rows and encoders are taken as of then.
+    """
+    n = len(interactions)
+    users, times = interactions.user_ids, interactions.times_us
+    order = np.lexsort((np.arange(n), times, users))
+    sorted_users = users[order]
+    starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1]
+    counts = np.diff(np.r_[starts, n])
+    held = np.minimum(counts - 1, np.maximum(1, np.round(holdout_fraction * counts))).astype(
+        np.int64
+    )
+    rank_from_end = np.repeat(starts + counts, counts) - np.arange(n) - 1
+    test_sorted = rank_from_end < np.repeat(held, counts)
+    test_mask = np.zeros(n, dtype=bool)
+    test_mask[order] = test_sorted
+    if not test_mask.any() or test_mask.all():
+        raise BadInputError(
+            f"evaluation.holdoutFraction={holdout_fraction} with the per-user split holds out "
+            f"{int(test_mask.sum())} of {n} interactions; it needs users with two or more "
+            "interactions: use split time, or more data"
+        )
+    train = interactions.take(~test_mask)
+    return TimeSplit(train, interactions.take(test_mask), int(train.times_us.max()) + 1)
+
+
 def asof_rows(
     entity_keys: IntArray, entity_times: IntArray, keys: IntArray, times: IntArray
 ) -> IntArray:

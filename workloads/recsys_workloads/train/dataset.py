@@ -29,6 +29,7 @@ from recsys_workloads.train.data import (
     TimeSplit,
     asof_rows,
     latest_rows,
+    per_user_split,
     time_split,
     timestamps_us,
     validate_entity_table,
@@ -164,7 +165,10 @@ def prepare(
 ) -> Prepared:
     """Split by time, fit encoders on the training side (a warm start: extend the
     checkpoint's by the window), encode everything once."""
-    split = time_split(interactions, cfg.evaluation.holdout_fraction)
+    ec = cfg.evaluation
+    split = (time_split if ec.split == "time" else per_user_split)(
+        interactions, ec.holdout_fraction
+    )
     fc = cfg.features
     users_table, user_features = entity_table(users_table, "user", USER_KEY, fc.user)
     items_table, item_features = entity_table(items_table, "item", ITEM_KEY, fc.item)

@@ -2,7 +2,9 @@
 
 Protocol (the numbers in ``metrics.json`` mean exactly this):
 
-- Train on interactions before the cutoff, test on those at or after it (``data.time_split``).
+- Train on interactions before the cutoff, test on those at or after it (``data.time_split``);
+  or, with ``evaluation.split: perUser``, test on each user's last interactions
+  (``data.per_user_split``).
 - Evaluated users: those with test interactions; ``warm`` (default) keeps only users who also
   have training interactions, the users an ALS peer can score at all.
 - Catalog: the items seen in training. A user's relevant set is their test items that are in
@@ -15,6 +17,10 @@ Protocol (the numbers in ``metrics.json`` mean exactly this):
   (seeded) are scored; AUC over all (user, item) pairs, per-user AUC averaged, and NDCG@K over
   each user's candidate list. Ties are broken against the relevant items (pessimistic), so a
   constant scorer earns no credit.
+- Served (end to end): each user's two-tower top ``evaluation.candidates`` outside their
+  history, scored by the ranker and ordered by the gateway's ``rules.final_list``; Recall@K
+  and NDCG@K of that final list, beside the candidates in retrieval order and the baselines'
+  lists, each metric with its standard error over users (``<metric>.se``).
 - Baselines: popularity (training interaction count) and ``implicit``'s ALS on the binary
   user×item matrix, with ``evaluation.als`` hyper-parameters and the same seed.
 """
@@ -30,7 +36,17 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from recsys_contract.train import RANKER, TWO_TOWER, AlsConfig, TrainConfig
+from recsys_contract.gateway import Ordering
+from recsys_contract.train import (
+    FINAL,
+    RANKER,
+    RETRIEVAL_ORDER,
+    STANDARD_ERROR,
+    TWO_TOWER,
+    AlsConfig,
+    TrainConfig,
+)
+from recsys_workloads.gateway import rules
 from recsys_workloads.train.dataset import Prepared
 from recsys_workloads.train.models import HISTORY, Ranker, TwoTower
 from recsys_workloads.train.profile import SCORE_CANDIDATES, SCORE_TOP_K
@@ -47,19 +63,37 @@ SCORE_MAX_USERS = 2000
 # --- pure metric functions -------------------------------------------------------------------
 
 
-def retrieval_metrics(hits: BoolArray, n_relevant: IntArray, ks: Sequence[int]) -> dict[str, float]:
-    """Mean Recall@K and NDCG@K from a users × rank hit matrix (True where relevant)."""
-    if hits.shape[0] == 0:
-        return {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
-    out: dict[str, float] = {}
+def per_user_retrieval(
+    hits: BoolArray, n_relevant: IntArray, ks: Sequence[int]
+) -> dict[str, FloatArray]:
+    """Each user's Recall@K and NDCG@K from a users × rank hit matrix (True where relevant)."""
+    out: dict[str, FloatArray] = {}
     for k in ks:
         top = hits[:, :k]
         discounts = 1.0 / np.log2(np.arange(k) + 2.0)
         recall = top.sum(axis=1) / np.maximum(n_relevant, 1)
         dcg = (top * discounts[: top.shape[1]]).sum(axis=1)
         idcg = np.cumsum(discounts)[np.clip(np.minimum(n_relevant, k), 1, k) - 1]
-        out[f"recall@{k}"] = float(recall.mean())
-        out[f"ndcg@{k}"] = float((dcg / idcg).mean())
+        out[f"recall@{k}"] = np.asarray(recall, dtype=np.float64)
+        out[f"ndcg@{k}"] = np.asarray(dcg / idcg, dtype=np.float64)
+    return out
+
+
+def retrieval_metrics(hits: BoolArray, n_relevant: IntArray, ks: Sequence[int]) -> dict[str, float]:
+    """Mean Recall@K and NDCG@K from a users × rank hit matrix (True where relevant)."""
+    if hits.shape[0] == 0:
+        return {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    return {name: float(v.mean()) for name, v in per_user_retrieval(hits, n_relevant, ks).items()}
+
+
+def with_standard_errors(per_user: dict[str, FloatArray]) -> dict[str, float]:
+    """Means over users, each beside its standard error (``<metric>.se``: the sample standard
+    deviation over users / sqrt(users)); the error says whether two lists' gap is real."""
+    out: dict[str, float] = {}
+    for name, values in per_user.items():
+        n = values.size
+        out[name] = float(values.mean()) if n else 0.0
+        out[name + STANDARD_ERROR] = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
     return out
 
 
@@ -403,6 +437,36 @@ def served_scores(
     return logits[order][keep], rank[keep].astype(np.int64), int(starts.size)
 
 
+def served_lists(
+    ranker: Ranker,
+    p: Prepared,
+    ev: EvalSet,
+    users: IntArray,
+    candidates: IntArray,
+    k: int,
+) -> IntArray:
+    """The list the gateway would serve each user: their retrieval ``candidates`` (catalog
+    positions, best first, -1 padding; history already removed, as the gateway's seen filter
+    does), scored by the ranker and put in order by ``rules.final_list``, the gateway's own
+    ordering code, with the Recommender's default ordering (no boosts, no diversity: those read
+    item rows from the feature store, which the training Job does not hold). Returns
+    [users, k] catalog positions, -1 where the list is shorter."""
+    out = np.full((users.size, k), -1, dtype=np.int64)
+    ok = candidates >= 0
+    pair_u = np.repeat(np.arange(users.size), candidates.shape[1]).reshape(candidates.shape)[ok]
+    pair_i = candidates[ok]
+    if pair_i.size == 0:
+        return out
+    logits = ranker_scores(ranker, p, ev, users[pair_u], pair_i)
+    starts = np.r_[0, np.cumsum(ok.sum(axis=1))]
+    rule = Ordering()
+    for row in range(users.size):
+        sl = slice(starts[row], starts[row + 1])
+        listed = rules.final_list(pair_i[sl], logits[sl], rule, {}, k)
+        out[row, : len(listed)] = [s.item_id for s in listed]
+    return out
+
+
 # --- the whole evaluation --------------------------------------------------------------------
 
 
@@ -446,10 +510,20 @@ def evaluate(
         als = fit_als(p, ev, ec.als, cfg.seed)
         fitted = als
         scorers["als"] = lambda u: fitted.user_factors[fitted.user_pos[u]] @ fitted.item_factors.T
+    served: dict[str, Any] = {}
+    n_candidates = max(min(ec.candidates, p.catalog_item_ids.size), kmax)
     for name, scorer in scorers.items():
-        top = top_k(scorer, ev, n_users, kmax)
-        hits = hit_matrix(top, ev.rel_users, ev.rel_items)
+        top = top_k(scorer, ev, n_users, n_candidates if name == TWO_TOWER else kmax)
+        hits = hit_matrix(top[:, :kmax], ev.rel_users, ev.rel_items)
         retrieval[name] = retrieval_metrics(restrict(hits), n_rel[has_rel], ks)
+        per_user = per_user_retrieval(restrict(hits), n_rel[has_rel], ks)
+        served[RETRIEVAL_ORDER if name == TWO_TOWER else name] = with_standard_errors(per_user)
+        if name == TWO_TOWER and ranker is not None:
+            users = np.flatnonzero(has_rel)
+            final = np.full((n_users, kmax), -1, dtype=np.int64)
+            final[users] = served_lists(ranker, p, ev, users, top[users], kmax)
+            final_hits = restrict(hit_matrix(final, ev.rel_users, ev.rel_items))
+            served[FINAL] = with_standard_errors(per_user_retrieval(final_hits, n_rel[has_rel], ks))
 
     ranking: dict[str, dict[str, float]] = {}
     cu, ci, labels = sample_ranking_candidates(
@@ -482,11 +556,17 @@ def evaluate(
             "testOutsideCatalog": ev.test_outside_catalog,
             "evaluatedUsers": int(has_rel.sum()),
             "users": ec.users,
+            "split": ec.split,
             "catalogItems": int(p.catalog_item_ids.size),
             "rankingNegatives": ec.ranking_negatives,
         },
         "retrieval": retrieval,
         "ranking": ranking,
+        "served": {
+            "candidates": n_candidates,
+            "ordering": "ranker scores, no boosts or diversity (recsys_workloads.gateway.rules)",
+            **served,
+        },
     }
     if als is not None:
         metrics["baselineParams"] = {"als": ec.als.model_dump(by_alias=True)}

@@ -37,7 +37,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from recsys_contract.train import TrainConfig, ranking_metric, retrieval_metric
+from recsys_contract.train import (
+    FINAL,
+    SERVED,
+    TrainConfig,
+    ranking_metric,
+    retrieval_metric,
+    served_metric,
+)
 from recsys_workloads.artifact_store import ArtifactReader, ArtifactWriter, Store
 from recsys_workloads.train.features import EntityEncoder
 from recsys_workloads.train.models import ModelShape, Ranker, TwoTower
@@ -63,6 +70,10 @@ def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         for name in ("auc", "ndcg@10"):
             if name in values:
                 out[ranking_metric(model, name)] = round(float(values[name]), 5)
+    # the final list only: its retrieval-order and baseline lists are the retrieval section's
+    # (and a ModelVersion's status.metrics holds at most 64 numbers)
+    for name, value in metrics.get(SERVED, {}).get(FINAL, {}).items():
+        out[served_metric(FINAL, name)] = round(float(value), 5)
     return out
 
 

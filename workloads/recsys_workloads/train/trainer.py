@@ -135,6 +135,32 @@ class DeviceData:
     hist_start: Tensor
     hist_end: Tensor
     history_length: int
+    #: sorted (user index * item ids + item index) keys of the trained-on interactions: the
+    #: pairs a hard negative must not be
+    positive_keys: Tensor
+    n_item_ids: int
+
+    def is_positive(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
+        keys = user_idx * self.n_item_ids + item_idx
+        pos = torch.searchsorted(self.positive_keys, keys).clamp(max=self.positive_keys.numel() - 1)
+        return self.positive_keys[pos] == keys
+
+    @torch.no_grad()
+    def catalog_vectors(self, two_tower: nn.Module, batch: int = 8192) -> Tensor:
+        """Every catalogue item's two-tower vector, for drawing the retrieval candidates."""
+        model = _unwrap(two_tower)
+        assert isinstance(model, TwoTower)
+        tower = model.item_tower
+        n = int(self.catalog_item_idx.shape[0])
+        return torch.cat(
+            [
+                tower(
+                    self.catalog_item_idx[s : s + batch],
+                    self.items.gather(self.catalog_item_row[s : s + batch]),
+                )
+                for s in range(0, n, batch)
+            ]
+        )
 
     def user_inputs(self, b: Tensor) -> dict[str, Tensor]:
         """Features of the batch's users at their interactions' times, history included."""
@@ -167,6 +193,12 @@ class DeviceData:
             hist_start=t(p.train_hist_start),
             hist_end=t(p.train_hist_end),
             history_length=p.history_length,
+            positive_keys=t(
+                np.unique(
+                    p.train_user_idx.astype(np.int64) * p.items.encoder.ids.size + p.train_item_idx
+                )
+            ),
+            n_item_ids=int(p.items.encoder.ids.size),
         )
 
 
@@ -343,6 +375,24 @@ def train(
     return result
 
 
+def _with_hard_negatives(
+    d: DeviceData, b: Tensor, u_vec: Tensor, cat_vec: Tensor, uniform: Tensor, ranks: Tensor
+) -> Tensor:
+    """The negatives' catalogue positions ([batch * reps], grouped by positive): the first
+    ``ranks.shape[1]`` of each positive's become its user's retrieval candidates at ``ranks``
+    (a candidate the user trained on stays the uniform draw)."""
+    n_cands = int(ranks.max()) + 1 if ranks.numel() else 1
+    top = torch.topk(u_vec @ cat_vec.T, k=min(n_cands, cat_vec.shape[0]), dim=1).indices
+    hard = torch.gather(top, 1, ranks.to(top.device))
+    reps = uniform.numel() // b.numel()
+    out = uniform.view(b.numel(), reps).clone()
+    users = d.user_idx[b].unsqueeze(1).expand_as(hard)
+    seen = d.is_positive(users, d.catalog_item_idx[hard])
+    n_hard = hard.shape[1]
+    out[:, :n_hard] = torch.where(seen, out[:, :n_hard], hard)
+    return out.reshape(-1)
+
+
 def _run_epoch(
     cfg: TrainConfig,
     epoch: int,
@@ -372,6 +422,12 @@ def _run_epoch(
         steps = min(steps, tc.max_steps_per_epoch)
     n_catalog = int(d.catalog_item_idx.shape[0])
     temperature = mc.temperature
+    reps = tc.ranker_negatives
+    n_hard = round(reps * tc.ranker_hard_negatives)
+    n_cands = min(cfg.evaluation.candidates, n_catalog)
+    # candidates come from the item vectors as of the epoch's start (one catalogue pass per
+    # epoch, not per step); the users' vectors are the step's own
+    cat_vec = d.catalog_vectors(tt_model) if n_hard else None
     tt_total = rk_total = 0.0
     seen = 0
     for step in range(steps):
@@ -381,7 +437,10 @@ def _run_epoch(
             continue
         # draw every random number on the CPU generator, whatever the device, for determinism
         drop = torch.rand(b.numel(), 2, generator=gen) < mc.id_dropout
-        neg_pos = torch.randint(0, n_catalog, (b.numel() * tc.ranker_negatives,), generator=gen)
+        neg_pos = torch.randint(0, n_catalog, (b.numel() * reps,), generator=gen)
+        hard_rank = (
+            torch.randint(0, n_cands, (b.numel(), n_hard), generator=gen) if n_hard else None
+        )
         b = b.to(device)
         drop = drop.to(device)
         u_idx = d.user_idx[b].masked_fill(drop[:, 0], 0)
@@ -405,9 +464,11 @@ def _run_epoch(
         torch.autograd.backward(loss_tt)
         opt_tt.step()
 
-        # ranker: the batch's positives against uniformly drawn catalog items
+        # ranker: the batch's positives against catalog items, some drawn from the
+        # retrieval candidates (hard), the rest uniformly
         neg_pos = neg_pos.to(device)
-        reps = tc.ranker_negatives
+        if cat_vec is not None and hard_rank is not None:
+            neg_pos = _with_hard_negatives(d, b, u_vec.detach(), cat_vec, neg_pos, hard_rank)
         ru_idx = torch.cat([d.user_idx[b], d.user_idx[b].repeat_interleave(reps)])
         ru_feats = {k: torch.cat([v, v.repeat_interleave(reps, dim=0)]) for k, v in u_feats.items()}
         ri_idx = torch.cat([d.item_idx[b], d.catalog_item_idx[neg_pos]])
