@@ -19,20 +19,17 @@ The Redis password comes from ``REDIS_PASSWORD``, as for materialization.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import redis
 
-from recsys_contract.formats import REDIS_PASSWORD_ENV
 from recsys_contract.history import HistoryConfig, HistorySummary
 from recsys_contract.keyspace import GatewayKeys
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.gateway.control import backfill_seen
-from recsys_workloads.materialize import redis_errors
+from recsys_workloads.redis_client import redis_client, redis_errors
 from recsys_workloads.runtime import parse_config, run_entrypoint
 from recsys_workloads.train.data import (
     Interactions,
@@ -79,11 +76,7 @@ def seed(raw: dict[str, Any]) -> dict[str, Any]:
     pairs = newest_per_user(validate_interactions(table, columns), cfg.max_items_per_user)
     store = cfg.online_store
     keys = GatewayKeys.of(cfg.recommender, store.key_prefix)
-    client = redis.Redis.from_url(
-        store.redis_url,
-        password=os.environ.get(REDIS_PASSWORD_ENV) or None,
-        socket_connect_timeout=store.connect_timeout_seconds,
-    )
+    client = redis_client(store.redis_url, store.connect_timeout_seconds)
     users = np.unique(pairs.user_ids)
     with redis_errors(store.redis_url), client:
         written = backfill_seen(

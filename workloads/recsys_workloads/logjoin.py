@@ -60,7 +60,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from recsys_contract.formats import REDIS_PASSWORD_ENV, join_uri
+from recsys_contract.formats import join_uri
 from recsys_contract.keyspace import GatewayKeys
 from recsys_contract.logjoin import (
     PART_PREFIX,
@@ -72,6 +72,7 @@ from recsys_contract.logjoin import (
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.datasets.layout import TIMESTAMP
 from recsys_workloads.gateway.served_log import EventRecord, ServedRecord
+from recsys_workloads.redis_client import redis_client
 from recsys_workloads.runtime import TransientError, parse_config, run_entrypoint
 
 log = logging.getLogger("recsys_workloads.logjoin")
@@ -401,11 +402,7 @@ def run_join(
 def work(raw: dict[str, Any]) -> dict[str, Any]:
     cfg = parse_config(LogJoinConfig, raw, "log join config")
     online = cfg.online_store
-    client = redis.Redis.from_url(
-        online.redis_url,
-        password=os.environ.get(REDIS_PASSWORD_ENV) or None,
-        socket_connect_timeout=online.connect_timeout_seconds,
-    )
+    client = redis_client(online.redis_url, online.connect_timeout_seconds)
     keys = GatewayKeys.of(cfg.recommender, online.key_prefix)
     try:
         return run_join(client, keys, Store(cfg.storage_options), cfg).to_wire()

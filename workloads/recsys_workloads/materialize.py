@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
 import uuid
@@ -62,7 +61,6 @@ import pyarrow.compute as pc
 import redis
 from numpy.typing import NDArray
 
-from recsys_contract.formats import REDIS_PASSWORD_ENV
 from recsys_contract.keyspace import FeatureViewKeys, LivePointer
 from recsys_contract.materialize import MaterializeConfig, MaterializeSummary
 from recsys_workloads import runtime
@@ -70,6 +68,7 @@ from recsys_workloads.featurestore import codec
 from recsys_workloads.featurestore.point_in_time import latest_rows, window_bounds_us
 from recsys_workloads.featurestore.resp import BulkWriter, hset_commands, key_commands
 from recsys_workloads.featurestore.source import OfflineSource, open_source
+from recsys_workloads.redis_client import redis_client, redis_errors, redis_password
 from recsys_workloads.runtime import BadInputError, TransientError, run_entrypoint
 
 log = logging.getLogger("recsys_workloads.materialize")
@@ -99,23 +98,6 @@ if ARGV[3] ~= '' then redis.call('HDEL', KEYS[2], ARGV[3]) end
 for i = 5, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[4]) end
 return 1
 """
-
-
-@contextlib.contextmanager
-def redis_errors(where: str) -> Iterator[None]:
-    """Sort redis-py failures: wrong credentials are bad input, the rest is worth a retry."""
-    try:
-        yield
-    except redis.exceptions.AuthenticationError as exc:
-        raise BadInputError(
-            f"Redis at {where} refused the credentials ({exc}); set {REDIS_PASSWORD_ENV}"
-        ) from exc
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise TransientError(f"Redis at {where} is unreachable ({exc})") from exc
-    except redis.exceptions.ResponseError as exc:
-        if str(exc).startswith(("NOAUTH", "WRONGPASS")):
-            raise BadInputError(f"Redis at {where}: {exc}; set {REDIS_PASSWORD_ENV}") from exc
-        raise TransientError(f"Redis at {where} failed: {exc}") from exc
 
 
 @dataclass
@@ -340,11 +322,11 @@ def materialize(
         cfg.source.created_timestamp_column,
     )
     url = cfg.online_store.redis_url
-    client = redis.Redis.from_url(
+    client = redis_client(
         url,
+        cfg.online_store.connect_timeout_seconds,
+        cfg.online_store.connect_timeout_seconds * 3,
         password=password,
-        socket_timeout=cfg.online_store.connect_timeout_seconds * 3,
-        socket_connect_timeout=cfg.online_store.connect_timeout_seconds,
     )
     store = Store(
         client,
@@ -483,7 +465,7 @@ def _run(
 
 
 def work(raw: dict[str, Any]) -> dict[str, Any]:
-    return materialize(parse_config(raw), os.environ.get(REDIS_PASSWORD_ENV) or None)
+    return materialize(parse_config(raw), redis_password())
 
 
 def main(argv: list[str] | None = None) -> int:

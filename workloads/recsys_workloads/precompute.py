@@ -37,7 +37,6 @@ import asyncio
 import heapq
 import logging
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -47,7 +46,6 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
-from recsys_contract.formats import REDIS_PASSWORD_ENV
 from recsys_contract.gateway import GatewayConfig
 from recsys_contract.keyspace import GatewayKeys, IndexAlias, LivePointer, PrecomputedList
 from recsys_contract.precompute import Audience, PrecomputeConfig, PrecomputeSummary
@@ -65,6 +63,7 @@ from recsys_workloads.gateway.pipeline import (
 from recsys_workloads.gateway.served_log import StreamWriter
 from recsys_workloads.gateway.store import GatewayStore
 from recsys_workloads.gateway.triton_client import TritonClient
+from recsys_workloads.redis_client import redis_password
 from recsys_workloads.runtime import (
     BadInputError,
     TransientError,
@@ -295,7 +294,7 @@ async def run(cfg: PrecomputeConfig, client: redis.asyncio.Redis) -> PrecomputeS
 async def _work(cfg: PrecomputeConfig) -> PrecomputeSummary:
     client = redis.asyncio.Redis.from_url(
         cfg.gateway.redis_url,
-        password=os.environ.get(REDIS_PASSWORD_ENV) or None,
+        password=redis_password(),
         socket_timeout=max(cfg.gateway.redis_timeout_s, 5.0),
     )
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +21,12 @@ import numpy as np
 import redis
 
 from recsys_contract.drift import DriftConfig
-from recsys_contract.formats import REDIS_PASSWORD_ENV
 from recsys_contract.keyspace import GatewayKeys
 from recsys_contract.termination import TERMINATION_MESSAGE_LIMIT
 from recsys_workloads.artifact_store import ArtifactReader, Store
 from recsys_workloads.drift import stats
 from recsys_workloads.gateway.served_log import ServedRecord
-from recsys_workloads.materialize import redis_errors
+from recsys_workloads.redis_client import redis_client, redis_errors
 from recsys_workloads.runtime import BadInputError, parse_config
 from recsys_workloads.serving.encoding import FeatureLookup, RequestEncoder
 from recsys_workloads.train.features import EntityEncoder, FeatureSpec
@@ -86,11 +84,8 @@ def read_sample(cfg: DriftConfig) -> Sample:
     """The newest ``sampleSize`` served entries (of ``modelVersion`` when set), newest first."""
     store = cfg.served_log
     stream = GatewayKeys.of(cfg.recommender, store.key_prefix).served
-    client = redis.Redis.from_url(
-        store.redis_url,
-        password=os.environ.get(REDIS_PASSWORD_ENV) or None,
-        socket_connect_timeout=store.connect_timeout_seconds,
-        socket_timeout=store.connect_timeout_seconds,
+    client = redis_client(
+        store.redis_url, store.connect_timeout_seconds, store.connect_timeout_seconds
     )
     records: list[ServedRecord] = []
     scanned = malformed = 0
