@@ -47,6 +47,8 @@ CHILD_RESOURCES = (
     ("apps", "v1", "deployments", "Deployment"),
     ("", "v1", "configmaps", "ConfigMap"),
     ("", "v1", "services", "Service"),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
 )
 
 

@@ -70,6 +70,10 @@ RESOURCES: dict[tuple[str, str], ResourceType] = {
     ("apps/v1", "Deployment"): ResourceType("apps", "v1", "deployments"),
     ("batch/v1", "Job"): ResourceType("batch", "v1", "jobs"),
     ("batch/v1", "CronJob"): ResourceType("batch", "v1", "cronjobs"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): ResourceType(
+        "autoscaling", "v2", "horizontalpodautoscalers"
+    ),
+    ("policy/v1", "PodDisruptionBudget"): ResourceType("policy", "v1", "poddisruptionbudgets"),
     ("coordination.k8s.io/v1", "Lease"): ResourceType("coordination.k8s.io", "v1", "leases"),
     (f"{GROUP}/{VERSION}", "Recommender"): ResourceType(GROUP, VERSION, "recommenders"),
     (f"{GROUP}/{VERSION}", "FeatureView"): ResourceType(GROUP, VERSION, "featureviews"),
@@ -261,15 +265,20 @@ class KubeClient:
             item.setdefault("kind", kind)
         return items, str(meta.get("resourceVersion", ""))
 
-    async def apply(self, obj: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
-        """Server-side apply under the operator's field manager.
+    async def apply(
+        self, obj: Mapping[str, Any], *, force: bool = True, field_manager: str | None = None
+    ) -> dict[str, Any]:
+        """Server-side apply under the operator's field manager (or ``field_manager``).
 
         ``force`` takes over fields another manager set (a user's ``kubectl edit`` of a child):
         the operator owns its children's spec, as every controller does.
         """
         meta = obj["metadata"]
         rt = resource_type(obj["apiVersion"], obj["kind"])
-        params = {"fieldManager": self.field_manager, "force": "true" if force else "false"}
+        params = {
+            "fieldManager": field_manager or self.field_manager,
+            "force": "true" if force else "false",
+        }
         return await self.request(
             "PATCH",
             rt.path(meta.get("namespace"), meta["name"]),

@@ -116,6 +116,14 @@ CASES = [
          "spec.source.createdTimestampField", "must differ from timestampField"),
     Case("fv-feature-is-created-time", "FeatureView", {"source.createdTimestampField": "age"},
          "spec.features", "may not reuse the createdTimestampField column"),
+    # --- Recommender: autoscaling -------------------------------------------------------------
+    Case("rec-autoscaling-without-cpu-request", "Recommender",
+         {"serving.gateway": {"autoscaling": {"maxReplicas": 4}}},
+         "spec.serving.gateway.autoscaling", "set serving.gateway.resources.requests.cpu"),
+    Case("rec-autoscaling-min-above-max", "Recommender",
+         {"serving.triton": {"resources": {"requests": {"cpu": 1}},
+                             "autoscaling": {"minReplicas": 3, "maxReplicas": 2}}},
+         "spec.serving.triton.autoscaling.minReplicas", "must not exceed maxReplicas"),
     # --- Recommender: precompute ---------------------------------------------------------------
     Case("rec-precompute-no-audience", "Recommender",
          {"serving.precompute": {"schedule": "@hourly", "audience": {}}},

@@ -355,6 +355,106 @@ def test_removed_serving_fields_leave_the_deployments(
     eventually(lambda: all(cleared(p) for p in pods()), 60, "fields removed", operator=operator)
 
 
+def test_an_autoscaler_owns_the_gateway_pods_and_a_budget_guards_drains(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    """serving.gateway: three fixed pods get a PodDisruptionBudget the disruption controller
+    judges; autoscaling takes the count over without a drop (the count is handed over, not
+    removed and defaulted to one), the real HPA controller then moves it and the operator
+    never puts it back; removing autoscaling at one pod removes the HPA and the budget."""
+    gw = "movies-gateway"
+    cpu = {"requests": {"cpu": "250m"}}
+
+    def gateway(spec: dict[str, Any]) -> Any:
+        def edit(docs: list[dict[str, Any]]) -> None:
+            docs[1]["spec"]["serving"]["gateway"] = spec
+
+        return edit
+
+    def replicas() -> int | None:
+        return ((get(testbed, "deployment", gw, namespace) or {}).get("spec") or {}).get("replicas")
+
+    def owners_of_replicas() -> set[str]:
+        dep = get(testbed, "deployment", gw, namespace) or {}
+        return {
+            m["manager"]
+            for m in dep.get("metadata", {}).get("managedFields", [])
+            if "f:replicas" in (m.get("fieldsV1", {}).get("f:spec") or {})
+        }
+
+    apply_stack(testbed, namespace, gateway({"replicas": 3}))
+    walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
+    eventually(lambda: replicas() == 3, 60, "three gateway pods", operator=operator)
+    # kwok runs the pods Ready; the disruption controller allows one eviction of three
+    budget = eventually(
+        lambda: (
+            pdb
+            if (pdb := get(testbed, "pdb", gw, namespace))
+            and (pdb.get("status") or {}).get("disruptionsAllowed") == 1
+            and pdb["status"].get("expectedPods") == 3
+            else None
+        ),
+        90,
+        "a budget that allows one disruption of three pods",
+        operator=operator,
+    )
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert get(testbed, "hpa", gw, namespace) is None
+
+    # autoscaling from 2 to 4: the three pods stay (the count is within the bounds and the
+    # HPA has no metrics here), and the operator no longer owns the count
+    auto = {"replicas": 3, "resources": cpu, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}
+    apply_stack(testbed, namespace, gateway(auto))
+    hpa = eventually(lambda: get(testbed, "hpa", gw, namespace), 60, "the HPA", operator=operator)
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == gw
+    eventually(
+        lambda: "recsys-operator" not in owners_of_replicas(),
+        60,
+        "the count handed over",
+        operator=operator,
+    )
+    dep = get(testbed, "deployment", gw, namespace)
+    assert dep is not None
+    assert dep["spec"]["replicas"] == 3, "turning autoscaling on dropped pods"
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"] == cpu
+
+    # the HPA controller (kube-controller-manager) raises the count to a new floor; a later
+    # change the operator applies to the Deployment leaves the count where the HPA put it
+    auto["autoscaling"] = {"minReplicas": 4, "maxReplicas": 5}
+    apply_stack(testbed, namespace, gateway(auto))
+    eventually(lambda: replicas() == 4, 90, "the HPA scaled to its floor", operator=operator)
+    assert "kube-controller-manager" in owners_of_replicas(), owners_of_replicas()
+    auto["resources"] = more = {"requests": {"cpu": "300m"}}
+
+    def resized() -> bool:
+        dep = get(testbed, "deployment", gw, namespace)
+        return (
+            bool(dep)
+            and dep["spec"]["template"]["spec"]["containers"][0].get(  # type: ignore[index]
+                "resources"
+            )
+            == more
+        )
+
+    apply_stack(testbed, namespace, gateway(auto))
+    eventually(resized, 60, "the new CPU request applied", operator=operator)
+    assert replicas() == 4, "the operator put its own count back"
+
+    # back to one fixed pod: the HPA and the budget go, the operator owns the count again
+    apply_stack(testbed, namespace, gateway({"replicas": 1}))
+    eventually(
+        lambda: (
+            get(testbed, "hpa", gw, namespace) is None
+            and get(testbed, "pdb", gw, namespace) is None
+            and replicas() == 1
+        ),
+        60,
+        "HPA and budget removed, one pod",
+        operator=operator,
+    )
+
+
 def drift_summary(drifted: bool) -> dict[str, Any]:
     """What the drift check workload reports (recsys_contract.drift.DriftSummary)."""
     age = {"name": "user.age", "value": 0.34 if drifted else 0.01, "drifted": drifted}

@@ -67,6 +67,7 @@ CONTROLLERS = (
     "ttl-after-finished-controller",
     "endpointslice-controller",
     "disruption-controller",
+    "horizontal-pod-autoscaler-controller",
 )
 
 #: Writes only, at Metadata level: enough to count a controller's writes, small enough to keep.

@@ -45,6 +45,14 @@ tests/integration/test_chart.py runs the operator on exactly these rules and fai
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# serving.*.autoscaling's HorizontalPodAutoscalers, and the PodDisruptionBudgets of serving
+# Deployments with two or more pods: applied, watched into the cache, removed when unwanted.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # Rendered workload configs (a replaced Triton's goes with it), watched into the cache.
 - apiGroups: [""]
   resources: ["configmaps"]

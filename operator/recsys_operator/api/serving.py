@@ -29,12 +29,69 @@ from recsys_operator.api.common import (
 from recsys_operator.api.training import ThresholdRange
 
 
+def _cpu_set(resources: ResourceRequirements | None) -> bool:
+    return resources is not None and any(
+        "cpu" in (part or {}) for part in (resources.requests, resources.limits)
+    )
+
+
+#: CEL for "the container has a CPU request" (a CPU limit alone defaults the request).
+_CPU_SET_CEL = (
+    "has(self.resources) && ((has(self.resources.requests) && 'cpu' in self.resources.requests)"
+    " || (has(self.resources.limits) && 'cpu' in self.resources.limits))"
+)
+
+
+class Autoscaling(ApiModel):
+    """A HorizontalPodAutoscaler (``autoscaling/v2``) on CPU utilization, between
+    ``minReplicas`` and ``maxReplicas``. While it is set, the operator leaves the pod count
+    to the autoscaler (``replicas`` is not applied), so the two never fight."""
+
+    __rules__ = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must not exceed maxReplicas: lower minReplicas or raise "
+            "maxReplicas",
+            field_path=".minReplicas",
+            check=lambda m: m.min_replicas <= m.max_replicas,
+        ),
+    )
+
+    min_replicas: Annotated[int, Field(ge=1, le=100)] = 1
+    """Fewest pods the autoscaler keeps; with two or more, a PodDisruptionBudget keeps all
+    but one through a node drain."""
+    max_replicas: Annotated[int, Field(ge=1, le=100)]
+    """Most pods the autoscaler makes."""
+    target_cpu_utilization_percentage: Annotated[
+        int, Field(ge=1, le=100, alias="targetCPUUtilizationPercentage")
+    ] = 80
+    """Average CPU use the autoscaler aims for, as a percentage of the container's CPU
+    request (which must therefore be set in ``resources``)."""
+
+
+def _autoscaling_rule(component: str) -> Rule:
+    return Rule(
+        cel=f"!has(self.autoscaling) || ({_CPU_SET_CEL})",
+        message=f"serving.{component}.autoscaling scales on CPU utilization, a share of the "
+        f"container's CPU request: set serving.{component}.resources.requests.cpu",
+        field_path=".autoscaling",
+        check=lambda m: m.autoscaling is None or _cpu_set(m.resources),
+    )
+
+
 class TritonServing(ApiModel):
     """The Triton Inference Server Deployment that runs the user tower and the ranking
     model."""
 
+    __rules__ = (_autoscaling_rule("triton"),)
+
     replicas: Annotated[int, Field(ge=0, le=100)] = 1
-    """Pods per served version (stable and canary each get this many)."""
+    """Pods per served version (stable and canary each get this many) while ``autoscaling``
+    is unset; with two or more, a PodDisruptionBudget keeps all but one through a node
+    drain."""
+    autoscaling: Autoscaling | None = None
+    """Scale each served version's Triton on CPU instead of a fixed ``replicas`` (each
+    version gets its own autoscaler with these bounds)."""
     image: Image | None = None
     """Triton image; the operator's default when unset."""
     resources: ResourceRequirements | None = None
@@ -51,8 +108,13 @@ class GatewayServing(ApiModel):
     """The recommendation gateway: the HTTP API clients call, which runs retrieval,
     filtering, scoring and ordering and logs every response."""
 
+    __rules__ = (_autoscaling_rule("gateway"),)
+
     replicas: Annotated[int, Field(ge=0, le=100)] = 2
-    """Gateway pods."""
+    """Gateway pods while ``autoscaling`` is unset; with two or more, a
+    PodDisruptionBudget keeps all but one through a node drain."""
+    autoscaling: Autoscaling | None = None
+    """Scale the gateway on CPU instead of a fixed ``replicas``."""
     image: Image | None = None
     """Gateway image; the operator's default when unset."""
     resources: ResourceRequirements | None = None

@@ -64,7 +64,7 @@ def _deployment(
     ns: str,
     labels: Mapping[str, str],
     owner: Mapping[str, Any],
-    replicas: int,
+    replicas: int | None,
     container: dict[str, Any],
     volumes: list[dict[str, Any]],
     node_selector: Mapping[str, str] | None,
@@ -88,16 +88,89 @@ def _deployment(
         pod["nodeSelector"] = dict(node_selector)
     if tolerations:
         pod["tolerations"] = tolerations
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    if replicas is not None:  # None: an autoscaler owns the count
+        spec["replicas"] = replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": object_meta(name, ns, labels, owner),
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector},
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
-        },
+        "spec": spec,
     }
+
+
+#: The optional children that keep a served Deployment's pods: (apiVersion, kind).
+HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
+PDB = ("policy/v1", "PodDisruptionBudget")
+
+
+def fewest_pods(spec: TritonServing | GatewayServing) -> int:
+    """The pod count serving never goes below by choice: the autoscaler's floor, or
+    ``replicas``."""
+    return spec.autoscaling.min_replicas if spec.autoscaling else spec.replicas
+
+
+def unwanted_scaling(spec: TritonServing | GatewayServing) -> list[tuple[str, str]]:
+    """The optional children ``spec`` does not ask for, removed when present: the
+    autoscaler once ``autoscaling`` is gone, the disruption budget below two pods (with one
+    pod a budget either blocks every drain or guards nothing)."""
+    out = []
+    if spec.autoscaling is None:
+        out.append(HPA)
+    if fewest_pods(spec) < 2:
+        out.append(PDB)
+    return out
+
+
+def _scaling(
+    deployment: Mapping[str, Any], spec: TritonServing | GatewayServing
+) -> list[dict[str, Any]]:
+    """The autoscaler and the disruption budget ``spec`` asks for, beside ``deployment``."""
+    meta = deployment["metadata"]
+    out: list[dict[str, Any]] = []
+    if spec.autoscaling is not None:
+        auto = spec.autoscaling
+        out.append(
+            {
+                "apiVersion": HPA[0],
+                "kind": HPA[1],
+                "metadata": dict(meta),
+                "spec": {
+                    "scaleTargetRef": {
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "name": meta["name"],
+                    },
+                    "minReplicas": auto.min_replicas,
+                    "maxReplicas": auto.max_replicas,
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {
+                                    "type": "Utilization",
+                                    "averageUtilization": auto.target_cpu_utilization_percentage,
+                                },
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    if PDB not in unwanted_scaling(spec):
+        out.append(
+            {
+                "apiVersion": PDB[0],
+                "kind": PDB[1],
+                "metadata": dict(meta),
+                "spec": {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]},
+            }
+        )
+    return out
 
 
 def _service(
@@ -130,7 +203,8 @@ def _served(
     ports: list[tuple[str, int]],
     init_containers: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """A Deployment of ``container`` placed and sized as ``spec`` says, and its Service."""
+    """A Deployment of ``container`` placed and sized as ``spec`` says, its Service, and the
+    autoscaler and disruption budget ``spec`` asks for."""
     if spec.resources:
         container["resources"] = spec.resources.to_k8s()
     deployment = _deployment(
@@ -138,7 +212,7 @@ def _served(
         ns,
         labels,
         owner,
-        spec.replicas,
+        None if spec.autoscaling else spec.replicas,
         container,
         volumes,
         spec.node_selector,
@@ -146,7 +220,8 @@ def _served(
         init_containers or [],
     )
     selector = deployment["spec"]["selector"]["matchLabels"]
-    return [deployment, _service(name, ns, labels, owner, selector, ports)]
+    service = _service(name, ns, labels, owner, selector, ports)
+    return [deployment, service, *_scaling(deployment, spec)]
 
 
 def repository_config(rec: Recommender, artifact_uri: str) -> RepositoryConfig:
@@ -173,7 +248,8 @@ def triton_objects(
 ) -> list[dict[str, Any]]:
     """A version's Triton: a ConfigMap, a Deployment whose init container builds the model
     repository from the version's artifact into an emptyDir (the repository is derived data,
-    see ``recsys_workloads.serving.repository``), and its Service."""
+    see ``recsys_workloads.serving.repository``), and its Service (with the autoscaler and
+    disruption budget the spec asks for)."""
     ns = rec.metadata.namespace or "default"
     name = triton_name(rec, version)
     tr = rec.spec.serving.triton
@@ -304,7 +380,8 @@ def gateway_objects(
     image: str,
     feature_views: Mapping[str, FeatureView],
 ) -> list[dict[str, Any]]:
-    """The gateway's ConfigMap (``gateway_config``), Deployment and Service; ``feature_views``
+    """The gateway's ConfigMap (``gateway_config``), Deployment and Service (with the
+    autoscaler and disruption budget its spec asks for); ``feature_views``
     are the Recommender's FeatureViews by name, found so far."""
     ns = rec.metadata.namespace or "default"
     name = gateway_name(rec)

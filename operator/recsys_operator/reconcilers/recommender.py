@@ -25,6 +25,7 @@ from recsys_operator.api.recommender import (
 from recsys_operator.api.serving import AnalysisMetric
 from recsys_operator.conditions import now_rfc3339
 from recsys_operator.controller import Context, Key
+from recsys_operator.diffing import needs_apply, stamped
 from recsys_operator.kube import ApiError
 from recsys_operator.labels import RECOMMENDER_LABEL
 from recsys_operator.metrics import (
@@ -46,10 +47,15 @@ from recsys_operator.planning import rollout as machine
 from recsys_operator.planning.finalizers import CLEANUP_FINALIZER
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, newest
 from recsys_operator.planning.serving import (
+    HPA,
+    PDB,
+    gateway_name,
     gateway_objects,
     history_job,
     routing_table,
+    triton_name,
     triton_objects,
+    unwanted_scaling,
 )
 from recsys_operator.reconcilers import teardown
 from recsys_operator.reconcilers.common import (
@@ -64,6 +70,8 @@ from recsys_operator.reconcilers.common import (
 from recsys_operator.reconcilers.modelversion import feature_sources
 
 log = logging.getLogger(__name__)
+#: The field manager that holds a Deployment's ``replicas`` while an autoscaler takes over.
+REPLICAS_HANDOVER_MANAGER = "recsys-operator-handover"
 #: A check waits no longer than this for each Prometheus query.
 PROMETHEUS_TIMEOUT_SECONDS = 5.0
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -155,14 +163,18 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
             for version in sorted(routing.versions):
                 uri = (by_name[version].get("status") or {}).get("artifactUri", "")
                 for child in triton_objects(rec, obj, version, uri, triton_image, trainer_image):
-                    applied = await ensure(ctx, child)
+                    applied = await _ensure_served(ctx, child)
                     if child["kind"] == "Deployment" and version == routing.stable:
                         ready_now = ready_now and _available(applied)
+                for api_version, kind in unwanted_scaling(rec.spec.serving.triton):
+                    await remove(ctx, api_version, kind, triton_name(rec, version), ns)
             table = routing_table(rec, routing, indexes)
             for child in gateway_objects(rec, obj, table, ctx.images.get("gateway", ""), views):
-                applied = await ensure(ctx, child)
+                applied = await _ensure_served(ctx, child)
                 if child["kind"] == "Deployment":
                     ready_now = ready_now and _available(applied)
+            for api_version, kind in unwanted_scaling(rec.spec.serving.gateway):
+                await remove(ctx, api_version, kind, gateway_name(rec), ns)
             serving_ready = ready_now
             ctx.kube.fence()  # the routing table is a write too: only the leader's goes out
             published = await _publish(
@@ -473,6 +485,32 @@ def _feature_views(ctx: Context, rec: Recommender) -> dict[str, FeatureView]:
     return found
 
 
+async def _ensure_served(ctx: Context, child: dict[str, Any]) -> dict[str, Any]:
+    """``ensure``, with the pod count handed to the autoscaler first where one takes over.
+
+    A Deployment applied without ``replicas`` loses the field if the operator was its only
+    manager, and the apiserver defaults it to one pod until the autoscaler scales back up.
+    Applying the current count under a second manager first keeps it owned (Kubernetes'
+    documented ownership transfer), so turning autoscaling on never drops pods; the
+    autoscaler's next change of the count takes it over from that manager.
+    """
+    if child["kind"] == "Deployment" and "replicas" not in child["spec"]:
+        meta = child["metadata"]
+        observed = ctx.cache.get("apps/v1", "Deployment", meta["name"], meta["namespace"])
+        replicas = ((observed or {}).get("spec") or {}).get("replicas")
+        if replicas is not None and needs_apply(stamped(child), observed):
+            await ctx.kube.apply(
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                    "spec": {"replicas": replicas},
+                },
+                field_manager=REPLICAS_HANDOVER_MANAGER,
+            )
+    return await ensure(ctx, child)
+
+
 async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str]) -> None:
     """Triton Deployments of versions that no longer serve (their Services and repository
     ConfigMaps go the same way)."""
@@ -485,6 +523,8 @@ async def _remove_unused_tritons(ctx: Context, ns: str, rec: str, keep: set[str]
         version = dep["metadata"]["labels"].get("recsys.dev/model-version")
         if version not in keep:
             for api_version, kind in (
+                HPA,
+                PDB,
                 ("apps/v1", "Deployment"),
                 ("v1", "Service"),
                 ("v1", "ConfigMap"),
