@@ -375,7 +375,10 @@ def test_an_autoscaler_owns_the_gateway_pods_and_a_budget_guards_drains(
         return ((get(testbed, "deployment", gw, namespace) or {}).get("spec") or {}).get("replicas")
 
     def owners_of_replicas() -> set[str]:
-        dep = get(testbed, "deployment", gw, namespace) or {}
+        out = testbed.kubectl(
+            "get", "deployment", gw, "-n", namespace, "-o", "json", "--show-managed-fields"
+        )
+        dep = json.loads(out.stdout)
         return {
             m["manager"]
             for m in dep.get("metadata", {}).get("managedFields", [])
@@ -409,7 +412,7 @@ def test_an_autoscaler_owns_the_gateway_pods_and_a_budget_guards_drains(
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
     assert hpa["spec"]["scaleTargetRef"]["name"] == gw
     eventually(
-        lambda: "recsys-operator" not in owners_of_replicas(),
+        lambda: owners_of_replicas() == {"recsys-operator-handover"},
         60,
         "the count handed over",
         operator=operator,
@@ -424,7 +427,7 @@ def test_an_autoscaler_owns_the_gateway_pods_and_a_budget_guards_drains(
     auto["autoscaling"] = {"minReplicas": 4, "maxReplicas": 5}
     apply_stack(testbed, namespace, gateway(auto))
     eventually(lambda: replicas() == 4, 90, "the HPA scaled to its floor", operator=operator)
-    assert "kube-controller-manager" in owners_of_replicas(), owners_of_replicas()
+    assert owners_of_replicas() == {"kube-controller-manager"}, owners_of_replicas()
     auto["resources"] = more = {"requests": {"cpu": "300m"}}
 
     def resized() -> bool:
@@ -453,6 +456,7 @@ def test_an_autoscaler_owns_the_gateway_pods_and_a_budget_guards_drains(
         "HPA and budget removed, one pod",
         operator=operator,
     )
+    assert owners_of_replicas() == {"recsys-operator"}
 
 
 def drift_summary(drifted: bool) -> dict[str, Any]:
