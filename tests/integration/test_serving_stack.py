@@ -13,6 +13,7 @@ import io
 import json
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -500,6 +501,67 @@ async def test_redis_down_is_a_clear_503_and_no_crash(art: Artifacts, triton: Tr
             assert not gw.poller.done()
     finally:
         server.stop()
+
+
+async def test_redis_restarted_under_load_is_503_then_serves_again_without_a_restart(
+    art: Artifacts, triton: TritonServer
+) -> None:
+    """Chaos: Redis killed under a steady load and started again on its port. While it is
+    down every answer is a 503 (never a 5xx of another kind, a hang or a crash); once it is
+    back and its features are materialized again (this Redis keeps nothing across a restart,
+    as a cache would), the same gateway process serves 200s again."""
+    server = start_redis(databases=1)
+    back = None
+    try:
+        materialize_features(server.url, art.paths)
+        cfg = gateway_config(art, triton.http_url, server.url, redisTimeout="200ms")
+        async with gateway_client(cfg) as (gw, base, session):
+            await wait_ready(session, base)
+            stage = "up"
+            seen: dict[str, Counter[int]] = {"up": Counter(), "down": Counter(), "back": Counter()}
+            stop = asyncio.Event()
+
+            async def client(i: int) -> None:
+                n = 0
+                while not stop.is_set():
+                    at = stage
+                    status, _ = await get(
+                        session, f"{base}/v1/recommendations?user_id={1 + n % 50}"
+                    )
+                    if at == stage:  # a request that spans a switch belongs to neither side
+                        seen[at][status] += 1
+                    n += 1
+                    await asyncio.sleep(0.005)
+
+            tasks = [asyncio.create_task(client(i)) for i in range(4)]
+            await asyncio.sleep(1.5)
+            stage = "down"
+            server.stop()
+            await asyncio.sleep(2.0)
+            back = start_redis(databases=1, port=server.port)
+            await asyncio.to_thread(materialize_features, back.url, art.paths)
+            stage = "back"
+            for _ in range(100):  # the pool's next connection reaches the new server
+                if seen["back"][200] >= 20:
+                    break
+                await asyncio.sleep(0.1)
+            stop.set()
+            await asyncio.gather(*tasks)
+            text = await metrics_text(session, base)
+            assert gw.poller is not None
+            assert not gw.poller.done()
+        summary = {k: dict(v) for k, v in seen.items()}
+        print(f"\nchaos: Redis restarted under load, answers by stage: {summary}")
+        assert set(seen["up"]) == {200}, summary
+        assert set(seen["down"]) <= {200, 503}, summary
+        assert seen["down"][503] >= 10, summary
+        assert seen["back"][200] >= 20, summary
+        assert set(seen["back"]) <= {200, 503}, summary
+        assert metric(text, "recsys_gateway_errors_total", reason="redis") >= seen["down"][503]
+    finally:
+        server.stop()
+        if back is not None:
+            back.stop()
 
 
 async def test_requests_past_max_in_flight_are_shed_with_503(
