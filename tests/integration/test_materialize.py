@@ -31,6 +31,7 @@ from recsys_contract.keyspace import FeatureViewKeys
 from recsys_workloads import materialize
 from recsys_workloads.featurestore.reader import aread_online_features, read_online_features
 from recsys_workloads.runtime import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT
+from testbed.redis_server import start_redis
 
 pytestmark = pytest.mark.redis
 
@@ -483,6 +484,76 @@ def test_a_killed_run_leaves_the_live_version_and_is_reclaimed(
     assert not list(
         redis_client.scan_iter(match=FeatureViewKeys.of(VIEW).layer(orphan) + "*", count=10_000)
     )
+
+
+@pytest.mark.parametrize("over_a_live_version", [False, True], ids=["first run", "second run"])
+def test_redis_restarted_mid_run_never_leaves_a_half_written_version_live(
+    over_a_live_version: bool, tmp_path: Path
+) -> None:
+    """Chaos: the Redis a run writes to is killed mid-write and started again on its port
+    (empty: it keeps nothing across a restart). The run must not go on writing into the new
+    server and switch the view to a keyspace that holds part of the entities: it fails as
+    transient, or ends with every entity live. The retry then makes every entity live."""
+    entities = 300_000
+    big = tmp_path / "big.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(range(entities), pa.int64()),
+                "event_timestamp": pa.array([T0 - HOUR] * entities, pa.timestamp("us", tz="UTC")),
+                "age": pa.array([7] * entities, pa.int32()),
+            }
+        ),
+        big,
+    )
+    server = start_redis(databases=1)
+    back = None
+    try:
+        client = redis.Redis.from_url(server.url)
+        if over_a_live_version:
+            source = write_rows(tmp_path / "one.parquet", [row(1, T0 - HOUR, 30)])
+            code, _ = run(make_config(source, server.url), tmp_path)
+            assert code == EXIT_OK
+        config = make_config(
+            str(big), server.url, batchRows=500, features=[{"name": "age", "type": "int32"}]
+        )
+        outcome: dict[str, Any] = {}
+        runner = threading.Thread(
+            target=lambda: outcome.update(
+                zip(("code", "summary"), run(config, tmp_path), strict=True)
+            )
+        )
+        runner.start()
+        deadline = time.monotonic() + 60
+        while client.dbsize() < 1000:  # the new layer is being written
+            assert runner.is_alive(), f"the run ended before Redis could be killed: {outcome}"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.stop()
+        time.sleep(0.3)
+        back = start_redis(databases=1, port=server.port)
+        runner.join(120)
+        assert not runner.is_alive()
+        client = redis.Redis.from_url(back.url)
+        keys = FeatureViewKeys.of(VIEW)
+        live = client.get(keys.live)
+        print(f"\nchaos: Redis restarted mid-run: exit {outcome['code']}, live {live!r}")
+        if outcome["code"] == EXIT_OK:
+            assert live is not None
+        else:
+            assert outcome["code"] == EXIT_TRANSIENT, outcome
+            assert "Redis" in outcome["summary"]["message"], outcome
+        if live is not None:  # whatever is live is whole
+            rows = features(client, list(range(0, entities, 997)))
+            assert all(r == {"age": 7} for r in rows), "a half-written version is live"
+        code, again = run(config, tmp_path)
+        assert code == EXIT_OK, again
+        rows = features(client, list(range(0, entities, 997)))
+        assert all(r == {"age": 7} for r in rows)
+    finally:
+        server.stop()
+        if back is not None:
+            back.stop()
 
 
 def first_age(age: int) -> dict[str, Any]:
