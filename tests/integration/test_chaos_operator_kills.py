@@ -1,5 +1,5 @@
-"""Chaos: the operator SIGKILLed at seeded random moments while full lifecycles run, and a
-training pod evicted.
+"""Chaos for the operator: SIGKILLed at seeded random moments while full lifecycles run,
+behind an apiserver that is slow and restarts, and a training pod evicted.
 
 Twenty Recommenders (each with its own FeatureView) go through materialize -> train -> index
 -> serve -> retrain -> canary -> promote side by side in one namespace, the test playing the
@@ -20,6 +20,11 @@ promise every controller-runtime operator makes: it resumes from the cluster's s
 The run ends with one line, ``trials / kills / invariant violations``, and fails on any
 violation with each one listed.
 
+The same lifecycles and invariants run with every request the operator sends held 500 ms by
+a proxy (``testbed.slow_proxy``) and the apiserver restarted twice on its port
+(``ControlPlane.restart_apiserver``): the operator's watches break and must resume, and the
+process must not exit.
+
 An eviction (the Eviction API, as a node drain sends it) of a training pod is an
 infrastructure event, not a failure of the run: the Job's pod failure policy ignores pods with
 the ``DisruptionTarget`` condition, so the pod is replaced and the ModelVersion goes on, even
@@ -34,7 +39,9 @@ import os
 import random
 import threading
 import time
+import urllib.parse
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +60,9 @@ from fixtures.operator import (
     materialize_summary,
 )
 from recsys_operator.api.modelversion import PHASES
+from testbed.controlplane import run_kubectl
 from testbed.processes import free_port
+from testbed.slow_proxy import SlowProxy
 
 pytestmark = [pytest.mark.testbed, pytest.mark.chaos, pytest.mark.slow]
 
@@ -201,84 +210,73 @@ def operator_creates(audit_log: Path, ns: str) -> Counter[tuple[str, str]]:
     return creates
 
 
-def test_a_killed_operator_resumes_every_lifecycle_from_the_cluster(
-    testbed: Testbed, crds: None, namespace: str, redis_url: str, tmp_path: Path
-) -> None:
-    rng = random.Random(SEED)
-    operator = OperatorProcess(
-        namespace, testbed.kubeconfig, tmp_path / "operator.log", free_port()
-    )
-    docs = [doc for i in range(TRIALS) for doc in stack(i, redis_url)]
+def apply_stacks(testbed: Testbed, ns: str, trials: int, redis_url: str) -> None:
+    docs = [doc for i in range(trials) for doc in stack(i, redis_url)]
     testbed.kubectl(
-        "apply", "--server-side", "-n", namespace, "-f", "-",
+        "apply", "--server-side", "-n", ns, "-f", "-",
         input="\n---\n".join(json.dumps(d) for d in docs),
     )  # fmt: skip
-    operator.start()
-    killer = Killer(operator, rng)
-    killer.start()
-    watch = Watch()
+
+
+def drive(
+    testbed: Testbed, ns: str, trials: int, watch: Watch, keep_going: Callable[[bool], bool]
+) -> None:
+    """Play every lifecycle's outside parts (the workloads' pods, the scheduler's run, the
+    user's retrain) until ``keep_going(all lifecycles ended)`` says stop, or DEADLINE_S."""
     ended: set[str] = set()
     materialized: set[str] = set()
     retrained: set[str] = set()
-    kills_in_flight: int | None = None  # kills before every lifecycle had ended
     deadline = time.monotonic() + DEADLINE_S
-    try:
-        while time.monotonic() < deadline:
-            snap = snapshot(testbed, namespace)
-            watch.observe(snap)
-            # play the workloads: every running Job pod ends as its workload would
-            for pod in snap["Pod"]:
-                name, job = pod["metadata"]["name"], pod["metadata"]["labels"].get("job-name", "")
-                if name in ended or pod["status"].get("phase") != "Running" or not job:
-                    continue
-                if job.endswith("-train"):
-                    version = job.removesuffix("-train")
-                    summary = train_summary(version, 0.15 if version.endswith("-v2") else 0.12)
-                elif job.endswith("-index"):
-                    summary = index_summary(job.removesuffix("-index"))
-                elif "-materialize-" in job:
-                    mark = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                    summary = materialize_summary(namespace, job.split("-materialize-")[0], mark)
-                else:
-                    continue
-                end_pod(testbed, namespace, name, exit_code=0, summary=summary)
-                ended.add(name)
-            # the scheduler's part: one materialization of each view, once its CronJob exists
-            for cron in snap["CronJob"]:
-                view = cron["metadata"]["name"].removesuffix("-materialize")
-                if cron["metadata"]["name"].endswith("-materialize") and view not in materialized:
-                    testbed.kubectl(
-                        "create", "job", f"{view}-materialize-run",
-                        f"--from=cronjob/{view}-materialize", "-n", namespace,
-                    )  # fmt: skip
-                    materialized.add(view)
-            # the user's part: a retrain once v1 serves
-            done = 0
-            for rec in snap["Recommender"]:
-                name = rec["metadata"]["name"]
-                ro = (rec.get("status") or {}).get("rollout") or {}
-                if ro.get("stable") == f"{name}-v1" and name not in retrained:
-                    testbed.kubectl(
-                        "annotate", "-n", namespace, f"recommender/{name}", "recsys.dev/retrain=a"
-                    )
-                    retrained.add(name)
-                done += ro.get("stable") == f"{name}-v2" and ro.get("phase") == "Healthy"
-            recorded = sum(
-                bool((fv.get("status") or {}).get("lastMaterialization"))
-                for fv in snap["FeatureView"]
-            )
-            if done == TRIALS and recorded == TRIALS:
-                kills_in_flight = killer.kills if kills_in_flight is None else kills_in_flight
-                if killer.kills >= MAX_KILLS:
-                    break
-            time.sleep(0.3)
-    finally:
-        killer.stopping.set()
-        killer.join(15)
-        tail = operator.tail()
-        operator.stop()
+    while time.monotonic() < deadline:
+        snap = snapshot(testbed, ns)
+        watch.observe(snap)
+        # the workloads: every running Job pod ends as its workload would
+        for pod in snap["Pod"]:
+            name, job = pod["metadata"]["name"], pod["metadata"]["labels"].get("job-name", "")
+            if name in ended or pod["status"].get("phase") != "Running" or not job:
+                continue
+            if job.endswith("-train"):
+                version = job.removesuffix("-train")
+                summary = train_summary(version, 0.15 if version.endswith("-v2") else 0.12)
+            elif job.endswith("-index"):
+                summary = index_summary(job.removesuffix("-index"))
+            elif "-materialize-" in job:
+                mark = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                summary = materialize_summary(ns, job.split("-materialize-")[0], mark)
+            else:
+                continue
+            end_pod(testbed, ns, name, exit_code=0, summary=summary)
+            ended.add(name)
+        # the scheduler's part: one materialization of each view, once its CronJob exists
+        for cron in snap["CronJob"]:
+            view = cron["metadata"]["name"].removesuffix("-materialize")
+            if cron["metadata"]["name"].endswith("-materialize") and view not in materialized:
+                testbed.kubectl(
+                    "create", "job", f"{view}-materialize-run",
+                    f"--from=cronjob/{view}-materialize", "-n", ns,
+                )  # fmt: skip
+                materialized.add(view)
+        # the user's part: a retrain once v1 serves
+        done = 0
+        for rec in snap["Recommender"]:
+            name = rec["metadata"]["name"]
+            ro = (rec.get("status") or {}).get("rollout") or {}
+            if ro.get("stable") == f"{name}-v1" and name not in retrained:
+                testbed.kubectl("annotate", "-n", ns, f"recommender/{name}", "recsys.dev/retrain=a")
+                retrained.add(name)
+            done += ro.get("stable") == f"{name}-v2" and ro.get("phase") == "Healthy"
+        recorded = sum(
+            bool((fv.get("status") or {}).get("lastMaterialization")) for fv in snap["FeatureView"]
+        )
+        if not keep_going(done == trials and recorded == trials):
+            return
+        time.sleep(0.3)
 
-    snap = snapshot(testbed, namespace)
+
+def judge(testbed: Testbed, ns: str, watch: Watch) -> tuple[list[str], Counter[tuple[str, str]]]:
+    """Every invariant violation seen (statuses backwards, objects created twice, lifecycles
+    not ended), and the operator's creates."""
+    snap = snapshot(testbed, ns)
     watch.observe(snap)
     unfinished = [
         f"{rec['metadata']['name']}: {(rec.get('status') or {}).get('rollout')}"
@@ -290,9 +288,39 @@ def test_a_killed_operator_resumes_every_lifecycle_from_the_cluster(
         for fv in snap["FeatureView"]
         if not (fv.get("status") or {}).get("lastMaterialization")
     ]
-    creates = operator_creates(testbed.audit_log, namespace)
+    creates = operator_creates(testbed.audit_log, ns)
     twice = [f"{r}/{n} created {c} times" for (r, n), c in sorted(creates.items()) if c > 1]
-    violations = watch.violations + twice + unfinished
+    return watch.violations + twice + unfinished, creates
+
+
+def test_a_killed_operator_resumes_every_lifecycle_from_the_cluster(
+    testbed: Testbed, crds: None, namespace: str, redis_url: str, tmp_path: Path
+) -> None:
+    rng = random.Random(SEED)
+    operator = OperatorProcess(
+        namespace, testbed.kubeconfig, tmp_path / "operator.log", free_port()
+    )
+    apply_stacks(testbed, namespace, TRIALS, redis_url)
+    operator.start()
+    killer = Killer(operator, rng)
+    killer.start()
+    watch = Watch()
+    kills_in_flight: int | None = None  # kills before every lifecycle had ended
+
+    def keep_going(done: bool) -> bool:
+        nonlocal kills_in_flight
+        if done and kills_in_flight is None:
+            kills_in_flight = killer.kills
+        return not (done and killer.kills >= MAX_KILLS)
+
+    try:
+        drive(testbed, namespace, TRIALS, watch, keep_going)
+    finally:
+        killer.stopping.set()
+        killer.join(15)
+        tail = operator.tail()
+        operator.stop()
+    violations, creates = judge(testbed, namespace, watch)
     print(
         f"\nchaos (seed {SEED}): operator SIGKILL, {TRIALS} lifecycles / {killer.kills} kills "
         f"({kills_in_flight} while lifecycles ran) / {len(violations)} invariant violations; "
@@ -302,6 +330,64 @@ def test_a_killed_operator_resumes_every_lifecycle_from_the_cluster(
     assert len(creates) >= TRIALS * 10, sorted(creates)
     assert kills_in_flight is not None
     assert kills_in_flight >= 5, kills_in_flight
+    assert not violations, "\n".join([*violations, "operator log:", tail])
+
+
+SLOW_TRIALS = 3
+#: What the proxy adds to every request the operator sends.
+API_DELAY_S = 0.5
+#: Seconds into the run at which the apiserver is restarted.
+RESTARTS_AT = (15.0, 40.0)
+
+
+def test_behind_a_slow_apiserver_that_restarts_the_operator_carries_on(
+    testbed: Testbed, crds: None, namespace: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Every request the operator sends waits 500 ms in a proxy, and the apiserver is
+    restarted twice while three lifecycles run: its watches break and must resume, and the
+    same invariants hold (nothing created twice, no status backwards, every lifecycle ends),
+    with the same operator process throughout."""
+    if testbed.control_plane is None:
+        pytest.skip("restarting the apiserver needs the local control plane")
+    cp = testbed.control_plane
+    api = urllib.parse.urlsplit(cp.server)
+    proxy = SlowProxy(api.hostname or "127.0.0.1", api.port or 443, API_DELAY_S).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        cp.kubeconfig.read_text().replace(cp.server, f"https://127.0.0.1:{proxy.port}")
+    )
+    began = time.monotonic()
+    run_kubectl(cp.kubectl_path, kubeconfig, ["get", "--raw", "/readyz"])
+    assert time.monotonic() - began >= API_DELAY_S, "the proxy does not slow requests"
+    operator = OperatorProcess(namespace, kubeconfig, tmp_path / "operator.log", free_port())
+    apply_stacks(testbed, namespace, SLOW_TRIALS, redis_url)
+    t0 = time.monotonic()
+    operator.start()
+    restarts: list[float] = []
+
+    def keep_going(done: bool) -> bool:
+        if len(restarts) < len(RESTARTS_AT) and time.monotonic() - t0 >= RESTARTS_AT[len(restarts)]:
+            restarts.append(cp.restart_apiserver())
+        return not (done and len(restarts) == len(RESTARTS_AT))
+
+    watch = Watch()
+    try:
+        drive(testbed, namespace, SLOW_TRIALS, watch, keep_going)
+        took = time.monotonic() - t0
+        assert operator.popen is not None
+        exited = operator.popen.poll()
+    finally:
+        tail = operator.tail()
+        operator.stop()
+        proxy.stop()
+    violations, creates = judge(testbed, namespace, watch)
+    print(
+        f"\nchaos: apiserver +{API_DELAY_S * 1000:.0f} ms per request, restarted "
+        f"{len(restarts)} times (ready again in {', '.join(f'{r:.1f}' for r in restarts)} s): "
+        f"{SLOW_TRIALS} lifecycles in {took:.0f} s / {len(violations)} invariant violations"
+    )
+    assert exited is None, f"the operator exited ({exited})\n{tail}"
+    assert len(creates) >= SLOW_TRIALS * 10, sorted(creates)
     assert not violations, "\n".join([*violations, "operator log:", tail])
 
 

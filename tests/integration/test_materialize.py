@@ -486,6 +486,7 @@ def test_a_killed_run_leaves_the_live_version_and_is_reclaimed(
     )
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("over_a_live_version", [False, True], ids=["first run", "second run"])
 def test_redis_restarted_mid_run_never_leaves_a_half_written_version_live(
     over_a_live_version: bool, tmp_path: Path

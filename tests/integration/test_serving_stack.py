@@ -503,6 +503,7 @@ async def test_redis_down_is_a_clear_503_and_no_crash(art: Artifacts, triton: Tr
         server.stop()
 
 
+@pytest.mark.chaos
 async def test_redis_restarted_under_load_is_503_then_serves_again_without_a_restart(
     art: Artifacts, triton: TritonServer
 ) -> None:

@@ -143,6 +143,16 @@ class ControlPlane:
             self.kubectl_path, self.kubeconfig, args, input=input, check=check, timeout=timeout
         )
 
+    def restart_apiserver(self) -> float:
+        """Stop kube-apiserver and start it again on its port (etcd keeps the state); returns
+        the seconds until it was ready again. Clients' connections and watches break."""
+        t0 = time.monotonic()
+        (old,) = [p for p in self.procs.processes if p.name == "kube-apiserver"]
+        new = self.procs.restart(old)
+        port = int(self.server.rsplit(":", 1)[1])
+        wait_until(new, lambda: _https_ok(self.address, port, "/readyz", self.pki), 120, "ready")
+        return time.monotonic() - t0
+
     def stop(self) -> None:
         self.procs.stop_all()
         if not self._keep_workdir:

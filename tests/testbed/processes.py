@@ -42,6 +42,10 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    #: How it was started, so that it can be started again the same way.
+    argv: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -95,9 +99,20 @@ class ProcessGroup:
                 cwd=cwd,
                 start_new_session=True,  # its own process group: stop() reaches its children too
             )
-        proc = Process(name, popen, log)
+        proc = Process(name, popen, log, tuple(argv), env, cwd)
         self.processes.append(proc)
         return proc
+
+    def restart(self, proc: Process) -> Process:
+        """Stop ``proc`` and start it again with the same command, in its place in the stop
+        order (a server restarted on its port, as an upgrade or a crash loop would)."""
+        proc.stop()
+        at = self.processes.index(proc)
+        self.processes.remove(proc)
+        again = self.start(proc.name, proc.argv, proc.env, proc.cwd)
+        self.processes.remove(again)
+        self.processes.insert(at, again)
+        return again
 
     def stop_all(self) -> None:
         for proc in reversed(self.processes):

@@ -31,3 +31,22 @@ def test_a_component_that_never_gets_ready_times_out_and_stop_reaps_it(tmp_path:
     group.stop_all()
     assert not proc.alive()
     assert group.processes == []
+
+
+def test_restart_starts_the_same_command_again_in_its_place(tmp_path: Path) -> None:
+    group = ProcessGroup(tmp_path)
+    argv = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(600)"]
+    first = group.start("first", argv)
+    server = group.start("server", argv, env={"RECSYS_MARK": "1"})
+    last = group.start("last", argv)
+    wait_until(server, lambda: "up" in server.log.read_text(), timeout=30)
+    again = group.restart(server)
+    try:
+        assert not server.alive()
+        assert again.alive()
+        assert again.pid != server.pid
+        assert (again.argv, again.env) == (tuple(argv), {"RECSYS_MARK": "1"})
+        assert group.processes == [first, again, last]  # stopped in the same order
+        wait_until(again, lambda: again.log.read_text().count("up") == 2, timeout=30)
+    finally:
+        group.stop_all()
