@@ -55,6 +55,7 @@ from recsys_workloads.gateway.control import (
     move_index_alias,
     publish_routing,
 )
+from recsys_workloads.gateway.served_log import ServedRecord
 from recsys_workloads.index_build import load_index
 from recsys_workloads.logjoin import work as log_join
 from recsys_workloads.serving.inference import RankerScorer, RankQuery, UserTower
@@ -677,6 +678,13 @@ async def test_head_lists_are_served_filtered_and_never_across_a_promotion(
         served = [await recommend(session, base, user) for user in head]
         assert {b["modelVersion"] for b in served} == {"ml-v2"}
         assert sum(b["source"] == "precomputed" for b in served) == 2
+        # the served log says which responses were stored lists
+        await asyncio.sleep(0.3)  # the writer flushes in the background
+        logged = {
+            r.request_id: r.source
+            for r in (ServedRecord.from_fields(f) for _, f in client.xrange(KEYS.served))
+        }
+        assert [logged[b["requestId"]] for b in served] == [b["source"] for b in served]
 
         text = await metrics_text(session, base)
         for outcome in ("served", "missing", "stale", "other-version"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from recsys_workloads.gateway.served_log import EventRecord, ServedRecord
 from recsys_workloads.logjoin import LOGGED_SCHEMA, Served, join_rows, partition_files
 
@@ -31,6 +33,11 @@ def test_records_survive_the_stream_encoding() -> None:
     rec = served("a-s", 7, [3, 1, 2])
     back = ServedRecord.from_fields(as_stream(rec.to_fields()))
     assert back == rec
+    stored = dataclasses.replace(rec, source="precomputed")
+    assert ServedRecord.from_fields(as_stream(stored.to_fields())).source == "precomputed"
+    # entries written before the field existed read as live
+    older = {k: v for k, v in rec.to_fields().items() if k != "source"}
+    assert ServedRecord.from_fields(as_stream(older)).source == "live"
     event = EventRecord("a-s", 2_000, "click", 3, 7)
     assert EventRecord.from_fields(as_stream(event.to_fields())) == event
     anonymous = EventRecord("a-s", 2_000, "click", 3)

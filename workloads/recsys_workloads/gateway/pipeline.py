@@ -456,6 +456,7 @@ class RecommendationService:
                 features=rec.features,
                 history=list(rec.history),
                 context=context,
+                source=rec.source,
             ).to_fields()
         )
 

@@ -3,10 +3,11 @@
 ``served`` entries (one per response) hold what the next training run and the drift check
 need to learn from what was shown: the request id, time, user, variant and model version,
 the index, the raw user features and recent items (history) the models saw, the retrieved
-candidates and the served items with their scores, the request's context and whether it was
-a fallback. ``events`` entries hold outcomes (click, purchase) with the request id they
-belong to; the two meet in the log join (``recsys_workloads.logjoin``), which waits for
-late outcomes before it turns them into training rows.
+candidates and the served items with their scores, the request's context, whether it was
+a fallback, and whether the list was computed live or stored ahead (``source``). ``events``
+entries hold outcomes (click, purchase) with the request id they belong to; the two meet in
+the log join (``recsys_workloads.logjoin``), which waits for late outcomes before it turns
+them into training rows.
 
 Fields are flat strings (lists and objects as compact JSON), the shape Redis Streams keep.
 Appends are batched by a background writer (one pipeline per batch), so logging adds no
@@ -51,6 +52,9 @@ class ServedRecord:
     context: Mapping[str, str] = field(default_factory=dict)
     #: the user's recent items the models saw, most recent first
     history: list[int] = field(default_factory=list)
+    #: ``live`` (computed for this request) or ``precomputed`` (a stored head list, filtered
+    #: and ordered again): the analysis and the log join can tell the two apart
+    source: str = "live"
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -66,6 +70,7 @@ class ServedRecord:
             "features": _json(self.features),
             "context": _json(dict(self.context)),
             "history": _json(self.history),
+            "source": self.source,
         }
 
     @classmethod
@@ -84,6 +89,7 @@ class ServedRecord:
             features=json.loads(f.get("features", "null")),
             context=json.loads(f.get("context", "{}")),
             history=[int(i) for i in json.loads(f.get("history", "[]"))],
+            source=f.get("source", "live"),
         )
 
 
