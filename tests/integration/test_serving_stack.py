@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -47,6 +48,7 @@ from recsys_contract.keyspace import (
 )
 from recsys_contract.precompute import PrecomputeConfig
 from recsys_workloads import precompute
+from recsys_workloads.ann_index import exact_top_k
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.featurestore.reader import read_online_features
 from recsys_workloads.gateway.control import (
@@ -306,6 +308,59 @@ async def test_filtering_really_removes_seen_and_blocked_items(
             assert resp.status == 202
         again = [it["itemId"] for it in (await recommend(session, base, user))["items"]]
         assert clicked not in again
+    client.close()
+
+
+async def test_similar_items_are_the_nearest_in_the_index_and_filtered(
+    art: Artifacts, triton: TritonServer, online: str
+) -> None:
+    """GET /v1/items/{id}/similar: the item's nearest neighbours by inner product in the
+    stable version's index (checked against exact search over every item vector), never the
+    item itself, without blocked items (and a given user's seen ones); unknown items 404."""
+    client = redis.Redis.from_url(online)
+    cfg = gateway_config(art, triton.http_url, online)
+    async with gateway_client(cfg) as (gw, base, session):
+        await wait_ready(session, base)
+        assert gw.service is not None
+        stable = gw.service.variant("stable")
+        assert stable is not None
+        index = stable.index.index
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        vectors = np.stack([index.reconstruct(int(i)) for i in ids])
+        item = int(ids[7])
+        exact = exact_top_k(vectors, ids, vectors[7:8], 11)[0].tolist()
+        exact = [i for i in exact if i != item][:10]
+
+        status, body = await get(session, f"{base}/v1/items/{item}/similar?k=10")
+        assert status == 200, body
+        got = [it["itemId"] for it in body["items"]]
+        assert body["modelVersion"] == "ml-v1"
+        assert len(got) == 10
+        assert item not in got
+        assert len(set(got) & set(exact)) >= 8, (got, exact)  # HNSW is approximate
+        scores = [it["score"] for it in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+
+        block_items(client, KEYS, [got[0]])
+        status, body = await get(session, f"{base}/v1/items/{item}/similar?k=10")
+        assert got[0] not in [it["itemId"] for it in body["items"]]
+        assert len(body["items"]) == 10
+        mark_seen(client, KEYS, 21, got[1:3])
+        status, body = await get(session, f"{base}/v1/items/{item}/similar?k=10&user_id=21")
+        assert status == 200, body
+        assert not {got[0], *got[1:3]} & {it["itemId"] for it in body["items"]}
+
+        missing = int(ids.max()) + 1000
+        status, body = await get(session, f"{base}/v1/items/{missing}/similar")
+        assert status == 404
+        assert "not in ml-v1's index" in body["error"]
+        status, body = await get(session, f"{base}/v1/items/{item}/similar?k=0")
+        assert status == 400
+        assert "k: 0 is outside" in body["error"]
+        text = await metrics_text(session, base)
+        assert metric(text, "recsys_gateway_similar_requests_total", code="200") == 3
+        assert metric(text, "recsys_gateway_similar_requests_total", code="404") == 1
+        assert metric(text, "recsys_gateway_requests_total") == 0  # recommendations only
     client.close()
 
 

@@ -15,6 +15,7 @@ import pytest
 from recsys_contract.index import FeatureSchema, IndexSummary
 from recsys_workloads import ann_index
 from recsys_workloads.artifact_store import ArtifactWriter, Store
+from recsys_workloads.gateway.index_pool import Candidates, LoadedIndex
 from recsys_workloads.index_build import load_index, main
 from recsys_workloads.runtime import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT
 from recsys_workloads.train.features import EntityEncoder, FeatureSpec, IdVocabulary
@@ -391,3 +392,20 @@ def test_an_artifact_without_encoders_reports_no_schema(model: str, tmp_path: Pa
     code, summary = run_cli(tmp_path, {"modelArtifactUri": model, "indexUri": str(tmp_path / "x")})
     assert code == EXIT_OK, summary
     assert summary.get("features") is None
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfFlat", "hnsw"])
+def test_a_served_index_gives_each_item_vector_back_by_id(kind: str) -> None:
+    """Similar items look an item's vector up in the serving index: every kind gives it
+    back exactly (IVF once its direct map is made), and an unknown id gives None."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((500, 8)).astype(np.float32)
+    ids = np.arange(1000, 1500, dtype=np.int64)
+    index = ann_index.build_index(vectors, ids, ann_index.IndexParams(kind=kind, nlist=8))
+    ann_index.enable_reconstruct(index)
+    empty = Candidates(np.array([], np.int64), np.array([], np.float32))
+    loaded = LoadedIndex("file:///ix", "v1", index, 500, empty)
+    got = loaded.vector(1042)
+    assert got is not None
+    np.testing.assert_array_equal(got, vectors[42])
+    assert loaded.vector(7) is None

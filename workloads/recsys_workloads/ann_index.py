@@ -84,6 +84,14 @@ def _inner(index: Any) -> Any:
     return faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
 
 
+def enable_reconstruct(index: Any) -> None:
+    """Let ``reconstruct(id)`` read a vector back: an IVF index needs its direct map (flat
+    and HNSW indexes have one already)."""
+    inner = _inner(index)
+    if isinstance(inner, faiss.IndexIVF):
+        inner.make_direct_map()
+
+
 def set_ef_search(index: Any, ef_search: int) -> None:
     """Set efSearch on an HNSW index (wrapped or not); a no-op for exact indexes."""
     inner = _inner(index)

@@ -408,6 +408,49 @@ class Gateway:
             self.shadow.offer(rec, k)
         return response
 
+    async def similar_items(self, request: web.Request) -> web.Response:
+        """GET /v1/items/{id}/similar?k=&user_id=: an item page's "more like this". Served by
+        the stable version, or by the given user's variant."""
+        assert self.service is not None
+        q = request.query
+        try:
+            item_id = _int_param(request.match_info["item_id"], "item id", None, 0, 2**63 - 1)
+            user_id = (
+                _int_param(q.get("user_id"), "user_id", None, -(2**63), 2**63 - 1)
+                if q.get("user_id")
+                else None
+            )
+            k = _int_param(q.get("k"), "k", self.cfg.top_k, 1, self.cfg.candidates)
+        except BadInputError as exc:
+            self.metrics.similar.labels("none", "", "400").inc()
+            return _error(400, str(exc))
+        variant = (
+            self.service.resolve(user_id)
+            if user_id is not None and self.service.ready()
+            else self.service.variant("stable")
+        )
+        if variant is None:
+            self.metrics.similar.labels("none", "", "503").inc()
+            return _error(503, "not ready: the stable variant's index is not loaded yet")
+        labels = (variant.name, variant.model_version)
+        try:
+            items = await self.service.similar_items(variant, item_id, k, user_id)
+        except StoreUnavailable as exc:
+            self.metrics.similar.labels(*labels, "503").inc()
+            return _error(503, f"online store (Redis) unavailable: {exc}")
+        if items is None:
+            self.metrics.similar.labels(*labels, "404").inc()
+            return _error(404, f"item {item_id} is not in {variant.model_version}'s index")
+        self.metrics.similar.labels(*labels, "200").inc()
+        return _json(
+            {
+                "itemId": item_id,
+                "variant": variant.name,
+                "modelVersion": variant.model_version,
+                "items": [{"itemId": s.item_id, "score": round(float(s.score), 6)} for s in items],
+            }
+        )
+
     def _count_error(self, model_version: str, served_ms: int, started: float) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
         self.stats.request(model_version, served_ms, latency_ms, error=True)
@@ -498,6 +541,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app = web.Application()
     app[GATEWAY_KEY] = gateway
     app.router.add_get("/v1/recommendations", gateway.recommendations)
+    app.router.add_get("/v1/items/{item_id}/similar", gateway.similar_items)
     app.router.add_post("/v1/events", gateway.events)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/readyz", gateway.readyz)

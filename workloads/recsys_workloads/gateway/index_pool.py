@@ -57,6 +57,13 @@ class LoadedIndex:
     #: the fallback: most interacted items at training time, scored by their count
     popular: Candidates
 
+    def vector(self, item_id: int) -> npt.NDArray[np.float32] | None:
+        """The item's embedding as the index holds it; None for an item it does not have."""
+        try:
+            return np.asarray(self.index.reconstruct(int(item_id)), dtype=np.float32)
+        except (RuntimeError, KeyError, IndexError):  # FAISS: "key not found"
+            return None
+
     def search(self, vector: npt.NDArray[np.float32], k: int) -> Candidates:
         k = max(1, min(k, self.item_count))
         scores, ids = ann_index.search(self.index, vector.reshape(1, -1), k)
@@ -67,6 +74,7 @@ class LoadedIndex:
 def load_serving_index(store: Store, uri: str) -> LoadedIndex:
     """Read an index artifact (digests checked) and its model's fallback items."""
     index, manifest = load_index(store, uri)
+    ann_index.enable_reconstruct(index)  # similar items look an item's vector up by id
     popular: list[Any] = []
     model_uri = (manifest.get("model") or {}).get("uri")
     if model_uri:

@@ -63,6 +63,13 @@ class GatewayMetrics:
             [*v, "outcome"],
             registry=r,
         )
+        self.similar = Counter(
+            "recsys_gateway_similar_requests",
+            "Similar-item requests (GET /v1/items/{id}/similar) by HTTP status code; not in "
+            "recsys_gateway_requests_total, so a rollout's analysis judges recommendations only",
+            [*v, "code"],
+            registry=r,
+        )
         self.served_items = Counter(
             "recsys_gateway_served_items",
             "Items returned in responses (impressions)",

@@ -405,6 +405,32 @@ class RecommendationService:
         timings["scoring"] = _ms(t)
         return Found(features, filters, kept, scored, fallback, "live")
 
+    async def similar_items(
+        self, variant: ResolvedVariant, item_id: int, k: int, user_id: int | None
+    ) -> list[rules.Scored] | None:
+        """The k items nearest ``item_id`` in the variant's index (the item tower's space,
+        inner product), without the item itself, through the same filters (blocked items,
+        the item selector, and a given user's seen and blocked items) and ordering rules as
+        recommendations; None when the index has no such item."""
+        vector = variant.index.vector(item_id)
+        if vector is None:
+            return None
+        cfg = self.cfg
+        seen_since = None
+        if cfg.seen_window_s is not None:
+            seen_since = int((time.time() - cfg.seen_window_s) * 1000)
+        filters = await self.store.item_filters(
+            user_id,
+            seen=cfg.filtering.exclude_seen,
+            blocked=cfg.filtering.exclude_blocked,
+            seen_since_ms=seen_since,
+        )
+        fetch = k + 1 + len(filters.seen) + len(filters.blocked)
+        near = variant.index.search(vector, fetch)
+        near = near.take(near.ids != item_id)
+        kept = (await self._filter(near, filters)).take(slice(0, k))
+        return await self.order(kept, k)
+
     async def order(self, scored: Candidates, k: int) -> list[rules.Scored]:
         """Stage 4: the ordering rules (boosts, diversity) and the top k, as the offline
         evaluation replays them (``rules.final_list``)."""

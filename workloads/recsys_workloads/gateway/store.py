@@ -188,6 +188,26 @@ class GatewayStore:
         blocked_items = _ints(replies[0]) | _ints(replies[1]) if blocked else set()
         return row, FilterSets(frozenset(seen_items), frozenset(blocked_items), recent, stored)
 
+    async def item_filters(
+        self, user_id: int | None, *, seen: bool, blocked: bool, seen_since_ms: int | None
+    ) -> FilterSets:
+        """What to filter out of a similar-items answer, in one round trip: the items blocked
+        for everyone, and, for a known user, their seen and blocked items."""
+        pipe = self.client.pipeline(transaction=False)
+        if seen and user_id is not None:
+            low = "-inf" if seen_since_ms is None else seen_since_ms
+            pipe.zrangebyscore(self.keys.seen(user_id), low, "+inf")
+        if blocked:
+            pipe.smembers(self.keys.blocked)
+            if user_id is not None:
+                pipe.smembers(self.keys.blocked_for(user_id))
+        replies = list(await guarded(pipe.execute())) if len(pipe) else []
+        seen_items = _ints(replies.pop(0)) if seen and user_id is not None else set()
+        blocked_items: set[int] = set()
+        for members in replies:
+            blocked_items |= _ints(members)
+        return FilterSets(frozenset(seen_items), frozenset(blocked_items))
+
     async def item_features(self, item_ids: Iterable[int]) -> dict[int, Row | None]:
         """Features of the given items for the rules, from the cache or Redis."""
         now = time.monotonic()
