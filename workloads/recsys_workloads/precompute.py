@@ -49,10 +49,9 @@ import redis.exceptions
 from recsys_contract.gateway import GatewayConfig
 from recsys_contract.keyspace import GatewayKeys, IndexAlias, LivePointer, PrecomputedList
 from recsys_contract.precompute import Audience, PrecomputeConfig, PrecomputeSummary
-from recsys_workloads.artifact_store import Store
 from recsys_workloads.gateway import rules
 from recsys_workloads.gateway.http1 import KeepAlivePool
-from recsys_workloads.gateway.index_pool import IndexPool, load_serving_index
+from recsys_workloads.gateway.index_pool import serving_index_pool
 from recsys_workloads.gateway.metrics import GatewayMetrics
 from recsys_workloads.gateway.pipeline import (
     RecommendationService,
@@ -207,15 +206,8 @@ def _service(
 ) -> RecommendationService:
     """The gateway's service, for its stages: its log writer is never started (stages 1 to 3
     log nothing) and its metrics are never exported."""
-    store = GatewayStore(
-        client,
-        cfg.keys,
-        cfg.feature_views.user,
-        cfg.feature_views.item,
-        cfg.item_cache_ttl_s,
-    )
-    artifacts = Store(cfg.storage_options)
-    pool = IndexPool(lambda uri: load_serving_index(artifacts, uri), lambda _e, _u: None)
+    store = GatewayStore.for_config(client, cfg)
+    pool = serving_index_pool(cfg.storage_options, lambda _e, _u: None)
     unused_log = StreamWriter(client, cfg.keys.served, cfg.served_log_max_len, lambda *_: None)
     return RecommendationService(cfg, store, triton, pool, GatewayMetrics(), unused_log)
 

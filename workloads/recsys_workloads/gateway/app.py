@@ -50,12 +50,10 @@ from redis.backoff import NoBackoff
 from recsys_contract import traffic
 from recsys_contract.gateway import GatewayConfig, RoutingTable
 from recsys_contract.keyspace import GatewayKeys, IndexAlias
-from recsys_workloads.artifact_store import Store
 from recsys_workloads.gateway.config import parse_gateway_config, parse_routing
 from recsys_workloads.gateway.http1 import KeepAlivePool
 from recsys_workloads.gateway.index_pool import (
-    IndexPool,
-    load_serving_index,
+    serving_index_pool,
     single_threaded_search,
 )
 from recsys_workloads.gateway.metrics import GatewayMetrics
@@ -161,15 +159,8 @@ class Gateway:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),
         )
-        self.store = GatewayStore(
-            self.redis,
-            self.keys,
-            cfg.feature_views.user,
-            cfg.feature_views.item,
-            cfg.item_cache_ttl_s,
-        )
-        artifacts = Store(cfg.storage_options)
-        self.pool = IndexPool(lambda uri: load_serving_index(artifacts, uri), self._index_event)
+        self.store = GatewayStore.for_config(self.redis, cfg)
+        self.pool = serving_index_pool(cfg.storage_options, self._index_event)
         self.served = StreamWriter(
             self.redis, self.keys.served, cfg.served_log_max_len, self._dropped(self.keys.served)
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,14 @@ def load_serving_index(store: Store, uri: str) -> LoadedIndex:
 
 
 RETRY_AFTER = 10.0
+
+
+def serving_index_pool(
+    storage_options: Mapping[str, Any], on_event: Callable[[str, str], None]
+) -> IndexPool:
+    """An index pool that loads from the artifact store ``storage_options`` reach."""
+    artifacts = Store(dict(storage_options))
+    return IndexPool(lambda uri: load_serving_index(artifacts, uri), on_event)
 
 
 class IndexPool:

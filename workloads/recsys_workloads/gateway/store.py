@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import redis.asyncio
 import redis.exceptions
 
-from recsys_contract.gateway import FeatureViewRef
+from recsys_contract.gateway import FeatureViewRef, GatewayConfig
 from recsys_contract.keyspace import FeatureViewKeys, GatewayKeys, LivePointer
 from recsys_workloads.featurestore.reader import decode_rows
 
@@ -107,6 +107,13 @@ class GatewayStore:
         self.item_cache_ttl_s = item_cache_ttl_s
         self._items: dict[int, tuple[float, Row | None]] = {}
         self._pointers: dict[FeatureViewKeys, tuple[float, LivePointer | None]] = {}
+
+    @classmethod
+    def for_config(cls, client: redis.asyncio.Redis, cfg: GatewayConfig) -> GatewayStore:
+        """The store a gateway with ``cfg`` reads (the pre-computation Job reads the same)."""
+        return cls(
+            client, cfg.keys, cfg.feature_views.user, cfg.feature_views.item, cfg.item_cache_ttl_s
+        )
 
     async def pointers(self, views: Sequence[FeatureViewRef]) -> list[LivePointer | None]:
         """Each view's live pointer, re-read at most once a second. A second-old pointer is
