@@ -23,6 +23,12 @@ p50s: what HTTP, JSON, the event loop and queueing add). Two reference figures c
     .venv/bin/python benchmarks/serving_bench.py --rates 50 100 --duration 10 --items 20000
     .venv/bin/python benchmarks/serving_bench.py --hybrid --zipf 1.1 --head 20 --rates 200 1000
 
+``--soak RATE --minutes M`` holds one rate for M minutes (pick 70 % of the capacity a rate sweep
+found) and reports, minute by minute, p99, errors and the gateway's and Triton's resident
+memory (VmRSS), first minute against last: a leak or a slow build-up shows as growth.
+
+    .venv/bin/python benchmarks/serving_bench.py --soak 140 --minutes 10
+
 ``--zipf S`` draws users from a Zipf mix (the user of popularity rank r with probability
 proportional to r^-S, ranks a seeded permutation of the MovieLens users) instead of uniformly.
 ``--hybrid`` compares live computation with pre-computed head lists side by side on that mix:
@@ -429,6 +435,64 @@ async def measure(args: argparse.Namespace, stack: Stack, triton_http: str) -> d
     return out
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (VmRSS), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def serving_rss(stack: Stack) -> dict[str, float]:
+    assert stack.gateway is not None
+    triton = stack.triton.process.pid
+    return {
+        "gateway": rss_mib(stack.gateway.pid),
+        "triton": round(sum(rss_mib(p) for p in [triton, *_children(triton)]), 1),
+    }
+
+
+async def measure_soak(args: argparse.Namespace, stack: Stack, triton_http: str) -> dict[str, Any]:
+    """One rate held for ``--minutes``, a minute per load run (back to back, so the gap
+    between runs is the generator's start, well under a second)."""
+    start_gateway(stack, triton_http, {})
+    minutes = []
+    try:
+        await wait_ready(stack.gateway_url)
+        await run_rate(stack.gateway_url, args.soak, 5, seed=97)  # warm-up
+        memory_start = serving_rss(stack)
+        for minute in range(args.minutes):
+            load = await run_rate(stack.gateway_url, args.soak, 60.0, seed=minute)
+            row = summarize(args.soak, 60.0, load.samples)
+            minutes.append(
+                {
+                    "minute": minute + 1,
+                    "p99": row["p99"],
+                    "errors": row["sent"] - row["ok"],
+                    "sent": row["sent"],
+                    "fallbackRate": row["fallbackRate"],
+                    "rssMiB": serving_rss(stack),
+                }
+            )
+            print(f"minute {minute + 1}: {minutes[-1]}", flush=True)
+    finally:
+        stop_gateway(stack)
+    return {"soakRate": args.soak, "memoryStart": memory_start, "minutes": minutes}
+
+
+def print_soak(result: dict[str, Any]) -> None:
+    print(f"\nsoak at {result['soakRate']:g} rps for {len(result['minutes'])} minutes")
+    print("| minute | sent | errors | fallback | p99 (ms) | gateway RSS (MiB) | Triton RSS (MiB) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    start = result["memoryStart"]
+    print(f"| start | | | | | {start['gateway']} | {start['triton']} |")
+    for m in result["minutes"]:
+        print(
+            f"| {m['minute']} | {m['sent']} | {m['errors']} | {m['fallbackRate']:.2%} | "
+            f"{m['p99']} | {m['rssMiB']['gateway']} | {m['rssMiB']['triton']} |"
+        )
+
+
 async def precomputed_counts(url: str) -> dict[str, float]:
     """The gateway's ``recsys_gateway_precomputed_total`` by outcome."""
     async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
@@ -519,6 +583,8 @@ def main() -> None:
         "--hybrid", action="store_true", help="live vs pre-computed head lists, side by side"
     )
     parser.add_argument("--head", type=int, default=20, help="percent of users pre-computed")
+    parser.add_argument("--soak", type=float, default=None, help="hold this rate (rps)")
+    parser.add_argument("--minutes", type=int, default=10, help="length of the soak")
     args = parser.parse_args()
     ZIPF["s"] = args.zipf
     loadgen.build()  # before any server starts: a missing Go fails here, in a second
@@ -545,7 +611,7 @@ def main() -> None:
         # every user's MovieLens history in their seen set: filtered out, and the models'
         # history input
         ss.backfill_history(stack.redis.url, stack.paths)
-        run = measure_hybrid if args.hybrid else measure
+        run = measure_hybrid if args.hybrid else measure_soak if args.soak else measure
         result = asyncio.run(run(args, stack, stack.triton.http_url))
     finally:
         stop_gateway(stack)
@@ -574,6 +640,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"serving_bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=1))
+    if args.soak:
+        print_soak(result)
+        print(f"load average during the run: {result['machine']['loadAverage']}; results: {out}")
+        return
     if args.hybrid:
         print_hybrid(result)
         print(f"load average during the run: {result['machine']['loadAverage']}; results: {out}")
