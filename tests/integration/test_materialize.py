@@ -79,6 +79,22 @@ def write_rows(path: Path, rows: list[dict[str, Any]], schema: pa.Schema = SCHEM
     return str(path)
 
 
+def write_ages(path: Path, entities: int, age: int) -> Path:
+    """``entities`` users (ids 0..n-1), each with ``age``, an hour before T0: a view big enough
+    for a run to be caught mid-write."""
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(range(entities), pa.int64()),
+                "event_timestamp": pa.array([T0 - HOUR] * entities, pa.timestamp("us", tz="UTC")),
+                "age": pa.array([age] * entities, pa.int32()),
+            }
+        ),
+        path,
+    )
+    return path
+
+
 def make_config(source: str, redis_url: str, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "featureView": VIEW,
@@ -428,18 +444,7 @@ def test_a_killed_run_leaves_the_live_version_and_is_reclaimed(
     code, first = run(config, tmp_path)
     assert code == EXIT_OK
     before = redis_client.get(FeatureViewKeys.of(VIEW).live)
-    big = tmp_path / "big.parquet"
-    entities = 400_000
-    pq.write_table(
-        pa.table(
-            {
-                "user_id": pa.array(range(entities), pa.int64()),
-                "event_timestamp": pa.array([T0 - HOUR] * entities, pa.timestamp("us", tz="UTC")),
-                "age": pa.array([1] * entities, pa.int32()),
-            }
-        ),
-        big,
-    )
+    big = write_ages(tmp_path / "big.parquet", 400_000, age=1)
     config_path = tmp_path / "big.json"
     config_path.write_text(
         json.dumps(
@@ -496,17 +501,7 @@ def test_redis_restarted_mid_run_never_leaves_a_half_written_version_live(
     server and switch the view to a keyspace that holds part of the entities: it fails as
     transient, or ends with every entity live. The retry then makes every entity live."""
     entities = 300_000
-    big = tmp_path / "big.parquet"
-    pq.write_table(
-        pa.table(
-            {
-                "user_id": pa.array(range(entities), pa.int64()),
-                "event_timestamp": pa.array([T0 - HOUR] * entities, pa.timestamp("us", tz="UTC")),
-                "age": pa.array([7] * entities, pa.int32()),
-            }
-        ),
-        big,
-    )
+    big = write_ages(tmp_path / "big.parquet", entities, age=7)
     server = start_redis(databases=1)
     back = None
     try:

@@ -324,9 +324,7 @@ class RecommendationService:
         least k items passing the live filters, replaces retrieval and scoring."""
         cfg = self.cfg
         budget = Budget(cfg.scoring_timeout_s)
-        seen_since = None
-        if cfg.seen_window_s is not None:
-            seen_since = int((time.time() - cfg.seen_window_s) * 1000)
+        seen_since = self._seen_since_ms()
         lists = cfg.precomputed if serve_k is not None else None
         # 1. retrieval (the read brings the filtering stage's seen and blocked sets too, and
         # the user's stored list)
@@ -415,21 +413,22 @@ class RecommendationService:
         vector = variant.index.vector(item_id)
         if vector is None:
             return None
-        cfg = self.cfg
-        seen_since = None
-        if cfg.seen_window_s is not None:
-            seen_since = int((time.time() - cfg.seen_window_s) * 1000)
         filters = await self.store.item_filters(
             user_id,
-            seen=cfg.filtering.exclude_seen,
-            blocked=cfg.filtering.exclude_blocked,
-            seen_since_ms=seen_since,
+            seen=self.cfg.filtering.exclude_seen,
+            blocked=self.cfg.filtering.exclude_blocked,
+            seen_since_ms=self._seen_since_ms(),
         )
         fetch = k + 1 + len(filters.seen) + len(filters.blocked)
         near = variant.index.search(vector, fetch)
         near = near.take(near.ids != item_id)
         kept = (await self._filter(near, filters)).take(slice(0, k))
         return await self.order(kept, k)
+
+    def _seen_since_ms(self) -> int | None:
+        """Items seen before this are no longer filtered (``seenWindow``); None: all are."""
+        window = self.cfg.seen_window_s
+        return None if window is None else int((time.time() - window) * 1000)
 
     async def order(self, scored: Candidates, k: int) -> list[rules.Scored]:
         """Stage 4: the ordering rules (boosts, diversity) and the top k, as the offline

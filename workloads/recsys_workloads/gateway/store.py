@@ -178,22 +178,18 @@ class GatewayStore:
         counts = self._queue_rows(pipe, self.user_views, pointers, [user_id])
         if history:  # ZREVRANGE 0 -1 would be every item, not none
             pipe.zrevrange(self.keys.seen(user_id), 0, history - 1)
-        if seen:
-            low = "-inf" if seen_since_ms is None else seen_since_ms
-            pipe.zrangebyscore(self.keys.seen(user_id), low, "+inf")
-        if blocked:
-            pipe.smembers(self.keys.blocked)
-            pipe.smembers(self.keys.blocked_for(user_id))
+        filter_reads = self._queue_filters(pipe, user_id, seen, blocked, seen_since_ms)
         if precomputed is not None:
             pipe.get(precomputed)
         replies = list(await guarded(pipe.execute()))
         stored = replies.pop() if precomputed is not None else None
+        filter_replies = replies[len(replies) - filter_reads :]
+        del replies[len(replies) - filter_reads :]
+        recent = tuple(_ordered_ints(replies.pop())) if history else ()
         per_view = self._decode(self.user_views, pointers, [user_id], counts, replies)
         row = merge_rows(self.user_views, [rows[0] for rows in per_view])
-        recent = tuple(_ordered_ints(replies.pop(0))) if history else ()
-        seen_items = _ints(replies.pop(0)) if seen else set()
-        blocked_items = _ints(replies[0]) | _ints(replies[1]) if blocked else set()
-        return row, FilterSets(frozenset(seen_items), frozenset(blocked_items), recent, stored)
+        sets = self._filter_sets(filter_replies, user_id, seen)
+        return row, FilterSets(sets.seen, sets.blocked, recent, stored)
 
     async def item_filters(
         self, user_id: int | None, *, seen: bool, blocked: bool, seen_since_ms: int | None
@@ -201,17 +197,39 @@ class GatewayStore:
         """What to filter out of a similar-items answer, in one round trip: the items blocked
         for everyone, and, for a known user, their seen and blocked items."""
         pipe = self.client.pipeline(transaction=False)
+        if not self._queue_filters(pipe, user_id, seen, blocked, seen_since_ms):
+            return FilterSets(frozenset(), frozenset())
+        return self._filter_sets(list(await guarded(pipe.execute())), user_id, seen)
+
+    def _queue_filters(
+        self,
+        pipe: Any,
+        user_id: int | None,
+        seen: bool,
+        blocked: bool,
+        seen_since_ms: int | None,
+    ) -> int:
+        """Queue the reads of the filter sets (the user's seen items; the items blocked for
+        everyone and for the user); returns how many replies they add."""
+        queued = 0
         if seen and user_id is not None:
             low = "-inf" if seen_since_ms is None else seen_since_ms
             pipe.zrangebyscore(self.keys.seen(user_id), low, "+inf")
+            queued += 1
         if blocked:
             pipe.smembers(self.keys.blocked)
+            queued += 1
             if user_id is not None:
                 pipe.smembers(self.keys.blocked_for(user_id))
-        replies = list(await guarded(pipe.execute())) if len(pipe) else []
-        seen_items = _ints(replies.pop(0)) if seen and user_id is not None else set()
+                queued += 1
+        return queued
+
+    @staticmethod
+    def _filter_sets(replies: list[Any], user_id: int | None, seen: bool) -> FilterSets:
+        """The replies of ``_queue_filters``, in its order, as filter sets."""
+        seen_items = _ints(replies[0]) if seen and user_id is not None else set()
         blocked_items: set[int] = set()
-        for members in replies:
+        for members in replies[1 if seen and user_id is not None else 0 :]:
             blocked_items |= _ints(members)
         return FilterSets(frozenset(seen_items), frozenset(blocked_items))
 
