@@ -15,32 +15,62 @@ fails is logged and filled by its watch when that starts working.
 
 Watch events and write answers can arrive out of order (the answer to a write, then a listing
 that began before it); an object older than the stored one, by resourceVersion, is ignored.
+
+Memory. The store holds every object the operator watches, so it is most of the operator's
+memory at scale. An object is kept as its compact JSON, not as the parsed dicts: a parsed
+Kubernetes object costs several times its JSON in Python objects (a dict per nested mapping,
+a string per key), and only the few objects a reconcile reads are ever needed parsed at once.
+``get`` and ``list`` decode what they return, so every reader gets its own copy (a reader's
+change never reaches the store, nor another reader). What a lookup filters on is kept parsed
+beside the JSON: the labels, and field indexes (controller-runtime's ``IndexField``) that a
+kind registers, so a query never decodes the objects it does not return. Figures:
+benchmarks/README.md ("operator at scale").
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 Body = dict[str, Any]
-Predicate = Callable[[Mapping[str, Any]], bool]
+#: A field index: the value an object is found under (None: not in the index).
+Indexer = Callable[[Mapping[str, Any]], str | None]
+#: (apiVersion, kind) -> index name -> how to compute it.
+Indexers = Mapping[tuple[str, str], Mapping[str, Indexer]]
 
 
-def _trim(body: Mapping[str, Any]) -> Body:
-    """The object without ``managedFields``: the largest part of most objects, never read."""
-    out = dict(body)
-    meta = dict(out.get("metadata") or {})
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    uid: str | None
+    resource_version: str
+    labels: Mapping[str, str]
+    indexed: Mapping[str, str | None]
+    raw: bytes
+
+    def body(self) -> Body:
+        decoded: Body = orjson.loads(self.raw)
+        return decoded
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
+    """The object's compact JSON, without ``managedFields`` (the largest part of most objects,
+    never read). Copied into a bytes object of its own size: orjson hands back its growth
+    buffer, which can be several times the JSON."""
+    meta = dict(body.get("metadata") or {})
     meta.pop("managedFields", None)
-    out["metadata"] = meta
-    return out
+    return bytes(memoryview(orjson.dumps({**body, "metadata": meta})))
 
 
 class Store:
-    """Objects by (apiVersion, kind), namespace and name. Callers must not mutate what they get:
-    the same dicts are handed to every reader, as an informer's cache does."""
+    """Objects by (apiVersion, kind), namespace and name."""
 
-    def __init__(self) -> None:
-        self._objects: dict[tuple[str, str], dict[str, dict[str, Body]]] = {}
+    def __init__(self, indexers: Indexers | None = None) -> None:
+        self._objects: dict[tuple[str, str], dict[str, dict[str, _Entry]]] = {}
+        self._indexers: Indexers = indexers or {}
 
     def upsert(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -48,16 +78,29 @@ class Store:
         names = self._objects.setdefault(kind, {}).setdefault(str(meta.get("namespace") or ""), {})
         name = str(meta["name"])
         held = names.get(name)
-        if held is not None and _older(meta, held["metadata"]):
+        if held is not None and _older(meta, held):
             return
-        names[name] = _trim(body)
+        names[name] = _Entry(
+            uid=meta.get("uid"),
+            resource_version=str(meta.get("resourceVersion", "")),
+            # Interned: children of one owner repeat the same labels.
+            labels={
+                sys.intern(str(k)): sys.intern(str(v))
+                for k, v in (meta.get("labels") or {}).items()
+            },
+            indexed={
+                index: indexer(body) for index, indexer in self._indexers.get(kind, {}).items()
+            },
+            raw=_encode(body),
+        )
 
     def remove(self, api_version: str, kind: str, name: str, namespace: str | None) -> None:
         by_ns = self._objects.get((api_version, kind), {})
         by_ns.get(namespace or "", {}).pop(name, None)
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None) -> Body | None:
-        return self._objects.get((api_version, kind), {}).get(namespace or "", {}).get(name)
+        entry = self._objects.get((api_version, kind), {}).get(namespace or "", {}).get(name)
+        return entry.body() if entry is not None else None
 
     def list(
         self,
@@ -65,14 +108,20 @@ class Store:
         kind: str,
         namespace: str | None,
         labels: Mapping[str, str] | None = None,
-        where: Predicate | None = None,
+        indexed: tuple[str, str] | None = None,
     ) -> list[Body]:
-        """Objects of one kind in one namespace whose labels include ``labels`` and for which
-        ``where`` holds (the cache's equivalent of label and field selectors)."""
+        """Objects of one kind in one namespace whose labels include ``labels`` and, with
+        ``indexed=(index, value)``, that the kind's field index puts under ``value`` (the
+        cache's equivalent of label and field selectors)."""
+        if indexed is not None and indexed[0] not in self._indexers.get((api_version, kind), {}):
+            raise KeyError(f"{kind} has no field index {indexed[0]!r}")
         return [
-            obj
-            for obj in self._objects.get((api_version, kind), {}).get(namespace or "", {}).values()
-            if _has_labels(obj, labels) and (where is None or where(obj))
+            entry.body()
+            for entry in self._objects.get((api_version, kind), {})
+            .get(namespace or "", {})
+            .values()
+            if _has_labels(entry, labels)
+            and (indexed is None or entry.indexed.get(indexed[0]) == indexed[1])
         ]
 
     def __len__(self) -> int:
@@ -81,24 +130,22 @@ class Store:
     def __iter__(self) -> Iterator[Body]:
         for by_ns in self._objects.values():
             for names in by_ns.values():
-                yield from names.values()
+                for entry in names.values():
+                    yield entry.body()
 
 
-def _older(incoming: Mapping[str, Any], held: Mapping[str, Any]) -> bool:
+def _older(incoming: Mapping[str, Any], held: _Entry) -> bool:
     """Whether ``incoming`` is an older state of the same object than ``held``.
 
     resourceVersions are opaque to clients in general; the API server's etcd storage makes them
     increasing integers, which is what this relies on, and anything else is taken as newer."""
-    if incoming.get("uid") != held.get("uid"):
+    if incoming.get("uid") != held.uid:
         return False  # deleted and made again: the newer object
     try:
-        return int(incoming.get("resourceVersion", "")) < int(held.get("resourceVersion", ""))
+        return int(incoming.get("resourceVersion", "")) < int(held.resource_version)
     except ValueError:
         return False
 
 
-def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
-    if not labels:
-        return True
-    have = (obj.get("metadata") or {}).get("labels") or {}
-    return all(have.get(k) == v for k, v in labels.items())
+def _has_labels(entry: _Entry, labels: Mapping[str, str] | None) -> bool:
+    return not labels or all(entry.labels.get(k) == v for k, v in labels.items())

@@ -23,7 +23,7 @@ import httpx2 as httpx
 import kopf
 
 from recsys_operator import GROUP, VERSION
-from recsys_operator.cache import Store
+from recsys_operator.cache import Indexers, Store
 from recsys_operator.kube import ApiError, KubeClient
 from recsys_operator.labels import FEATURE_VIEW_LABEL, MANAGED_BY, RECOMMENDER_LABEL
 from recsys_operator.metrics import PHASES, RECONCILE_DURATION, RECONCILE_ERRORS
@@ -51,6 +51,20 @@ CHILD_RESOURCES = (
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
 )
 
+#: The field index of ModelVersions by the Recommender they belong to (``spec.recommenderRef``),
+#: whether the operator made them or a user imported them without the operator's labels.
+BY_RECOMMENDER = "spec.recommenderRef.name"
+INDEXERS: Indexers = {
+    (API_VERSION, "ModelVersion"): {
+        BY_RECOMMENDER: lambda m: ((m.get("spec") or {}).get("recommenderRef") or {}).get("name"),
+    },
+}
+
+
+def new_cache() -> Store:
+    """The store the watches fill, with the field indexes the reconcilers query."""
+    return Store(INDEXERS)
+
 
 class Key(NamedTuple):
     kind: str
@@ -68,7 +82,7 @@ class Context:
     kube: KubeClient
     queue: WorkQueue[Key]
     #: What the watches delivered: reconciles read here, the API server only gets writes.
-    cache: Store = field(default_factory=Store)
+    cache: Store = field(default_factory=new_cache)
     images: Mapping[str, str] = field(default_factory=dict)
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     #: Who to wake when an object changes: a Recommender reads its FeatureViews, so an event on
@@ -120,7 +134,7 @@ class Controller:
     workers: int = 8
     resync_seconds: float = 600.0
     queue: WorkQueue[Key] = field(default_factory=lambda: WorkQueue(Backoff(base=2, cap=300)))
-    cache: Store = field(default_factory=Store)
+    cache: Store = field(default_factory=new_cache)
     ctx: Context | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -218,12 +232,17 @@ def register(
     controller: Controller,
     registry: kopf.OperatorRegistry | None = None,
 ) -> None:
-    """Register kopf handlers that keep ``controller``'s cache current and feed its queue."""
+    """Register kopf handlers that keep ``controller``'s cache current and feed its queue.
+
+    The handlers are coroutines although they never wait: kopf runs a plain function in a
+    thread pool, and the cache and the work queue belong to the event loop (an ``asyncio.Event``
+    set from another thread does not wake the loop, and a reconcile reading the cache would race
+    the thread writing it)."""
     reg = registry or kopf.get_default_registry()
 
     for kind in PRIMARY_KINDS:
 
-        def primary(body: kopf.Body, type: str | None, _kind: str = kind, **_: Any) -> None:
+        async def primary(body: kopf.Body, type: str | None, _kind: str = kind, **_: Any) -> None:
             controller.on_primary_event(_kind, body, type)
 
         kopf.on.event(GROUP, VERSION, PLURALS[kind], registry=reg)(primary)
@@ -231,7 +250,7 @@ def register(
     for group, version, plural, kind in CHILD_RESOURCES:
         api_version = f"{group}/{version}" if group else version
 
-        def child(
+        async def child(
             body: kopf.Body, type: str | None, _api: str = api_version, _kind: str = kind, **_: Any
         ) -> None:
             controller.on_child_event(_api, _kind, body, type)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import kopf
 import pytest
 
 from recsys_operator.cache import Store
+from recsys_operator.controller import CHILD_RESOURCES, PRIMARY_KINDS, Controller, register
 
 
 def job(name: str, ns: str = "a", **labels: str) -> dict[str, Any]:
@@ -50,11 +53,63 @@ def test_list_by_labels(
     assert got == want, case
 
 
-def test_list_by_predicate_and_kind() -> None:
-    store = filled()
-    names = store.list("batch/v1", "Job", "a", where=lambda o: o["metadata"]["name"] != "j1")
-    assert {o["metadata"]["name"] for o in names} == {"j2", "j3"}
+def mv(name: str, recommender: str | None) -> dict[str, Any]:
+    spec = {"recommenderRef": {"name": recommender}} if recommender else {}
+    return {
+        "apiVersion": "recsys.dev/v1alpha1",
+        "kind": "ModelVersion",
+        "metadata": {"name": name, "namespace": "a"},
+        "spec": spec,
+    }
+
+
+def indexed() -> Store:
+    store = Store({("recsys.dev/v1alpha1", "ModelVersion"): {"rec": by_rec}})
+    for name, rec in [("m1", "movies"), ("m2", "movies"), ("m3", "books"), ("m4", None)]:
+        store.upsert(mv(name, rec))
+    return store
+
+
+def by_rec(m: Any) -> str | None:
+    return (m.get("spec", {}).get("recommenderRef") or {}).get("name")
+
+
+@pytest.mark.parametrize(
+    ("case", "value", "want"),
+    [
+        ("two under one value", "movies", {"m1", "m2"}),
+        ("one under another", "books", {"m3"}),
+        ("none under a third", "music", set()),
+    ],
+)
+def test_list_by_field_index(case: str, value: str, want: set[str]) -> None:
+    got = indexed().list("recsys.dev/v1alpha1", "ModelVersion", "a", indexed=("rec", value))
+    assert {o["metadata"]["name"] for o in got} == want, case
+
+
+def test_the_field_index_follows_an_update_and_an_unknown_index_is_refused() -> None:
+    store = indexed()
+    store.upsert(mv("m1", "books"))
+    got = store.list("recsys.dev/v1alpha1", "ModelVersion", "a", indexed=("rec", "books"))
+    assert {o["metadata"]["name"] for o in got} == {"m1", "m3"}
+    with pytest.raises(KeyError, match="no field index 'owner'"):
+        store.list("recsys.dev/v1alpha1", "ModelVersion", "a", indexed=("owner", "x"))
     assert store.list("apps/v1", "Deployment", "a") == []
+
+
+def test_every_reader_gets_its_own_copy() -> None:
+    store = filled()
+    first = store.get("batch/v1", "Job", "j1", "a")
+    assert first is not None
+    first["spec"]["parallelism"] = 99
+    first["metadata"]["labels"]["fv"] = "changed"
+    again = store.get("batch/v1", "Job", "j1", "a")
+    assert again is not None
+    assert again["spec"]["parallelism"] == 1
+    assert {o["metadata"]["name"] for o in store.list("batch/v1", "Job", "a", {"fv": "users"})} == {
+        "j1",
+        "j2",
+    }
 
 
 def test_upsert_replaces_remove_forgets_and_managed_fields_are_dropped() -> None:
@@ -72,3 +127,13 @@ def test_upsert_replaces_remove_forgets_and_managed_fields_are_dropped() -> None
     assert store.get("batch/v1", "Job", "j1", "b") is not None
     store.remove("batch/v1", "Job", "never-there", "z")  # no error
     assert len(store) == 3
+
+
+def test_the_watch_handlers_run_on_the_event_loop() -> None:
+    """kopf runs a plain-function handler in a thread pool; the cache and the work queue are
+    the event loop's, so every handler that feeds them must be a coroutine."""
+    registry = kopf.OperatorRegistry()
+    register(Controller(reconcilers={}), registry)
+    handlers = registry._watching.get_all_handlers()
+    assert len(handlers) == len(PRIMARY_KINDS) + len(CHILD_RESOURCES)
+    assert all(inspect.iscoroutinefunction(h.fn) for h in handlers)

@@ -24,7 +24,7 @@ from recsys_operator.api.recommender import (
 )
 from recsys_operator.api.serving import AnalysisMetric
 from recsys_operator.conditions import now_rfc3339
-from recsys_operator.controller import Context, Key
+from recsys_operator.controller import BY_RECOMMENDER, Context, Key
 from recsys_operator.diffing import needs_apply, stamped
 from recsys_operator.kube import ApiError
 from recsys_operator.labels import RECOMMENDER_LABEL
@@ -95,7 +95,7 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
         API_VERSION,
         "ModelVersion",
         ns,
-        where=lambda m: (m.get("spec") or {}).get("recommenderRef", {}).get("name") == name,
+        indexed=(BY_RECOMMENDER, name),
     )
     versions = [planner.version_of(m) for m in mv_objs]
     refs = rec.spec.feature_views

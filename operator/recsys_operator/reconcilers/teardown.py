@@ -14,7 +14,7 @@ from recsys_contract.keyspace import GatewayKeys, store_name
 from recsys_operator import GROUP, VERSION
 from recsys_operator.api.common import SecretKeyRef
 from recsys_operator.api.recommender import Recommender
-from recsys_operator.controller import Context
+from recsys_operator.controller import BY_RECOMMENDER, Context
 from recsys_operator.kube import ApiError
 from recsys_operator.labels import RECOMMENDER_LABEL
 from recsys_operator.online import OnlineStoreUnavailable, delete_keyspace
@@ -104,7 +104,7 @@ async def tear_down_recommender(ctx: Context, obj: Mapping[str, Any]) -> float |
         API_VERSION,
         "ModelVersion",
         ns,
-        where=lambda m: (m.get("spec") or {}).get("recommenderRef", {}).get("name") == name,
+        indexed=(BY_RECOMMENDER, name),
     )
     workloads = [
         w
