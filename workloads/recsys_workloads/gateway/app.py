@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.retry import Retry
@@ -50,6 +49,7 @@ from redis.backoff import NoBackoff
 from recsys_contract import traffic
 from recsys_contract.gateway import GatewayConfig, RoutingTable
 from recsys_contract.keyspace import GatewayKeys, IndexAlias
+from recsys_contract.online_client import async_redis
 from recsys_workloads.gateway.config import parse_gateway_config, parse_routing
 from recsys_workloads.gateway.http1 import KeepAlivePool
 from recsys_workloads.gateway.index_pool import (
@@ -152,11 +152,12 @@ class Gateway:
         self.keys: GatewayKeys = cfg.keys
         self.metrics = GatewayMetrics()
         timeout = cfg.redis_timeout_s
-        self.redis = redis.asyncio.Redis.from_url(
+        self.redis = async_redis(
             cfg.redis_url,
+            cluster=cfg.redis_cluster,
             password=redis_password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            socket_timeout_s=timeout,
+            connect_timeout_s=timeout,
             retry=Retry(NoBackoff(), 1),
         )
         self.store = GatewayStore.for_config(self.redis, cfg)
