@@ -14,7 +14,9 @@ from typing import Any, cast
 import pyarrow.parquet as pq
 import pytest
 import redis
+import redis.asyncio.cluster
 import redis.cluster
+from test_feature_key_prefix import OWNER, _example
 from test_history_seed import T0 as HISTORY_T0
 from test_history_seed import write_interactions
 from test_logjoin_workload import RECOMMENDER, record, run_join
@@ -23,9 +25,14 @@ from test_materialize import HOUR, T0, VIEW, make_config, row, run, write_rows
 from recsys_contract.gateway import FeatureViewRef, RoutingTable, Variant
 from recsys_contract.keyspace import FeatureViewKeys, GatewayKeys, IndexAlias, PrecomputedList
 from recsys_contract.online_client import AsyncRedis, async_redis
+from recsys_operator.api.recommender import Recommender
 from recsys_operator.api.stores import RedisStore
 from recsys_operator.online import OnlineStore, delete_keyspace, publish_routing
+from recsys_operator.planning.rollout import Routing
+from recsys_operator.planning.serving import GATEWAY_CONFIG_FILE, gateway_objects, routing_table
 from recsys_workloads.featurestore.reader import read_online_features
+from recsys_workloads.gateway.app import Gateway
+from recsys_workloads.gateway.config import parse_gateway_config
 from recsys_workloads.gateway.control import block_items, mark_seen
 from recsys_workloads.gateway.served_log import EventRecord
 from recsys_workloads.gateway.store import GatewayStore
@@ -153,6 +160,32 @@ async def test_the_gateway_store_reads_through_the_cluster_client(
     assert sets.history == (12, 11)  # most recent first
     assert sets.precomputed is not None
     assert PrecomputedList.from_json(sets.precomputed) == stored
+
+
+async def test_the_gateway_the_operator_renders_for_a_cluster_reads_it(
+    redis_cluster: RedisCluster, cluster_client: redis.cluster.RedisCluster, cluster_prefix: str
+) -> None:
+    raw = _example("Recommender", "movies")
+    prefix = cluster_prefix + ":"
+    raw["spec"]["stores"]["redis"] = {
+        "url": redis_cluster.url,
+        "mode": "Cluster",
+        "keyPrefix": prefix,
+    }
+    rec = Recommender.model_validate(raw)
+    table = routing_table(rec, Routing("m-v1"), {"m-v1": None})
+    config_map = gateway_objects(rec, OWNER, table, "img", {})[0]
+    gateway = Gateway(parse_gateway_config(json.loads(config_map["data"][GATEWAY_CONFIG_FILE])))
+    try:
+        assert isinstance(gateway.redis, redis.asyncio.cluster.RedisCluster)
+        gw = gateway.keys
+        assert gw == GatewayKeys.of("shop.movies", prefix)
+        block_items(cluster_client, gw, [40, 42])
+        mark_seen(cluster_client, gw, 9, [11], at_ms=1_000)
+        sets = await gateway.store.item_filters(9, seen=True, blocked=True, seen_since_ms=None)
+        assert (sets.seen, sets.blocked) == (frozenset({11}), frozenset({40, 42}))
+    finally:
+        await gateway.stop()
 
 
 def test_the_history_job_seeds_every_users_set_on_the_cluster(
