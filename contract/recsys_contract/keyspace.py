@@ -84,6 +84,12 @@ where it does: the pointer and the routing table keep the names a running gatewa
 an upgrade rolls out, and no other key gains a tag. Stored names and prefixes admit no braces,
 so no other key has a tag by accident.
 
+Upgrading from the names before the tags: only the tagged keys moved. The pointer and the
+routing table keep their names; the operator rewrites the alias under its new name at its first
+reconcile (the comparison reads the new name); the layer book and a log join's pending batch
+left under the old names are no longer read (layers keep their TTLs; a pending batch is only
+there if a run was killed between its files and its cursor's advance).
+
 Entity keys are deliberately not tagged: they spread over every node, which is the point of a
 cluster, and they need no atomicity with the pointer, because a run writes them into a fresh
 layer that no reader sees until the single-key SET of the pointer names it. Per-user keys

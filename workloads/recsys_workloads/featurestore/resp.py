@@ -336,13 +336,14 @@ class NodeWriters:
     ) -> None:
         primaries = client.get_primaries()  # type: ignore[no-untyped-call]
         index = {node.name: i for i, node in enumerate(primaries)}
-        slots = client.nodes_manager.slots_cache
-        owner = np.full(REDIS_CLUSTER_HASH_SLOTS, -1, dtype=np.int64)
-        for slot in range(REDIS_CLUSTER_HASH_SLOTS):
-            if slots.get(slot):
-                owner[slot] = index[slots[slot][0].name]
-        if (owner < 0).any():
-            raise TransientError("the Redis Cluster does not cover every slot; retry")
+        owner = np.empty(REDIS_CLUSTER_HASH_SLOTS, dtype=np.int64)
+        try:
+            for slot in range(REDIS_CLUSTER_HASH_SLOTS):
+                owner[slot] = index[client.nodes_manager.get_node_from_slot(slot).name]
+        except (redis.exceptions.SlotNotCoveredError, KeyError) as exc:
+            raise TransientError(
+                f"the Redis Cluster's slot map is incomplete ({exc}); retry"
+            ) from exc
         self.owner = owner
         for node in primaries:
             self.writers.append(BulkWriter(url, password, timeout, (node.host, int(node.port))))
