@@ -25,6 +25,10 @@ changes); the index pool loads what the table and alias need (the standby's inde
 and swaps it in; a second pipeline writes the traffic counters counted since the last poll
 and the replica's heartbeat (what it has loaded, what it routes), which the rollout waits on
 before it moves traffic. A writer appends served responses to the log stream in batches.
+
+Redis is a single server or a Redis Cluster (``redisCluster``): the client comes from
+``recsys_contract.online_client``, and on a cluster its non-transactional pipelines are split
+by node, so one request still costs one round trip to each node that holds one of its keys.
 """
 
 from __future__ import annotations
