@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 
 from testbed.processes import ComponentFailed, ProcessGroup, free_port, wait_until
 
@@ -127,8 +128,9 @@ def _cluster_ok(host: str, port: int) -> bool:
 
 
 def start_redis_cluster(masters: int = 3, replicas: int = 1) -> RedisCluster:
-    """``masters`` primaries with ``replicas`` replicas each, slots spread by ``redis-cli``;
-    returns once every node says ``cluster_state:ok``."""
+    """``masters`` primaries with ``replicas`` replicas each, slots spread by ``redis-cli``
+    (by hand below three primaries, which it refuses); returns once every node says
+    ``cluster_state:ok``."""
     workdir = Path(tempfile.mkdtemp(prefix="recsys-redis-cluster-"))
     procs = ProcessGroup(workdir)
     ports = [_node_port() for _ in range(masters * (1 + replicas))]
@@ -142,7 +144,12 @@ def start_redis_cluster(masters: int = 3, replicas: int = 1) -> RedisCluster:
                 f"redis-{port}", _server_argv(port, "127.0.0.1", node_dir, cluster_args + bus)
             )
             wait_until(proc, lambda p=port: _pong("127.0.0.1", p), 20, "answering PING")
-        _create(ports, replicas)
+        if masters >= 3:
+            _create(ports, replicas)
+        elif replicas == 0:
+            _assign(ports)
+        else:
+            raise ComponentFailed("replicas need three primaries (redis-cli --cluster create)")
         deadline = time.monotonic() + 30
         while not all(_cluster_ok("127.0.0.1", port) for port in ports):
             if time.monotonic() > deadline:
@@ -172,6 +179,19 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _assign(ports: list[int]) -> None:
+    """What ``redis-cli --cluster create`` does for fewer than the three primaries it insists
+    on (a benchmark's smaller sizes): an equal share of the slots each, then the handshake."""
+    share = -(-REDIS_CLUSTER_HASH_SLOTS // len(ports))
+    for i, port in enumerate(ports):
+        with redis.Redis("127.0.0.1", port) as client:
+            client.execute_command("CLUSTER SET-CONFIG-EPOCH", i + 1)
+            last = min((i + 1) * share, REDIS_CLUSTER_HASH_SLOTS) - 1
+            client.execute_command("CLUSTER ADDSLOTSRANGE", i * share, last)
+            if i:
+                client.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
 
 
 def _create(ports: list[int], replicas: int) -> None:
