@@ -29,6 +29,8 @@ class RedisConnection(ConfigSection):
     ``$REDIS_PASSWORD``) and how long to wait for it. Each store adds its key prefix."""
 
     redis_url: str = Field(min_length=1)
+    #: the URL names one node of a Redis Cluster (``mode: Cluster``); the client finds the rest
+    redis_cluster: bool = False
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("redis_url")

@@ -186,6 +186,8 @@ class GatewayConfig(ConfigSection):
     recommender: str = Field(min_length=1)
     routing: RoutingTable
     redis_url: str = Field(min_length=1)
+    #: the URL names one node of a Redis Cluster (``mode: Cluster``); the client finds the rest
+    redis_cluster: bool = False
     #: the Recommender's key prefix (``keyspace.GatewayKeys``)
     key_prefix: RecommenderPrefix = DEFAULT_RECOMMENDER_PREFIX
     feature_views: FeatureViews = Field(default_factory=FeatureViews)

@@ -20,7 +20,8 @@ default ``fv``) and its stored name ``<fv>``::
                                                           schema, encoded by featurestore.codec
                                        PEXPIREAT = the end of the value's TTL window
     <p>:<fv>:seq               string  INCR counter that allocates layer numbers N
-    <p>:<fv>:layers            hash    N -> "writing:<µs>" while a run writes layer N,
+    <p>:<fv>:layers{<p>:<fv>:live}
+                               hash    N -> "writing:<µs>" while a run writes layer N,
                                        "retired:<µs>" once it left the live chain; lets the
                                        next run reclaim what a crashed or replaced run left
     <p>:<fv>:lock              string  a run's lease (token; PX), so runs never interleave
@@ -40,13 +41,15 @@ A Recommender ``<rec>``, under the Recommender's key prefix ``<p>`` (``spec.stor
 
     <p>recsys:<rec>:routing          string  the routing table (JSON, as in the gateway config's
                                              ``routing``), polled by every gateway replica
-    <p>recsys:<rec>:index            string  the index alias (IndexAlias): the index stable
+    <p>recsys:<rec>:index{<p>recsys:<rec>:routing}
+                                     string  the index alias (IndexAlias): the index stable
                                              traffic follows
     <p>recsys:<rec>:served           stream  one entry per served response (log and wait)
     <p>recsys:<rec>:events           stream  one entry per posted outcome (click, purchase)
     <p>recsys:<rec>:logjoin:cursor   string  the last ``served`` id the log join has written
                                              rows for (its rows are in the logged store)
-    <p>recsys:<rec>:logjoin:pending  string  the batch a log join run is writing (JSON: the
+    <p>recsys:<rec>:logjoin:pending{<p>recsys:<rec>:logjoin:cursor}
+                                     string  the batch a log join run is writing (JSON: the
                                              cursor it starts from, its last id, the join
                                              time, the files); a rerun replays exactly it
     <p>recsys:<rec>:seen:<user>      zset    item -> ms of the user's last interaction (also
@@ -62,6 +65,37 @@ A pre-computed list is keyed by its model version, so a gateway reads only the l
 version the user is routed to: after a promotion the previous version's lists are never read
 again (and expire), whatever the pre-computation Job has or has not written yet. The list
 repeats its version and time, so a reader also refuses a list that is not what its key says.
+
+Redis Cluster. The same names serve a single Redis and a cluster (``redisCluster`` in a
+config, ``mode: Cluster`` in the API). A cluster runs a command that names several keys only
+when they hash to one slot, and only the part of a key between the first ``{`` and ``}`` (its
+hash tag) is hashed when it has one. The operations that must be atomic over several keys, and
+so must share a slot, are exactly these:
+
+- the materializer's pointer switch, a Lua script over ``live`` and ``layers`` (the pointer
+  and the book of the layers it retires, changed together);
+- the operator's routing publish, one MULTI/EXEC (and an MGET to compare) over ``routing`` and
+  ``index`` (the table and the alias stable traffic follows move together);
+- the log join's advance, a Lua script over ``logjoin:cursor`` and ``logjoin:pending``.
+
+In each group the key that other processes read every second keeps its plain name, and the
+others carry that key's whole name as their hash tag (:func:`slot_of`), so they hash exactly
+where it does: the pointer and the routing table keep the names a running gateway reads while
+an upgrade rolls out, and no other key gains a tag. Stored names and prefixes admit no braces,
+so no other key has a tag by accident.
+
+Upgrading from the names before the tags: only the tagged keys moved. The pointer and the
+routing table keep their names; the operator rewrites the alias under its new name at its first
+reconcile (the comparison reads the new name); the layer book and a log join's pending batch
+left under the old names are no longer read (layers keep their TTLs; a pending batch is only
+there if a run was killed between its files and its cursor's advance).
+
+Entity keys are deliberately not tagged: they spread over every node, which is the point of a
+cluster, and they need no atomicity with the pointer, because a run writes them into a fresh
+layer that no reader sees until the single-key SET of the pointer names it. Per-user keys
+(``seen``, ``blocked:<user>``, ``precomputed``) spread the same way; every command on them names
+one key. Readers batch such keys in non-transactional pipelines, which the cluster client splits
+by node.
 
 Why a Redis key for routing rather than only the ConfigMap: a mounted ConfigMap reaches a
 running pod after the kubelet's sync period (about a minute), while a rollout step or a
@@ -126,6 +160,12 @@ def recommender_prefix(configured: str | None) -> str:
     return configured or DEFAULT_RECOMMENDER_PREFIX
 
 
+def slot_of(key: str, anchor: str) -> str:
+    """``key`` hashed to ``anchor``'s cluster slot: ``anchor`` (which has no braces) becomes its
+    hash tag, so a multi-key atomic operation over both runs on a cluster (see the module doc)."""
+    return f"{key}{{{anchor}}}"
+
+
 def feature_field(index: int) -> bytes:
     """The hash field of the ``index``-th feature of a pointer's schema."""
     return str(index).encode()
@@ -156,7 +196,8 @@ class FeatureViewKeys:
 
     @property
     def layers(self) -> str:
-        return f"{self.base}:layers"
+        """In the pointer's slot: the switch changes both in one script."""
+        return slot_of(f"{self.base}:layers", self.live)
 
     @property
     def lock(self) -> str:
@@ -190,7 +231,8 @@ class GatewayKeys:
 
     @property
     def index_alias(self) -> str:
-        return f"{self.base}:index"
+        """In the routing table's slot: the operator publishes both in one transaction."""
+        return slot_of(f"{self.base}:index", self.routing)
 
     @property
     def served(self) -> str:
@@ -208,8 +250,9 @@ class GatewayKeys:
     @property
     def logjoin_pending(self) -> str:
         """The batch a log join run writes, set before its files and removed with the cursor's
-        advance, so a run killed in between is replayed to the same files."""
-        return f"{self.base}:logjoin:pending"
+        advance, so a run killed in between is replayed to the same files. In the cursor's
+        slot: the advance moves the cursor and removes this in one script."""
+        return slot_of(f"{self.base}:logjoin:pending", self.logjoin_cursor)
 
     @property
     def blocked(self) -> str:

@@ -1,6 +1,10 @@
 """The operator's side of the online store: the routing table it publishes for the gateways,
 and what the gateways report back (replica heartbeats, per-version traffic counters).
 
+The client comes from ``recsys_contract.online_client`` like the gateway's, a cluster client
+for ``mode: Cluster``: the routing table and the index alias share a slot (``keyspace``), so
+their MULTI/EXEC runs on a cluster too, and a keyspace's deletion walks every primary.
+
 The gateways poll the routing table in Redis every second, so a weight change or a rollback
 reaches every replica within about a poll; the ConfigMap stays the copy a gateway boots from.
 A table that is already what Redis holds is not written again, so a quiet reconcile writes
@@ -24,8 +28,10 @@ import redis.exceptions
 
 from recsys_contract.gateway import RoutingTable
 from recsys_contract.keyspace import GatewayKeys, IndexAlias
+from recsys_contract.online_client import AsyncRedis, async_redis
 from recsys_contract.traffic import Counts, Heartbeat
 from recsys_operator.api.common import SecretKeyRef
+from recsys_operator.api.stores import RedisStore
 from recsys_operator.kube import KubeClient
 
 PASSWORD_TTL_SECONDS = 300.0
@@ -40,7 +46,7 @@ class OnlineStoreUnavailable(Exception):
 @dataclass
 class OnlineStore:
     kube: KubeClient
-    _clients: dict[tuple[str, str | None], redis.asyncio.Redis] = field(default_factory=dict)
+    _clients: dict[tuple[str, bool, str | None], AsyncRedis] = field(default_factory=dict)
     _passwords: dict[tuple[str, str, str], tuple[float, str]] = field(default_factory=dict)
 
     async def _password(self, namespace: str, ref: SecretKeyRef | None) -> str | None:
@@ -61,18 +67,19 @@ class OnlineStore:
         self._passwords[key] = (time.monotonic(), password)
         return password
 
-    async def client(
-        self, url: str, namespace: str, ref: SecretKeyRef | None = None
-    ) -> redis.asyncio.Redis:
-        password = await self._password(namespace, ref)
-        key = (url, password)
+    async def client(self, store: RedisStore, namespace: str) -> AsyncRedis:
+        """The client of one store (a cluster client when ``mode: Cluster``), made once."""
+        password = await self._password(namespace, store.password_secret_ref)
+        cluster = store.mode == "Cluster"
+        key = (store.url, cluster, password)
         found = self._clients.get(key)
         if found is None:
-            found = redis.asyncio.Redis.from_url(
-                url,
+            found = async_redis(
+                store.url,
+                cluster=cluster,
                 password=password,
-                socket_timeout=TIMEOUT_SECONDS,
-                socket_connect_timeout=TIMEOUT_SECONDS,
+                socket_timeout_s=TIMEOUT_SECONDS,
+                connect_timeout_s=TIMEOUT_SECONDS,
             )
             self._clients[key] = found
         return found
@@ -90,7 +97,7 @@ def _text(value: bytes | str | None) -> str:
 
 
 async def publish_routing(
-    client: redis.asyncio.Redis, keys: GatewayKeys, table: RoutingTable, alias: IndexAlias | None
+    client: AsyncRedis, keys: GatewayKeys, table: RoutingTable, alias: IndexAlias | None
 ) -> bool:
     """Make Redis hold ``table`` (and the stable's index alias); True when it wrote."""
     wanted = json.dumps(table.to_wire(), sort_keys=True)
@@ -110,7 +117,7 @@ async def publish_routing(
         raise OnlineStoreUnavailable(f"Redis: {exc}") from exc
 
 
-async def heartbeats(client: redis.asyncio.Redis, keys: GatewayKeys) -> dict[str, Heartbeat]:
+async def heartbeats(client: AsyncRedis, keys: GatewayKeys) -> dict[str, Heartbeat]:
     """Every replica's last heartbeat; unparsable ones are left out (a replica of another
     build says nothing the operator could trust)."""
     try:
@@ -127,7 +134,7 @@ async def heartbeats(client: redis.asyncio.Redis, keys: GatewayKeys) -> dict[str
 
 
 async def counts(
-    client: redis.asyncio.Redis, keys: GatewayKeys, version: str, buckets: Iterable[int]
+    client: AsyncRedis, keys: GatewayKeys, version: str, buckets: Iterable[int]
 ) -> Counts:
     """A version's counters summed over ``buckets``, in one round trip."""
     wanted = list(buckets)
@@ -146,12 +153,13 @@ async def counts(
 DELETE_BATCH = 500
 
 
-async def delete_keyspace(client: redis.asyncio.Redis, base: str) -> int:
+async def delete_keyspace(client: AsyncRedis, base: str) -> int:
     """Delete every key below ``base`` (``<base>:*``): a FeatureView's (the live pointer, every
     layer's entities, the layer book, the sequence and the lock) or a Recommender's (the
     routing table, index alias, logs, per-user sets, counters); the number deleted.
 
-    SCAN walks the keyspace in steps, so a large view never blocks Redis the way KEYS would,
+    SCAN walks the keyspace in steps (on a cluster, the cluster client's walks every primary in
+    turn, and its UNLINK is split by slot), so a large view never blocks Redis the way KEYS would,
     and UNLINK frees the values off Redis' main thread. Stored names hold no ``:`` and no glob
     characters (``keyspace.NAME_PATTERN``), so the pattern matches this object's keys only."""
     removed = 0

@@ -580,7 +580,7 @@ def test_replaced_version_expires_and_leftovers_are_reclaimed(
     assert code == EXIT_OK
     assert third["reclaimedLayers"] == [first["version"]]
     assert not redis_client.exists(old + "5")
-    assert redis_client.hlen("fv:" + VIEW + ":layers") == 1  # only the layer third retired
+    assert redis_client.hlen(FeatureViewKeys.of(VIEW).layers) == 1  # only the layer third retired
 
 
 async def test_fsspec_source_and_the_async_reader(

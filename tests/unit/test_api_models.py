@@ -200,6 +200,10 @@ RULES = [
     ("gate-metric-empty", {"training.evaluation.metrics": [{"name": "auc"}]}, "checks nothing"),
     ("redis-password-inline", {"stores.redis.url": "redis://:hunter2@redis:6379/0"},
      "must not carry credentials"),
+    ("redis-cluster-database-3", {"stores.redis.url": "redis://redis:6379/3",
+     "stores.redis.mode": "Cluster"}, "a Redis Cluster has only database 0"),
+    ("redis-cluster-database-10", {"stores.redis.url": "redis://redis:6379/10",
+     "stores.redis.mode": "Cluster"}, "a Redis Cluster has only database 0"),
     ("toleration-exists-value", {"training.tolerations": [{"key": "k", "operator": "Exists",
      "value": "v"}]}, "value must be empty"),
     ("timezone-without-schedule", {"training.timeZone": "Etc/UTC"}, "applies only to a schedule"),
@@ -263,6 +267,9 @@ def test_rules_accept_the_valid_neighbours() -> None:
             }
         },
         {"serving.precompute": {"schedule": "@hourly", "audience": {"all": True}, "topN": 20}},
+        {"stores.redis.url": "redis://redis:6379/0", "stores.redis.mode": "Cluster"},
+        {"stores.redis.url": "redis://redis:6379", "stores.redis.mode": "Cluster"},
+        {"stores.redis.url": "redis://redis:6379/3", "stores.redis.mode": "Standalone"},
     ]
     for changes in ok:
         spec = _rec()

@@ -25,6 +25,7 @@ import torch
 import yaml
 from api_objects import model_version, recommender
 from pydantic import BaseModel
+from redis.crc import key_slot
 
 from recsys_contract import gateway, history, index, materialize, precompute, repository, train
 from recsys_contract.keyspace import FeatureViewKeys, GatewayKeys
@@ -37,7 +38,7 @@ from recsys_operator.planning import precompute as precompute_planner
 from recsys_operator.planning import serving, training
 from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, termination_summary
 from recsys_operator.planning.modelversion import gate_metrics
-from recsys_operator.planning.pods import CONFIG_FILE
+from recsys_operator.planning.pods import CONFIG_FILE, recommender_store
 from recsys_operator.planning.rollout import Routing
 from recsys_workloads.gateway.config import parse_gateway_config
 from recsys_workloads.history import parse_history_config
@@ -78,11 +79,19 @@ def _variant(doc: dict[str, Any], edit: Callable[[dict[str, Any]], None]) -> Any
 
 
 def _prefixed_view(spec: dict[str, Any]) -> None:
-    spec["onlineStore"]["redis"]["keyPrefix"] = "team-a:features"
+    redis = spec["onlineStore"]["redis"]
+    # a cluster has only database 0
+    redis |= {
+        "keyPrefix": "team-a:features",
+        "mode": "Cluster",
+        "url": redis["url"].rsplit("/", 1)[0],
+    }
 
 
 def _everything_set(spec: dict[str, Any]) -> None:
-    spec["stores"]["redis"]["keyPrefix"] = "team-a:"
+    redis = spec["stores"]["redis"]
+    # a cluster has only database 0
+    redis |= {"keyPrefix": "team-a:", "mode": "Cluster", "url": redis["url"].rsplit("/", 1)[0]}
     spec["interactions"] |= {"userIdColumn": "uid", "itemIdColumn": "sku", "timestampField": "at"}
     triton = spec.setdefault("serving", {}).setdefault("triton", {})
     triton["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
@@ -525,3 +534,38 @@ def test_created_timestamp_field_reaches_the_materializer() -> None:
     fv = FeatureView.model_validate(doc)
     parsed = parse_materialize_config(fv_planner.materialize_config(fv).to_wire())
     assert parsed.source.created_timestamp_column == "created"
+
+
+def test_multi_key_atomic_groups_share_a_slot_and_entity_keys_spread() -> None:
+    """Each group a script or MULTI/EXEC changes together hashes to one cluster slot (the key
+    readers poll keeps its name); a view's entity keys carry no tag, so they spread."""
+    fv = FeatureViewKeys.of("shop.users", "team:fv")
+    gw = GatewayKeys.of("shop.movies", "team-a:")
+    assert fv.live == "team:fv:shop.users:live"
+    assert gw.routing == "team-a:recsys:shop.movies:routing"
+    for keys in ((fv.live, fv.layers), (gw.routing, gw.index_alias),
+                 (gw.logjoin_cursor, gw.logjoin_pending)):  # fmt: skip
+        assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+    assert len({key_slot(k.encode()) for k in fv.entities([3], range(50))}) > 40
+    assert len({key_slot(gw.seen(user).encode()) for user in range(50)}) > 40
+
+
+@pytest.mark.parametrize("fv", FEATURE_VIEWS, ids=_id)
+def test_the_materializer_gets_the_cluster_flag_only_on_a_cluster(fv: FeatureView) -> None:
+    rendered = json.loads(fv_planner.plan(fv, OWNER, "img").config_map["data"][CONFIG_FILE])
+    cluster = fv.spec.online_store.redis.mode == "Cluster"
+    assert rendered["onlineStore"].get("redisCluster") is (True if cluster else None)
+    assert parse_materialize_config(rendered).online_store.redis_cluster is cluster
+
+
+@pytest.mark.parametrize("rec", RECOMMENDERS, ids=_id)
+def test_the_gateway_and_the_jobs_get_the_cluster_flag_only_on_a_cluster(
+    rec: Recommender,
+) -> None:
+    cluster = rec.spec.stores.redis.mode == "Cluster"
+    table = serving.routing_table(rec, Routing("m-v1"), {"m-v1": None})
+    config_map = serving.gateway_objects(rec, OWNER, table, "img", {})[0]
+    gateway_cfg = json.loads(config_map["data"][serving.GATEWAY_CONFIG_FILE])
+    assert gateway_cfg.get("redisCluster") is (True if cluster else None)
+    assert parse_gateway_config(gateway_cfg).redis_cluster is cluster
+    assert recommender_store(rec).redis_cluster is cluster

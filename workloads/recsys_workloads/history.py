@@ -76,7 +76,9 @@ def seed(raw: dict[str, Any]) -> dict[str, Any]:
     pairs = newest_per_user(validate_interactions(table, columns), cfg.max_items_per_user)
     store = cfg.online_store
     keys = GatewayKeys.of(cfg.recommender, store.key_prefix)
-    client = redis_client(store.redis_url, store.connect_timeout_seconds)
+    client = redis_client(
+        store.redis_url, store.connect_timeout_seconds, cluster=store.redis_cluster
+    )
     users = np.unique(pairs.user_ids)
     with redis_errors(store.redis_url), client:
         written = backfill_seen(

@@ -72,7 +72,7 @@ from recsys_contract.logjoin import (
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.datasets.layout import TIMESTAMP
 from recsys_workloads.gateway.served_log import EventRecord, ServedRecord
-from recsys_workloads.redis_client import redis_client
+from recsys_workloads.redis_client import SyncRedis, redis_client
 from recsys_workloads.runtime import TransientError, parse_config, run_entrypoint
 
 log = logging.getLogger("recsys_workloads.logjoin")
@@ -202,14 +202,14 @@ def partition_files(served: Sequence[Served]) -> dict[str, list[Served]]:
 
 
 def _xrange(
-    client: redis.Redis, key: str, low: str, high: str, count: int = PAGE
+    client: SyncRedis, key: str, low: str, high: str, count: int = PAGE
 ) -> list[tuple[str, dict[bytes, bytes]]]:
     page: Any = client.xrange(key, min=low, max=high, count=count)
     return [(entry_id.decode(), fields) for entry_id, fields in page]
 
 
 def read_served(
-    client: redis.Redis, keys: GatewayKeys, after: str, high: str, max_rows: int | None = None
+    client: SyncRedis, keys: GatewayKeys, after: str, high: str, max_rows: int | None = None
 ) -> tuple[list[Served], bool]:
     """Served responses with ids in (after, high], at most ``max_rows`` served items (at least
     one response); and whether the limit left some out."""
@@ -229,7 +229,7 @@ def read_served(
             return out, False
 
 
-def read_events(client: redis.Redis, keys: GatewayKeys, from_ms: int) -> list[EventRecord]:
+def read_events(client: SyncRedis, keys: GatewayKeys, from_ms: int) -> list[EventRecord]:
     events: list[EventRecord] = []
     low = str(from_ms)
     while True:
@@ -240,7 +240,7 @@ def read_events(client: redis.Redis, keys: GatewayKeys, from_ms: int) -> list[Ev
         low = f"({page[-1][0]}"
 
 
-def redis_now_ms(client: redis.Redis) -> int:
+def redis_now_ms(client: SyncRedis) -> int:
     """Redis' clock: the one stream ids are stamped with."""
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
@@ -299,7 +299,7 @@ return false
 """
 
 
-def _advance(client: redis.Redis, keys: GatewayKeys, previous: str, cursor: str) -> None:
+def _advance(client: SyncRedis, keys: GatewayKeys, previous: str, cursor: str) -> None:
     """Cursor ``previous`` -> ``cursor`` and the pending batch gone, as one step; refused when
     another run moved the cursor meanwhile (the CronJob forbids overlap: this is the proof)."""
     moved: Any = client.eval(
@@ -313,7 +313,7 @@ def _advance(client: redis.Redis, keys: GatewayKeys, previous: str, cursor: str)
 
 
 def _trim(
-    client: redis.Redis, keys: GatewayKeys, cursor: str, now_ms: int, retain_ms: int
+    client: SyncRedis, keys: GatewayKeys, cursor: str, now_ms: int, retain_ms: int
 ) -> tuple[int, int]:
     """Remove what is written (at or below ``cursor``) and older than the retention."""
     if cursor == "0-0":
@@ -330,7 +330,7 @@ def _trim(
 
 
 def run_join(
-    client: redis.Redis, keys: GatewayKeys, store: Store, cfg: LogJoinConfig
+    client: SyncRedis, keys: GatewayKeys, store: Store, cfg: LogJoinConfig
 ) -> LogJoinSummary:
     raw_cursor = client.get(keys.logjoin_cursor)
     cursor = raw_cursor.decode() if isinstance(raw_cursor, bytes) else "0-0"
@@ -402,7 +402,9 @@ def run_join(
 def work(raw: dict[str, Any]) -> dict[str, Any]:
     cfg = parse_config(LogJoinConfig, raw, "log join config")
     online = cfg.online_store
-    client = redis_client(online.redis_url, online.connect_timeout_seconds)
+    client = redis_client(
+        online.redis_url, online.connect_timeout_seconds, cluster=online.redis_cluster
+    )
     keys = GatewayKeys.of(cfg.recommender, online.key_prefix)
     try:
         return run_join(client, keys, Store(cfg.storage_options), cfg).to_wire()

@@ -22,8 +22,9 @@ What a run does:
    event time, the one with the latest ``createdTimestampColumn`` wins (null: earliest), as in
    Feast; without that column, the row read last.
 4. Writes those entities into a fresh layer (not yet visible) with large non-transactional
-   pipelines, each key expiring at the end of its value's TTL window, measured from now:
-   ``now + (event_time + ttl - asOf)``.
+   pipelines (on a Redis Cluster, each key's slot picks its primary and each node gets its own
+   pipeline: ``featurestore.resp.NodeWriters``), each key expiring at the end of its value's
+   TTL window, measured from now: ``now + (event_time + ttl - asOf)``.
 5. Switches the pointer with one compare-and-set: readers see the old version or the new one,
    never a mix. A full run then gives the replaced layers' keys ``graceSeconds`` to live
    (readers that fetched the old pointer finish their reads) and they expire; the few keys of
@@ -66,9 +67,15 @@ from recsys_contract.materialize import MaterializeConfig, MaterializeSummary
 from recsys_workloads import runtime
 from recsys_workloads.featurestore import codec
 from recsys_workloads.featurestore.point_in_time import latest_rows, window_bounds_us
-from recsys_workloads.featurestore.resp import BulkWriter, hset_commands, key_commands
+from recsys_workloads.featurestore.resp import (
+    Batch,
+    NodeWriters,
+    hset_commands,
+    key_commands,
+    take,
+)
 from recsys_workloads.featurestore.source import OfflineSource, open_source
-from recsys_workloads.redis_client import redis_client, redis_errors, redis_password
+from recsys_workloads.redis_client import SyncRedis, redis_client, redis_errors, redis_password
 from recsys_workloads.runtime import BadInputError, TransientError, run_entrypoint
 
 log = logging.getLogger("recsys_workloads.materialize")
@@ -102,9 +109,11 @@ return 1
 
 @dataclass
 class Store:
-    """The FeatureView's keys in one Redis database, and the run's lock token."""
+    """The FeatureView's keys in one Redis database or one Redis Cluster, and the run's lock
+    token. The lock and the sequence are single-key commands; the switch's two keys share the
+    pointer's slot (``keyspace``), so the same script runs on a cluster."""
 
-    client: redis.Redis
+    client: SyncRedis
     url: str
     password: str | None
     keys: FeatureViewKeys
@@ -175,24 +184,30 @@ class Store:
                 "nothing was switched, retry"
             )
 
+    def writers(self) -> NodeWriters:
+        """Raw pipelines for bulk commands: one per primary on a cluster."""
+        return NodeWriters(self.client, self.url, self.password, self.timeout)
+
     def layer_keys(self, layer: int) -> Iterator[list[bytes | str]]:
-        cursor = 0
-        pattern = self.keys.layer(layer) + "*"
-        while True:
-            cursor, keys = self.client.scan(cursor, match=pattern, count=_SCAN_COUNT)
-            if keys:
-                yield keys
-            if cursor == 0:
-                return
+        """``layer``'s keys in batches; the cluster client's SCAN walks every primary."""
+        batch: list[bytes | str] = []
+        for key in self.client.scan_iter(match=self.keys.layer(layer) + "*", count=_SCAN_COUNT):
+            batch.append(key)
+            if len(batch) >= _SCAN_COUNT:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def unlink_layer(self, layer: int) -> int:
         """Delete every key left in ``layer`` (a walk of the keyspace: used only for leftovers)."""
         count = 0
-        with BulkWriter(self.url, self.password, self.timeout) as writer:
-            for keys in self.layer_keys(layer):
-                writer.send(key_commands(b"UNLINK", pa.array(keys, pa.binary())), len(keys))
+        with self.writers() as writers:
+            for found in self.layer_keys(layer):
+                keys = pa.array(found, pa.binary())
+                writers.send(keys, _keyed(b"UNLINK", keys))
                 count += len(keys)
-            writer.wait()
+            writers.wait()
         return count
 
     def expire_entities(self, layers: list[int], ids: pa.Array, ms: int, batch_rows: int) -> None:
@@ -203,13 +218,13 @@ class Store:
         by a later run's :func:`reclaim`.
         """
         args = (str(ms).encode(), b"LT")
-        with BulkWriter(self.url, self.password, self.timeout) as writer:
+        with self.writers() as writers:
             for layer in layers:
                 head = self.keys.layer(layer).encode()
                 for start in range(0, len(ids), batch_rows):
                     keys = pc.binary_join_element_wise(head, ids.slice(start, batch_rows), b"")
-                    writer.send(key_commands(b"PEXPIRE", keys, args), len(keys))
-            writer.wait()
+                    writers.send(keys, _keyed(b"PEXPIRE", keys, args))
+            writers.wait()
 
     def forget_layer(self, layer: int) -> None:
         self.client.hdel(self.keys.layers, str(layer))
@@ -289,7 +304,7 @@ def write_layer(
     """Stream every row of ``table`` (one per entity) into ``layer``'s hashes."""
     key_head = store.keys.layer(layer).encode()
     last_refresh = time.monotonic()
-    with BulkWriter(store.url, store.password, store.timeout) as writer:
+    with store.writers() as writers:
         for start in range(0, table.num_rows, batch_rows):
             chunk = table.slice(start, batch_rows)
             times = event_us[start : start + batch_rows]
@@ -299,12 +314,37 @@ def write_layer(
             expire = None
             if ttl_s > 0:
                 expire = pa.array((now_us - as_of_us + times) // 1000 + ttl_s * 1000)
-            payload, replies = hset_commands(keys, pa.array(times), values, expire)
-            writer.send(payload, replies)
+            writers.send(keys, _hset_batch(keys, pa.array(times), values, expire))
             if time.monotonic() - last_refresh > lease_s / 3:
                 store.refresh(lease_s)
                 last_refresh = time.monotonic()
-        writer.wait()
+        writers.wait()
+
+
+def _hset_batch(
+    keys: pa.Array, times: pa.Array, values: list[pa.Array], expire: pa.Array | None
+) -> Batch:
+    """One chunk's HSET (and PEXPIREAT) commands for the rows a node owns."""
+
+    def build(rows: pa.Array | None) -> tuple[memoryview, int]:
+        return hset_commands(
+            take(keys, rows),
+            take(times, rows),
+            [take(v, rows) for v in values],
+            None if expire is None else take(expire, rows),
+        )
+
+    return build
+
+
+def _keyed(command: bytes, keys: pa.Array, args: tuple[bytes, ...] = ()) -> Batch:
+    """``<command> key <args...>`` for the keys a node owns."""
+
+    def build(rows: pa.Array | None) -> tuple[memoryview, int]:
+        mine = take(keys, rows)
+        return key_commands(command, mine, args), len(mine)
+
+    return build
 
 
 def materialize(
@@ -327,6 +367,7 @@ def materialize(
         cfg.online_store.connect_timeout_seconds,
         cfg.online_store.connect_timeout_seconds * 3,
         password=password,
+        cluster=cfg.online_store.redis_cluster,
     )
     store = Store(
         client,

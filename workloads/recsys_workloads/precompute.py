@@ -48,6 +48,7 @@ import redis.exceptions
 
 from recsys_contract.gateway import GatewayConfig
 from recsys_contract.keyspace import GatewayKeys, IndexAlias, LivePointer, PrecomputedList
+from recsys_contract.online_client import AsyncRedis, async_redis
 from recsys_contract.precompute import Audience, PrecomputeConfig, PrecomputeSummary
 from recsys_workloads.gateway import rules
 from recsys_workloads.gateway.http1 import KeepAlivePool
@@ -79,9 +80,7 @@ PAGE = 1000
 # --- the audience --------------------------------------------------------------------------
 
 
-async def served_counts(
-    client: redis.asyncio.Redis, keys: GatewayKeys, since_ms: int
-) -> Counter[int]:
+async def served_counts(client: AsyncRedis, keys: GatewayKeys, since_ms: int) -> Counter[int]:
     """Served responses per user since ``since_ms`` (stream ids are Redis' ms clock)."""
     counts: Counter[int] = Counter()
     low = str(since_ms)
@@ -110,9 +109,7 @@ def most_active(counts: Counter[int], audience: Audience) -> list[int]:
     return [u for u, _ in heapq.nsmallest(n, counts.items(), key=lambda c: (-c[1], c[0]))]
 
 
-async def _scan_ids(
-    client: redis.asyncio.Redis, prefix: str, batch: int
-) -> AsyncIterator[list[int]]:
+async def _scan_ids(client: AsyncRedis, prefix: str, batch: int) -> AsyncIterator[list[int]]:
     ids: list[int] = []
     async for key in client.scan_iter(match=f"{prefix}*", count=PAGE):
         try:
@@ -126,9 +123,7 @@ async def _scan_ids(
         yield ids
 
 
-async def all_users(
-    client: redis.asyncio.Redis, cfg: GatewayConfig, batch: int
-) -> AsyncIterator[list[int]]:
+async def all_users(client: AsyncRedis, cfg: GatewayConfig, batch: int) -> AsyncIterator[list[int]]:
     """Every user with features online, in batches: the entities of each user FeatureView's
     live layers, or, without user FeatureViews, every user with a seen set. A user in two
     layers or views comes twice (its list is written twice, the same); deduplicating would
@@ -147,7 +142,7 @@ async def all_users(
 
 
 async def audience_batches(
-    client: redis.asyncio.Redis, cfg: PrecomputeConfig, now_ms: int
+    client: AsyncRedis, cfg: PrecomputeConfig, now_ms: int
 ) -> AsyncIterator[list[int]]:
     if cfg.audience.all:
         async for ids in all_users(client, cfg.gateway, cfg.batch_size):
@@ -187,7 +182,7 @@ async def compute_list(
 
 
 async def write_lists(
-    client: redis.asyncio.Redis,
+    client: AsyncRedis,
     keys: GatewayKeys,
     lists: Sequence[tuple[int, PrecomputedList]],
     max_age_s: float,
@@ -201,9 +196,7 @@ async def write_lists(
     await pipe.execute()
 
 
-def _service(
-    cfg: GatewayConfig, client: redis.asyncio.Redis, triton: TritonClient
-) -> RecommendationService:
+def _service(cfg: GatewayConfig, client: AsyncRedis, triton: TritonClient) -> RecommendationService:
     """The gateway's service, for its stages: its log writer is never started (stages 1 to 3
     log nothing) and its metrics are never exported."""
     store = GatewayStore.for_config(client, cfg)
@@ -212,9 +205,7 @@ def _service(
     return RecommendationService(cfg, store, triton, pool, GatewayMetrics(), unused_log)
 
 
-async def stable_variant(
-    service: RecommendationService, client: redis.asyncio.Redis
-) -> ResolvedVariant:
+async def stable_variant(service: RecommendationService, client: AsyncRedis) -> ResolvedVariant:
     """The stable variant with its index loaded, resolved as the gateway resolves it (the
     index alias in Redis when it names this version's index)."""
     cfg = service.cfg
@@ -236,7 +227,7 @@ async def stable_variant(
     return variant
 
 
-async def run(cfg: PrecomputeConfig, client: redis.asyncio.Redis) -> PrecomputeSummary:
+async def run(cfg: PrecomputeConfig, client: AsyncRedis) -> PrecomputeSummary:
     gw = cfg.gateway
     assert gw.precomputed is not None  # the config's validator requires it
     http = KeepAlivePool()
@@ -284,10 +275,11 @@ async def run(cfg: PrecomputeConfig, client: redis.asyncio.Redis) -> PrecomputeS
 
 
 async def _work(cfg: PrecomputeConfig) -> PrecomputeSummary:
-    client = redis.asyncio.Redis.from_url(
+    client = async_redis(
         cfg.gateway.redis_url,
+        cluster=cfg.gateway.redis_cluster,
         password=redis_password(),
-        socket_timeout=max(cfg.gateway.redis_timeout_s, 5.0),
+        socket_timeout_s=max(cfg.gateway.redis_timeout_s, 5.0),
     )
     try:
         return await run(cfg, client)

@@ -6,6 +6,7 @@ them, and whose Jobs write model artifacts).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -13,6 +14,9 @@ from pydantic import Field
 from recsys_operator.api import formats
 from recsys_operator.api.base import ApiModel, Rule
 from recsys_operator.api.common import LocalObjectRef, SecretKeyRef, StorageUri
+
+#: A database other than 0 at the end of a Redis URL (RE2 and Python both read it).
+_NONZERO_DB = "/([1-9][0-9]?|0[1-9])$"
 
 
 class RedisStore(ApiModel):
@@ -26,6 +30,13 @@ class RedisStore(ApiModel):
             field_path=".url",
             check=lambda m: "@" not in m.url,
         ),
+        Rule(
+            cel=f"!has(self.mode) || self.mode != 'Cluster' || !self.url.matches('{_NONZERO_DB}')",
+            message="a Redis Cluster has only database 0: end the url with /0 or with the port, "
+            "or set mode: Standalone",
+            field_path=".url",
+            check=lambda m: m.mode != "Cluster" or not re.search(_NONZERO_DB, m.url),
+        ),
     )
 
     url: Annotated[str, Field(min_length=9, max_length=256, pattern=formats.REDIS_URL)]
@@ -36,6 +47,11 @@ class RedisStore(ApiModel):
     key_prefix: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")] | None = None
     """Prefix for every key this object writes, to share one Redis between projects; the
     object's namespace and name follow it."""
+    mode: Literal["Standalone", "Cluster"] = "Standalone"
+    """``Standalone``: one Redis server (or a primary behind a Service). ``Cluster``: a Redis
+    Cluster; the url names any one of its nodes and the clients discover the others, send each
+    node its own share of a batch, and follow slot moves. Keys spread over the nodes; the few
+    that change together share a slot through a hash tag. A cluster has only database 0."""
 
 
 class OnlineStore(ApiModel):

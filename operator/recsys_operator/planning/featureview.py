@@ -41,6 +41,7 @@ from recsys_operator.planning.pods import (
     mount_claims,
     object_meta,
     pod_failure_policy,
+    redis_cluster,
     redis_password_env,
     secret_env_from,
     workload_config_map,
@@ -119,8 +120,12 @@ def materialize_config(fv: FeatureView, *, as_of: str | None = None) -> Material
             ),
             "features": features,
             "ttl_seconds": int(parse_duration(spec.ttl)) if spec.ttl else 0,
-            "online_store": OnlineStoreConfig(
-                redis_url=spec.online_store.redis.url, key_prefix=key_prefix(fv)
+            "online_store": OnlineStoreConfig.model_validate(
+                {
+                    "redis_url": spec.online_store.redis.url,
+                    "key_prefix": key_prefix(fv),
+                    **redis_cluster(spec.online_store.redis),
+                }
             ),
             # a backfill pins its window's end and rewrites it whole
             **({"as_of": as_of, "mode": "full"} if as_of else {}),

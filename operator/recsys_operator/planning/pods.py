@@ -18,6 +18,7 @@ from recsys_contract.history import RecommenderStoreConfig
 from recsys_contract.termination import EXIT_BAD_INPUT
 from recsys_operator.api.common import LocalObjectRef, SecretKeyRef
 from recsys_operator.api.recommender import Recommender
+from recsys_operator.api.stores import RedisStore
 from recsys_operator.naming import short_hash
 
 CONFIG_DIR = "/etc/recsys"
@@ -159,10 +160,19 @@ def redis_password_env(ref: SecretKeyRef | None) -> list[dict[str, Any]]:
 
 def recommender_store(rec: Recommender) -> RecommenderStoreConfig:
     """Where a Recommender's workloads find its gateway keys (history, served log, cursor).
-    The prefix only when set, so a config hashed into a Job's name stays as it was without."""
+    The prefix and the cluster flag only when set, so a config hashed into a Job's name stays as
+    it was without."""
     redis = rec.spec.stores.redis
     prefix = {"key_prefix": redis.key_prefix} if redis.key_prefix else {}
-    return RecommenderStoreConfig.model_validate({"redis_url": redis.url, **prefix})
+    return RecommenderStoreConfig.model_validate(
+        {"redis_url": redis.url, **prefix, **redis_cluster(redis)}
+    )
+
+
+def redis_cluster(redis: RedisStore) -> dict[str, bool]:
+    """``redis_cluster`` for a workload config, only on a cluster: a config hashed into a Job's
+    name stays as it was for a single Redis."""
+    return {"redis_cluster": True} if redis.mode == "Cluster" else {}
 
 
 def secret_env_from(ref: LocalObjectRef | None) -> list[dict[str, Any]]:

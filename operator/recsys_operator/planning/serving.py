@@ -33,6 +33,7 @@ from recsys_operator.planning.pods import (
     mount_claims,
     object_meta,
     recommender_store,
+    redis_cluster,
     redis_password_env,
     workload_config_map,
     workload_container,
@@ -354,7 +355,7 @@ def gateway_config(
 ) -> wire.GatewayConfig:
     redis = rec.spec.stores.redis
     precompute = rec.spec.serving.precompute
-    return wire.GatewayConfig(
+    config = wire.GatewayConfig(
         recommender=store_name(rec.metadata.namespace, rec.metadata.name),
         routing=table,
         redis_url=redis.url,
@@ -371,6 +372,8 @@ def gateway_config(
         # lists stored ahead (planning.precompute), served only while the field is set
         precomputed=wire.Precomputed(max_age=precompute.max_age) if precompute else None,
     )
+    # set only on a cluster, so a single Redis' config (and its hash) stays as it was
+    return config.model_copy(update=redis_cluster(redis))
 
 
 def gateway_objects(

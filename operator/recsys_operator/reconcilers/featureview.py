@@ -144,8 +144,6 @@ async def _tear_down(ctx: Context, obj: Mapping[str, Any], ns: str, name: str) -
         raise TerminalError(f"FeatureView {ns}/{name} does not parse: {exc}") from exc
     redis_spec = fv.spec.online_store.redis
     keys = FeatureViewKeys.of(planner.store_view_name(fv), redis_spec.key_prefix)
-    await teardown.delete_keyspace_of(
-        ctx, obj, KEYSPACE_FINALIZER, redis_spec.url, redis_spec.password_secret_ref, keys.base
-    )
+    await teardown.delete_keyspace_of(ctx, obj, KEYSPACE_FINALIZER, redis_spec, keys.base)
     await teardown.release(ctx, obj, KEYSPACE_FINALIZER)
     return None

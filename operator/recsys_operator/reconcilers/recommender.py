@@ -7,11 +7,10 @@ import logging
 import time
 from typing import Any
 
-import redis.asyncio
-
 from recsys_contract.formats import parse_duration
 from recsys_contract.gateway import RoutingTable
 from recsys_contract.keyspace import GatewayKeys, IndexAlias, store_name
+from recsys_contract.online_client import AsyncRedis
 from recsys_contract.traffic import buckets_between, closed, live
 from recsys_operator import GROUP, VERSION, prometheus
 from recsys_operator.api.featureview import FeatureView
@@ -243,13 +242,11 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
     return min(waits) if waits else None
 
 
-async def _online(ctx: Context, rec: Recommender) -> redis.asyncio.Redis | OnlineStoreUnavailable:
+async def _online(ctx: Context, rec: Recommender) -> AsyncRedis | OnlineStoreUnavailable:
     """The Recommender's Redis client, or why there is none."""
     store = rec.spec.stores.redis
     try:
-        return await ctx.online.client(
-            store.url, rec.metadata.namespace or "default", store.password_secret_ref
-        )
+        return await ctx.online.client(store, rec.metadata.namespace or "default")
     except OnlineStoreUnavailable as exc:
         return exc
     except ApiError as exc:
@@ -260,7 +257,7 @@ async def _online(ctx: Context, rec: Recommender) -> redis.asyncio.Redis | Onlin
 
 
 async def _publish(
-    online: redis.asyncio.Redis | OnlineStoreUnavailable,
+    online: AsyncRedis | OnlineStoreUnavailable,
     keys: GatewayKeys,
     table: RoutingTable,
     stable_index: str | None,
@@ -283,7 +280,7 @@ async def _publish(
 
 async def _ready_versions(
     ctx: Context,
-    online: redis.asyncio.Redis | OnlineStoreUnavailable,
+    online: AsyncRedis | OnlineStoreUnavailable,
     keys: GatewayKeys,
     rec: Recommender,
     versions: list[planner.Version],
@@ -354,7 +351,7 @@ async def _prometheus_metric(
 
 async def _analyse(
     ctx: Context,
-    online: redis.asyncio.Redis | OnlineStoreUnavailable,
+    online: AsyncRedis | OnlineStoreUnavailable,
     keys: GatewayKeys,
     rec: Recommender,
     previous: RolloutStatus,

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from recsys_contract.keyspace import GatewayKeys, store_name
 from recsys_operator import GROUP, VERSION
-from recsys_operator.api.common import SecretKeyRef
 from recsys_operator.api.recommender import Recommender
+from recsys_operator.api.stores import RedisStore
 from recsys_operator.controller import BY_RECOMMENDER, Context
 from recsys_operator.kube import ApiError
 from recsys_operator.labels import RECOMMENDER_LABEL
@@ -62,21 +62,20 @@ async def delete_keyspace_of(
     ctx: Context,
     obj: Mapping[str, Any],
     finalizer: str,
-    url: str,
-    password: SecretKeyRef | None,
+    store: RedisStore,
     base: str,
 ) -> int:
-    """Delete ``<base>:*`` in the Redis at ``url``; a Normal event says how many keys went,
-    or a Warning event says why not and ``KeyspaceNotDeleted`` is raised (the finalizer
-    stays)."""
+    """Delete ``<base>:*`` in ``store`` (on every primary of a cluster); a Normal event says
+    how many keys went, or a Warning event says why not and ``KeyspaceNotDeleted`` is raised
+    (the finalizer stays)."""
     ns = obj["metadata"].get("namespace") or "default"
     try:
-        client = await ctx.online.client(url, ns, password)
+        client = await ctx.online.client(store, ns)
         ctx.kube.fence()  # a Redis write: only the leader's
         removed = await delete_keyspace(client, base)
     except (OnlineStoreUnavailable, ApiError) as exc:
         message = (
-            f"cannot delete the keyspace {base}:* at {url} ({exc}); the {obj['kind']} stays "
+            f"cannot delete the keyspace {base}:* at {store.url} ({exc}); the {obj['kind']} stays "
             f"(finalizer {finalizer}) and the deletion is retried"
         )
         await post_event(ctx.kube, obj, "Warning", "KeyspaceNotDeleted", message)
@@ -136,9 +135,7 @@ async def tear_down_recommender(ctx: Context, obj: Mapping[str, Any]) -> float |
     if after.delete_keyspace:
         redis_spec = rec.spec.stores.redis
         keys = GatewayKeys.of(store_name(ns, name), redis_spec.key_prefix)
-        await delete_keyspace_of(
-            ctx, obj, CLEANUP_FINALIZER, redis_spec.url, redis_spec.password_secret_ref, keys.base
-        )
+        await delete_keyspace_of(ctx, obj, CLEANUP_FINALIZER, redis_spec, keys.base)
     if after.failed is not None:
         await post_event(
             ctx.kube,

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import redis
 
 from recsys_contract.drift import DriftConfig
 from recsys_contract.keyspace import GatewayKeys
@@ -26,7 +25,7 @@ from recsys_contract.termination import TERMINATION_MESSAGE_LIMIT
 from recsys_workloads.artifact_store import ArtifactReader, Store
 from recsys_workloads.drift import stats
 from recsys_workloads.gateway.served_log import ServedRecord
-from recsys_workloads.redis_client import redis_client, redis_errors
+from recsys_workloads.redis_client import SyncRedis, redis_client, redis_errors
 from recsys_workloads.runtime import BadInputError, parse_config
 from recsys_workloads.serving.encoding import FeatureLookup, RequestEncoder
 from recsys_workloads.train.features import EntityEncoder, FeatureSpec
@@ -74,7 +73,7 @@ class Sample:
 
 
 def _xrevrange(
-    client: redis.Redis, key: str, high: str, count: int
+    client: SyncRedis, key: str, high: str, count: int
 ) -> list[tuple[str, dict[bytes, bytes]]]:
     page: Any = client.xrevrange(key, max=high, min="-", count=count)
     return [(entry_id.decode(), fields) for entry_id, fields in page]
@@ -85,7 +84,10 @@ def read_sample(cfg: DriftConfig) -> Sample:
     store = cfg.served_log
     stream = GatewayKeys.of(cfg.recommender, store.key_prefix).served
     client = redis_client(
-        store.redis_url, store.connect_timeout_seconds, store.connect_timeout_seconds
+        store.redis_url,
+        store.connect_timeout_seconds,
+        store.connect_timeout_seconds,
+        cluster=store.redis_cluster,
     )
     records: list[ServedRecord] = []
     scanned = malformed = 0

@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-import redis.asyncio
-
 from recsys_contract.keyspace import TS_FIELD, FeatureViewKeys, LivePointer, feature_field
+from recsys_contract.online_client import AsyncRedis
 from recsys_workloads.featurestore.codec import decode
+from recsys_workloads.redis_client import SyncRedis
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def decode_rows(
 
 
 def read_online_features(
-    client: redis.Redis, keys: FeatureViewKeys, entity_ids: Sequence[object]
+    client: SyncRedis, keys: FeatureViewKeys, entity_ids: Sequence[object]
 ) -> OnlineFeatures:
     """The live features of ``entity_ids`` (ints or strings, as in the source's join key)."""
     raw = client.get(keys.live)
@@ -80,7 +79,7 @@ def read_online_features(
 
 
 async def aread_online_features(
-    client: redis.asyncio.Redis, keys: FeatureViewKeys, entity_ids: Sequence[object]
+    client: AsyncRedis, keys: FeatureViewKeys, entity_ids: Sequence[object]
 ) -> OnlineFeatures:
     """:func:`read_online_features` for asyncio callers."""
     raw = await client.get(keys.live)

@@ -11,6 +11,13 @@ The pipeline is non-transactional: Redis interleaves other clients (the gateway'
 between our commands, so readers are never blocked for long. A sender thread writes batch k
 while the caller builds batch k+1 (Arrow and socket writes both release the GIL), so Redis
 never idles while the client encodes.
+
+On a Redis Cluster (:class:`NodeWriters`) the writer computes each key's slot (redis-py's
+``key_slot``, the cluster's own CRC16 and hash-tag rule), looks up the primary that owns it in
+the slot map the cluster client discovered, and sends each node its own pipeline over its own
+raw connection, so the nodes are written in parallel. A slot that moves during a run answers
+``MOVED``: the run fails as transient and its rerun reads the new map (it writes a fresh layer,
+which no reader sees before the pointer names it, so nothing half-written is ever served).
 """
 
 from __future__ import annotations
@@ -20,13 +27,16 @@ import queue
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import redis
+import redis.cluster
 from redis.connection import parse_url
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from recsys_contract.keyspace import TS_FIELD, feature_field
 from recsys_workloads.runtime import BadInputError, TransientError
@@ -186,18 +196,23 @@ class _Sender(threading.Thread):
 class BulkWriter:
     """One raw connection for fire-and-count pipelines; use as a context manager."""
 
-    def __init__(self, url: str, password: str | None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        password: str | None,
+        timeout: float = 10.0,
+        address: tuple[str, int] | None = None,
+    ) -> None:
+        """``address``: the node to connect to instead of the URL's (a cluster's primary); the
+        URL still gives the scheme, the user and the database."""
         options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-        self.where = f"{options.get('host', '127.0.0.1')}:{options.get('port', 6379)}"
+        host, port = address or (options.get("host", "127.0.0.1"), int(options.get("port", 6379)))
+        self.where = f"{host}:{port}"
         try:
-            sock = socket.create_connection(
-                (options.get("host", "127.0.0.1"), int(options.get("port", 6379))), timeout
-            )
+            sock = socket.create_connection((host, port), timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if "connection_class" in options and "SSL" in options["connection_class"].__name__:
-                sock = ssl.create_default_context().wrap_socket(
-                    sock, server_hostname=options.get("host")
-                )
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
         except OSError as exc:
             raise TransientError(f"Redis at {self.where} is unreachable ({exc})") from exc
         self.sock = sock
@@ -288,3 +303,83 @@ class BulkWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Builds one node's batch from the row positions routed to it (None: every row).
+Batch = Callable[[pa.Array | None], tuple[memoryview, int]]
+
+
+class NodeWriters:
+    """A :class:`BulkWriter` per primary, rows routed by their key's slot; on a single Redis,
+    one writer that takes every row. Use as a context manager."""
+
+    def __init__(
+        self,
+        client: redis.Redis | redis.cluster.RedisCluster,
+        url: str,
+        password: str | None,
+        timeout: float,
+    ) -> None:
+        self.owner: np.ndarray[Any, np.dtype[np.int64]] | None = None
+        self.writers: list[BulkWriter] = []
+        try:
+            if isinstance(client, redis.cluster.RedisCluster):
+                self._open_primaries(client, url, password, timeout)
+            else:
+                self.writers.append(BulkWriter(url, password, timeout))
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_primaries(
+        self, client: redis.cluster.RedisCluster, url: str, password: str | None, timeout: float
+    ) -> None:
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+        index = {node.name: i for i, node in enumerate(primaries)}
+        owner = np.empty(REDIS_CLUSTER_HASH_SLOTS, dtype=np.int64)
+        try:
+            for slot in range(REDIS_CLUSTER_HASH_SLOTS):
+                owner[slot] = index[client.nodes_manager.get_node_from_slot(slot).name]
+        except (redis.exceptions.SlotNotCoveredError, KeyError) as exc:
+            raise TransientError(
+                f"the Redis Cluster's slot map is incomplete ({exc}); retry"
+            ) from exc
+        self.owner = owner
+        for node in primaries:
+            self.writers.append(BulkWriter(url, password, timeout, (node.host, int(node.port))))
+
+    def route(self, keys: pa.Array) -> Iterator[tuple[BulkWriter, pa.Array | None]]:
+        """Each writer with the positions of the ``keys`` its node owns."""
+        if self.owner is None:
+            yield self.writers[0], None
+            return
+        slots = np.fromiter((key_slot(k) for k in keys.cast(_BIN).to_pylist()), np.int64, len(keys))
+        nodes = self.owner[slots]
+        for i, writer in enumerate(self.writers):
+            rows = np.flatnonzero(nodes == i)
+            if len(rows):
+                yield writer, pa.array(rows)
+
+    def send(self, keys: pa.Array, batch: Batch) -> None:
+        """Send each node the commands ``batch`` builds from its share of ``keys``' rows."""
+        for writer, rows in self.route(keys):
+            writer.send(*batch(rows))
+
+    def wait(self) -> None:
+        for writer in self.writers:
+            writer.wait()
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+    def __enter__(self) -> NodeWriters:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def take(array: pa.Array, rows: pa.Array | None) -> pa.Array:
+    """The ``rows`` of ``array`` (all of it when None)."""
+    return array if rows is None else array.take(rows)

@@ -25,6 +25,10 @@ changes); the index pool loads what the table and alias need (the standby's inde
 and swaps it in; a second pipeline writes the traffic counters counted since the last poll
 and the replica's heartbeat (what it has loaded, what it routes), which the rollout waits on
 before it moves traffic. A writer appends served responses to the log stream in batches.
+
+Redis is a single server or a Redis Cluster (``redisCluster``): the client comes from
+``recsys_contract.online_client``, and on a cluster its non-transactional pipelines are split
+by node, so one request still costs one round trip to each node that holds one of its keys.
 """
 
 from __future__ import annotations
@@ -41,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.retry import Retry
@@ -50,6 +53,7 @@ from redis.backoff import NoBackoff
 from recsys_contract import traffic
 from recsys_contract.gateway import GatewayConfig, RoutingTable
 from recsys_contract.keyspace import GatewayKeys, IndexAlias
+from recsys_contract.online_client import async_redis
 from recsys_workloads.gateway.config import parse_gateway_config, parse_routing
 from recsys_workloads.gateway.http1 import KeepAlivePool
 from recsys_workloads.gateway.index_pool import (
@@ -152,11 +156,12 @@ class Gateway:
         self.keys: GatewayKeys = cfg.keys
         self.metrics = GatewayMetrics()
         timeout = cfg.redis_timeout_s
-        self.redis = redis.asyncio.Redis.from_url(
+        self.redis = async_redis(
             cfg.redis_url,
+            cluster=cfg.redis_cluster,
             password=redis_password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            socket_timeout_s=timeout,
+            connect_timeout_s=timeout,
             retry=Retry(NoBackoff(), 1),
         )
         self.store = GatewayStore.for_config(self.redis, cfg)

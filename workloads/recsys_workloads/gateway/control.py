@@ -13,25 +13,24 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import redis
-
 from recsys_contract.keyspace import GatewayKeys, IndexAlias
 from recsys_workloads.gateway.config import parse_routing
+from recsys_workloads.redis_client import SyncRedis
 
 
-def publish_routing(client: redis.Redis, keys: GatewayKeys, table: Mapping[str, Any]) -> None:
+def publish_routing(client: SyncRedis, keys: GatewayKeys, table: Mapping[str, Any]) -> None:
     """Set the routing table every gateway replica picks up at its next poll."""
     parse_routing(table)
     client.set(keys.routing, json.dumps(table, sort_keys=True))
 
 
-def move_index_alias(client: redis.Redis, keys: GatewayKeys, alias: IndexAlias) -> None:
+def move_index_alias(client: SyncRedis, keys: GatewayKeys, alias: IndexAlias) -> None:
     """Point stable traffic at another index; gateways load it in the background, then swap."""
     client.set(keys.index_alias, alias.to_json())
 
 
 def block_items(
-    client: redis.Redis, keys: GatewayKeys, items: Iterable[int], user_id: int | None = None
+    client: SyncRedis, keys: GatewayKeys, items: Iterable[int], user_id: int | None = None
 ) -> None:
     key = keys.blocked if user_id is None else keys.blocked_for(user_id)
     members = [str(int(i)) for i in items]
@@ -40,7 +39,7 @@ def block_items(
 
 
 def mark_seen(
-    client: redis.Redis,
+    client: SyncRedis,
     keys: GatewayKeys,
     user_id: int,
     items: Iterable[int],
@@ -54,7 +53,7 @@ def mark_seen(
 
 
 def backfill_seen(
-    client: redis.Redis,
+    client: SyncRedis,
     keys: GatewayKeys,
     user_ids: Iterable[int],
     item_ids: Iterable[int],

@@ -28,6 +28,8 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
+from recsys_contract.online_client import AsyncRedis
+
 log = logging.getLogger("recsys_workloads.gateway.served_log")
 
 EVENT_TYPES = ("click", "purchase")
@@ -126,7 +128,7 @@ class StreamWriter:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: AsyncRedis,
         stream: str,
         max_len: int,
         on_drop: Callable[[str, int], None],

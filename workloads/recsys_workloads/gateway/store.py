@@ -23,6 +23,7 @@ import redis.exceptions
 
 from recsys_contract.gateway import FeatureViewRef, GatewayConfig
 from recsys_contract.keyspace import FeatureViewKeys, GatewayKeys, LivePointer
+from recsys_contract.online_client import AsyncRedis
 from recsys_workloads.featurestore.reader import decode_rows
 
 T = TypeVar("T")
@@ -94,7 +95,7 @@ def _ordered_ints(members: Iterable[bytes | str]) -> list[int]:
 class GatewayStore:
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: AsyncRedis,
         keys: GatewayKeys,
         user_views: Sequence[FeatureViewRef],
         item_views: Sequence[FeatureViewRef],
@@ -109,7 +110,7 @@ class GatewayStore:
         self._pointers: dict[FeatureViewKeys, tuple[float, LivePointer | None]] = {}
 
     @classmethod
-    def for_config(cls, client: redis.asyncio.Redis, cfg: GatewayConfig) -> GatewayStore:
+    def for_config(cls, client: AsyncRedis, cfg: GatewayConfig) -> GatewayStore:
         """The store a gateway with ``cfg`` reads (the pre-computation Job reads the same)."""
         return cls(
             client, cfg.keys, cfg.feature_views.user, cfg.feature_views.item, cfg.item_cache_ttl_s
