@@ -282,7 +282,12 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 660
     settings.watching.connect_timeout = 30
     # Unbounded by default: one asyncio worker per object floods the API on restart.
-    settings.batching.worker_limit = 32
+    settings.queueing.worker_limit = 32
+    # A worker holds its slot while it idles, waiting for its object's next event (kopf's
+    # default is 5 s): with 32 slots a burst of new objects was admitted at 32 per idle period
+    # per kind, whatever the reconcilers could do. The handlers only fill the cache and the work
+    # queue, so a worker has nothing to wait for once its backlog is empty.
+    settings.queueing.idle_timeout = 0.1
     # Children are selected on the server: the operator never streams other teams' Jobs.
     selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
     for group, version, plural, _kind in CHILD_RESOURCES:
