@@ -25,12 +25,17 @@ change never reaches the store, nor another reader). What a lookup filters on is
 beside the JSON: the labels, and field indexes (controller-runtime's ``IndexField``) that a
 kind registers, so a query never decodes the objects it does not return. Figures:
 benchmarks/README.md ("operator at scale").
+
+Lookups. Each label pair and each field-index value is also an inverted index (client-go's
+``Indexer``) from the value to the names under it, per kind and namespace, so a query costs the
+objects it returns, not every object of the kind: otherwise each reconcile's lookup of its own
+children would scan them all, and a settle of N objects would grow as N squared.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,22 +70,31 @@ def _encode(body: Mapping[str, Any]) -> bytes:
     return bytes(memoryview(orjson.dumps({**body, "metadata": meta})))
 
 
+#: (apiVersion, kind), namespace: what Store keeps per kind and namespace.
+_Bucket = tuple[tuple[str, str], str]
+#: A posting: ("label", key, value) or ("index", name, value).
+_Term = tuple[str, str, str]
+
+
 class Store:
     """Objects by (apiVersion, kind), namespace and name."""
 
     def __init__(self, indexers: Indexers | None = None) -> None:
         self._objects: dict[tuple[str, str], dict[str, dict[str, _Entry]]] = {}
         self._indexers: Indexers = indexers or {}
+        # Names in insertion order (a dict as an ordered set), as ``_objects`` lists them.
+        self._postings: dict[_Bucket, dict[_Term, dict[str, None]]] = {}
 
     def upsert(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         kind = (str(body.get("apiVersion", "")), str(body.get("kind", "")))
-        names = self._objects.setdefault(kind, {}).setdefault(str(meta.get("namespace") or ""), {})
+        ns = str(meta.get("namespace") or "")
+        names = self._objects.setdefault(kind, {}).setdefault(ns, {})
         name = str(meta["name"])
         held = names.get(name)
         if held is not None and _older(meta, held):
             return
-        names[name] = _Entry(
+        entry = _Entry(
             uid=meta.get("uid"),
             resource_version=str(meta.get("resourceVersion", "")),
             # Interned: children of one owner repeat the same labels.
@@ -93,10 +107,22 @@ class Store:
             },
             raw=_encode(body),
         )
+        names[name] = entry
+        before = _terms(held) if held is not None else set()
+        after = _terms(entry)
+        postings = self._postings.setdefault((kind, ns), {})
+        for term in before - after:
+            _unpost(postings, term, name)
+        for term in after - before:
+            postings.setdefault(term, {})[name] = None
 
     def remove(self, api_version: str, kind: str, name: str, namespace: str | None) -> None:
-        by_ns = self._objects.get((api_version, kind), {})
-        by_ns.get(namespace or "", {}).pop(name, None)
+        ns = namespace or ""
+        held = self._objects.get((api_version, kind), {}).get(ns, {}).pop(name, None)
+        if held is not None:
+            postings = self._postings.get(((api_version, kind), ns), {})
+            for term in _terms(held):
+                _unpost(postings, term, name)
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None) -> Body | None:
         entry = self._objects.get((api_version, kind), {}).get(namespace or "", {}).get(name)
@@ -115,11 +141,19 @@ class Store:
         cache's equivalent of label and field selectors)."""
         if indexed is not None and indexed[0] not in self._indexers.get((api_version, kind), {}):
             raise KeyError(f"{kind} has no field index {indexed[0]!r}")
+        ns = namespace or ""
+        names = self._objects.get((api_version, kind), {}).get(ns, {})
+        terms = [("label", k, v) for k, v in (labels or {}).items()]
+        if indexed is not None:
+            terms.append(("index", *indexed))
+        candidates: Iterable[str] = names
+        if terms:
+            postings = self._postings.get(((api_version, kind), ns), {})
+            smallest = min((postings.get(t, {}) for t in terms), key=len)
+            candidates = smallest
         return [
             entry.body()
-            for entry in self._objects.get((api_version, kind), {})
-            .get(namespace or "", {})
-            .values()
+            for entry in (names[name] for name in candidates)
             if _has_labels(entry, labels)
             and (indexed is None or entry.indexed.get(indexed[0]) == indexed[1])
         ]
@@ -132,6 +166,21 @@ class Store:
             for names in by_ns.values():
                 for entry in names.values():
                     yield entry.body()
+
+
+def _terms(entry: _Entry) -> set[_Term]:
+    """What ``entry`` is found under: each label pair, each field index it has a value in."""
+    found = {("label", k, v) for k, v in entry.labels.items()}
+    found.update(("index", i, v) for i, v in entry.indexed.items() if v is not None)
+    return found
+
+
+def _unpost(postings: dict[_Term, dict[str, None]], term: _Term, name: str) -> None:
+    names = postings.get(term)
+    if names is not None:
+        names.pop(name, None)
+        if not names:
+            del postings[term]
 
 
 def _older(incoming: Mapping[str, Any], held: _Entry) -> bool:

@@ -53,6 +53,42 @@ def test_list_by_labels(
     assert got == want, case
 
 
+def relabelled(store: Store) -> Store:
+    store.upsert(job("j1", fv="items", component="materialize"))
+    return store
+
+
+def removed(store: Store) -> Store:
+    store.remove("batch/v1", "Job", "j2", "a")
+    return store
+
+
+def made_again(store: Store) -> Store:
+    store.remove("batch/v1", "Job", "j2", "a")
+    store.upsert(job("j2", fv="users"))
+    return store
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "labels", "want"),
+    [
+        ("a label changed: gone from the old value", relabelled, {"fv": "users"}, {"j2"}),
+        ("a label changed: found under the new", relabelled, {"fv": "items"}, {"j1", "j3"}),
+        ("a label kept through an update", relabelled, {"component": "materialize"}, {"j1"}),
+        ("removed: under no label", removed, {"component": "backfill"}, set()),
+        ("removed: the others stay", removed, {"fv": "users"}, {"j1"}),
+        ("made again with fewer labels", made_again, {"component": "backfill"}, set()),
+        ("made again: found again", made_again, {"fv": "users"}, {"j1", "j2"}),
+    ],
+)
+def test_the_label_index_follows_updates_and_removals(
+    case: str, change: Any, labels: dict[str, str], want: set[str]
+) -> None:
+    store = change(filled())
+    got = {o["metadata"]["name"] for o in store.list("batch/v1", "Job", "a", labels)}
+    assert got == want, case
+
+
 def mv(name: str, recommender: str | None) -> dict[str, Any]:
     spec = {"recommenderRef": {"name": recommender}} if recommender else {}
     return {
@@ -92,6 +128,10 @@ def test_the_field_index_follows_an_update_and_an_unknown_index_is_refused() -> 
     store.upsert(mv("m1", "books"))
     got = store.list("recsys.dev/v1alpha1", "ModelVersion", "a", indexed=("rec", "books"))
     assert {o["metadata"]["name"] for o in got} == {"m1", "m3"}
+    got = store.list("recsys.dev/v1alpha1", "ModelVersion", "a", indexed=("rec", "movies"))
+    assert {o["metadata"]["name"] for o in got} == {"m2"}
+    store.remove("recsys.dev/v1alpha1", "ModelVersion", "m2", "a")
+    assert store.list("recsys.dev/v1alpha1", "ModelVersion", "a", indexed=("rec", "movies")) == []
     with pytest.raises(KeyError, match="no field index 'owner'"):
         store.list("recsys.dev/v1alpha1", "ModelVersion", "a", indexed=("owner", "x"))
     assert store.list("apps/v1", "Deployment", "a") == []
