@@ -158,10 +158,8 @@ def test_a_new_backfill_window_is_a_new_job_and_the_same_window_the_same_job() -
     assert name("2026-11-01T00:00:00Z") != name("2026-11-02T00:00:00Z")
 
 
-RUN_ID = {
-    "name": "RECSYS_RUN_ID",
-    "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}},
-}  # fmt: skip
+UID_LABEL = "metadata.labels['batch.kubernetes.io/controller-uid']"
+RUN_ID = {"name": "RECSYS_RUN_ID", "valueFrom": {"fieldRef": {"fieldPath": UID_LABEL}}}
 
 
 @pytest.mark.parametrize(

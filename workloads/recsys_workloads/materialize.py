@@ -33,10 +33,10 @@ What a run does:
 Split runs (``shards`` > 1, one pod per shard of an Indexed Job; see
 ``recsys_contract.materialize`` for where the shard's index and the run's id come from):
 
-- Partition: shard ``i`` keeps the rows whose entity id (the bytes its Redis key ends with)
-  hashes to ``i`` modulo ``shards`` (FNV-1a, then a 64-bit mix: stable across processes,
-  unlike Python's ``hash``). Each entity is handled by exactly one shard, so the
-  point-in-time rule (latest row per entity) is decided by one process with all of the
+- Partition: shard ``i`` keeps the rows whose entity id hashes to ``i`` modulo ``shards``
+  (splitmix64 of an integer id, FNV-1a and the same mix of a string's bytes: stable across
+  processes and releases, unlike Python's ``hash``). Each entity is handled by exactly one
+  shard, so the point-in-time rule (latest row per entity) is decided by one process with all of the
   entity's rows, as in an unsplit run. Files or row groups would be cheaper to split by, but
   one entity's rows spread over files (each day's file holds a new row for it), and two shards
   would each write their own "latest" value of it, the older one winning when it lands last.
@@ -235,10 +235,14 @@ _FNV_PRIME = np.uint64(1099511628211)
 
 
 def shard_of(ids: pa.Array | pa.ChunkedArray, count: int) -> NDArray[np.int64]:
-    """Each id's shard: a stable 64-bit hash of its bytes, modulo ``count``."""
+    """Each id's shard: a stable 64-bit hash modulo ``count``; of the value for integer ids
+    (the common case, a few vector operations), of the bytes for the others."""
     if isinstance(ids, pa.ChunkedArray):
         parts = [shard_of(chunk, count) for chunk in ids.chunks]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if pa.types.is_integer(ids.type):
+        values = pc.cast(ids, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        return (_mix(values.view(np.uint64)) % np.uint64(count)).astype(np.int64)
     binary = pc.cast(pc.cast(ids, pa.string()), pa.binary())
     n = len(binary)
     if n == 0:
@@ -254,11 +258,17 @@ def shard_of(ids: pa.Array | pa.ChunkedArray, count: int) -> NDArray[np.int64]:
         for j in range(int(lengths.max(initial=0))):
             byte = data[np.minimum(starts + j, len(data) - 1)].astype(np.uint64)
             h = np.where(lengths > j, (h ^ byte) * _FNV_PRIME, h)
-        # FNV's low bits alone spread poorly over a small modulus: mix the high ones in.
-        h ^= h >> np.uint64(33)
-        h *= np.uint64(0xFF51AFD7ED558CCD)
-        h ^= h >> np.uint64(33)
-    return (h % np.uint64(count)).astype(np.int64)
+    # FNV's low bits alone spread poorly over a small modulus: mix the high ones in.
+    return (_mix(h) % np.uint64(count)).astype(np.int64)
+
+
+def _mix(h: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """splitmix64's finalizer: every input bit moves every output bit."""
+    with np.errstate(over="ignore"):
+        z = h + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def _text(value: bytes | str) -> str:
