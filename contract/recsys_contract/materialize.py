@@ -148,6 +148,8 @@ class MaterializeSummary(Summary):
     entities_written: int
     read_seconds: float
     write_seconds: float
+    #: entities per second of the write phase; of a split run, over the switching shard's
+    #: whole run (its shards write at once, so no one shard's write phase is the run's)
     rows_per_second: int
     #: the live layer (the keyspace version) after the run; None when nothing is live
     version: int | None = None

@@ -36,13 +36,13 @@ Split runs (``shards`` > 1, one pod per shard of an Indexed Job; see
 - Partition: shard ``i`` keeps the rows whose entity id hashes to ``i`` modulo ``shards``
   (splitmix64 of an integer id, FNV-1a and the same mix of a string's bytes: stable across
   processes and releases, unlike Python's ``hash``). Each entity is handled by exactly one
-  shard, so the point-in-time rule (latest row per entity) is decided by one process with all of the
-  entity's rows, as in an unsplit run. Files or row groups would be cheaper to split by, but
-  one entity's rows spread over files (each day's file holds a new row for it), and two shards
-  would each write their own "latest" value of it, the older one winning when it lands last.
-  Each shard filters every batch as it reads it, so it holds about ``1/shards`` of the rows;
-  every shard still reads the whole window (the read is the cheap part: see
-  ``benchmarks/README.md``).
+  shard, so the point-in-time rule (latest row per entity) is decided by one process with all
+  of the entity's rows, as in an unsplit run. Files or row groups would be cheaper to split by,
+  but one entity's rows spread over files (each day's file holds a new row for it), and two
+  shards would each write their own "latest" value of it, the older one winning when it lands
+  last. Each shard filters every batch as it reads it, so it holds about ``1/shards`` of the
+  rows; every shard still reads and hashes the whole window, which bounds the gain from
+  splitting (measured in ``benchmarks/README.md``).
 - Joining one run: the lock's token is the run id. The first shard to arrive takes the lock,
   or finds its own run id in it and joins; another id in it is a transient error, as for an
   unsplit run. The first shard to book the run (``FeatureViewKeys.run``, with the layer book
@@ -67,8 +67,8 @@ All the scripts' keys share the pointer's slot (the lock is a single-key command
 run works on a Redis Cluster too, where the shards' writes spread over every primary.
 
 Memory: the window's rows are held in memory for the point-in-time selection (about 150 bytes
-per row for three features: 10M rows peaked at 1.5 GB RSS); size the Job's memory request
-accordingly.
+per row for three features; measured peaks in ``benchmarks/README.md``); size the Job's memory
+request accordingly, or split the run (``shards``) so each pod holds its share.
 
 The watermark is ``asOf``: an incremental run reads rows with event time after it. Rows that
 arrive late (event time before a watermark already passed) are picked up by the next full run
