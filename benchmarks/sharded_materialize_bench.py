@@ -15,6 +15,9 @@ measure contention, not the split: see benchmarks/README.md for what was measure
 extends to several nodes.
 
     python benchmarks/sharded_materialize_bench.py --rows 10000000 --workers 1,2,4
+    python benchmarks/sharded_materialize_bench.py --rows 10000000 --workers 1,2 --primaries 2
+
+(``--primaries K``: a fresh Redis Cluster of K primaries instead of one server.)
 """
 
 from __future__ import annotations
@@ -27,18 +30,22 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
+import redis.cluster
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from materialize_bench import FEATURES, RESULTS, ensure_data, start_redis  # noqa: E402
 
+from testbed.redis_server import start_redis_cluster  # noqa: E402
 
-def split_run(port: int, source: Path, workers: int, work: Path) -> dict[str, Any]:
+
+def split_run(url: str, cluster: bool, source: Path, workers: int, work: Path) -> dict[str, Any]:
     """Run the materializer as ``workers`` processes at once; their figures and the wall time."""
     config: dict[str, Any] = {
         "featureView": "bench.users",
@@ -46,7 +53,7 @@ def split_run(port: int, source: Path, workers: int, work: Path) -> dict[str, An
         "source": {"uri": str(source)},
         "features": FEATURES,
         "ttlSeconds": 0,
-        "onlineStore": {"redisUrl": f"redis://127.0.0.1:{port}/0"},
+        "onlineStore": {"redisUrl": url, **({"redisCluster": True} if cluster else {})},
         "mode": "full",
     }
     if workers > 1:
@@ -65,16 +72,18 @@ def split_run(port: int, source: Path, workers: int, work: Path) -> dict[str, An
              "--termination-log", str(log)], env=env, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )))  # fmt: skip
+    # VmHWM, polled: the rusage of a child counts the memory of the parent it was forked from
     peak_kib = 0
+    while any(proc.poll() is None for _, proc in procs):
+        for _, proc in procs:
+            peak_kib = max(peak_kib, _high_water_kib(proc.pid))
+        time.sleep(0.05)
+    wall = time.monotonic() - started
     summaries = []
     for log, proc in procs:
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode:
             raise RuntimeError(f"a worker failed ({proc.returncode}): {log.read_text()}")
-        peak_kib = max(peak_kib, usage.ru_maxrss)
         summaries.append(json.loads(log.read_text()))
-    wall = time.monotonic() - started
     (total,) = [s for s in summaries if s.get("role") != "worker"]
     return {
         "workers": workers,
@@ -87,32 +96,69 @@ def split_run(port: int, source: Path, workers: int, work: Path) -> dict[str, An
     }
 
 
+def _high_water_kib(pid: int) -> int:
+    """The process's peak resident set so far (0 once it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _server(args: argparse.Namespace, work: Path) -> tuple[Callable[[], None], str, bool]:
+    """The store: one redis-server, or a fresh cluster of ``--primaries`` primaries."""
+    if args.primaries:
+        cluster = start_redis_cluster(masters=args.primaries, replicas=0)
+        return cluster.stop, cluster.url, True
+    server, port = start_redis(work)
+
+    def stop() -> None:
+        server.terminate()
+        server.wait()
+
+    return stop, f"redis://127.0.0.1:{port}/0", False
+
+
+def _flush(url: str, cluster: bool) -> None:
+    client = redis.cluster.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument(
+        "--primaries",
+        type=int,
+        default=0,
+        help="a Redis Cluster of this many primaries (0: one server)",
+    )
     args = parser.parse_args()
     source = ensure_data(args.rows)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        server, port = start_redis(work)
+        stop, url, cluster = _server(args, work)
         try:
-            client = redis.Redis(port=port)
             for workers in (int(n) for n in args.workers.split(",")):
-                client.flushall()
-                result = split_run(port, source, workers, work)
+                _flush(url, cluster)
+                result = split_run(url, cluster, source, workers, work)
                 result["vs_1"] = round(result["rows_per_second"] / results[0]["rows_per_second"],
                                        2) if results else 1.0  # fmt: skip
                 results.append(result)
                 print(json.dumps(result), flush=True)
-            client.close()
         finally:
-            server.terminate()
-            server.wait()
+            stop()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"sharded-materialize-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"rows": args.rows, "results": results}, indent=2))
+    meta = {"rows": args.rows, "primaries": args.primaries}
+    out.write_text(json.dumps({**meta, "results": results}, indent=2))
     print(f"wrote {out}")
     return 0
 
