@@ -122,7 +122,12 @@ def _server(args: argparse.Namespace, work: Path) -> tuple[Callable[[], None], s
 
 
 def _flush(url: str, cluster: bool) -> None:
-    client = redis.cluster.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+    # 10M keys take FLUSHALL longer than the default timeouts allow
+    client = (
+        redis.cluster.RedisCluster.from_url(url, socket_timeout=600)
+        if cluster
+        else redis.Redis.from_url(url, socket_timeout=600)
+    )
     try:
         client.flushall()
     finally:
