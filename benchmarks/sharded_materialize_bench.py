@@ -7,7 +7,8 @@ each worker count N, N processes of ``recsys_workloads.materialize`` start at on
 Job's pods do (``$JOB_COMPLETION_INDEX`` and ``$RECSYS_RUN_ID`` in their environment); N = 1
 is the unsplit run (``shards`` unset), the reference. Reported per N: wall time from the first
 start to the last exit (what a user waits for), entities per second over it, the ratio to
-N = 1, the slowest shard's read and write phases, and the largest worker's peak RSS.
+N = 1, the slowest shard's read and write phases, the largest worker's peak RSS, and the
+store's CPU seconds per wall second (1.0: one Redis thread saturated).
 
 Speed is reported, never asserted. Every worker, their Python start-up and the redis-server
 share this machine's cores, so N workers on a machine with fewer than N + 1 free cores
@@ -96,6 +97,26 @@ def split_run(url: str, cluster: bool, source: Path, workers: int, work: Path) -
     }
 
 
+def server_cpu_seconds(url: str, cluster: bool) -> float:
+    """CPU seconds the store's servers (every primary of a cluster) have used so far: how busy
+    the store was during a run, so a flat rate can be told apart from a saturated server."""
+    if cluster:
+        seed = redis.cluster.RedisCluster.from_url(url)
+        nodes = [(n.host, n.port) for n in seed.get_primaries()]
+        seed.close()
+    else:
+        plain = redis.Redis.from_url(url)
+        kwargs = plain.connection_pool.connection_kwargs
+        nodes = [(kwargs["host"], kwargs["port"])]
+        plain.close()
+    total = 0.0
+    for host, port in nodes:
+        with redis.Redis(host, port) as client:
+            info = client.info("cpu")
+            total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return total
+
+
 def _high_water_kib(pid: int) -> int:
     """The process's peak resident set so far (0 once it has exited)."""
     try:
@@ -153,7 +174,10 @@ def main() -> int:
         try:
             for workers in (int(n) for n in args.workers.split(",")):
                 _flush(url, cluster)
+                cpu = server_cpu_seconds(url, cluster)
                 result = split_run(url, cluster, source, workers, work)
+                busy = (server_cpu_seconds(url, cluster) - cpu) / result["wall_seconds"]
+                result["store_cpu_per_wall_second"] = round(busy, 2)
                 result["vs_1"] = round(result["rows_per_second"] / results[0]["rows_per_second"],
                                        2) if results else 1.0  # fmt: skip
                 results.append(result)
