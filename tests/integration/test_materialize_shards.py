@@ -24,7 +24,7 @@ import pyarrow as pa
 import pytest
 import redis
 import redis.cluster
-from test_materialize import HOUR, T0, VIEW, make_config, row, run, write_rows
+from test_materialize import HOUR, T0, VIEW, make_config, row, run, write_ages, write_rows
 
 import recsys_contract
 import recsys_operator
@@ -64,9 +64,12 @@ def keyspace(client: redis.Redis, keys: FeatureViewKeys = KEYS) -> dict[str, dic
     out: dict[str, dict[bytes, bytes]] = {}
     for layer in reversed(pointer.layers):  # oldest first: newer layers win, as for a reader
         head = keys.layer(layer)
-        for key in client.scan_iter(match=head + "*", count=10_000):
+        found = list(client.scan_iter(match=head + "*", count=10_000))
+        pipe = client.pipeline(transaction=False)
+        for key in found:
+            pipe.hgetall(key)
+        for key, value in zip(found, pipe.execute(), strict=True):
             entity = key.decode()[len(head) :]
-            value = client.hgetall(key)
             if entity not in out or value[b"t"] >= out[entity][b"t"]:
                 out[entity] = value
     return out
@@ -80,11 +83,12 @@ def pointer_shape(client: redis.Redis) -> dict[str, Any]:
     return data
 
 
-def shard_processes(
-    config: dict[str, Any], shards: int, tmp_path: Path, run_id: str
-) -> list[tuple[int, dict[str, Any]]]:
-    """Run every shard at once as its own process through the real entry point, the way the
-    Indexed Job's pods do (the index and the run id in the environment)."""
+def start_shards(
+    config: dict[str, Any], shards: int, tmp_path: Path, run_id: str, only: list[int] | None = None
+) -> list[tuple[Path, subprocess.Popen[bytes]]]:
+    """Start every shard (or ``only`` some) at once, each its own process through the real
+    entry point, the way the Indexed Job's pods run (the index and the run id in the
+    environment); each with the path of its termination message."""
     config_path = tmp_path / f"sharded-{run_id}.json"
     config_path.write_text(json.dumps({**config, "shards": shards}))
     # the packages of this checkout, whatever the environment's editable install points at
@@ -92,19 +96,26 @@ def shard_processes(
     roots.append(str(Path(materialize.__file__).parents[1]))
     pythonpath = os.pathsep.join([*roots, os.environ.get("PYTHONPATH", "")])
     procs = []
-    for index in range(shards):
+    for index in only if only is not None else range(shards):
         env = {**os.environ, "PYTHONPATH": pythonpath, "JOB_COMPLETION_INDEX": str(index),
                "RECSYS_RUN_ID": run_id}  # fmt: skip
-        log = tmp_path / f"log-{run_id}-{index}"
+        log = tmp_path / f"log-{run_id}-{index}-{time.monotonic_ns()}"
         procs.append((log, subprocess.Popen(
             [sys.executable, "-m", "recsys_workloads.materialize", "--config", str(config_path),
              "--termination-log", str(log)], env=env,
         )))  # fmt: skip
-    results = []
-    for log, proc in procs:
-        code = proc.wait(timeout=300)
-        results.append((code, json.loads(log.read_text())))
-    return results
+    return procs
+
+
+def finished(procs: list[tuple[Path, subprocess.Popen[bytes]]]) -> list[tuple[int, dict[str, Any]]]:
+    return [(proc.wait(timeout=300), json.loads(log.read_text())) for log, proc in procs]
+
+
+def shard_processes(
+    config: dict[str, Any], shards: int, tmp_path: Path, run_id: str
+) -> list[tuple[int, dict[str, Any]]]:
+    """Run every shard at once as its own process; exit codes and termination messages."""
+    return finished(start_shards(config, shards, tmp_path, run_id))
 
 
 def shard_threads(
@@ -212,6 +223,43 @@ def test_a_shard_that_never_finishes_switches_nothing_and_its_layer_is_reclaimed
     assert orphan in after["reclaimedLayers"]
     assert not list(redis_client.scan_iter(match=KEYS.layer(orphan) + "*", count=10_000))
     assert keyspace(redis_client) == served  # the same source: the same values
+
+
+def test_a_shard_killed_mid_write_switches_nothing_and_its_retry_completes_the_run(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    big = write_ages(tmp_path / "big.parquet", 100_000, age=1)
+    config = make_config(
+        str(big), redis_url, batchRows=500, features=[{"name": "age", "type": "int32"}]
+    )
+    code, single = run(config, tmp_path)
+    assert code == 0, single
+    expected = keyspace(redis_client)
+    redis_client.flushdb()
+
+    procs = start_shards(config, 2, tmp_path, "killed")
+    (log0, shard0), (_, shard1) = procs
+    try:
+        deadline = time.monotonic() + 60
+        while redis_client.dbsize() < 3_000:  # both shards are writing their shares
+            assert shard1.poll() is None, "shard 1 ended before it could be killed mid-write"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        shard1.kill()  # the pod's node died
+    finally:
+        shard1.wait()
+    ((code, worker),) = finished([(log0, shard0)])
+    assert code == 0, worker
+    assert worker["role"] == "worker"
+    assert redis_client.get(KEYS.live) is None  # nothing switched: shard 1 never finished
+    assert redis_client.get(KEYS.lock) == b"killed"  # the run keeps its lock for the retry
+
+    ((code, total),) = finished(start_shards(config, 2, tmp_path, "killed", only=[1]))
+    assert code == 0, total
+    assert total.get("role") != "worker"
+    assert total["entitiesWritten"] == single["entitiesWritten"] == 100_000
+    assert keyspace(redis_client) == expected  # the retry rewrote its share: no gap, no extra
+    assert redis_client.get(KEYS.lock) is None
 
 
 def test_a_retried_shard_completes_the_run_and_a_late_retry_does_nothing(
