@@ -20,7 +20,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
 import redis
 import redis.cluster
@@ -31,7 +30,7 @@ import recsys_operator
 from recsys_contract.keyspace import FeatureViewKeys, LivePointer
 from recsys_workloads import materialize
 from recsys_workloads.featurestore.reader import read_online_features
-from recsys_workloads.materialize import Shard, shard_of
+from recsys_workloads.materialize import Shard
 from recsys_workloads.runtime import BadInputError, TransientError
 from testbed.redis_server import RedisCluster
 
@@ -138,22 +137,6 @@ def reporting(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The one summary that is not a worker's: the shard that switched."""
     (summary,) = [r for r in results if r.get("role") != "worker"]
     return summary
-
-
-def test_the_hash_split_is_stable_and_spreads() -> None:
-    ids = pa.array(list(range(10_000)), pa.int64())
-    shards = shard_of(ids, 4)
-    assert shard_of(pa.array(list(range(10_000)), pa.int32()), 4).tolist() == shards.tolist()
-    assert shard_of(pa.chunked_array([ids.slice(0, 3), ids.slice(3)]), 4).tolist() == (
-        shards.tolist()
-    )
-    strings = shard_of(pa.array([f"user-{i}" for i in range(10_000)]), 4)
-    for split in (shards, strings):
-        counts = [int((split == i).sum()) for i in range(4)]
-        assert min(counts) > 2_300, counts  # about a quarter each
-    # pinned: pods of one run (and of an upgraded image) must agree on every entity's shard
-    assert shard_of(pa.array([0, 1, 2, 12345], pa.int64()), 7).tolist() == [2, 2, 4, 5]
-    assert shard_of(pa.array(["a", "bb", "user-12345", ""]), 7).tolist() == [1, 3, 6, 4]
 
 
 @pytest.mark.parametrize("shards", [2, 3])

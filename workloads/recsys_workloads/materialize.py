@@ -249,9 +249,9 @@ def shard_of(ids: pa.Array | pa.ChunkedArray, count: int) -> NDArray[np.int64]:
         return np.zeros(0, np.int64)
     buffers = binary.buffers()
     offsets = np.frombuffer(buffers[1], np.int32)[binary.offset : binary.offset + n + 1]
-    data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None else np.zeros(1, np.uint8)
-    if not len(data):
-        data = np.zeros(1, np.uint8)
+    # at least one byte, so the clipped gather below stays in bounds when every id is empty
+    raw = buffers[2]
+    data = np.frombuffer(raw, np.uint8) if raw is not None and raw.size else np.zeros(1, np.uint8)
     starts, lengths = offsets[:-1].astype(np.int64), np.diff(offsets)
     h = np.full(n, _FNV_OFFSET, np.uint64)
     with np.errstate(over="ignore"):
