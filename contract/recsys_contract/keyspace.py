@@ -24,7 +24,15 @@ default ``fv``) and its stored name ``<fv>``::
                                hash    N -> "writing:<µs>" while a run writes layer N,
                                        "retired:<µs>" once it left the live chain; lets the
                                        next run reclaim what a crashed or replaced run left
-    <p>:<fv>:lock              string  a run's lease (token; PX), so runs never interleave
+    <p>:<fv>:lock              string  a run's lease (token; PX), so runs never interleave;
+                                       a sharded run's token is its run id, which all its
+                                       shards share
+    <p>:<fv>:run{<p>:<fv>:live}
+                               hash    the sharded run that holds the lock: run id, its layer,
+                                       mode, asOf, the pointer it replaces, rows so far
+    <p>:<fv>:run:done{<p>:<fv>:live}
+                               set     the shard indexes of that run that have written their
+                                       share; the one that completes it switches the pointer
 
 Layers make incremental runs cheap and still blue/green: a full run writes every entity into
 a fresh layer and the pointer then names just ``[N]``; an incremental run writes only the
@@ -73,7 +81,9 @@ hash tag) is hashed when it has one. The operations that must be atomic over sev
 so must share a slot, are exactly these:
 
 - the materializer's pointer switch, a Lua script over ``live`` and ``layers`` (the pointer
-  and the book of the layers it retires, changed together);
+  and the book of the layers it retires, changed together), and a sharded run's join and
+  finish, scripts over those two and ``run`` and ``run:done`` (the layer is booked with the
+  run that writes it; the shard that completes the run is decided with the pointer's state);
 - the operator's routing publish, one MULTI/EXEC (and an MGET to compare) over ``routing`` and
   ``index`` (the table and the alias stable traffic follows move together);
 - the log join's advance, a Lua script over ``logjoin:cursor`` and ``logjoin:pending``.
@@ -202,6 +212,16 @@ class FeatureViewKeys:
     @property
     def lock(self) -> str:
         return f"{self.base}:lock"
+
+    @property
+    def run(self) -> str:
+        """A sharded run's record, in the pointer's slot: booked with its layer in one script."""
+        return slot_of(f"{self.base}:run", self.live)
+
+    @property
+    def run_done(self) -> str:
+        """The shards of the run in ``run`` that have written their share (pointer's slot)."""
+        return slot_of(f"{self.base}:run:done", self.live)
 
     def layer(self, layer: int) -> str:
         """Every entity key of ``layer`` starts with this (SCAN MATCH ``<this>*`` finds them)."""

@@ -19,8 +19,14 @@ Config (camelCase, unknown fields refused)::
       "maxLayers": 8,                          # incremental layers before a compacting full run
       "graceSeconds": 300,                     # how long a replaced version stays readable
       "batchRows": 50000,                      # entities per pipelined batch
-      "lockLeaseSeconds": 600
+      "lockLeaseSeconds": 600,
+      "shards": 1                              # pods splitting one run (an Indexed Job)
     }
+
+With ``shards`` above 1, the run is split over that many pods of one Indexed Job. Each pod
+reads its shard's index from ``$JOB_COMPLETION_INDEX`` (Kubernetes sets it) and the run's id,
+common to every pod of the Job and to no other Job, from ``$RECSYS_RUN_ID`` (the operator maps
+the Job's ``controller-uid`` label into it): see ``recsys_workloads.materialize``.
 
 The Redis password comes from ``$REDIS_PASSWORD`` (a Secret), never from the config: a URL
 with a password is refused. The keys are :class:`recsys_contract.keyspace.FeatureViewKeys`.
@@ -79,6 +85,8 @@ class MaterializeConfig(ConfigSection):
     grace_seconds: int = Field(default=300, ge=0)
     batch_rows: int = Field(default=50_000, ge=1, le=1_000_000)
     lock_lease_seconds: int = Field(default=600, ge=1)
+    #: pods of one Indexed Job that split the run by a hash of the join key (1: not split)
+    shards: int = Field(default=1, ge=1, le=64)
 
     @field_validator("as_of")
     @classmethod
@@ -117,6 +125,16 @@ class MaterializeConfig(ConfigSection):
         return [FeatureSchema(f.name, f.type) for f in self.features]
 
 
+#: Set by Kubernetes in every pod of an Indexed Job: the pod's index, here its shard.
+SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"
+#: The id of one sharded run, the same in every pod of its Job (the Job's UID).
+RUN_ID_ENV = "RECSYS_RUN_ID"
+#: The pod label the Job controller sets to the Job's UID, which the operator maps into
+#: ``RUN_ID_ENV`` with the downward API: unlike the Job's name, a Job deleted and created again
+#: under the same name gets a new one, so its pods never take the old run for theirs.
+RUN_ID_LABEL = "batch.kubernetes.io/controller-uid"
+
+
 class MaterializeSummary(Summary):
     """What a materialization run reports; the FeatureView's status is made of it."""
 
@@ -130,6 +148,8 @@ class MaterializeSummary(Summary):
     entities_written: int
     read_seconds: float
     write_seconds: float
+    #: entities per second of the write phase; of a split run, over the switching shard's
+    #: whole run (its shards write at once, so no one shard's write phase is the run's)
     rows_per_second: int
     #: the live layer (the keyspace version) after the run; None when nothing is live
     version: int | None = None
@@ -140,3 +160,5 @@ class MaterializeSummary(Summary):
     duration_seconds: float | None = None
     #: the new version is live, but the replaced layers could not be expired (a later run will)
     retire_error: str | None = None
+    #: a sharded run: how many pods split it (rows and entities above are all of theirs)
+    shards: int | None = None

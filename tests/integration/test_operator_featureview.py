@@ -18,6 +18,7 @@ from fixtures.kube import Testbed
 from fixtures.operator import (
     OperatorProcess,
     condition,
+    end_pod,
     eventually,
     finish_pod,
     get,
@@ -458,3 +459,69 @@ def test_restart_creates_nothing_twice_and_a_quiet_period_makes_no_writes(
     assert _writes_by_operator(testbed, namespace, 0), "the audit filter sees operator writes"
     writes = _writes_by_operator(testbed, namespace, quiet_from)
     assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]
+
+
+def test_a_split_backfill_is_an_indexed_job_and_status_reports_the_whole_run(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    refused = testbed.kubectl(
+        "apply", "--server-side", "-n", namespace, "-f", "-", check=False,
+        input=json.dumps(fv(parallelism=65)),
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "spec.materialization.parallelism" in refused.stderr, refused.stderr
+
+    apply(testbed, namespace, fv(parallelism=2, backfill={"startTime": "2024-01-01T00:00:00Z"}))
+    job = eventually(
+        lambda: json.loads(testbed.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)[
+            "items"
+        ],
+        60,
+        "backfill Job",
+        operator=operator,
+    )[0]
+    name = job["metadata"]["name"]
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+    field = env["RECSYS_RUN_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert field == "metadata.labels['batch.kubernetes.io/controller-uid']"
+
+    def both_running() -> list[dict[str, Any]] | None:
+        out = testbed.kubectl(
+            "get", "pods", "-n", namespace, "-l", f"job-name={name}", "-o", "json"
+        )
+        pods = [p for p in json.loads(out.stdout)["items"] if p["status"].get("phase") == "Running"]
+        return pods if len(pods) == 2 else None
+
+    pods = eventually(both_running, 60, "two running pods", operator=operator)
+    # the label the run id is read from is on every pod, the same value: the Job's UID
+    uids = {p["metadata"]["labels"]["batch.kubernetes.io/controller-uid"] for p in pods}
+    assert uids == {job["metadata"]["uid"]}
+    indexes = sorted(
+        p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods
+    )
+    assert indexes == ["0", "1"]
+    total = MaterializeSummary(
+        feature_view=f"{namespace}.users", mode="full", mode_reason="mode: full requested",
+        as_of="2024-05-01T00:00:00Z", watermark="2024-05-01T00:00:00Z", rows_read=2000,
+        entities_written=1886, read_seconds=0.5, write_seconds=1.0, rows_per_second=1886,
+        version=7, layers=[7], duration_seconds=1.5, shards=2,
+    ).to_wire()  # fmt: skip
+    worker = {"role": "worker", "featureView": f"{namespace}.users", "shard": 1, "shards": 2,
+              "mode": "full", "rowsRead": 1000, "entitiesWritten": 943}  # fmt: skip
+    # the switching shard ends first, the worker last: the status must still be the run's
+    end_pod(testbed, namespace, pods[0]["metadata"]["name"], exit_code=0,
+            summary={"status": "Succeeded", **total})  # fmt: skip
+    time.sleep(1.1)  # a later finishedAt for the worker
+    end_pod(testbed, namespace, pods[1]["metadata"]["name"], exit_code=0,
+            summary={"status": "Succeeded", **worker})  # fmt: skip
+
+    def materialized() -> dict[str, Any] | None:
+        obj = get(testbed, "featureview", "users", namespace)
+        cond = condition(obj, "Materialized")
+        return obj if cond and cond["status"] == "True" else None
+
+    obj = eventually(materialized, 60, "Materialized", operator=operator)
+    assert obj["status"]["lastBackfill"]["rows"] == 1886
+    assert obj["status"]["keyspaceVersion"] == 7

@@ -4,6 +4,7 @@ carries the placement the spec asks for (and none it does not). One row per buil
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -71,7 +72,11 @@ CASES: list[tuple[str, Callable[[Any], Built], Any, str]] = [
     ("history seeding", history, recommender(), "recsys_workloads.history"),
     ("scheduled materialization", materialize, feature_view(), "recsys_workloads.materialize"),
     ("backfill", backfill, feature_view(**BACKFILL), "recsys_workloads.materialize"),
-]
+    ("split materialization", materialize, feature_view(parallelism=4),
+     "recsys_workloads.materialize"),
+    ("split backfill", backfill, feature_view(parallelism=4, **BACKFILL),
+     "recsys_workloads.materialize"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("case", "build", "spec", "module"), CASES)
@@ -151,3 +156,50 @@ def test_a_new_backfill_window_is_a_new_job_and_the_same_window_the_same_job() -
 
     assert name("2026-11-01T00:00:00Z") == name("2026-11-01T00:00:00Z")
     assert name("2026-11-01T00:00:00Z") != name("2026-11-02T00:00:00Z")
+
+
+UID_LABEL = "metadata.labels['batch.kubernetes.io/controller-uid']"
+RUN_ID = {"name": "RECSYS_RUN_ID", "valueFrom": {"fieldRef": {"fieldPath": UID_LABEL}}}
+
+
+@pytest.mark.parametrize(
+    ("case", "build", "materialization", "indexed", "shards"),
+    [
+        ("one pod by default: a plain Job", materialize, {}, False, None),
+        ("parallelism 1 renders as the default", materialize, {"parallelism": 1}, False, None),
+        ("parallelism 4: an Indexed Job of 4 pods at once", materialize, {"parallelism": 4},
+         True, 4),
+        ("the backfill is split the same way", backfill, {"parallelism": 3, **BACKFILL}, True, 3),
+    ],
+)  # fmt: skip
+def test_materialization_job_shape(
+    case: str,
+    build: Callable[[FeatureView], Built],
+    materialization: dict[str, Any],
+    indexed: bool,
+    shards: int | None,
+) -> None:
+    job, config_map = build(feature_view(**materialization))
+    spec = job["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    config = json.loads(config_map["data"]["config.json"])
+    assert config.get("shards") == shards, case
+    assert (RUN_ID in container["env"]) is indexed, case
+    if indexed:
+        assert spec["completionMode"] == "Indexed", case
+        assert (spec["completions"], spec["parallelism"]) == (shards, shards), case
+    else:
+        assert not {"completionMode", "completions", "parallelism"} & set(spec), case
+    assert spec["backoffLimit"] == 3, case
+
+
+def test_parallelism_1_renders_exactly_as_without_the_field() -> None:
+    assert fv_planner.plan(feature_view(parallelism=1), OWNER, IMAGE) == fv_planner.plan(
+        feature_view(), OWNER, IMAGE
+    )
+
+
+@pytest.mark.parametrize("parallelism", [0, 65])
+def test_parallelism_out_of_range_is_refused_naming_the_field(parallelism: int) -> None:
+    with pytest.raises(ValueError, match="parallelism"):
+        feature_view(parallelism=parallelism)

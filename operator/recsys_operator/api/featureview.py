@@ -130,7 +130,14 @@ class Materialization(ApiModel):
     image: Image | None = None
     """Container image of the materialization Job; the operator's default when unset."""
     resources: ResourceRequirements | None = None
-    """Resources of the materialization container."""
+    """Resources of the materialization container (of each pod when ``parallelism`` > 1)."""
+    parallelism: Annotated[int, Field(ge=1, le=64)] = 1
+    """How many pods split one run, as the Job's ``parallelism``: above 1, each run (scheduled
+    or the backfill) is an Indexed Job with ``completions`` = ``parallelism``; pod ``i`` reads
+    the source and writes the entities whose join key hashes to ``i``, all into one new
+    keyspace version, and readers switch over once every pod has written its share. Each pod
+    holds about ``1/parallelism`` of the run's rows in memory, so ``resources`` can shrink
+    with it. 1: one pod, a plain Job."""
     max_staleness: Duration | None = None
     """How far the live data's watermark may lag behind now before the FeatureView is
     ``Stale`` (``6h``). Unset: two schedule periods, i.e. stale once the second scheduled run

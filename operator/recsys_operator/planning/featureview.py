@@ -22,6 +22,8 @@ from croniter import croniter
 from recsys_contract.formats import parse_duration
 from recsys_contract.keyspace import feature_prefix, store_name
 from recsys_contract.materialize import (
+    RUN_ID_ENV,
+    RUN_ID_LABEL,
     FeatureConfig,
     FeatureType,
     MaterializeConfig,
@@ -94,6 +96,7 @@ def key_prefix(fv: FeatureView) -> str:
 
 def materialize_config(fv: FeatureView, *, as_of: str | None = None) -> MaterializeConfig:
     spec = fv.spec
+    m = spec.materialization
     if len(spec.entity.join_keys) != 1:
         raise SpecError(
             "spec.entity.joinKeys",
@@ -120,6 +123,8 @@ def materialize_config(fv: FeatureView, *, as_of: str | None = None) -> Material
             ),
             "features": features,
             "ttl_seconds": int(parse_duration(spec.ttl)) if spec.ttl else 0,
+            # only when split, so an unsplit run's config renders as it did before the field
+            **({"shards": m.parallelism} if m.parallelism > 1 else {}),
             "online_store": OnlineStoreConfig.model_validate(
                 {
                     "redis_url": spec.online_store.redis.url,
@@ -143,21 +148,38 @@ def _job_spec(
     fv: FeatureView, image: str, config_map: str, component: str, config: MaterializeConfig
 ) -> dict[str, Any]:
     m = fv.spec.materialization
+    env = redis_password_env(fv.spec.online_store.redis.password_secret_ref)
+    if config.shards > 1:
+        env.append(_RUN_ID_ENV)
     container = workload_container(
         image=m.image or image,
         module=MATERIALIZE_MODULE,
         resources=m.resources.to_k8s() if m.resources else None,
-        env=redis_password_env(fv.spec.online_store.redis.password_secret_ref),
+        env=env,
         env_from=secret_env_from(fv.spec.source.secret_ref),
     )
     pod = workload_pod_spec(container, config_map)
     mount_claims(pod, claims_in(config), read_only=True)  # a pvc:// source
-    return {
+    spec: dict[str, Any] = {
         "backoffLimit": 3,
         "podFailurePolicy": pod_failure_policy(),
         "ttlSecondsAfterFinished": 86400,
         "template": {"metadata": {"labels": _labels(fv, component)}, "spec": pod},
     }
+    if config.shards > 1:
+        # Every shard runs at once: the run's lock lease is kept alive by the shards that are
+        # writing, so a shard queued behind the others could find it lapsed. backoffLimit
+        # stays the Job's (not backoffLimitPerIndex, which older clusters lack): three failed
+        # pods, whichever shards, fail the run, as they fail an unsharded one.
+        spec.update(completionMode="Indexed", completions=config.shards, parallelism=config.shards)
+    return spec
+
+
+#: A sharded run's id, the same in all its pods: the Job's UID (``recsys_contract.materialize``).
+_RUN_ID_ENV = {
+    "name": RUN_ID_ENV,
+    "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{RUN_ID_LABEL}']"}},
+}
 
 
 def plan(fv: FeatureView, owner: Mapping[str, Any], image: str) -> FeatureViewPlan:

@@ -8,6 +8,7 @@ is not empty. Each problem names the column.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,14 +54,30 @@ class OfflineSource:
         as_us = pa.scalar(micros, pa.int64()).cast(pa.timestamp("us", tz=column_type.tz))
         return pc.cast(as_us, column_type, safe=False)
 
-    def read_window(self, lo_us: int | None, hi_us: int) -> tuple[pa.Table, NDArray[np.int64]]:
-        """Rows with ``lo < event time <= hi`` and their event times in µs since the epoch."""
+    def read_window(
+        self,
+        lo_us: int | None,
+        hi_us: int,
+        keep: Callable[[pa.RecordBatch], pa.Array] | None = None,
+    ) -> tuple[pa.Table, NDArray[np.int64]]:
+        """Rows with ``lo < event time <= hi`` and their event times in µs since the epoch.
+
+        ``keep`` (a batch -> boolean mask) filters each batch as it is read, so only the rows
+        kept are ever held together: a shard of a split run holds its share, not the source.
+        """
         column = pads.field(self.event_column)
         condition = column <= self._bound(hi_us)
         if lo_us is not None:
             condition = condition & (column > self._bound(lo_us))
         with store_errors(self.uri, "read FeatureView source"):
-            table = self.dataset.to_table(columns=self.columns, filter=condition)
+            if keep is None:
+                table = self.dataset.to_table(columns=self.columns, filter=condition)
+            else:
+                scanner = self.dataset.scanner(columns=self.columns, filter=condition)
+                table = pa.Table.from_batches(
+                    [batch.filter(keep(batch)) for batch in scanner.to_batches()],
+                    schema=scanner.projected_schema,
+                )
         micros = _micros(table[self.event_column], None)
         if table[self.join_key].null_count:
             raise BadInputError(
