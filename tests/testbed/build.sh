@@ -5,9 +5,10 @@
 # build_prometheus.sh, Prometheus (`build.sh prometheus`), and through build_promtool.sh and
 # fetch_prometheus_operator_crds.sh, promtool and the Prometheus Operator's CRDs for the chart's
 # monitoring objects (`build.sh promtool`), and through build_seaweedfs.sh, SeaweedFS's `weed`, the
-# S3-compatible artifact store (`build.sh seaweedfs`). For the real node (real_node.py): kubelet
-# and kube-proxy from the same kubernetes module, and a static `pause` (the pod sandbox's process)
-# from pause.c (`build.sh realnode` builds only these three).
+# S3-compatible artifact store (`build.sh seaweedfs`), and through build_metrics_server.sh,
+# metrics-server, the resource metrics API for the autoscaler (`build.sh metrics-server`). For the
+# real node (real_node.py): kubelet and kube-proxy from the same kubernetes module, and a static
+# `pause` (the pod sandbox's process) from pause.c (`build.sh realnode` builds only these three).
 #
 # No Docker and no release downloads are available here, but the Go module proxy is. The
 # kubernetes module cannot be `go install`ed (its go.mod pins every staging module at v0.0.0
@@ -30,17 +31,19 @@ log() { printf '[testbed-build] %s\n' "$*" >&2; }
 
 # argocd-health (Argo CD's Lua VM for the chart's health checks), Prometheus (the canary
 # analysis' provider), promtool and the Prometheus Operator's CRDs (the chart's monitoring
-# objects) and SeaweedFS (the S3 artifact store) have their own cache keys and locks, so they
-# are built before the control plane's early exit: a warm control-plane cache must not skip them.
+# objects), SeaweedFS (the S3 artifact store) and metrics-server have their own cache keys and
+# locks, so they are built before the control plane's early exit: a warm control-plane cache
+# must not skip them.
 case "${1:-all}" in
   realnode) ;;
   argocd) exec bash "$here/../argocd/build.sh";;
   prometheus) exec bash "$here/build_prometheus.sh";;
   promtool) bash "$here/fetch_prometheus_operator_crds.sh" >/dev/null; exec bash "$here/build_promtool.sh";;
   seaweedfs) exec bash "$here/build_seaweedfs.sh";;
+  metrics-server) exec bash "$here/build_metrics_server.sh";;
   all) bash "$here/../argocd/build.sh" >/dev/null; bash "$here/build_prometheus.sh" >/dev/null
     bash "$here/build_promtool.sh" >/dev/null; bash "$here/fetch_prometheus_operator_crds.sh" >/dev/null
-    bash "$here/build_seaweedfs.sh" >/dev/null;;
+    bash "$here/build_seaweedfs.sh" >/dev/null; bash "$here/build_metrics_server.sh" >/dev/null;;
 esac
 
 # The pod sandbox's process for the real node: a static binary from pause.c, cached by its hash.

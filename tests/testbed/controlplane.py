@@ -70,6 +70,9 @@ CONTROLLERS = (
     "horizontal-pod-autoscaler-controller",
 )
 
+#: The apiserver's client name towards aggregated APIs (metrics.k8s.io).
+FRONT_PROXY_CLIENT = "front-proxy-client"
+
 #: Writes only, at Metadata level: enough to count a controller's writes, small enough to keep.
 AUDIT_POLICY = """\
 apiVersion: audit.k8s.io/v1
@@ -277,6 +280,10 @@ def start(
 
         # The apiserver's identity towards kubelets (logs, exec); a real node trusts the client CA.
         kubelet_client = issue_client(pki, workdir / "pki", "kube-apiserver-kubelet-client")
+        # Its identity towards aggregated APIs (metrics.k8s.io from metrics-server): the caller
+        # is passed on in request headers, which an aggregated server believes only from this
+        # certificate's name (``--requestheader-allowed-names``), though the client CA signs it.
+        front_proxy = issue_client(pki, workdir / "pki", FRONT_PROXY_CLIENT)
         audit_log = workdir / "audit.log"
         (workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
         apiserver = procs.start(
@@ -311,6 +318,16 @@ def start(
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 # logs and exec reach a kubelet at its node's IP: a node name is not in any DNS.
                 "--kubelet-preferred-address-types=InternalIP",
+                f"--requestheader-client-ca-file={pki.client_ca}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={front_proxy[0]}",
+                f"--proxy-client-key-file={front_proxy[1]}",
+                # An aggregated server runs on this machine, not behind a ClusterIP: dial the
+                # address its Service's endpoints name.
+                "--enable-aggregator-routing=true",
                 "--allow-privileged=true",
                 f"--audit-policy-file={workdir / 'audit-policy.yaml'}",
                 f"--audit-log-path={audit_log}",
@@ -345,6 +362,10 @@ def start(
                 "--use-service-account-credentials=false",
                 "--concurrent-job-syncs=10",
                 "--concurrent-gc-syncs=10",
+                # The autoscaler's loop and its scale-down memory, shortened from 15 s and
+                # 5 min so a test sees a scale-up and the way back within a minute or two.
+                "--horizontal-pod-autoscaler-sync-period=5s",
+                "--horizontal-pod-autoscaler-downscale-stabilization=30s",
             ],
         )
         scheduler = procs.start(

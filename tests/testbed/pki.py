@@ -4,10 +4,12 @@ envtest's recipe: one CA signs the apiserver's serving certificate, a second CA 
 certificates (the admin's carries O=system:masters), and one key pair signs service-account
 tokens. EC P-256 keys keep generation in the milliseconds.
 
-The client CA's key is kept beside its certificate so that ``issue_client`` can sign more client
-certificates later: a real node's kubelet (``system:node:<name>`` in ``system:nodes``, as the
-Node authorizer wants) and its kube-proxy (``system:kube-proxy``, which the default RBAC binds to
-``system:node-proxier``).
+Both CAs' keys are kept beside their certificates so that more leaves can be signed later:
+``issue_client`` for a real node's kubelet (``system:node:<name>`` in ``system:nodes``, as the
+Node authorizer wants), its kube-proxy (``system:kube-proxy``, which the default RBAC binds to
+``system:node-proxier``) and the apiserver's front proxy towards aggregated APIs;
+``issue_server`` for the servers the apiserver or metrics-server dial and verify (the kubelet,
+metrics-server), so nothing in the testbed skips TLS verification.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class Pki:
     """Paths of every file the control plane's components are started with."""
 
     serving_ca: Path
+    serving_ca_key: Path
     serving_cert: Path
     serving_key: Path
     client_ca: Path
@@ -135,6 +138,7 @@ def make_pki(directory: Path, server_names: list[str]) -> Pki:
     sa_key = _key()
     files = {
         "serving_ca": _pem_cert(serving_ca.cert),
+        "serving_ca_key": _pem_key(serving_ca.key),
         "serving_cert": serving_cert,
         "serving_key": serving_key,
         "client_ca": _pem_cert(client_ca.cert),
@@ -155,12 +159,27 @@ def make_pki(directory: Path, server_names: list[str]) -> Pki:
     return Pki(**paths)
 
 
+def _load_ca(cert: Path, key: Path) -> _CA:
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    return _CA(private, x509.load_pem_x509_certificate(cert.read_bytes()))
+
+
 def issue_client(pki: Pki, directory: Path, cn: str, org: str | None = None) -> tuple[Path, Path]:
     """A client certificate for ``cn`` (group ``org``) from the client CA: (cert, key) paths."""
-    key = serialization.load_pem_private_key(pki.client_ca_key.read_bytes(), password=None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    ca = _CA(key, x509.load_pem_x509_certificate(pki.client_ca.read_bytes()))
-    cert_pem, key_pem = ca.issue(_name(cn, org))
+    ca = _load_ca(pki.client_ca, pki.client_ca_key)
+    return _write_leaf(directory, cn, ca.issue(_name(cn, org)))
+
+
+def issue_server(pki: Pki, directory: Path, cn: str, server_names: list[str]) -> tuple[Path, Path]:
+    """A serving certificate for ``server_names`` (DNS names or IP addresses) from the serving
+    CA, which every testbed client already trusts: (cert, key) paths."""
+    ca = _load_ca(pki.serving_ca, pki.serving_ca_key)
+    return _write_leaf(directory, cn, ca.issue(_name(cn), server_names=server_names))
+
+
+def _write_leaf(directory: Path, cn: str, pems: tuple[bytes, bytes]) -> tuple[Path, Path]:
+    cert_pem, key_pem = pems
     directory.mkdir(parents=True, exist_ok=True)
     stem = cn.replace(":", "-")
     paths = (directory / f"{stem}-cert.pem", directory / f"{stem}-key.pem")

@@ -43,8 +43,14 @@ What was chosen, and why:
 - **Credentials.** The kubelet uses a client certificate for ``system:node:<name>`` in
   ``system:nodes`` from the testbed's client CA, so the apiserver's Node authorizer and
   NodeRestriction admission apply to it as on a real cluster; kube-proxy is
-  ``system:kube-proxy``. The kubelet's own API (logs, exec) listens on 127.0.0.1 only and
-  accepts only client certificates from that CA.
+  ``system:kube-proxy``. The kubelet's own API (logs, exec, resource metrics) listens on the
+  bridge's gateway address (its node IP) with a serving certificate from the testbed's serving
+  CA, and accepts only client certificates from the client CA.
+- **Resource metrics: metrics-server** (``metrics_server.py``), built from its Go module and
+  registered as the ``metrics.k8s.io`` APIService, because that is what the
+  HorizontalPodAutoscaler controller reads CPU from on any cluster; an equivalent written here
+  would test nothing users run. It runs on this machine, not as a pod, like the rest of the
+  control plane, and verifies the kubelet's certificate.
 - **containerd** from ``containerd config default`` with its own root, state and socket, and
   the changes this machine needs: ``restrict_oom_score_adj`` (nothing here may lower an
   oom_score_adj), the local ``pause`` image as the sandbox image (no image can be pulled),
@@ -85,7 +91,7 @@ import yaml
 
 from testbed import controlplane
 from testbed.controlplane import SERVICE_CIDR, ControlPlane, kubeconfig_for
-from testbed.pki import issue_client
+from testbed.pki import issue_client, issue_server
 from testbed.processes import (
     ComponentFailed,
     ProcessGroup,
@@ -274,7 +280,9 @@ def containerd_config(default: str, settings: dict[tuple[str, str], str]) -> str
     return "\n".join(out) + "\n"
 
 
-def _kubelet_config(workdir: Path, ca: Path, sock: Path, address: str) -> dict[str, object]:
+def _kubelet_config(
+    workdir: Path, ca: Path, sock: Path, address: str, serving: tuple[Path, Path]
+) -> dict[str, object]:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -283,6 +291,9 @@ def _kubelet_config(workdir: Path, ca: Path, sock: Path, address: str) -> dict[s
         "healthzBindAddress": "127.0.0.1",
         "healthzPort": free_port(),
         "readOnlyPort": 0,
+        # From the serving CA, so its callers (the apiserver, metrics-server) can verify it.
+        "tlsCertFile": str(serving[0]),
+        "tlsPrivateKeyFile": str(serving[1]),
         "containerRuntimeEndpoint": f"unix://{sock}",
         "podLogsDir": str(workdir / "pod-logs"),
         # The logs/exec API: client certificates of the testbed's client CA only.
@@ -570,8 +581,11 @@ def start(
         )
         node_kubeconfig.write_text(kubeconfig_for(cp.server, ca, *node_cert))
         proxy_kubeconfig.write_text(kubeconfig_for(cp.server, ca, *proxy_cert))
+        serving = issue_server(
+            cp.pki, pki_dir, f"kubelet-{NODE_NAME}", [network.gateway, NODE_NAME]
+        )
         kubelet_config = _kubelet_config(
-            workdir, cp.pki.client_ca, workdir / "containerd.sock", network.gateway
+            workdir, cp.pki.client_ca, workdir / "containerd.sock", network.gateway, serving
         )
         (workdir / "kubelet.yaml").write_text(yaml.safe_dump(kubelet_config))
         kubelet = procs.start(

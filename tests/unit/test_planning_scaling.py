@@ -1,5 +1,6 @@
 """How a served Deployment's pods are kept: a fixed ``replicas``, or an autoscaler that owns the
-count, and a disruption budget once there are two pods or more (``planning.serving``)."""
+count; a disruption budget once there are two pods or more; a drain delay before a pod stops
+(``planning.serving``)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,11 @@ def test_pods_are_kept_as_the_spec_says(case: Case) -> None:
     objs = children(r, case.component)
     deployment = objs["Deployment"]
     assert deployment["spec"].get("replicas") == case.replicas
+    # a pod told to stop (a scale-down, a drain) keeps answering while its endpoint leaves
+    # the Service's rules, whoever owns the count
+    served = next(c for c in deployment["spec"]["template"]["spec"]["containers"]
+                  if c["name"] == case.component)  # fmt: skip
+    assert served["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
     assert ("HorizontalPodAutoscaler" in objs) == (case.hpa is not None)
     assert ("PodDisruptionBudget" in objs) == case.budget
     # what is not applied is removed, so turning a field off converges

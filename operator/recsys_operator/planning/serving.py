@@ -103,6 +103,12 @@ def _deployment(
     }
 
 
+#: A served pod keeps answering for a while after it is told to stop (a scale-down, a
+#: rollout, a drain): its endpoint leaves every node's Service rules only some time after the
+#: pod is marked terminating, and a connection routed to it meanwhile would find it closed.
+#: The kubelet's own sleep action, so the images need no shell.
+DRAIN: dict[str, Any] = {"preStop": {"sleep": {"seconds": 5}}}
+
 #: The optional children that keep a served Deployment's pods: (apiVersion, kind).
 HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
 PDB = ("policy/v1", "PodDisruptionBudget")
@@ -208,6 +214,7 @@ def _served(
     autoscaler and disruption budget ``spec`` asks for."""
     if spec.resources:
         container["resources"] = spec.resources.to_k8s()
+    container["lifecycle"] = DRAIN
     deployment = _deployment(
         name,
         ns,
