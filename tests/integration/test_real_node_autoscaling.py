@@ -169,6 +169,43 @@ class Load:
             sent += 1
 
 
+class Timeline:
+    """The autoscaler's desired replicas and CPU reading every 2 s, in a thread of its own;
+    ``changes`` keeps (seconds, offered rps, desired, CPU % of request) when either changes."""
+
+    def __init__(self, read: Any, load: Load) -> None:
+        self.read, self.load = read, load
+        self.desired = 0
+        self.changes: list[tuple[float, float, int, int | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Timeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                status = self.read()["status"]
+            except Exception:  # a failed kubectl call: read again at the next tick
+                status = None
+            if status is not None:
+                self.desired = int(status.get("desiredReplicas") or 0)
+                metric = (status.get("currentMetrics") or [{}])[0].get("resource", {})
+                cpu = metric.get("current", {}).get("averageUtilization")
+                last = self.changes[-1] if self.changes else None
+                if last is None or (last[2], last[3]) != (self.desired, cpu):
+                    at = round(time.monotonic() - t0, 1)
+                    self.changes.append((at, self.load.rate, self.desired, cpu))
+            self._stop.wait(2)
+
+
 def test_the_gateway_scales_up_under_a_load_ramp_and_back_down_with_no_failed_request(
     real_node_world: RealNodeWorld,
     metrics: MetricsServer,
@@ -209,26 +246,19 @@ def test_the_gateway_scales_up_under_a_load_ramp_and_back_down_with_no_failed_re
     # The autoscaler reads the pod's CPU before any load: its metric source works.
     eventually(lambda: hpa(world, ns, name)["status"].get("currentMetrics"), 90, "a CPU reading")
 
-    counts: list[tuple[float, float, int]] = []  # (seconds, rate, desired replicas)
-    t0 = time.monotonic()
-
-    def desired() -> int:
-        replicas = int(hpa(world, ns, name)["status"].get("desiredReplicas") or 0)
-        counts.append((round(time.monotonic() - t0, 1), load.rate, replicas))
-        return replicas
-
-    with Load(url) as load:
+    with Load(url) as load, Timeline(lambda: hpa(world, ns, name), load) as timeline:
         for rate in (10.0, 40.0, 80.0):  # the ramp, a step every 20 s
             load.rate = rate
             time.sleep(20)
-        up = eventually(lambda: desired() >= 2 and desired(), 120, "a scale-up")
+        up = eventually(lambda: timeline.desired >= 2 and timeline.desired, 120, "a scale-up")
         eventually(lambda: ready_pods(world, ns, name) >= up, 120, f"{up} Ready pods")
-        peak = max(c[2] for c in counts)
         load.rate = 2.0  # the load falls but never stops: a scale-down must not fail it
-        eventually(lambda: desired() == 1, 240, "a scale-down to minReplicas")
+        eventually(lambda: timeline.desired == 1, 240, "a scale-down to minReplicas")
         eventually(lambda: ready_pods(world, ns, name) == 1, 120, "one pod left")
         time.sleep(5)  # requests still in flight to the removed pods have ended
 
+    counts = timeline.changes
+    peak = max(c[2] for c in counts)
     answered = load.outcomes
     assert peak >= 2, counts
     assert set(answered) == {"200"}, (answered, load.failures[:20], counts)
@@ -236,4 +266,5 @@ def test_the_gateway_scales_up_under_a_load_ramp_and_back_down_with_no_failed_re
     # The pods are the node's own: real CPU, real containers.
     pods = json.loads(tb.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
     assert {p["spec"]["nodeName"] for p in pods} == {world.node_name}
-    print(f"replicas over time (s, rps, desired): {counts}; answered: {dict(answered)}")
+    print(f"autoscaler (s, offered rps, desired, CPU % of request): {counts}")
+    print(f"answered: {dict(answered)}")

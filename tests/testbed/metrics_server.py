@@ -151,6 +151,8 @@ def start(cp: ControlPlane, timeout: float = 90.0) -> MetricsServer:
             f"--authentication-kubeconfig={cp.kubeconfig}",
             f"--authorization-kubeconfig={cp.kubeconfig}",
             "--kubelet-preferred-address-types=InternalIP",
+            # the kubelet listens on a free port, not 10250: the one its node status reports
+            "--kubelet-use-node-status-port",
             f"--kubelet-certificate-authority={cp.pki.serving_ca}",
             f"--kubelet-client-certificate={kubelet_client[0]}",
             f"--kubelet-client-key={kubelet_client[1]}",
