@@ -26,14 +26,15 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
-import yaml
 from serving_support import tiny_train_config
+from test_feature_key_prefix import _example
 
-from fixtures.operator import eventually
+from fixtures.operator import eventually, get
 from fixtures.real_node import RealNodeWorld
+from fixtures.s3 import point_environment_at
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning.rollout import Routing
 from recsys_operator.planning.serving import GATEWAY_PORT, gateway_objects, routing_table
@@ -46,7 +47,6 @@ from testbed.real_node import NODE_LABEL
 
 pytestmark = [pytest.mark.realnode, pytest.mark.slow]
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "recommender.yaml"
 MAX_REPLICAS = 3
 
 
@@ -62,10 +62,8 @@ def metrics(real_node_world: RealNodeWorld) -> Iterator[MetricsServer]:
 def recommender(world: RealNodeWorld, ns: str, artifacts: str) -> Recommender:
     """examples/recommender.yaml's Recommender, with this testbed's stores, no FeatureViews
     (the fallback reads none) and a gateway the autoscaler owns."""
-    raw = next(
-        d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d and d["kind"] == "Recommender"
-    )
-    raw["metadata"] |= {"namespace": ns, "uid": "u-1", "generation": 1}
+    raw = _example("Recommender", "movies")
+    raw["metadata"]["namespace"] = ns
     spec = raw["spec"]
     spec["featureViews"] = {"user": [], "item": []}
     spec["filtering"] = {"excludeSeen": False, "excludeBlocked": False}
@@ -89,12 +87,7 @@ def recommender(world: RealNodeWorld, ns: str, artifacts: str) -> Recommender:
 def publish_index(world: RealNodeWorld, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """Train the serving tests' tiny model and build its index, both straight into the S3
     store the pods read: returns the index URI."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-    for name, value in world.s3.env.items():
-        monkeypatch.setenv(name, value)
+    point_environment_at(world.s3, monkeypatch)
     bucket = f"autoscale-{uuid.uuid4().hex[:6]}"
     world.s3.create_bucket(bucket)
     paths = movielens.write_dataset(str(tmp / "ml-100k"))
@@ -107,37 +100,51 @@ def publish_index(world: RealNodeWorld, tmp: Path, monkeypatch: pytest.MonkeyPat
 
 
 def hpa(world: RealNodeWorld, ns: str, name: str) -> dict[str, Any]:
-    out = world.testbed.kubectl("get", "hpa", "-n", ns, name, "-o", "json")
-    obj: dict[str, Any] = json.loads(out.stdout)
+    obj = get(world.testbed, "hpa", name, ns)
+    assert obj is not None, f"HorizontalPodAutoscaler {ns}/{name} is gone"
     return obj
 
 
 def ready_pods(world: RealNodeWorld, ns: str, name: str) -> int:
-    out = world.testbed.kubectl("get", "deployment", "-n", ns, name, "-o", "json")
-    return int(json.loads(out.stdout)["status"].get("readyReplicas") or 0)
+    obj = get(world.testbed, "deployment", name, ns)
+    return int(((obj or {}).get("status") or {}).get("readyReplicas") or 0)
 
 
-class Load:
-    """Requests at a set rate from a thread pool until stopped; each one's outcome counted
-    (the HTTP status, or the exception's type for a failed connection)."""
+class Background:
+    """``_run`` in a daemon thread for the length of a ``with`` block; it ends when
+    ``_stop`` is set."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.rate = 0.0
-        self.outcomes: Counter[str] = Counter()
-        self.failures: list[str] = []
+    def __init__(self) -> None:
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=32)
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(10)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Load(Background):
+    """Requests at a set rate from a thread pool until stopped; each one's outcome counted
+    (the HTTP status, or the exception's type for a failed connection)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.rate = 0.0
+        self.outcomes: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=32)
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
         self._pool.shutdown(wait=True)
 
     def _one(self, user: int) -> None:
@@ -169,24 +176,15 @@ class Load:
             sent += 1
 
 
-class Timeline:
+class Timeline(Background):
     """The autoscaler's desired replicas and CPU reading every 2 s, in a thread of its own;
     ``changes`` keeps (seconds, offered rps, desired, CPU % of request) when either changes."""
 
     def __init__(self, read: Any, load: Load) -> None:
+        super().__init__()
         self.read, self.load = read, load
         self.desired = 0
         self.changes: list[tuple[float, float, int, int | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Timeline:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
     def _run(self) -> None:
         t0 = time.monotonic()
@@ -223,11 +221,9 @@ def test_the_gateway_scales_up_under_a_load_ramp_and_back_down_with_no_failed_re
         "stringData": world.s3.env,
     }
     owner = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}}
-    tb.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({**secret}))
+    tb.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(secret))
     tb.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({**owner, "data": {}}))
-    owner["metadata"]["uid"] = json.loads(  # type: ignore[index]
-        tb.kubectl("get", "configmap", "-n", ns, "owner", "-o", "json").stdout
-    )["metadata"]["uid"]
+    owner["metadata"]["uid"] = get(tb, "configmap", "owner", ns)["metadata"]["uid"]  # type: ignore[index]
 
     rec = recommender(world, ns, index.rsplit("/indexes/", 1)[0])
     table = routing_table(rec, Routing("m-v1"), {"m-v1": index})
@@ -241,7 +237,8 @@ def test_the_gateway_scales_up_under_a_load_ramp_and_back_down_with_no_failed_re
                                                      "items": objects}))  # fmt: skip
 
     eventually(lambda: ready_pods(world, ns, name) == 1, 180, "one Ready gateway pod")
-    service = json.loads(tb.kubectl("get", "svc", "-n", ns, name, "-o", "json").stdout)
+    service = get(tb, "service", name, ns)
+    assert service is not None
     url = f"http://{service['spec']['clusterIP']}:{GATEWAY_PORT}/v1/recommendations"
     # The autoscaler reads the pod's CPU before any load: its metric source works.
     eventually(lambda: hpa(world, ns, name)["status"].get("currentMetrics"), 90, "a CPU reading")

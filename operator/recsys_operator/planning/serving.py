@@ -107,7 +107,7 @@ def _deployment(
 #: rollout, a drain): its endpoint leaves every node's Service rules only some time after the
 #: pod is marked terminating, and a connection routed to it meanwhile would find it closed.
 #: The kubelet's own sleep action, so the images need no shell.
-DRAIN: dict[str, Any] = {"preStop": {"sleep": {"seconds": 5}}}
+DRAIN_SECONDS = 5
 
 #: The optional children that keep a served Deployment's pods: (apiVersion, kind).
 HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
@@ -214,7 +214,7 @@ def _served(
     autoscaler and disruption budget ``spec`` asks for."""
     if spec.resources:
         container["resources"] = spec.resources.to_k8s()
-    container["lifecycle"] = DRAIN
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}}
     deployment = _deployment(
         name,
         ns,
