@@ -28,11 +28,14 @@ from test_materialize import HOUR, T0, VIEW, make_config, row, run, write_ages, 
 import recsys_contract
 import recsys_operator
 from recsys_contract.keyspace import FeatureViewKeys, LivePointer
+from recsys_contract.termination import EXIT_TRANSIENT
+from recsys_operator.planning.jobstatus import job_outcome, termination_summary
+from recsys_operator.planning.pods import MAIN_CONTAINER
 from recsys_workloads import materialize
 from recsys_workloads.featurestore.reader import read_online_features
 from recsys_workloads.materialize import Shard
 from recsys_workloads.runtime import BadInputError, TransientError
-from testbed.redis_server import RedisCluster
+from testbed.redis_server import RedisCluster, start_redis
 
 pytestmark = pytest.mark.redis
 
@@ -335,3 +338,82 @@ def test_split_run_on_a_redis_cluster(
         assert client.get(keys.lock) is None
     finally:
         client.close()
+
+
+def _pod(log: Path, finished: int) -> dict[str, Any]:
+    """A finished pod of the Job as the apiserver shows it, with a shard's termination message."""
+    term = {"message": log.read_text(), "finishedAt": f"2026-01-01T00:00:{finished:02d}Z"}
+    return {"status": {"containerStatuses": [{"name": MAIN_CONTAINER,
+                                              "state": {"terminated": term}}]}}  # fmt: skip
+
+
+@pytest.mark.chaos
+def test_redis_restarted_mid_split_run_switches_nothing_and_the_job_is_not_called_a_success(
+    tmp_path: Path,
+) -> None:
+    """Chaos: shard 0 of 2 has finished its share, and Redis is killed while shard 1 writes,
+    then started again on its port (empty: it keeps nothing across a restart). Shard 1 fails
+    as transient; its retry (the Indexed Job's, same run id) finds no record of the run on the
+    new server, books it anew and ends as a worker whose partner will never come: nothing is
+    switched, so no half-written version goes live. Every pod of the Job then ended well, and
+    the operator must not read that as a run that made data live. The next run, once the
+    orphaned run's lease lapses, makes every entity live and reclaims the orphan's layer."""
+    entities = 300_000
+    big = write_ages(tmp_path / "big.parquet", entities, age=7)
+    server = start_redis(databases=1)
+    config = make_config(str(big), server.url, batchRows=500, lockLeaseSeconds=2,
+                         features=[{"name": "age", "type": "int32"}])  # fmt: skip
+    back = None
+    try:
+        client = redis.Redis.from_url(server.url)
+        ((code, first),) = finished(start_shards(config, 2, tmp_path, "r1", only=[0]))
+        assert (code, first["role"]) == (0, "worker"), first
+        written = client.dbsize()
+
+        ((log1, shard1),) = start_shards(config, 2, tmp_path, "r1", only=[1])
+        deadline = time.monotonic() + 60
+        while client.dbsize() < written + 1_000:  # shard 1 is writing its share
+            assert shard1.poll() is None, "shard 1 ended before Redis could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.stop()
+        time.sleep(0.3)
+        back = start_redis(databases=1, port=server.port)
+        ((code, failed),) = finished([(log1, shard1)])
+        assert code == EXIT_TRANSIENT, failed
+        assert failed["reason"] == "Transient"
+
+        ((code, retry),) = finished(start_shards(config, 2, tmp_path, "r1", only=[1]))
+        log_retry = sorted(tmp_path.glob("log-r1-1-*"))[-1]
+        assert (code, retry["role"]) == (0, "worker"), retry
+        client = redis.Redis.from_url(back.url)
+        assert client.get(KEYS.live) is None, "a run switched over a lost record"
+        orphan = int(client.hget(KEYS.run, "layer") or 0)
+        layer_keys = KEYS.layer(orphan) + "*"
+        assert next(client.scan_iter(match=layer_keys, count=10_000), None), "the retry wrote"
+
+        # What the operator reads from the Job's three pods: not a run that made data live.
+        logs = [sorted(tmp_path.glob("log-r1-0-*"))[-1], log1, log_retry]
+        outcome = job_outcome(
+            {"metadata": {"name": "fv-run"}, "status": {"conditions": [
+                {"type": "Complete", "status": "True"}]}},
+            termination_summary([_pod(log, i) for i, log in enumerate(logs)]),
+        )  # fmt: skip
+        print(f"\nchaos: Redis restarted mid split run: {outcome.reason}: {outcome.message}")
+        assert (outcome.finished, outcome.succeeded) == (True, False)
+        assert outcome.reason == "ResultNotReported"
+
+        # The next run, once the orphan's lease has lapsed, makes every entity live.
+        time.sleep(2.5)
+        results = finished(start_shards(config, 2, tmp_path, "r2"))
+        assert [c for c, _ in results] == [0, 0], results
+        total = reporting([r for _, r in results])
+        assert total["entitiesWritten"] == entities
+        rows = read_online_features(client, KEYS, list(range(0, entities, 997))).rows
+        assert all(r == {"age": 7} for r in rows)
+        assert not next(client.scan_iter(match=layer_keys, count=10_000), None), "not reclaimed"
+        assert client.get(KEYS.lock) is None
+    finally:
+        server.stop()
+        if back is not None:
+            back.stop()

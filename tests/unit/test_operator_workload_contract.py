@@ -437,6 +437,37 @@ def test_rank_zero_reports_a_multi_pod_run_whoever_ends_last() -> None:
     assert outcome.parsed(train.TrainSummary) == result
 
 
+OK = json.dumps({"status": "Succeeded", "version": 7, "entitiesWritten": 100})
+WORKER = json.dumps({"status": "Succeeded", "role": "worker", "entitiesWritten": 50})
+TRANSIENT = json.dumps({"status": "Failed", "reason": "Transient", "message": "Redis is down"})
+
+
+@pytest.mark.parametrize(
+    ("condition", "messages", "succeeded", "reason", "says"),
+    [
+        # a retry that mended a failed attempt: the retry's result speaks for the Job
+        ("Complete", [(TRANSIENT, 9), (OK, 1)], True, "Succeeded", "completed"),
+        ("Complete", [(WORKER, 9), (OK, 1)], True, "Succeeded", "completed"),
+        # a split run whose shards all ended but none switched (Redis lost the run's record)
+        ("Complete", [(WORKER, 1), (WORKER, 2)], False, "ResultNotReported", "workers' shares"),
+        ("Complete", [(WORKER, 1), (TRANSIENT, 2), (WORKER, 3)], False, "ResultNotReported",
+         "a failed attempt's: Redis is down"),
+        # a failed run: the failure's words, not a worker's success
+        ("Failed", [(WORKER, 9), (TRANSIENT, 1)], False, "Transient", "Job j: Redis is down"),
+        # a message that is not JSON, or none: the Job's own word
+        ("Complete", [("done", 1)], True, "Succeeded", "completed"),
+        ("Complete", [], True, "Succeeded", "completed"),
+    ],
+)  # fmt: skip
+def test_which_pod_speaks_for_a_finished_job(
+    condition: str, messages: list[tuple[str, int]], succeeded: bool, reason: str, says: str
+) -> None:
+    pods = [_pod(text, f"2026-01-01T00:00:0{second}Z") for text, second in messages]
+    outcome = job_outcome(_job(condition), termination_summary(pods))
+    assert (outcome.finished, outcome.succeeded, outcome.reason) == (True, succeeded, reason)
+    assert says in outcome.message, outcome.message
+
+
 def test_the_gate_reads_the_headline_metrics_training_reports() -> None:
     nested = {
         "retrieval": {"twoTower": {"recall@20": 0.13, "ndcg@20": 0.2}, "als": {"recall@20": 0.11}},

@@ -61,7 +61,11 @@ Split runs (``shards`` > 1, one pod per shard of an Indexed Job; see
   the Job retries it (a retry rewrites the same values into the same layer, idempotent), and a
   run the Job gives up on keeps the lock until its lease lapses, after which the next run
   reclaims its layer, still booked as ``writing``. A shard that arrives after its run has
-  switched (a retry of a pod that finished) does nothing.
+  switched (a retry of a pod that finished) does nothing. A Redis that loses the run's record
+  mid-run (a restart without persistence) fails the writing shards as transient; their retries
+  book the run anew, but the shards that had finished are not run again, so it never switches:
+  the Job completes with only workers' messages, which the operator reports as
+  ``ResultNotReported``, and the next run reclaims the layer once the lease lapses.
 
 All the scripts' keys share the pointer's slot (the lock is a single-key command), so a split
 run works on a Redis Cluster too, where the shards' writes spread over every primary.

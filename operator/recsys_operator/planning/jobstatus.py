@@ -58,10 +58,12 @@ class JobOutcome:
 
 
 def termination_summary(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The JSON summary of the most recently terminated main container among ``pods``; a
-    worker's (a pod of a multi-process run whose result rank 0 reports) only when no other
-    pod left one."""
-    best: tuple[bool, str, dict[str, Any]] | None = None
+    """The JSON summary that speaks for the Job among its pods' main containers: a successful
+    run's result first, then a failure's words, then a worker's share (a pod of a multi-pod run
+    whose result another pod reports); the most recently terminated of a kind. A failed attempt
+    that a retry mended does not hide the retry's result, and a worker's success does not hide
+    the failure that stopped the run."""
+    best: tuple[bool, bool, str, dict[str, Any]] | None = None
     for pod in pods:
         for cs in pod.get("status", {}).get("containerStatuses", []) or []:
             if cs.get("name") != MAIN_CONTAINER:
@@ -78,10 +80,11 @@ def termination_summary(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | N
                 continue
             outcome = Outcome.read(parsed)
             reports = outcome is None or outcome.role != "worker"
-            rank = (reports, str(term.get("finishedAt", "")))
-            if best is None or rank > best[:2]:
+            result = reports and outcome is not None and outcome.status == "Succeeded"
+            rank = (result, reports, str(term.get("finishedAt", "")))
+            if best is None or rank > best[:3]:
                 best = (*rank, parsed)
-    return best[2] if best else None
+    return best[3] if best else None
 
 
 def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -96,6 +99,29 @@ def job_outcome(job: Mapping[str, Any], summary: Mapping[str, Any] | None) -> Jo
     st = job.get("status", {})
     summary = dict(summary or {})
     complete, failed = _condition(job, "Complete"), _condition(job, "Failed")
+    said = Outcome.read(summary)
+    if (
+        complete is not None
+        and said is not None
+        and (said.role == "worker" or said.status == "Failed")
+    ):
+        # The Job counts every pod (or its retry) done, but the pod whose message is the run's
+        # result left none: a split materialization whose record Redis lost mid-run (a restart)
+        # finishes without switching, a multi-pod training without rank 0's report. Nothing
+        # the run made is taken; the next run starts anew.
+        left = "workers' shares" if said.role == "worker" else f"a failed attempt's: {said.message}"
+        return JobOutcome(
+            name,
+            True,
+            False,
+            "ResultNotReported",
+            f"Job {name} completed, but none of its pods reported the run's result, only "
+            f"{left}; nothing it made is used (a split materialization did not switch the live "
+            "version), and the next run starts anew",
+            st.get("startTime"),
+            st.get("completionTime"),
+            summary,
+        )
     if complete is not None:
         return JobOutcome(
             name,
@@ -109,7 +135,6 @@ def job_outcome(job: Mapping[str, Any], summary: Mapping[str, Any] | None) -> Jo
         )
     if failed is not None:
         # The workload's own words first: they name the column or field to fix.
-        said = Outcome.read(summary)
         reason = str((said and said.reason) or failed.get("reason") or "Failed")
         message = str((said and said.message) or failed.get("message") or "the Job failed")
         return JobOutcome(
