@@ -29,7 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.operator import condition, eventually, get
 from fixtures.real_node import FAKE_TAINT, RealNodeWorld
+from fixtures.s3 import point_environment_at
 from recsys_contract.keyspace import FeatureViewKeys
+from recsys_operator.planning.serving import GATEWAY_PORT
+from recsys_workloads.datasets import movielens
 from recsys_workloads.featurestore.reader import read_online_features
 from testbed.controlplane import FAKE_NODE, run_kubectl
 from testbed.real_node import NODE_LABEL
@@ -129,7 +132,15 @@ def test_the_node_joins_with_its_certificate_and_runs_what_kwok_leaves_alone(
         "host = os.environ['KUBERNETES_SERVICE_HOST']\n"
         "port = os.environ['KUBERNETES_SERVICE_PORT']\n"
         "socket.create_connection((host, int(port)), timeout=5).close()\n"
-        "open('/dev/termination-log', 'w').write(f'uid {os.getuid()} reached {host}:{port}')\n",
+        # cluster DNS: a Service by its short name (the pod's search path) and by its full one
+        "short = socket.gethostbyname('kubernetes.default')\n"
+        "full = socket.gethostbyname('kubernetes.default.svc.cluster.local')\n"
+        "try:\n"
+        "    outside = socket.gethostbyname('example.com')\n"
+        "except OSError:\n"
+        "    outside = 'not resolved'\n"
+        "said = f'uid {os.getuid()} reached {host}:{port}; names {short} {full}'\n"
+        "open('/dev/termination-log', 'w').write(f'{said}; outside {outside}')\n",
         nodeSelector={NODE_LABEL[0]: NODE_LABEL[1]},
     )
     real["spec"]["containers"][0]["image"] = world.images["workloads"]
@@ -150,7 +161,9 @@ def test_the_node_joins_with_its_certificate_and_runs_what_kwok_leaves_alone(
         "Succeeded real pod",
     )
     state = done["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert state["message"] == "uid 65532 reached 10.96.0.1:443"
+    assert state["message"] == (
+        "uid 65532 reached 10.96.0.1:443; names 10.96.0.1 10.96.0.1; outside not resolved"
+    )
     assert ipaddress.ip_address(done["status"]["podIP"]) in world.node.network.subnet
     container_id = done["status"]["containerStatuses"][0]["containerID"]
     assert container_id.startswith("containerd://")
@@ -243,6 +256,16 @@ def test_helm_install_runs_the_operator_pod_under_enforced_restricted(
     assert container["containerID"].startswith("containerd://")
 
 
+def artifact_secret(world: RealNodeWorld, ns: str) -> None:
+    """The ``artifact-store`` Secret with only the three keys examples/recommender.yaml's has:
+    the pods must find the S3 store with them."""
+    s3_keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+    world.testbed.kubectl(
+        "create", "secret", "generic", "artifact-store", "-n", ns,
+        *(f"--from-literal={key}={world.s3.env[key]}" for key in s3_keys),
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def feature_view(real_node_world: RealNodeWorld, release: Release) -> dict[str, Any]:
     """A FeatureView whose source is a parquet file in the S3 store, read with the keys of an
@@ -265,12 +288,7 @@ def feature_view(real_node_world: RealNodeWorld, release: Release) -> dict[str, 
     world.s3.client().put_object(
         Bucket="features", Key="users/users.parquet", Body=sink.getvalue().to_pybytes()
     )
-    # Only the three keys the example's Secret has: the Job must find the store with them.
-    s3_keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
-    world.testbed.kubectl(
-        "create", "secret", "generic", "artifact-store", "-n", ns,
-        *(f"--from-literal={key}={world.s3.env[key]}" for key in s3_keys),
-    )  # fmt: skip
+    artifact_secret(world, ns)
     fv = {
         "apiVersion": "recsys.dev/v1alpha1",
         "kind": "FeatureView",
@@ -413,3 +431,115 @@ def test_a_killed_operator_pod_is_restarted_and_creates_nothing_twice(
     obj = get(world.testbed, "featureview", "users", ns)
     assert obj is not None
     assert condition(obj, "Materialized")["status"] == "True"  # type: ignore[index]
+
+
+# --- a whole Recommender ---------------------------------------------------------------------
+
+
+def diagnosis(world: RealNodeWorld, ns: str, release: Release) -> str:
+    """What to read when the Recommender did not get there: its status, its pods, the
+    operator's log tail."""
+    tb = world.testbed
+    status = json.dumps((get(tb, "recommender", "movies", ns) or {}).get("status"), indent=1)
+    versions = tb.kubectl("get", "modelversions", "-n", ns, "-o", "yaml", check=False).stdout
+    pods = tb.kubectl("describe", "pods", "-n", ns, check=False).stdout
+    logs = tb.kubectl("logs", "-n", release.namespace, "-l", release.selector, "--tail=40",
+                      check=False).stdout  # fmt: skip
+    return (f"status:\n{status[-3000:]}\nversions:\n{versions[-3000:]}\npods:\n{pods[-5000:]}"
+            f"\noperator:\n{logs}")  # fmt: skip
+
+
+def test_a_recommender_trains_indexes_and_serves_on_the_node_through_its_service(
+    real_node_world: RealNodeWorld, release: Release, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole online path in containers: the training Job (trainer image, CPU), the index
+    Job, Triton (its init container builds the repository from the artifact in S3) and the
+    gateway, all made by the operator pod from one Recommender; then a pod of the namespace asks
+    the gateway's Service, by its cluster DNS name, and gets the model's list (the gateway
+    reaches Triton by its Service name too)."""
+    world = real_node_world
+    tb = world.testbed
+    ns = world.namespace(f"movies-{uuid.uuid4().hex[:6]}")
+    point_environment_at(world.s3, monkeypatch)
+    bucket = f"movies-{uuid.uuid4().hex[:6]}"
+    world.s3.create_bucket(bucket)
+    movielens.write_dataset(f"s3://{bucket}/ml-100k")
+    artifact_secret(world, ns)
+    rec = {
+        "apiVersion": "recsys.dev/v1alpha1",
+        "kind": "Recommender",
+        "metadata": {"name": "movies"},
+        "spec": {
+            "interactions": {"path": f"s3://{bucket}/ml-100k/interactions.parquet"},
+            "featureViews": {"user": [], "item": []},
+            "retrieval": {"embeddingDim": 16, "numCandidates": 50},
+            "training": {
+                "hyperParameters": {"epochs": 1, "batchSize": 512, "maxStepsPerEpoch": 20},
+                # a model trained for seconds: the gate asks only that it was evaluated
+                "evaluation": {
+                    "metrics": [{"name": "recallAtK", "thresholdRange": {"min": 0.0}}],
+                    "baseline": {"name": "none"},
+                },
+            },
+            "serving": {"triton": {"replicas": 1}, "gateway": {"replicas": 1}},
+            "stores": {
+                "redis": {"url": world.redis.url_for_db(4)},
+                "artifacts": {
+                    "storageUri": f"s3://{bucket}/artifacts",
+                    "secretRef": {"name": "artifact-store"},
+                },
+            },
+        },
+    }
+    tb.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(rec))
+
+    def ready() -> dict[str, Any] | None:
+        obj = get(tb, "recommender", "movies", ns)
+        cond = condition(obj, "Ready")
+        return obj if cond and cond["status"] == "True" else None
+
+    try:
+        obj = eventually(ready, 600, "a Ready Recommender")
+    except AssertionError:
+        raise AssertionError(diagnosis(world, ns, release)) from None
+    stable = obj["status"]["rollout"]["stable"]
+
+    gateway = f"http://movies-gateway.{ns}.svc:{GATEWAY_PORT}/v1/recommendations"
+    client = python_pod(
+        "client",
+        "import json, urllib.request\n"
+        f"with urllib.request.urlopen({gateway!r} + '?user_id=1', timeout=30) as r:\n"
+        "    body = json.loads(r.read())\n"
+        "open('/dev/termination-log', 'w').write(json.dumps(body))\n",
+    )
+    client["spec"]["containers"][0]["image"] = world.images["workloads"]
+    tb.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(client))
+    try:
+        done = eventually(
+            lambda: (
+                (p := pod(world, ns, "client"))["status"].get("phase") in ("Succeeded", "Failed")
+                and p
+            ),
+            120,
+            "the client pod's answer",
+        )
+    except AssertionError:
+        raise AssertionError(diagnosis(world, ns, release)) from None
+    state = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert done["status"]["phase"] == "Succeeded", (state, diagnosis(world, ns, release))
+    body = json.loads(state["message"])
+    print(f"\nreal node: {stable} answered user 1 with {len(body['items'])} items: {body}")
+    assert body["modelVersion"] == stable
+    # Triton scored it (no fallback, a scoring stage): the gateway found it by its name
+    assert (body["fallback"], body["source"]) == (None, "live"), body
+    assert body["timingsMs"]["scoring"] > 0, body
+    assert body["items"], body
+
+    # Every pod the operator made ran on the node, in containers, from the built images.
+    pods = json.loads(tb.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
+    images_run = {
+        c["image"] for p in pods for c in p["status"].get("containerStatuses", [])
+        + p["status"].get("initContainerStatuses", [])
+    }  # fmt: skip
+    assert {p["spec"]["nodeName"] for p in pods} == {world.node_name}
+    assert {world.images[k] for k in ("workloads", "trainer", "triton")} <= images_run, images_run

@@ -6,7 +6,8 @@
 # fetch_prometheus_operator_crds.sh, promtool and the Prometheus Operator's CRDs for the chart's
 # monitoring objects (`build.sh promtool`), and through build_seaweedfs.sh, SeaweedFS's `weed`, the
 # S3-compatible artifact store (`build.sh seaweedfs`), and through build_metrics_server.sh,
-# metrics-server, the resource metrics API for the autoscaler (`build.sh metrics-server`). For the
+# metrics-server, the resource metrics API for the autoscaler (`build.sh metrics-server`), and
+# through build_coredns.sh, CoreDNS, the real node's cluster DNS (`build.sh coredns`). For the
 # real node (real_node.py): kubelet and kube-proxy from the same kubernetes module, and a static
 # `pause` (the pod sandbox's process) from pause.c (`build.sh realnode` builds only these three).
 #
@@ -31,7 +32,7 @@ log() { printf '[testbed-build] %s\n' "$*" >&2; }
 
 # argocd-health (Argo CD's Lua VM for the chart's health checks), Prometheus (the canary
 # analysis' provider), promtool and the Prometheus Operator's CRDs (the chart's monitoring
-# objects), SeaweedFS (the S3 artifact store) and metrics-server have their own cache keys and
+# objects), SeaweedFS (the S3 artifact store), metrics-server and CoreDNS have their own cache keys and
 # locks, so they are built before the control plane's early exit: a warm control-plane cache
 # must not skip them.
 case "${1:-all}" in
@@ -41,9 +42,11 @@ case "${1:-all}" in
   promtool) bash "$here/fetch_prometheus_operator_crds.sh" >/dev/null; exec bash "$here/build_promtool.sh";;
   seaweedfs) exec bash "$here/build_seaweedfs.sh";;
   metrics-server) exec bash "$here/build_metrics_server.sh";;
+  coredns) exec bash "$here/build_coredns.sh";;
   all) bash "$here/../argocd/build.sh" >/dev/null; bash "$here/build_prometheus.sh" >/dev/null
     bash "$here/build_promtool.sh" >/dev/null; bash "$here/fetch_prometheus_operator_crds.sh" >/dev/null
-    bash "$here/build_seaweedfs.sh" >/dev/null; bash "$here/build_metrics_server.sh" >/dev/null;;
+    bash "$here/build_seaweedfs.sh" >/dev/null; bash "$here/build_metrics_server.sh" >/dev/null
+    bash "$here/build_coredns.sh" >/dev/null;;
 esac
 
 # The pod sandbox's process for the real node: a static binary from pause.c, cached by its hash.

@@ -35,11 +35,13 @@ What was chosen, and why:
   writes this machine's iptables; ``stop()`` runs ``kube-proxy --cleanup``. Only one real node
   can run on a machine at a time (a lock file), since two kube-proxies would fight over the
   same chains.
-- **No cluster DNS.** What the tests run in pods finds its peers by address: the apiserver
-  through ``KUBERNETES_SERVICE_HOST`` (set by the kubelet), Redis and other stores by the URL
-  the test gives (the gateway address). CoreDNS would cost one more Go build and process for
-  names nothing here looks up yet; pods fall back to the host's resolv.conf, whose servers
-  they cannot reach (no default route), so a name lookup fails fast instead of leaving.
+- **Cluster DNS: CoreDNS** (``cluster_dns.py``), built from its Go module with only the
+  plugins it uses, on the bridge's gateway address, which the kubelet gives every pod as its
+  nameserver: the operator's gateway finds each version's Triton as
+  ``<name>.<namespace>.svc``, as on any cluster. It answers only for ``cluster.local`` (no
+  ``forward``), so a name outside the cluster fails at once instead of leaving; Redis and the
+  S3 store, which run on this machine rather than in pods, are reached by the address the
+  test gives (the gateway address), the apiserver through ``KUBERNETES_SERVICE_HOST``.
 - **Credentials.** The kubelet uses a client certificate for ``system:node:<name>`` in
   ``system:nodes`` from the testbed's client CA, so the apiserver's Node authorizer and
   NodeRestriction admission apply to it as on a real cluster; kube-proxy is
@@ -89,7 +91,7 @@ if __package__ in (None, ""):  # run as a script: make the sibling modules impor
 
 import yaml
 
-from testbed import controlplane
+from testbed import cluster_dns, controlplane
 from testbed.controlplane import SERVICE_CIDR, ControlPlane, kubeconfig_for
 from testbed.pki import issue_client, issue_server
 from testbed.processes import (
@@ -316,6 +318,9 @@ def _kubelet_config(
         "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False,
         "nodeStatusUpdateFrequency": "5s",
+        # CoreDNS (cluster_dns.py) on the node's address: every pod's nameserver.
+        "clusterDNS": [address],
+        "clusterDomain": cluster_dns.DOMAIN,
     }
 
 
@@ -489,24 +494,29 @@ IMPORTED_LABEL = "dev.recsys.podman-id"
 
 def import_images(ctr_argv: Sequence[str], refs: Sequence[str]) -> list[str]:
     """Import each podman image into containerd's CRI namespace unless the image there was
-    imported from the same podman image ID; return the refs that were imported."""
+    imported from the same podman image ID; return the refs that were imported. The ones to
+    import go in one archive, so the layers they share (the Triton image is built on the
+    trainer's, GBs of torch) are written and unpacked once."""
     listing = _run([*ctr_argv, "images", "ls"], timeout=30).splitlines()[1:]
     labels = {cols[0]: cols[-1] for cols in (line.split() for line in listing) if cols}
-    imported = []
+    todo: dict[str, str] = {}
     for ref in refs:
         image_id = _run(["podman", "image", "inspect", "--format", "{{.Id}}", ref]).strip()
-        if f"{IMPORTED_LABEL}={image_id}" in labels.get(ref, "").split(","):
-            continue
-        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-            archive = Path(tmp) / "image.tar"
-            _run(
-                ["podman", "save", "--format", "docker-archive", "-o", str(archive), ref],
-                timeout=600,
-            )
-            _run([*ctr_argv, "images", "import", str(archive)], timeout=600)
+        if f"{IMPORTED_LABEL}={image_id}" not in labels.get(ref, "").split(","):
+            todo[ref] = image_id
+    if not todo:
+        return []
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        archive = Path(tmp) / "images.tar"
+        _run(
+            ["podman", "save", "--multi-image-archive", "--format", "docker-archive",
+             "-o", str(archive), *todo],
+            timeout=1800,
+        )  # fmt: skip
+        _run([*ctr_argv, "images", "import", str(archive)], timeout=1800)
+    for ref, image_id in todo.items():
         _run([*ctr_argv, "images", "label", ref, f"{IMPORTED_LABEL}={image_id}"])
-        imported.append(ref)
-    return imported
+    return list(todo)
 
 
 def start(
@@ -584,6 +594,8 @@ def start(
         serving = issue_server(
             cp.pki, pki_dir, f"kubelet-{NODE_NAME}", [network.gateway, NODE_NAME]
         )
+        cluster_dns.start(procs, cp, network.gateway, workdir / "dns")
+        timings["dns"] = time.monotonic() - t0
         kubelet_config = _kubelet_config(
             workdir, cp.pki.client_ca, workdir / "containerd.sock", network.gateway, serving
         )
