@@ -4,7 +4,10 @@ own certificate and kwok leaves it alone; ``helm install`` of the chart with the
 the apiserver from inside its pod, reconciles a FeatureView whose materialization Job runs in a
 container and writes to Redis, and the termination message the kubelet records reaches the
 FeatureView's status; killing the operator pod makes the Deployment start another, which
-creates nothing twice.
+creates nothing twice. A pod resolves Services through the cluster DNS (CoreDNS). A whole
+Recommender runs there: its training Job in the trainer image (the operator pod killed while
+it trains), the index Job, Triton built from the artifact by its init container and the
+gateway, which a pod of the namespace asks through its Service's DNS name.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import subprocess
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -474,7 +478,8 @@ def test_a_recommender_trains_indexes_and_serves_on_the_node_through_its_service
             "featureViews": {"user": [], "item": []},
             "retrieval": {"embeddingDim": 16, "numCandidates": 50},
             "training": {
-                "hyperParameters": {"epochs": 1, "batchSize": 512, "maxStepsPerEpoch": 20},
+                # long enough (tens of seconds) for the operator pod to be killed mid-training
+                "hyperParameters": {"epochs": 2, "batchSize": 512, "maxStepsPerEpoch": 60},
                 # a model trained for seconds: the gate asks only that it was evaluated
                 "evaluation": {
                     "metrics": [{"name": "recallAtK", "thresholdRange": {"min": 0.0}}],
@@ -492,6 +497,27 @@ def test_a_recommender_trains_indexes_and_serves_on_the_node_through_its_service
         },
     }
     tb.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(rec))
+
+    # The operator pod is killed while the training pod runs; the Deployment starts another.
+    def training() -> bool:
+        job = "batch.kubernetes.io/job-name=movies-v1-train"
+        out = tb.kubectl("get", "pods", "-n", ns, "-l", job, "-o", "json").stdout
+        return any(p["status"].get("phase") == "Running" for p in json.loads(out)["items"])
+
+    try:
+        eventually(training, 300, "a Running training pod")
+    except AssertionError:
+        raise AssertionError(diagnosis(world, ns, release)) from None
+    old = eventually(lambda: ready_pod(world, release), 60, "Ready operator pod")
+    tb.kubectl(
+        "delete", "pod", "-n", release.namespace, old["metadata"]["name"],
+        "--grace-period=0", "--force", "--wait=false",
+    )  # fmt: skip
+    job = get(tb, "job", "movies-v1-train", ns)
+    assert job is not None
+    assert not job["status"].get("succeeded"), "the training ended before the operator was killed"
+    eventually(lambda: ready_pod(world, release, not_uid=old["metadata"]["uid"]), 120,
+               "Ready replacement operator pod")  # fmt: skip
 
     def ready() -> dict[str, Any] | None:
         obj = get(tb, "recommender", "movies", ns)
@@ -543,3 +569,17 @@ def test_a_recommender_trains_indexes_and_serves_on_the_node_through_its_service
     }  # fmt: skip
     assert {p["spec"]["nodeName"] for p in pods} == {world.node_name}
     assert {world.images[k] for k in ("workloads", "trainer", "triton")} <= images_run, images_run
+    # Nothing was created twice across the operator's restart (the audit log's accepted creates).
+    kinds = {"jobs", "cronjobs", "deployments", "services", "configmaps", "modelversions"}
+    creates = Counter(
+        (ref["resource"], ref.get("name"))
+        for e in audit_events(world)
+        if e["verb"] == "create"
+        and (ref := e["objectRef"]).get("namespace") == ns
+        and ref.get("resource") in kinds
+        and ref.get("subresource") is None
+        and e["responseStatus"]["code"] == 201
+    )
+    assert ("jobs", "movies-v1-train") in creates, creates
+    assert ("modelversions", stable) in creates, creates
+    assert [k for k, n in creates.items() if n > 1] == [], creates
