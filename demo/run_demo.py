@@ -47,6 +47,17 @@ from testbed.redis_server import start_redis  # noqa: E402
 NAMESPACE = "demo"
 
 
+#: Said first, so nobody takes the demo for a cluster: no container runs in it.
+WHAT_RUNS_WHERE = (
+    "what runs where: the apiserver, controllers and kwok are processes of this machine, and "
+    "kwok plays the node, so no container runs. The pods the operator creates run here as "
+    "local processes with the real workload code and config: the Jobs' by "
+    "tests/testbed/local_runner.py, Triton's and the gateway's by tests/testbed/local_serving.py. "
+    "The same Recommender in containers on a real node (containerd, kubelet, CoreDNS; root): "
+    "make test PYTEST_ARGS='-m realnode'"
+)
+
+
 def say(text: str) -> None:
     print(f"==> {text}", flush=True)
 
@@ -82,6 +93,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     say("starting the control plane and redis-server")
+    say(WHAT_RUNS_WHERE)
     cp = controlplane.start()
     redis = start_redis()
     operator: subprocess.Popen[bytes] | None = None

@@ -34,6 +34,7 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "movies-v1 is stable; the loop has closed" in out
+    assert "kwok plays the node, so no container runs" in out  # it says what runs where
     assert '"phase": "Ready"' in out
     # The trained artifact and its index were written where the Recommender said.
     assert (tmp_path / "artifacts" / "models" / "movies-v1").is_dir()

@@ -453,28 +453,75 @@ def diagnosis(world: RealNodeWorld, ns: str, release: Release) -> str:
             f"\noperator:\n{logs}")  # fmt: skip
 
 
+def claim(world: RealNodeWorld, ns: str, folder: Path) -> str:
+    """A PersistentVolume on ``folder`` of the node (what a local-storage provisioner makes),
+    bound to a claim of ``ns``; returns the claim's name. The pods run as 65532: the folder is
+    theirs."""
+    subprocess.run(["chown", "-R", "65532:65532", str(folder)], check=True)
+    name = f"movies-data-{uuid.uuid4().hex[:6]}"
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": str(folder), "type": "Directory"},
+        },
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "movies-data", "namespace": ns},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "volumeName": name,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    world.testbed.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                               "items": [pv, pvc]}))  # fmt: skip
+    return "movies-data"
+
+
+@pytest.mark.parametrize("store", ["s3", "pvc"])
 def test_a_recommender_trains_indexes_and_serves_on_the_node_through_its_service(
-    real_node_world: RealNodeWorld, release: Release, monkeypatch: pytest.MonkeyPatch
+    real_node_world: RealNodeWorld,
+    release: Release,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    store: str,
 ) -> None:
     """The whole online path in containers: the training Job (trainer image, CPU), the index
-    Job, Triton (its init container builds the repository from the artifact in S3) and the
-    gateway, all made by the operator pod from one Recommender; then a pod of the namespace asks
-    the gateway's Service, by its cluster DNS name, and gets the model's list (the gateway
-    reaches Triton by its Service name too)."""
+    Job, Triton (its init container builds the repository from the artifact) and the gateway,
+    all made by the operator pod from one Recommender; then a pod of the namespace asks the
+    gateway's Service, by its cluster DNS name, and gets the model's list (the gateway reaches
+    Triton by its Service name too). The data and artifacts are in S3 (with the example's
+    Secret), or on a PersistentVolume that every pod mounts (``pvc://``)."""
     world = real_node_world
     tb = world.testbed
     ns = world.namespace(f"movies-{uuid.uuid4().hex[:6]}")
-    point_environment_at(world.s3, monkeypatch)
-    bucket = f"movies-{uuid.uuid4().hex[:6]}"
-    world.s3.create_bucket(bucket)
-    movielens.write_dataset(f"s3://{bucket}/ml-100k")
-    artifact_secret(world, ns)
+    if store == "s3":
+        point_environment_at(world.s3, monkeypatch)
+        bucket = f"movies-{uuid.uuid4().hex[:6]}"
+        world.s3.create_bucket(bucket)
+        movielens.write_dataset(f"s3://{bucket}/ml-100k")
+        artifact_secret(world, ns)
+        root = f"s3://{bucket}"
+        artifacts = {"storageUri": f"{root}/artifacts", "secretRef": {"name": "artifact-store"}}
+    else:
+        movielens.write_dataset(str(tmp_path / "claim" / "ml-100k"))
+        root = f"pvc://{claim(world, ns, tmp_path / 'claim')}"
+        artifacts = {"storageUri": f"{root}/artifacts"}
     rec = {
         "apiVersion": "recsys.dev/v1alpha1",
         "kind": "Recommender",
         "metadata": {"name": "movies"},
         "spec": {
-            "interactions": {"path": f"s3://{bucket}/ml-100k/interactions.parquet"},
+            "interactions": {"path": f"{root}/ml-100k/interactions.parquet"},
             "featureViews": {"user": [], "item": []},
             "retrieval": {"embeddingDim": 16, "numCandidates": 50},
             "training": {
@@ -489,10 +536,7 @@ def test_a_recommender_trains_indexes_and_serves_on_the_node_through_its_service
             "serving": {"triton": {"replicas": 1}, "gateway": {"replicas": 1}},
             "stores": {
                 "redis": {"url": world.redis.url_for_db(4)},
-                "artifacts": {
-                    "storageUri": f"s3://{bucket}/artifacts",
-                    "secretRef": {"name": "artifact-store"},
-                },
+                "artifacts": artifacts,
             },
         },
     }
@@ -556,6 +600,7 @@ def test_a_recommender_trains_indexes_and_serves_on_the_node_through_its_service
     body = json.loads(state["message"])
     print(f"\nreal node: {stable} answered user 1 with {len(body['items'])} items: {body}")
     assert body["modelVersion"] == stable
+    assert body["index"].startswith(f"{root}/artifacts/"), body
     # Triton scored it (no fallback, a scoring stage): the gateway found it by its name
     assert (body["fallback"], body["source"]) == (None, "live"), body
     assert body["timingsMs"]["scoring"] > 0, body

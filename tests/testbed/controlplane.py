@@ -68,6 +68,9 @@ CONTROLLERS = (
     "endpointslice-controller",
     "disruption-controller",
     "horizontal-pod-autoscaler-controller",
+    # binds a claim to its PersistentVolume (the real node's pvc:// test); the scheduler holds
+    # a pod whose claim is unbound
+    "persistentvolume-binder-controller",
 )
 
 #: The apiserver's client name towards aggregated APIs (metrics.k8s.io).
