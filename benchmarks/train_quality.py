@@ -204,6 +204,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[
                 if not isinstance(values, dict):
                     continue
                 for name, value in values.items():
+                    if not isinstance(value, int | float):
+                        continue  # served.fusion's grids: read from the raw runs
                     out[section].setdefault(model, {}).setdefault(name, []).append(float(value))
     return out
 
@@ -317,6 +319,7 @@ def main() -> None:
                 print(
                     f"{name} {split} seed {seed}: served ndcg@20 "
                     + ", ".join(f"{m} {served[m]['ndcg@20']:.4f}" for m in SERVED_LISTS)
+                    + f"; fusion {json.dumps(served.get('fusion'))}"
                     + f" ({runs[-1]['seconds']}s)",
                     flush=True,
                 )

@@ -15,8 +15,10 @@ from offline_frames import tiny_tables, train_config, write_config, write_tables
 
 from recsys_workloads.artifact_store import Store
 from recsys_workloads.runtime import EXIT_BAD_INPUT, BadInputError
+from recsys_workloads.scoring import FUSION_GRID, SCORING_FILE, ScoreFusion, fuse
 from recsys_workloads.serving.inference import ItemFeatureTable, RankerScorer, RankQuery, UserTower
 from recsys_workloads.serving.repository import build_repository, item_feature_table, main
+from recsys_workloads.train.evaluate import fusion_label
 from recsys_workloads.train.export import LoadedModel, load_model_artifact
 from recsys_workloads.train.inference import rank, user_vectors
 from recsys_workloads.train.pipeline import run as train
@@ -130,6 +132,34 @@ def test_ranker_matches_the_training_helpers_inference_and_batches_without_mixin
         [[101, 104]] * items.size,
     )
     np.testing.assert_allclose(together[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_artifact_carries_the_fusion_its_evaluation_applied(built: dict[str, Any]) -> None:
+    """scoring.json (what the gateway applies) is the fusion metrics.json was measured with,
+    and the retrieval scores it weighs are the serving user tower's vector · the exported item
+    vectors (what the index holds and its search returns)."""
+    model = trained(built)
+    artifact = Path(built["artifact"].removeprefix("file://"))
+    metrics = json.loads((artifact / "metrics.json").read_text())
+    chosen = metrics["served"]["fusion"]
+    assert model.fusion == ScoreFusion(chosen["rankerWeight"], chosen["retrievalWeight"])
+    assert model.fusion in FUSION_GRID
+    assert json.loads((artifact / SCORING_FILE).read_text()) == model.fusion.to_json()
+    assert set(chosen[next(k for k in chosen if k.startswith("testNdcg@"))]) == {
+        fusion_label(f) for f in FUSION_GRID
+    }
+    ids = np.load(artifact / "embeddings" / "item_ids.npy")
+    vectors = np.load(artifact / "embeddings" / "item_embeddings.npy")
+    tower = UserTower.load(built["root"] / "repo" / "test-v1.user-tower" / "1")
+    users = {r["user_id"]: r for r in pq.read_table(built["data"]["users"]).to_pylist()}
+    user = tower.embed([3], [users[3]], [[101, 104]])[0]
+    scorer = RankerScorer.load(built["root"] / "repo" / "test-v1.ranker" / "1")
+    [logits] = scorer.score([RankQuery(3, users[3], ids[:5].copy(), [101, 104])])
+    got = fuse(model.fusion, logits, vectors[:5] @ user)
+    want = model.fusion.ranker_weight * logits.astype(np.float64) + (
+        model.fusion.retrieval_weight * (vectors[:5].astype(np.float64) @ user)
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_empty_queries_score_to_empty_arrays(built: dict[str, Any]) -> None:

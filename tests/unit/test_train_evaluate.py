@@ -11,13 +11,18 @@ import torch
 from offline_frames import tiny_tables
 
 from recsys_contract.train import AlsConfig
+from recsys_workloads.scoring import FUSION_GRID, RANKER_ONLY, RETRIEVAL_ONLY, ScoreFusion
 from recsys_workloads.train.config import parse_train_config
 from recsys_workloads.train.data import validate_interactions
-from recsys_workloads.train.dataset import prepare
+from recsys_workloads.train.dataset import prepare, validation_view
 from recsys_workloads.train.evaluate import (
     auc,
     build_eval_set,
+    candidate_scores,
+    choose_fusion,
     fit_als,
+    fused_lists,
+    fusion_label,
     grouped_ranking_metrics,
     hit_matrix,
     item_vectors,
@@ -203,11 +208,16 @@ def test_standard_errors_are_the_spread_over_users_by_hand() -> None:
 def test_served_lists_are_the_rankers_order_of_the_candidates(prepared) -> None:  # type: ignore[no-untyped-def]
     cfg = parse_train_config({"data": {"interactionsUri": "-"}, "artifactUri": "memory://x"})
     torch.manual_seed(0)
-    ranker = Ranker(prepared.model_shape(cfg)).eval()
+    shape = prepared.model_shape(cfg)
+    ranker, two_tower = Ranker(shape).eval(), TwoTower(shape).eval()
     ev = build_eval_set(prepared, "warm")
+    uvec = user_vectors(two_tower, prepared, ev.user_ids, ev.user_rows)
+    ivec = item_vectors(two_tower, prepared, prepared.catalog_item_ids, prepared.catalog_item_rows)
     users = np.array([0, 2, 3])
     candidates = np.array([[5, 1, 7, 9], [4, 8, -1, -1], [-1, -1, -1, -1]])
-    got = served_lists(ranker, prepared, ev, users, candidates, k=3)
+    got = served_lists(
+        ranker, prepared, ev, users, candidates, k=3, uvec=uvec, ivec=ivec, fusion=RANKER_ONLY
+    )
     assert got.shape == (3, 3)
     for row, u in enumerate(users.tolist()):
         valid = candidates[row][candidates[row] >= 0]
@@ -217,3 +227,72 @@ def test_served_lists_are_the_rankers_order_of_the_candidates(prepared) -> None:
         logits = ranker_scores(ranker, prepared, ev, np.full(valid.size, u), valid)
         want = valid[np.argsort(-logits, kind="stable")][:3].tolist()
         assert got[row][got[row] >= 0].tolist() == want
+
+
+def test_fused_lists_order_candidates_by_the_gateways_formula(prepared) -> None:  # type: ignore[no-untyped-def]
+    cfg = parse_train_config({"data": {"interactionsUri": "-"}, "artifactUri": "memory://x"})
+    torch.manual_seed(0)
+    shape = prepared.model_shape(cfg)
+    ranker, two_tower = Ranker(shape).eval(), TwoTower(shape).eval()
+    ev = build_eval_set(prepared, "warm")
+    uvec = user_vectors(two_tower, prepared, ev.user_ids, ev.user_rows)
+    ivec = item_vectors(two_tower, prepared, prepared.catalog_item_ids, prepared.catalog_item_rows)
+    users = np.array([0, 2])
+    candidates = np.array([[5, 1, 7, 9, 3], [4, 8, 2, -1, -1]])
+    pairs = candidate_scores(ranker, prepared, ev, users, candidates, uvec, ivec)
+    assert pairs.starts.tolist() == [0, 5, 8]
+    lists = {
+        f: fused_lists(pairs, f, k=4) for f in (RANKER_ONLY, RETRIEVAL_ONLY, ScoreFusion(1, 10))
+    }
+    for row, u in enumerate(users.tolist()):
+        valid = candidates[row][candidates[row] >= 0]
+        logits = ranker_scores(ranker, prepared, ev, np.full(valid.size, u), valid)
+        retrieval = (uvec[u] @ ivec[valid].T).astype(np.float64)
+        for fusion, want_scores in (
+            (RANKER_ONLY, logits),
+            (RETRIEVAL_ONLY, retrieval),
+            (ScoreFusion(1, 10), logits + 10 * retrieval),
+        ):
+            want = valid[np.argsort(-want_scores, kind="stable")][:4].tolist()
+            assert lists[fusion][row][lists[fusion][row] >= 0].tolist() == want, fusion
+    # retrieval only is the candidates' own retrieval order
+    assert lists[RETRIEVAL_ONLY][1][:3].tolist() == sorted(
+        [4, 8, 2], key=lambda i: -float(uvec[2] @ ivec[i])
+    )
+
+
+def test_the_validation_view_is_carved_from_training_only(prepared) -> None:  # type: ignore[no-untyped-def]
+    view = validation_view(prepared, "time", 0.25)
+    train, test = prepared.split.train, prepared.split.test
+    inner = view.split
+    assert len(inner.train) + len(inner.test) == len(train)
+    assert inner.train.times_us.max() < inner.cutoff_us <= inner.test.times_us.min()
+    assert inner.test.times_us.max() < test.times_us.min()  # never the test split
+    # histories stop at the carve: no validation item is in a user's history input
+    users = np.unique(inner.test.user_ids)
+    hist = view.history_of(users)
+    for row, u in enumerate(users.tolist()):
+        before = inner.train.item_ids[inner.train.user_ids == u]
+        got = prepared.items.encoder.ids.encode(before)
+        assert set(hist[row][hist[row] > 0].tolist()) <= set(got.tolist())
+    ev = build_eval_set(view, "warm")
+    assert ev.rel_users.size > 0
+    per_user = validation_view(prepared, "perUser", 0.25)
+    assert len(per_user.split.train) + len(per_user.split.test) == len(train)
+
+
+def test_the_chosen_fusion_is_the_best_of_the_grid_on_validation(prepared) -> None:  # type: ignore[no-untyped-def]
+    cfg = parse_train_config(
+        {
+            "data": {"interactionsUri": "-"},
+            "artifactUri": "memory://x",
+            "evaluation": {"holdoutFraction": 0.25, "k": [5]},
+        }
+    )
+    torch.manual_seed(0)
+    shape = prepared.model_shape(cfg)
+    fusion, report = choose_fusion(cfg, prepared, TwoTower(shape).eval(), Ranker(shape).eval())
+    assert report["chosenOn"] == "validation"
+    grid = report["validationNdcg@5"]
+    assert set(grid) == {fusion_label(f) for f in FUSION_GRID}
+    assert grid[fusion_label(fusion)] == max(grid.values())

@@ -11,7 +11,8 @@ version, for the gateway to serve without calling Triton.
    reads no user FeatureView);
 2. runs, for each user, the gateway's own stages 1 to 3 (``RecommendationService
    .candidate_stages``: features, user tower on the stable's Triton, ANN search, filters,
-   ranker) and keeps the ``topN`` candidates by ranker score;
+   ranker, and the fusion of its logits with the retrieval scores, ``recsys_workloads
+   .scoring``) and keeps the ``topN`` candidates by that final score;
 3. writes each as a ``keyspace.PrecomputedList`` under the stable's version, with the time
    of the run, expiring ``maxAge`` after it.
 

@@ -10,7 +10,9 @@ worker thread and then published by replacing that dict, so a request in flight 
 index it started with and no request ever waits for a load. Indexes no longer needed are
 dropped only after the replacement is live. Each loaded index carries the fallback items (the
 model artifact's ``popular_items.json``, the most interacted items at training time) of the
-ModelVersion it was built from, so fallback stays consistent with the version being served.
+ModelVersion it was built from, so fallback stays consistent with the version being served,
+and that version's score fusion (``scoring.json``, see ``recsys_workloads.scoring``), so the
+gateway scores candidates with the weights the version was evaluated with.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy.typing as npt
 from recsys_workloads import ann_index
 from recsys_workloads.artifact_store import ArtifactReader, Store
 from recsys_workloads.index_build import load_index
+from recsys_workloads.scoring import RANKER_ONLY, SCORING_FILE, ScoreFusion
 
 log = logging.getLogger("recsys_workloads.gateway.index")
 
@@ -56,6 +59,8 @@ class LoadedIndex:
     item_count: int
     #: the fallback: most interacted items at training time, scored by their count
     popular: Candidates
+    #: how the version's ranker logits and retrieval scores make the candidates' scores
+    fusion: ScoreFusion = RANKER_ONLY
 
     def vector(self, item_id: int) -> npt.NDArray[np.float32] | None:
         """The item's embedding as the index holds it; None for an item it does not have."""
@@ -76,17 +81,25 @@ def load_serving_index(store: Store, uri: str) -> LoadedIndex:
     index, manifest = load_index(store, uri)
     ann_index.enable_reconstruct(index)  # similar items look an item's vector up by id
     popular: list[Any] = []
+    fusion = RANKER_ONLY  # a version exported before scoring.json: scored as it was evaluated
     model_uri = (manifest.get("model") or {}).get("uri")
     if model_uri:
         reader = ArtifactReader(store, model_uri, "model")
         if reader.has("popular_items.json"):
             popular = reader.read_json("popular_items.json")
+        if reader.has(SCORING_FILE):
+            fusion = ScoreFusion.from_json(reader.read_json(SCORING_FILE))
     fallback = Candidates(
         np.array([int(p["itemId"]) for p in popular], dtype=np.int64),
         np.array([float(p["count"]) for p in popular], dtype=np.float32),
     )
     return LoadedIndex(
-        uri, str(manifest.get("version") or ""), index, int(manifest["itemCount"]), fallback
+        uri,
+        str(manifest.get("version") or ""),
+        index,
+        int(manifest["itemCount"]),
+        fallback,
+        fusion,
     )
 
 

@@ -5,7 +5,9 @@
    will remove, so ``candidates`` survive them);
 2. filtering: drop seen and blocked items (read from Redis with the features) and items
    failing the item selector;
-3. scoring: the ranking model on Triton over the surviving candidates, in one call;
+3. scoring: the ranking model on Triton over the surviving candidates, in one call, its
+   logits fused with the candidates' retrieval scores by the version's weights
+   (``recsys_workloads.scoring``; a retrieval-only version skips the call);
 4. ordering: boosts, de-duplication, diversity, top k (``rules.py``).
 
 Hybrid serving: with ``precomputed`` configured, the request's one Redis read also brings the
@@ -42,6 +44,7 @@ import numpy.typing as npt
 from recsys_contract import traffic
 from recsys_contract.gateway import GatewayConfig, RoutingTable, Variant, rule_feature_keys
 from recsys_contract.keyspace import IndexAlias, PrecomputedList
+from recsys_workloads import scoring
 from recsys_workloads.gateway import rules
 from recsys_workloads.gateway.index_pool import Candidates, IndexPool, LoadedIndex
 from recsys_workloads.gateway.metrics import GatewayMetrics
@@ -125,7 +128,8 @@ class Found:
     filters: FilterSets
     #: the candidates that passed the filters, in retrieval (or stored) order
     kept: Candidates
-    #: the same candidates with the ranker's scores (retrieval's when the ranker failed)
+    #: the same candidates with their final scores (``scoring.fuse``; retrieval's when the
+    #: ranker failed)
     scored: Candidates
     fallback: str | None
     source: Source
@@ -384,20 +388,24 @@ class RecommendationService:
         # 3. scoring
         t = time.perf_counter()
         scored = kept
+        fusion = variant.index.fusion
         if fallback is None and len(kept):
             try:
-                tt = time.perf_counter()
-                logits = await self.triton.rank(
-                    variant.triton,
-                    variant.model_version,
-                    user_id,
-                    features,
-                    filters.history,
-                    kept.ids,
-                    budget.left,
-                )
-                budget.spend(tt)
-                scored = Candidates(kept.ids, logits)
+                logits = None
+                if fusion.uses_ranker:
+                    tt = time.perf_counter()
+                    logits = await self.triton.rank(
+                        variant.triton,
+                        variant.model_version,
+                        user_id,
+                        features,
+                        filters.history,
+                        kept.ids,
+                        budget.left,
+                    )
+                    budget.spend(tt)
+                # kept.scores are the ANN search's inner products: the retrieval scores
+                scored = Candidates(kept.ids, scoring.fuse(fusion, logits, kept.scores))
             except TritonUnavailable as exc:
                 fallback = exc.reason
         timings["scoring"] = _ms(t)

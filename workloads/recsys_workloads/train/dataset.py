@@ -13,7 +13,7 @@ are the checkpoint's, grown by the window's ids.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -239,6 +239,23 @@ def prepare(
         history_seq=item_idx[order],
         train_hist_start=np.searchsorted(users_in_seq, train.user_ids, side="left")[in_window],
         train_hist_end=position[in_window],
+    )
+
+
+def validation_view(p: Prepared, split: str, holdout_fraction: float) -> Prepared:
+    """``p`` with its training interactions split again, the same way as train/test
+    (``time`` or ``perUser``, the same fraction): the later part is the validation "test",
+    the earlier part the history and seen items. Encoders, catalog and feature rows stay
+    those of ``p`` (the networks were built on them); the training-loop arrays are left as
+    they were, so the view is for evaluation only. Raises ``BadInputError`` when the
+    training side is too small to split."""
+    carve = time_split if split == "time" else per_user_split
+    inner = carve(p.split.train, holdout_fraction)
+    order = _user_time_order(inner.train)
+    return replace(
+        p,
+        split=inner,
+        history_seq=p.items.encoder.ids.encode(inner.train.item_ids)[order],
     )
 
 

@@ -18,7 +18,9 @@ Protocol (the numbers in ``metrics.json`` mean exactly this):
   each user's candidate list. Ties are broken against the relevant items (pessimistic), so a
   constant scorer earns no credit.
 - Served (end to end): each user's two-tower top ``evaluation.candidates`` outside their
-  history, scored by the ranker and ordered by the gateway's ``rules.final_list``; Recall@K
+  history, scored as the gateway scores them (``scoring.fuse``: the ranker's logit fused with
+  the retrieval score, by weights ``choose_fusion`` picks on a validation split carved from
+  training, never the test split) and ordered by the gateway's ``rules.final_list``; Recall@K
   and NDCG@K of that final list, beside the candidates in retrieval order and the baselines'
   lists, each metric with its standard error over users (``<metric>.se``).
 - Baselines: popularity (training interaction count) and ``implicit``'s ALS on the binary
@@ -46,8 +48,11 @@ from recsys_contract.train import (
     AlsConfig,
     TrainConfig,
 )
+from recsys_workloads import scoring
 from recsys_workloads.gateway import rules
-from recsys_workloads.train.dataset import Prepared
+from recsys_workloads.runtime import BadInputError
+from recsys_workloads.scoring import ScoreFusion
+from recsys_workloads.train.dataset import Prepared, validation_view
 from recsys_workloads.train.models import HISTORY, Ranker, TwoTower
 from recsys_workloads.train.profile import SCORE_CANDIDATES, SCORE_TOP_K
 from recsys_workloads.train.trainer import FeatureTables
@@ -402,12 +407,13 @@ def served_scores(
     k: int,
     max_users: int,
     seed: int,
+    fusion: ScoreFusion = scoring.RANKER_ONLY,
     chunk: int = 256,
 ) -> tuple[FloatArray, IntArray, int]:
     """The scores serving would log: per user (at most ``max_users``, drawn with ``seed``), the
-    ranker's logits of its top ``k`` among the two-tower's ``candidates`` best items outside
-    the user's training history. Returns the logits, each one's rank (0 = first served) and
-    the number of users."""
+    final scores (``scoring.fuse`` of the ranker's logits and the retrieval scores) of its top
+    ``k`` among the two-tower's ``candidates`` best items outside the user's training history.
+    Returns the scores, each one's rank (0 = first served) and the number of users."""
     n = ev.user_ids.size
     chosen = np.sort(np.random.default_rng(seed).permutation(n)[:max_users])
     c = min(candidates, p.catalog_item_ids.size)
@@ -427,14 +433,75 @@ def served_scores(
     u, i = np.concatenate(users), np.concatenate(items)
     if u.size == 0:
         return np.zeros(0), np.zeros(0, np.int64), 0
-    logits = ranker_scores(model, p, ev, u, i)
-    # the top k logits of each user: sort by (user, -logit), keep ranks below k
-    order = np.lexsort((-logits, u))
+    retrieval = np.einsum("ij,ij->i", uvec[u], ivec[i]).astype(np.float32)
+    logits = ranker_scores(model, p, ev, u, i) if fusion.uses_ranker else None
+    final = scoring.fuse(fusion, logits, retrieval).astype(np.float64)
+    # the top k scores of each user: sort by (user, -score), keep ranks below k
+    order = np.lexsort((-final, u))
     u_sorted = u[order]
     starts = np.r_[0, np.flatnonzero(u_sorted[1:] != u_sorted[:-1]) + 1]
     rank = np.arange(u_sorted.size) - np.repeat(starts, np.diff(np.r_[starts, u_sorted.size]))
     keep = rank < k
-    return logits[order][keep], rank[keep].astype(np.int64), int(starts.size)
+    return final[order][keep], rank[keep].astype(np.int64), int(starts.size)
+
+
+@dataclass(frozen=True)
+class CandidateScores:
+    """Users' retrieval candidates with both scores the final score is fused from: one
+    ranker pass serves every fusion of the grid (``choose_fusion``)."""
+
+    #: pairs of row r (a position in the users given) are ``starts[r]:starts[r + 1]``, in
+    #: retrieval order
+    starts: IntArray
+    #: catalog position of each pair's item
+    items: IntArray
+    #: the ranker's logit of each pair (None without a ranker)
+    logits: FloatArray | None
+    #: the two-tower inner product of each pair: what the ANN search gives the gateway
+    retrieval: npt.NDArray[np.float32]
+
+
+def candidate_scores(
+    ranker: Ranker | None,
+    p: Prepared,
+    ev: EvalSet,
+    users: IntArray,
+    candidates: IntArray,
+    uvec: npt.NDArray[np.float32],
+    ivec: npt.NDArray[np.float32],
+) -> CandidateScores:
+    """Both scores of every (user, candidate) pair: ``candidates`` are catalog positions,
+    best first, -1 padding (history already removed, as the gateway's seen filter does)."""
+    ok = candidates >= 0
+    pair_u = np.repeat(np.arange(users.size), candidates.shape[1]).reshape(candidates.shape)[ok]
+    pair_i = candidates[ok].astype(np.int64)
+    retrieval = np.einsum("ij,ij->i", uvec[users[pair_u]], ivec[pair_i]).astype(np.float32)
+    logits = (
+        ranker_scores(ranker, p, ev, users[pair_u], pair_i)
+        if ranker is not None and pair_i.size
+        else None
+    )
+    starts = np.r_[0, np.cumsum(ok.sum(axis=1))].astype(np.int64)
+    return CandidateScores(starts, pair_i, logits, retrieval)
+
+
+def fused_lists(scores: CandidateScores, fusion: ScoreFusion, k: int) -> IntArray:
+    """The list the gateway would serve each user: the candidates' final scores
+    (``scoring.fuse``, the gateway's own formula) put in order by ``rules.final_list``, the
+    gateway's own ordering code, with the Recommender's default ordering (no boosts, no
+    diversity: those read item rows from the feature store, which the training Job does not
+    hold). Returns [users, k] catalog positions, -1 where the list is shorter."""
+    n_rows = scores.starts.size - 1
+    out = np.full((n_rows, k), -1, dtype=np.int64)
+    if scores.items.size == 0:
+        return out
+    final = scoring.fuse(fusion, scores.logits, scores.retrieval)
+    rule = Ordering()
+    for row in range(n_rows):
+        sl = slice(scores.starts[row], scores.starts[row + 1])
+        listed = rules.final_list(scores.items[sl], final[sl], rule, {}, k)
+        out[row, : len(listed)] = [s.item_id for s in listed]
+    return out
 
 
 def served_lists(
@@ -444,27 +511,92 @@ def served_lists(
     users: IntArray,
     candidates: IntArray,
     k: int,
+    *,
+    uvec: npt.NDArray[np.float32],
+    ivec: npt.NDArray[np.float32],
+    fusion: ScoreFusion,
 ) -> IntArray:
-    """The list the gateway would serve each user: their retrieval ``candidates`` (catalog
-    positions, best first, -1 padding; history already removed, as the gateway's seen filter
-    does), scored by the ranker and put in order by ``rules.final_list``, the gateway's own
-    ordering code, with the Recommender's default ordering (no boosts, no diversity: those read
-    item rows from the feature store, which the training Job does not hold). Returns
-    [users, k] catalog positions, -1 where the list is shorter."""
-    out = np.full((users.size, k), -1, dtype=np.int64)
-    ok = candidates >= 0
-    pair_u = np.repeat(np.arange(users.size), candidates.shape[1]).reshape(candidates.shape)[ok]
-    pair_i = candidates[ok]
-    if pair_i.size == 0:
-        return out
-    logits = ranker_scores(ranker, p, ev, users[pair_u], pair_i)
-    starts = np.r_[0, np.cumsum(ok.sum(axis=1))]
-    rule = Ordering()
-    for row in range(users.size):
-        sl = slice(starts[row], starts[row + 1])
-        listed = rules.final_list(pair_i[sl], logits[sl], rule, {}, k)
-        out[row, : len(listed)] = [s.item_id for s in listed]
+    """``fused_lists`` of the users' ``candidates`` (see ``candidate_scores``)."""
+    return fused_lists(candidate_scores(ranker, p, ev, users, candidates, uvec, ivec), fusion, k)
+
+
+def fusion_label(fusion: ScoreFusion) -> str:
+    """A grid point's name in metrics.json."""
+    if fusion == scoring.RETRIEVAL_ONLY:
+        return "retrievalOnly"
+    if fusion == scoring.RANKER_ONLY:
+        return "rankerOnly"
+    return f"ranker+{fusion.retrieval_weight:g}*retrieval"
+
+
+def selection_k(ks: Sequence[int]) -> int:
+    """The K of the NDCG the fusion is chosen by: 20, the issue's cut-off, when evaluated,
+    else the largest K."""
+    return 20 if 20 in ks else max(ks)
+
+
+def grid_ndcg(
+    scores: CandidateScores, rel_users: IntArray, rel_items: IntArray, n_rel: IntArray, k: int
+) -> dict[str, float]:
+    """Mean NDCG@k of each grid fusion's lists (rows of ``scores`` are the users of
+    ``n_rel``, every one with relevant items)."""
+    out: dict[str, float] = {}
+    for fusion in scoring.FUSION_GRID:
+        hits = hit_matrix(fused_lists(scores, fusion, k), rel_users, rel_items)
+        out[fusion_label(fusion)] = float(per_user_retrieval(hits, n_rel, [k])[f"ndcg@{k}"].mean())
     return out
+
+
+def best_of_grid(ndcg: dict[str, float]) -> ScoreFusion:
+    """The grid point with the highest NDCG; on a tie the earlier one (ranker only first)."""
+    best = scoring.FUSION_GRID[0]
+    for fusion in scoring.FUSION_GRID[1:]:
+        if ndcg[fusion_label(fusion)] > ndcg[fusion_label(best)]:
+            best = fusion
+    return best
+
+
+def _candidates_and_relevance(
+    p: Prepared, ev: EvalSet, uvec: npt.NDArray[np.float32], ivec: npt.NDArray[np.float32], c: int
+) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """Users with relevant items, their top ``c`` retrieval candidates, and the relevant pairs
+    renumbered to those users' rows."""
+    n_rel = ev.n_relevant
+    users = np.flatnonzero(n_rel > 0)
+    top = top_k(lambda u: uvec[u] @ ivec.T, ev, ev.user_ids.size, c)[users]
+    row_of = np.full(ev.user_ids.size, -1, dtype=np.int64)
+    row_of[users] = np.arange(users.size)
+    return users, top, row_of[ev.rel_users], n_rel[users]
+
+
+def choose_fusion(
+    cfg: TrainConfig, p: Prepared, two_tower: TwoTower, ranker: Ranker
+) -> tuple[ScoreFusion, dict[str, Any]]:
+    """The grid's best fusion by NDCG on a validation split of the training interactions
+    (``dataset.validation_view``: the same kind of split, carved from training; history and
+    seen items as of the carve). Both networks were trained on the validation interactions
+    too, so the split is optimistic for both; it never touches the test split. Without a
+    usable validation split: ranker only, as before fusion existed."""
+    ec = cfg.evaluation
+    k = selection_k(ec.k)
+    try:
+        pv = validation_view(p, ec.split, ec.holdout_fraction)
+    except BadInputError as exc:
+        return scoring.RANKER_ONLY, {"chosenOn": f"default: no validation split ({exc})"}
+    ev = build_eval_set(pv, ec.users)
+    if not (ev.n_relevant > 0).any():
+        return scoring.RANKER_ONLY, {"chosenOn": "default: no validation user"}
+    uvec = user_vectors(two_tower, pv, ev.user_ids, ev.user_rows)
+    ivec = item_vectors(two_tower, pv, pv.catalog_item_ids, pv.catalog_item_rows)
+    c = max(min(ec.candidates, pv.catalog_item_ids.size), k)
+    users, top, rel_rows, n_rel = _candidates_and_relevance(pv, ev, uvec, ivec, c)
+    scores = candidate_scores(ranker, pv, ev, users, top, uvec, ivec)
+    ndcg = grid_ndcg(scores, rel_rows, ev.rel_items, n_rel, k)
+    return best_of_grid(ndcg), {
+        "chosenOn": "validation",
+        "validationUsers": int(users.size),
+        f"validationNdcg@{k}": ndcg,
+    }
 
 
 # --- the whole evaluation --------------------------------------------------------------------
@@ -482,6 +614,8 @@ class Evaluation:
     served_scores: FloatArray | None = None
     served_score_ranks: IntArray | None = None
     served_score_users: int = 0
+    #: how the final list's scores are made (chosen on validation; ``scoring.json``)
+    fusion: ScoreFusion = scoring.RANKER_ONLY
 
 
 def evaluate(
@@ -510,6 +644,11 @@ def evaluate(
         als = fit_als(p, ev, ec.als, cfg.seed)
         fitted = als
         scorers["als"] = lambda u: fitted.user_factors[fitted.user_pos[u]] @ fitted.item_factors.T
+    fusion, fusion_report = (
+        choose_fusion(cfg, p, two_tower, ranker)
+        if ranker is not None
+        else (scoring.RANKER_ONLY, {})
+    )
     served: dict[str, Any] = {}
     n_candidates = max(min(ec.candidates, p.catalog_item_ids.size), kmax)
     for name, scorer in scorers.items():
@@ -521,9 +660,17 @@ def evaluate(
         if name == TWO_TOWER and ranker is not None:
             users = np.flatnonzero(has_rel)
             final = np.full((n_users, kmax), -1, dtype=np.int64)
-            final[users] = served_lists(ranker, p, ev, users, top[users], kmax)
+            pairs = candidate_scores(ranker, p, ev, users, top[users], uvec, ivec)
+            final[users] = fused_lists(pairs, fusion, kmax)
             final_hits = restrict(hit_matrix(final, ev.rel_users, ev.rel_items))
             served[FINAL] = with_standard_errors(per_user_retrieval(final_hits, n_rel[has_rel], ks))
+            # the whole grid on the test split: a diagnostic of the choice, never its input
+            row_of = np.full(n_users, -1, dtype=np.int64)
+            row_of[users] = np.arange(users.size)
+            k_sel = selection_k(ks)
+            fusion_report[f"testNdcg@{k_sel}"] = grid_ndcg(
+                pairs, row_of[ev.rel_users], ev.rel_items, n_rel[users], k_sel
+            )
 
     ranking: dict[str, dict[str, float]] = {}
     cu, ci, labels = sample_ranking_candidates(
@@ -564,13 +711,17 @@ def evaluate(
         "ranking": ranking,
         "served": {
             "candidates": n_candidates,
-            "ordering": "ranker scores, no boosts or diversity (recsys_workloads.gateway.rules)",
+            "ordering": (
+                "final scores (recsys_workloads.scoring), no boosts or diversity "
+                "(recsys_workloads.gateway.rules)"
+            ),
+            **({"fusion": {**fusion.to_json(), **fusion_report}} if ranker is not None else {}),
             **served,
         },
     }
     if als is not None:
         metrics["baselineParams"] = {"als": ec.als.model_dump(by_alias=True)}
-    out = Evaluation(metrics, ev, uvec, ivec)
+    out = Evaluation(metrics, ev, uvec, ivec, fusion=fusion)
     if ranker is not None:
         out.served_scores, out.served_score_ranks, out.served_score_users = served_scores(
             ranker,
@@ -582,5 +733,6 @@ def evaluate(
             k=SCORE_TOP_K,
             max_users=SCORE_MAX_USERS,
             seed=cfg.seed,
+            fusion=fusion,
         )
     return out

@@ -14,6 +14,9 @@ Written through fsspec (``file://``, ``s3://``, ...) file by file, ``manifest.js
       embeddings/query_user_ids.npy  int64 [q]     held-out (evaluated) users
       embeddings/query_embeddings.npy float32 [q, d] their user vectors: the index's recall queries
       popular_items.json             the most interacted items: the serving fallback
+      scoring.json                   ScoreFusion: how ranker logits and retrieval scores make
+                                     the final score (recsys_workloads.scoring); absent in
+                                     versions exported before it: ranker only
       metrics.json                   evaluation (see evaluate.py) and training statistics
       profile.json                   feature distributions for drift checks (see profile.py)
       model_card.md, model_card.json what it is, what it was trained on, how good, limits
@@ -46,6 +49,7 @@ from recsys_contract.train import (
     served_metric,
 )
 from recsys_workloads.artifact_store import ArtifactReader, ArtifactWriter, Store
+from recsys_workloads.scoring import RANKER_ONLY, SCORING_FILE, ScoreFusion
 from recsys_workloads.train.features import EntityEncoder
 from recsys_workloads.train.models import ModelShape, Ranker, TwoTower
 
@@ -170,6 +174,8 @@ class ExportInputs:
     #: what the model learned from (``recsys_contract.train.Lineage``), kept in the manifest so
     #: a rerun after publishing reports it too
     lineage: dict[str, Any] | None = None
+    #: the final score's formula, as the evaluation chose and applied it
+    fusion: ScoreFusion = RANKER_ONLY
 
 
 def export_model(store: Store, x: ExportInputs) -> dict[str, Any]:
@@ -190,6 +196,7 @@ def export_model(store: Store, x: ExportInputs) -> dict[str, Any]:
         "popular_items.json",
         [{"itemId": int(i), "count": int(c)} for i, c in x.popular[:POPULAR_ITEMS]],
     )
+    w.put_json(SCORING_FILE, x.fusion.to_json())
     w.put_json("metrics.json", {**x.metrics, "training": x.training})
     w.put_json("profile.json", x.profile)
     card, card_md = model_card(x.cfg, x.metrics, x.shape, x.training)
@@ -217,6 +224,7 @@ class LoadedModel:
     item_encoder: EntityEncoder
     two_tower: TwoTower
     ranker: Ranker
+    fusion: ScoreFusion = RANKER_ONLY
 
 
 def load_model_artifact(store: Store, uri: str, device: str = "cpu") -> LoadedModel:
@@ -236,4 +244,5 @@ def load_model_artifact(store: Store, uri: str, device: str = "cpu") -> LoadedMo
         EntityEncoder.from_json(encoders["item"]),
         two_tower,
         ranker,
+        ScoreFusion.from_json(r.read_json(SCORING_FILE)) if r.has(SCORING_FILE) else RANKER_ONLY,
     )

@@ -224,6 +224,7 @@ def _evaluate_and_export(
             profile=build_profile(p, _score_profile(evaluation)),
             training=training,
             lineage=lineage.to_wire(),
+            fusion=evaluation.fusion,
         ),
     )
     return (
