@@ -60,6 +60,7 @@ from recsys_workloads.gateway.control import (
 from recsys_workloads.gateway.served_log import ServedRecord
 from recsys_workloads.index_build import load_index
 from recsys_workloads.logjoin import work as log_join
+from recsys_workloads.scoring import SCORING_FILE
 from recsys_workloads.serving.inference import RankerScorer, RankQuery, UserTower
 from recsys_workloads.train.logged import read_logged
 from testbed.redis_server import start_redis
@@ -223,10 +224,16 @@ def expected_ranking(art: Artifacts, redis_url: str, user: int, k: int) -> list[
     client.close()
     tower = UserTower.load(art.repository / "ml-v1.user-tower" / "1")
     index, _ = load_index(Store({}), art.v1.index)
-    _, ids = index.search(tower.embed([user], [row], [history]), 100 + len(history))
-    candidates = ids[0][(ids[0] >= 0) & ~np.isin(ids[0], history)][:100]
+    inner, ids = index.search(tower.embed([user], [row], [history]), 100 + len(history))
+    keep = (ids[0] >= 0) & ~np.isin(ids[0], history)
+    candidates, retrieval = ids[0][keep][:100], inner[0][keep][:100]
     scorer = RankerScorer.load(art.repository / "ml-v1.ranker" / "1")
-    scores = scorer.score([RankQuery(user, row, candidates, history)])[0]
+    logits = scorer.score([RankQuery(user, row, candidates, history)])[0]
+    # the version's own weights, read from its model artifact, and the formula by hand
+    fusion = json.loads((Path(art.v1.artifact.removeprefix("file://")) / SCORING_FILE).read_text())
+    scores = fusion["rankerWeight"] * logits.astype(np.float64) + fusion[
+        "retrievalWeight"
+    ] * retrieval.astype(np.float64)
     order = np.argsort(-scores, kind="stable")
     return [int(candidates[i]) for i in order[:k]]
 
