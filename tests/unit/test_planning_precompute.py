@@ -159,6 +159,14 @@ def test_a_promotion_changes_the_cronjob_and_nothing_else_does() -> None:
          ["movies-precompute-movies-v1"]),
         ("every Job goes without a stable version", rec(HEAD),
          ["movies-precompute-movies-v1"], None, ["movies-precompute-movies-v1"]),
+        ("to Batch: the Hybrid Job goes (its pod has no Triton)",
+         recommender(serving={"precompute": {**HEAD, "mode": "Batch"},
+                              "rollout": {"steps": []}}),
+         ["movies-precompute-movies-v1", "movies-precompute-batch-movies-v1"], "movies-v1",
+         ["movies-precompute-movies-v1"]),
+        ("to Hybrid: the Batch Job goes", rec(HEAD),
+         ["movies-precompute-movies-v1", "movies-precompute-batch-movies-v1"], "movies-v1",
+         ["movies-precompute-batch-movies-v1"]),
     ],
 )  # fmt: skip
 def test_stale_jobs(
@@ -254,6 +262,8 @@ def test_batch_mode_runs_triton_only_inside_the_precompute_pods(
     for pod in pods(p):
         assert [c["name"] for c in pod.get("initContainers", [])] == init_containers, case
         assert [c["name"] for c in pod["containers"]] == ["main"], case
+    batch = "batch-" if gateway_triton is None else ""
+    assert p.now.job["metadata"]["name"] == f"movies-precompute-{batch}movies-v1", case
 
 
 def test_the_batch_pod_builds_the_repository_and_runs_triton_as_a_native_sidecar() -> None:

@@ -79,7 +79,10 @@ def precompute_name(rec: Recommender) -> str:
 
 
 def job_name(rec: Recommender, version: str) -> str:
-    return child_name(rec.metadata.name, COMPONENT, version)
+    """The version's Job; Batch mode's has its own name (``<rec>-precompute-batch-<v>``): a
+    Job's pod is immutable, so switching modes replaces the Job (``stale_jobs`` removes the
+    other mode's) and the version's lists are computed again at once, on the new pod."""
+    return child_name(rec.metadata.name, COMPONENT, "batch" if batch_mode(rec) else "", version)
 
 
 def labels(rec: Recommender, version: str | None = None) -> dict[str, str]:
@@ -220,6 +223,6 @@ def precompute_plan(
 def stale_jobs(rec: Recommender, jobs: list[str], stable: str | None) -> list[str]:
     """The versions' precompute Jobs (by name) to remove: every one without the field or a
     stable version, else those of versions no longer stable (a run for them would only write
-    lists no gateway reads)."""
+    lists no gateway reads) and the other mode's."""
     keep = job_name(rec, stable) if stable and rec.spec.serving.precompute else None
     return [j for j in jobs if j != keep]
