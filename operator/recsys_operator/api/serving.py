@@ -453,8 +453,9 @@ class Precompute(ApiModel):
     their own pod (a native sidecar) and the gateway serves stored lists only, popular items
     to users without one. After a promotion, until the new version's Job has written its
     lists, its users get popular items. Batch has no live traffic to judge a canary on, so it
-    needs ``rollout.steps: []`` (a new version replaces the stable at once) and no Triton
-    ``autoscaling`` or ``replicas``; ``audience.all: true`` gives every user a list."""
+    needs ``rollout.steps: []`` (a new version replaces the stable at once), no Triton
+    ``autoscaling`` and Triton ``replicas`` left at 1; ``audience.all: true`` gives every user
+    a list."""
     schedule: Cron
     """Cron schedule of the pre-computation CronJob (``0 * * * *``: hourly)."""
     time_zone: TimeZone | None = None
@@ -506,7 +507,8 @@ class Serving(ApiModel):
             cel=f"!({_BATCH_CEL}) || !has(self.triton) || !has(self.triton.replicas) "
             "|| self.triton.replicas == 1",
             message="precompute.mode Batch runs no Triton Deployment to size (each precompute "
-            "Job runs one Triton in its pod): remove triton.replicas or use mode Hybrid",
+            "Job runs one Triton in its pod): remove triton.replicas (or set it to 1) or use mode "
+            "Hybrid",
             field_path=".triton.replicas",
             check=lambda m: not _batch(m) or m.triton.replicas == 1,
         ),
