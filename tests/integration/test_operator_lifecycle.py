@@ -896,8 +896,15 @@ def test_batch_mode_removes_triton_and_runs_it_inside_the_precompute_pods(
                "the Hybrid Job for v1", operator=operator)  # fmt: skip
     assert triton_children("movies-v1") == ["deployment", "service", "configmap"]
 
+    def endpoints() -> dict[str, Any]:
+        rec = get(testbed, "recommender", "movies", namespace) or {}
+        return rec.get("status", {}).get("endpoints") or {}  # type: ignore[no-any-return]
+
+    eventually(lambda: "triton" in endpoints(), 60, "Triton's endpoint", operator=operator)
     apply_stack(testbed, namespace, precompute("Batch"))
     eventually(lambda: triton_children("movies-v1") == [], 60, "v1's Triton removed",
+               operator=operator)  # fmt: skip
+    eventually(lambda: list(endpoints()) == ["gateway"], 60, "no Triton endpoint in status",
                operator=operator)  # fmt: skip
     gateway = json.loads(get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
         "gateway.json"])  # fmt: skip

@@ -332,7 +332,7 @@ def triton_objects(
     config_map = workload_config_map(name, ns, labels, owner, cfg)
     builder = repository_builder(rec, builder_image)
     container = triton_container(rec, image)
-    volumes = [{"name": "config", "configMap": {"name": name}}, MODELS_VOLUME]
+    volumes = [{"name": "config", "configMap": {"name": name}}, dict(MODELS_VOLUME)]
     ports = [("http", TRITON_HTTP), ("grpc", TRITON_GRPC), ("metrics", TRITON_METRICS)]
     served = _served(name, ns, labels, owner, tr, container, volumes, ports, [builder])
     # the init container reads the artifact; Triton itself reads only the built repository
