@@ -123,7 +123,8 @@ class GatewayServing(ApiModel):
     """Resources of the gateway container."""
     scoring_timeout: Duration = "50ms"
     """How long the gateway waits for Triton before it answers with fallback items (and
-    says so in the response and in metrics)."""
+    says so in the response and in metrics). With ``precompute.mode: Batch`` the gateway
+    calls no Triton, so there is nothing for it to bound."""
     node_selector: NodeSelector | None = None
     """Labels a node must have to run gateway pods."""
     tolerations: Tolerations | None = None
