@@ -38,6 +38,9 @@ with the key prefix it was materialized under (the FeatureView's ``keyPrefix``; 
 always renders it), so the gateway reads the keys the materializer wrote (``keyspace``).
 Durations are Go-style (``50ms``, ``1s``, ``720h``). The Redis password comes from
 ``$REDIS_PASSWORD``, never from here.
+
+A variant without ``triton`` (Batch mode) is served from ``precomputed`` lists alone: the
+gateway then never calls Triton for it.
 """
 
 from __future__ import annotations
@@ -60,8 +63,10 @@ from recsys_contract.keyspace import (
 
 class Variant(ConfigSection):
     model_version: str = Field(min_length=1)
-    #: ``host:port`` of the Triton HTTP endpoint serving this version's models
-    triton: str = Field(min_length=1)
+    #: ``host:port`` of the Triton HTTP endpoint serving this version's models; none in
+    #: Batch mode (``spec.serving.precompute.mode``): the version is served from stored lists
+    #: only, and popular items to a user without one (``precomputed`` must be set)
+    triton: str | None = Field(default=None, min_length=1)
     #: URI of this version's ANN index (stable traffic follows the alias when it matches)
     index: str | None = None
 
@@ -243,6 +248,12 @@ class GatewayConfig(ConfigSection):
             raise ValueError(
                 f"filtering/ordering rules test item features {sorted(keys)} but "
                 "featureViews.item names no FeatureView to read them from; add one"
+            )
+        variants = (self.routing.stable, self.routing.canary, self.routing.standby)
+        if self.precomputed is None and any(v and v.triton is None for v in variants):
+            raise ValueError(
+                "a routing variant has no triton: it can be served only from stored lists; "
+                "set precomputed"
             )
         if self.top_k > self.candidates:
             raise ValueError(

@@ -67,6 +67,8 @@ class PrecomputeConfig(ConfigSection):
     def _needs_max_age(self) -> PrecomputeConfig:
         if self.gateway.precomputed is None:
             raise ValueError("gateway.precomputed: set maxAge, the lists' TTL")
+        if self.gateway.routing.stable.triton is None:
+            raise ValueError("gateway.routing.stable.triton: the Job computes the lists on it")
         if self.top_n > self.gateway.candidates:
             raise ValueError(
                 f"topN ({self.top_n}) exceeds gateway.candidates ({self.gateway.candidates})"

@@ -63,6 +63,8 @@ def _spec(case: Case) -> dict[str, Any]:
 
 
 ROLLOUT = "serving.rollout"
+#: A Batch-mode precompute (``mode: Batch``), for every user.
+BATCH: dict[str, Any] = {"schedule": "@hourly", "audience": {"all": True}, "mode": "Batch"}
 HNSW = {"m": 32, "efConstruction": 200}
 MATCH = "filtering.itemSelector"
 DRIFT = {"schedule": "@hourly"}
@@ -144,6 +146,22 @@ CASES = [
     Case("rec-precompute-topn-below-topk", "Recommender",
          {"serving.precompute": {"schedule": "@hourly", "audience": {"all": True}, "topN": 5}},
          "spec.serving.precompute.topN", "between ranking.topK and"),
+    Case("rec-batch-with-canary-steps", "Recommender",
+         {"serving.precompute": BATCH, f"{ROLLOUT}.steps": [{"setWeight": 10}]},
+         "spec.serving.rollout.steps", "set rollout.steps: []"),
+    Case("rec-batch-with-default-steps", "Recommender", {"serving.precompute": BATCH},
+         "spec.serving.rollout.steps", "set rollout.steps: []"),
+    Case("rec-batch-with-triton-autoscaling", "Recommender",
+         {"serving.precompute": BATCH, f"{ROLLOUT}.steps": [],
+          "serving.triton": {"resources": {"requests": {"cpu": 1}},
+                             "autoscaling": {"maxReplicas": 3}}},
+         "spec.serving.triton.autoscaling", "remove triton.autoscaling"),
+    Case("rec-batch-with-triton-replicas", "Recommender",
+         {"serving.precompute": BATCH, f"{ROLLOUT}.steps": [], "serving.triton.replicas": 2},
+         "spec.serving.triton.replicas", "remove triton.replicas"),
+    Case("rec-precompute-unknown-mode", "Recommender",
+         {"serving.precompute": {**BATCH, "mode": "Offline"}},
+         "spec.serving.precompute.mode", "Unsupported value"),
     # --- Recommender: rollout ------------------------------------------------------------------
     Case("rec-weights-decreasing", "Recommender",
          {f"{ROLLOUT}.steps": [{"setWeight": 50}, {"pause": {}}, {"setWeight": 20}]},

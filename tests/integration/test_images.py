@@ -10,15 +10,19 @@ the build script sets from the chart's appVersion and the tree's last commit.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from recsys_operator import images
+from testbed import oci_export
 
 pytestmark = [pytest.mark.slow, pytest.mark.images]
 
@@ -219,3 +223,41 @@ def test_trainer_and_triton_images_serve_a_python_model(tmp_path: Path) -> None:
     )  # fmt: skip
     assert served.returncode == 0, served.stdout[-2000:] + served.stderr[-2000:]
     assert served.stdout.split("\n")[-2] == "[3.0, 4.0]", served.stdout[-2000:]
+
+
+def test_the_real_nodes_import_reassembles_layers_exactly_and_sends_only_missing_ones(
+    built: dict[str, str],
+) -> None:
+    """The real node's containerd gets images from podman's storage, layer by layer
+    (testbed.oci_export): every layer must come out byte for byte as podman committed it."""
+    ref = built["operator"]
+    info = inspect(ref)
+    root = Path(
+        subprocess.run(
+            ["podman", "info", "--format", "{{.Store.GraphRoot}}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    )  # fmt: skip
+    image = oci_export.stored_image(root, ref, str(info["Id"]))
+    rootfs = info["RootFS"]
+    assert isinstance(rootfs, dict)
+    assert [layer.diff_id for layer in image.layers] == rootfs["Layers"]
+    for layer in image.layers:
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in oci_export.layer_chunks(layer):
+            digest.update(chunk)
+            size += len(chunk)
+        assert ("sha256:" + digest.hexdigest(), size) == (layer.diff_id, layer.size)
+    # containerd already holding all but the top layer is sent the top layer alone
+    out = io.BytesIO()
+    present = {layer.diff_id for layer in image.layers[:-1]}
+    assert oci_export.write_layout(out, [image], present) == [image.layers[-1].diff_id]
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        names = set(tar.getnames())
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+    blobs = {name.removeprefix("blobs/sha256/") for name in names if name.startswith("blobs/")}
+    top = image.layers[-1].diff_id.removeprefix("sha256:")
+    assert blobs == {top, str(info["Id"]), image.manifest_digest.removeprefix("sha256:")}
+    assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == ref

@@ -865,6 +865,83 @@ def test_precompute_cronjob_follows_the_stable_version_and_goes_with_the_field(
     assert "precomputed" not in json.loads(gateway_cm["data"]["gateway.json"])  # type: ignore[index]
 
 
+def test_batch_mode_removes_triton_and_runs_it_inside_the_precompute_pods(
+    testbed: Testbed, namespace: str, operator: OperatorProcess
+) -> None:
+    """spec.serving.precompute.mode: Batch, switched to from Hybrid on a serving Recommender:
+    the Triton Deployment, Service and ConfigMap go, the gateway is told no Triton address, the
+    precompute pods build the repository and run Triton as a native sidecar, the Hybrid Job is
+    replaced by a Batch one; and a new version is promoted with no Triton Deployment at all."""
+
+    def precompute(mode: str) -> Any:
+        def edit(docs: list[dict[str, Any]]) -> None:
+            docs[1]["spec"]["serving"]["rollout"] = {"steps": []}
+            docs[1]["spec"]["serving"]["precompute"] = {
+                "schedule": "0 0 1 1 *",  # does not fire in the test
+                "audience": {"all": True},
+                "mode": mode,
+            }
+
+        return edit
+
+    def triton_children(version: str) -> list[str]:
+        name = f"movies-triton-{version}"
+        return [k for k in ("deployment", "service", "configmap")
+                if get(testbed, k, name, namespace) is not None]  # fmt: skip
+
+    apply_stack(testbed, namespace, precompute("Hybrid"))
+    walk_to_ready(testbed, namespace, "movies-v1", 0.12, operator)
+    wait_rollout(testbed, namespace, operator, stable="movies-v1")
+    eventually(lambda: get(testbed, "job", "movies-precompute-movies-v1", namespace), 60,
+               "the Hybrid Job for v1", operator=operator)  # fmt: skip
+    assert triton_children("movies-v1") == ["deployment", "service", "configmap"]
+
+    def endpoints() -> dict[str, Any]:
+        rec = get(testbed, "recommender", "movies", namespace) or {}
+        return rec.get("status", {}).get("endpoints") or {}  # type: ignore[no-any-return]
+
+    eventually(lambda: "triton" in endpoints(), 60, "Triton's endpoint", operator=operator)
+    apply_stack(testbed, namespace, precompute("Batch"))
+    eventually(lambda: triton_children("movies-v1") == [], 60, "v1's Triton removed",
+               operator=operator)  # fmt: skip
+    eventually(lambda: list(endpoints()) == ["gateway"], 60, "no Triton endpoint in status",
+               operator=operator)  # fmt: skip
+    gateway = json.loads(get(testbed, "configmap", "movies-gateway", namespace)["data"][  # type: ignore[index]
+        "gateway.json"])  # fmt: skip
+    assert "triton" not in gateway["routing"]["stable"]
+    assert gateway["precomputed"] == {"maxAge": "24h"}
+    job = eventually(lambda: get(testbed, "job", "movies-precompute-batch-movies-v1", namespace),
+                     60, "the Batch Job for v1", operator=operator)  # fmt: skip
+    eventually(lambda: get(testbed, "job", "movies-precompute-movies-v1", namespace) is None,
+               60, "the Hybrid Job removed", operator=operator)  # fmt: skip
+    cron = get(testbed, "cronjob", "movies-precompute", namespace)
+    assert cron is not None
+    for pod in (job["spec"]["template"]["spec"],
+                cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]):  # fmt: skip
+        builder, triton = pod["initContainers"]
+        assert builder["name"] == "repository"
+        assert builder["args"] == ["--config", "/etc/recsys/repository.json"]
+        assert (triton["name"], triton["restartPolicy"]) == ("triton", "Always")
+        assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        for c in (builder, triton, *pod["containers"]):
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, c["name"]
+    config_map = get(testbed, "configmap", "movies-precompute-batch-movies-v1", namespace)
+    assert config_map is not None
+    config = json.loads(config_map["data"]["config.json"])
+    assert config["gateway"]["routing"]["stable"]["triton"] == "127.0.0.1:8000"
+    repository = json.loads(config_map["data"]["repository.json"])
+    assert repository["artifactUri"] == "s3://models/movies/models/movies-v1"
+
+    # a promotion in Batch mode: ready on its index alone, no Triton made for it
+    testbed.kubectl("annotate", "-n", namespace, "recommender/movies", "recsys.dev/retrain=a")
+    walk_to_ready(testbed, namespace, "movies-v2", 0.15, operator)
+    wait_rollout(testbed, namespace, operator, stable="movies-v2", phase="Healthy")
+    eventually(lambda: get(testbed, "job", "movies-precompute-batch-movies-v2", namespace), 60,
+               "the Batch Job for v2", operator=operator)  # fmt: skip
+    assert triton_children("movies-v2") == []
+    assert triton_children("movies-v1") == []
+
+
 def test_training_failure_and_missing_feature_view_are_reported(
     testbed: Testbed, namespace: str, operator: OperatorProcess
 ) -> None:

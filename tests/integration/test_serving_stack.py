@@ -13,6 +13,7 @@ import io
 import json
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -772,6 +773,73 @@ async def test_precompute_for_all_users_walks_the_user_feature_keys(
     written = {int(k.decode().rsplit(":", 1)[1]) for k in client.scan_iter(
         match=KEYS.precomputed("ml-v1", "*"))}  # fmt: skip
     assert written == users
+    client.close()
+
+
+# --- Batch mode: stored lists only, no Triton ------------------------------------------------
+
+
+async def test_batch_mode_serves_stored_lists_and_popular_items_without_any_triton(
+    art: Artifacts, online: str
+) -> None:
+    """No Triton runs in this test (the ``triton`` fixture is not asked for): a variant without
+    ``triton`` is served from its stored lists alone, and a user without a usable list gets the
+    version's popular items, 200 and said so, never an error."""
+    client = redis.Redis.from_url(online)
+    popular = [
+        p["itemId"]
+        for p in json.loads((Path(art.v1.artifact[7:]) / "popular_items.json").read_text())
+    ]
+    cfg = gateway_config(art, "unused", online, precomputed={"maxAge": "1h"})
+    del cfg["routing"]["stable"]["triton"]  # Batch mode: the operator renders no address
+    listed, without, stale, other = 5, 6, 7, 8
+    now_ms = int(time.time() * 1000)
+    items = [i for i in range(1, 200) if i not in popular[:30]][:40]  # unlike the popular ones
+    scores = [float(40 - n) for n in range(len(items))]
+    client.set(
+        KEYS.precomputed("ml-v1", listed), PrecomputedList("ml-v1", now_ms, items, scores).to_json()
+    )
+    client.set(
+        KEYS.precomputed("ml-v1", stale),
+        PrecomputedList("ml-v1", now_ms - 7_200_000, items, scores).to_json(),
+    )
+    client.set(
+        KEYS.precomputed("ml-v1", other), PrecomputedList("ml-v2", now_ms, items, scores).to_json()
+    )
+    async with gateway_client(cfg) as (gw, base, session):
+        await wait_ready(session, base)
+        body = await recommend(session, base, listed)
+        assert (body["source"], body["fallback"]) == ("precomputed", None), body
+        ids = [it["itemId"] for it in body["items"]]
+        assert set(ids) <= set(items)
+        assert len(ids) == 10
+
+        for user in (without, stale, other):
+            body = await recommend(session, base, user)
+            assert (body["source"], body["fallback"]) == ("popular", "no-list"), body
+            assert body["modelVersion"] == "ml-v1"
+            assert body["timingsMs"]["scoring"] == 0.0
+            ids = [it["itemId"] for it in body["items"]]
+            assert len(ids) == 10
+            assert ids == [p for p in popular if p in ids]  # popularity order, filtered
+
+        # the live filters apply to a stored list; one left too short is not served either
+        mark_seen(client, KEYS, listed, items[:35])
+        body = await recommend(session, base, listed)
+        assert (body["source"], body["fallback"]) == ("popular", "no-list"), body
+
+        # the version counts as reachable: it needs no Triton, so the operator's readiness
+        # check waits for its index alone
+        for _ in range(50):
+            if "ml-v1" in gw.reachable:
+                break
+            await asyncio.sleep(0.1)
+        assert "ml-v1" in gw.reachable
+
+        text = await metrics_text(session, base)
+        assert metric(text, "recsys_gateway_fallbacks_total", reason="no-list") == 4
+        for outcome in ("served", "missing", "stale", "other-version", "short"):
+            assert metric(text, "recsys_gateway_precomputed_total", outcome=outcome) >= 1, outcome
     client.close()
 
 

@@ -58,7 +58,9 @@ What was chosen, and why:
   oom_score_adj), the local ``pause`` image as the sandbox image (no image can be pulled),
   Debian's CNI plugin directory, netns mounts under its state directory (so cleanup finds
   them). Its root (images, snapshots) is a cache under ~/.cache/recsys-operator/realnode: an
-  image is imported from podman once per podman image ID, so a warm start imports nothing.
+  image is imported from podman once per podman image ID, so a warm start imports nothing,
+  and an image rebuilt after a code change sends containerd only the layers it lacks
+  (``oci_export.py``: the torch layers stay; ``podman save`` would send all of them).
 - **kubelet** with the cgroupfs driver and no QoS cgroups or node-allocatable enforcement
   (this machine's cgroups are a v1/v2 hybrid that it does not manage), no eviction and no
   image garbage collection (the imported images cannot be pulled back).
@@ -81,7 +83,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -91,7 +93,7 @@ if __package__ in (None, ""):  # run as a script: make the sibling modules impor
 
 import yaml
 
-from testbed import cluster_dns, controlplane
+from testbed import cluster_dns, controlplane, oci_export
 from testbed.controlplane import SERVICE_CIDR, ControlPlane, kubeconfig_for
 from testbed.pki import issue_client, issue_server
 from testbed.processes import (
@@ -494,9 +496,13 @@ IMPORTED_LABEL = "dev.recsys.podman-id"
 
 def import_images(ctr_argv: Sequence[str], refs: Sequence[str]) -> list[str]:
     """Import each podman image into containerd's CRI namespace unless the image there was
-    imported from the same podman image ID; return the refs that were imported. The ones to
-    import go in one archive, so the layers they share (the Triton image is built on the
-    trainer's, GBs of torch) are written and unpacked once."""
+    imported from the same podman image ID; return the refs that were imported.
+
+    The images to import go in one stream, so the layers they share (the Triton image is
+    built on the trainer's, GBs of torch) are sent once, and only the layers containerd lacks
+    are sent at all (:mod:`testbed.oci_export`): a change to the project's code re-sends its
+    own small top layers, not torch. Where podman's storage cannot be read that way, the
+    stream is ``podman save`` of the whole images."""
     listing = _run([*ctr_argv, "images", "ls"], timeout=30).splitlines()[1:]
     labels = {cols[0]: cols[-1] for cols in (line.split() for line in listing) if cols}
     todo: dict[str, str] = {}
@@ -506,17 +512,67 @@ def import_images(ctr_argv: Sequence[str], refs: Sequence[str]) -> list[str]:
             todo[ref] = image_id
     if not todo:
         return []
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        archive = Path(tmp) / "images.tar"
-        _run(
-            ["podman", "save", "--multi-image-archive", "--format", "docker-archive",
-             "-o", str(archive), *todo],
-            timeout=1800,
-        )  # fmt: skip
-        _run([*ctr_argv, "images", "import", str(archive)], timeout=1800)
+    try:
+        _import_layers(ctr_argv, todo)
+    except oci_export.NotExportable as exc:
+        print(f"[realnode] sending whole images ({exc})", file=sys.stderr)
+        _import_saved(ctr_argv, list(todo))
     for ref, image_id in todo.items():
         _run([*ctr_argv, "images", "label", ref, f"{IMPORTED_LABEL}={image_id}"])
     return list(todo)
+
+
+def _import_layers(ctr_argv: Sequence[str], todo: dict[str, str]) -> None:
+    store = json.loads(_run(["podman", "info", "--format", "{{json .Store}}"]))
+    if store.get("graphDriverName") != "overlay":
+        raise oci_export.NotExportable(f"podman's storage driver is {store.get('graphDriverName')}")
+    root = Path(store["graphRoot"])
+    images = [oci_export.stored_image(root, ref, image_id) for ref, image_id in todo.items()]
+    present = set(_run([*ctr_argv, "content", "ls", "-q"], timeout=60).split())
+    with _importing(ctr_argv) as stream:
+        sent = oci_export.write_layout(stream, images, present)
+    print(f"[realnode] imported {', '.join(todo)}: {len(sent)} layers sent", file=sys.stderr)
+
+
+def _import_saved(ctr_argv: Sequence[str], refs: list[str]) -> None:
+    save = subprocess.Popen(
+        ["podman", "save", "--multi-image-archive", "--format", "docker-archive", *refs],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert save.stdout is not None
+    with _importing(ctr_argv) as stream:
+        shutil.copyfileobj(save.stdout, stream, 1 << 20)
+    if save.wait(timeout=60) != 0:
+        raise ComponentFailed(f"podman save {' '.join(refs)} failed: {save.stderr.read()!r}")
+
+
+@contextlib.contextmanager
+def _importing(ctr_argv: Sequence[str], timeout: float = 1800) -> Iterator[IO[bytes]]:
+    """A stream into ``ctr images import -``; closing it waits for containerd to unpack."""
+    with tempfile.TemporaryFile() as log:  # not a pipe: nothing reads it while we write
+        ctr = subprocess.Popen(
+            [*ctr_argv, "images", "import", "-"],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        assert ctr.stdin is not None
+        broken = False
+        try:
+            try:
+                yield ctr.stdin
+                ctr.stdin.close()
+            except BrokenPipeError:
+                broken = True  # ctr stopped reading; its output says why
+            ctr.wait(timeout=timeout)
+        except BaseException:
+            ctr.kill()
+            ctr.wait()
+            raise
+        if ctr.returncode != 0 or broken:
+            log.seek(0)
+            raise ComponentFailed(
+                f"ctr images import exited with {ctr.returncode}: "
+                f"{log.read().decode(errors='replace')[-2000:]}"
+            )
 
 
 def start(

@@ -162,6 +162,9 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 # (case, spec changes as dotted path → value, text the error must contain)
+#: A Batch-mode precompute (``mode: Batch``), for every user.
+BATCH: dict[str, Any] = {"schedule": "@hourly", "audience": {"all": True}, "mode": "Batch"}
+
 RULES = [
     ("weights-not-increasing", {"serving.rollout.steps": [{"setWeight": 50}, {"setWeight": 20}]},
      "strictly increasing"),
@@ -230,6 +233,16 @@ RULES = [
      {"all": True}, "topN": 5}}, "between ranking.topK and"),
     ("precompute-bad-max-age", {"serving.precompute": {"schedule": "@hourly", "audience":
      {"all": True}, "maxAge": "2d"}}, "a day is 24h"),
+    ("batch-with-canary-steps", {"serving.precompute": BATCH}, "set rollout.steps: []"),
+    ("batch-with-shadow-step", {"serving.precompute": BATCH, "serving.rollout.steps":
+     [{"shadow": {"duration": "5m"}}]}, "set rollout.steps: []"),
+    ("batch-with-triton-autoscaling", {"serving.precompute": BATCH, "serving.rollout.steps": [],
+     "serving.triton": {"resources": {"requests": {"cpu": 1}}, "autoscaling":
+     {"maxReplicas": 3}}}, "remove triton.autoscaling"),
+    ("batch-with-triton-replicas", {"serving.precompute": BATCH, "serving.rollout.steps": [],
+     "serving.triton.replicas": 3}, "remove triton.replicas"),
+    ("precompute-unknown-mode", {"serving.precompute": {**BATCH, "mode": "Offline"}},
+     "'Hybrid' or 'Batch'"),
     ("unknown-field", {"retrival": {}}, "Extra inputs are not permitted"),
     ("string-for-int", {"ranking.topK": "20"}, "valid integer"),
 ]  # fmt: skip
@@ -267,6 +280,9 @@ def test_rules_accept_the_valid_neighbours() -> None:
             }
         },
         {"serving.precompute": {"schedule": "@hourly", "audience": {"all": True}, "topN": 20}},
+        {"serving.precompute": BATCH, "serving.rollout.steps": []},
+        {"serving.precompute": BATCH, "serving.rollout.steps": [], "serving.triton.replicas": 1},
+        {"serving.precompute": {**BATCH, "mode": "Hybrid"}, "serving.triton.replicas": 3},
         {"stores.redis.url": "redis://redis:6379/0", "stores.redis.mode": "Cluster"},
         {"stores.redis.url": "redis://redis:6379", "stores.redis.mode": "Cluster"},
         {"stores.redis.url": "redis://redis:6379/3", "stores.redis.mode": "Standalone"},

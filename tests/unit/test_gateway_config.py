@@ -73,7 +73,8 @@ def test_bad_durations(text: str) -> None:
         (with_(redisUrl="http://redis"), "redisUrl"),
         (with_(topK=300), "topK (300) exceeds candidates"),
         (with_(candiates=10), "candiates: unknown field"),
-        (with_(routing={"stable": {"modelVersion": "v1"}}), "routing.stable.triton"),
+        # no Triton is Batch mode, which serves stored lists only: they must be configured
+        (with_(routing={"stable": {"modelVersion": "v1"}}), "has no triton"),
         (
             with_(routing={**BASE["routing"], "canaryWeight": 10}),
             "canaryWeight is above 0 but no canary",

@@ -341,9 +341,10 @@ def _pod(message: str, finished: str = "2026-01-01T00:00:01Z") -> dict[str, Any]
     return {"status": {"containerStatuses": [{"name": "main", "state": {"terminated": term}}]}}
 
 
-def _job(condition: str) -> dict[str, Any]:
+def _job(condition: str, component: str = "materialize") -> dict[str, Any]:
     cond = {"type": condition, "status": "True", "reason": "BackoffLimitExceeded"}
-    return {"metadata": {"name": "j"}, "status": {"conditions": [cond]}}
+    labels = {"app.kubernetes.io/component": component}
+    return {"metadata": {"name": "j", "labels": labels}, "status": {"conditions": [cond]}}
 
 
 def _ended(work: Callable[[dict[str, Any]], dict[str, Any]], tmp_path: Path) -> str:
@@ -600,3 +601,20 @@ def test_the_gateway_and_the_jobs_get_the_cluster_flag_only_on_a_cluster(
     assert gateway_cfg.get("redisCluster") is (True if cluster else None)
     assert parse_gateway_config(gateway_cfg).redis_cluster is cluster
     assert recommender_store(rec).redis_cluster is cluster
+
+
+@pytest.mark.parametrize(
+    ("component", "says"),
+    [
+        ("materialize", "nothing it made is used (the live version was not switched)"),
+        ("train", "nothing it made is used (no model was published)"),
+        ("index", "nothing it made is used, and the next run starts anew"),
+    ],
+)
+def test_a_job_without_its_result_says_what_was_not_used_for_its_workload(
+    component: str, says: str
+) -> None:
+    pods = [_pod(WORKER, "2026-01-01T00:00:01Z")]
+    outcome = job_outcome(_job("Complete", component), termination_summary(pods))
+    assert outcome.reason == "ResultNotReported"
+    assert says in outcome.message, outcome.message

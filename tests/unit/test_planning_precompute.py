@@ -11,9 +11,16 @@ from api_objects import recommender
 
 from recsys_contract import gateway as wire
 from recsys_contract.precompute import Audience, PrecomputeConfig
+from recsys_contract.repository import RepositoryConfig
 from recsys_operator.api.recommender import Recommender
 from recsys_operator.planning import precompute as planner
-from recsys_operator.planning.serving import gateway_config
+from recsys_operator.planning.rollout import Routing
+from recsys_operator.planning.serving import (
+    gateway_config,
+    repository_config,
+    routing_table,
+    triton_objects,
+)
 
 OWNER = {"apiVersion": "recsys.dev/v1alpha1", "kind": "Recommender",
          "metadata": {"name": "movies", "uid": "u-1"}}  # fmt: skip
@@ -152,6 +159,14 @@ def test_a_promotion_changes_the_cronjob_and_nothing_else_does() -> None:
          ["movies-precompute-movies-v1"]),
         ("every Job goes without a stable version", rec(HEAD),
          ["movies-precompute-movies-v1"], None, ["movies-precompute-movies-v1"]),
+        ("to Batch: the Hybrid Job goes (its pod has no Triton)",
+         recommender(serving={"precompute": {**HEAD, "mode": "Batch"},
+                              "rollout": {"steps": []}}),
+         ["movies-precompute-movies-v1", "movies-precompute-batch-movies-v1"], "movies-v1",
+         ["movies-precompute-movies-v1"]),
+        ("to Hybrid: the Batch Job goes", rec(HEAD),
+         ["movies-precompute-movies-v1", "movies-precompute-batch-movies-v1"], "movies-v1",
+         ["movies-precompute-batch-movies-v1"]),
     ],
 )  # fmt: skip
 def test_stale_jobs(
@@ -188,3 +203,130 @@ def test_the_pod_is_least_privilege_and_gets_its_secrets() -> None:
         assert job["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
     assert p.cron_job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert p.now.job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+# --- Batch mode: no Triton Deployment; each precompute pod runs its own -------------------
+
+BATCH = {**HEAD, "mode": "Batch"}
+BATCH_IMAGES = planner.BatchImages("s3://m/movies-v1", "triton:1", "trainer:1")
+
+
+def batch_rec(**serving: Any) -> Recommender:
+    return recommender(serving={"precompute": BATCH, "rollout": {"steps": []}, **serving})
+
+
+def batch_plan(r: Recommender, t: wire.RoutingTable | None = None) -> planner.PrecomputePlan:
+    out = planner.precompute_plan(r, OWNER, "img", t or table(), {}, BATCH_IMAGES)
+    assert out is not None
+    return out
+
+
+def pods(p: planner.PrecomputePlan) -> list[dict[str, Any]]:
+    return [
+        p.cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        p.now.job["spec"]["template"]["spec"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("case", "r", "serving_objects", "gateway_triton", "init_containers"),
+    [
+        ("Hybrid: a Triton per version, the gateway calls it, the Job uses it",
+         rec(HEAD), ["ConfigMap", "Deployment", "Service"], "movies-triton-movies-v1", []),
+        ("Hybrid named: the same", rec({**HEAD, "mode": "Hybrid"}),
+         ["ConfigMap", "Deployment", "Service"], "movies-triton-movies-v1", []),
+        ("Batch: no Triton objects, no address, the pod brings its own",
+         batch_rec(), [], None, ["repository", "triton"]),
+        ("Batch with a GPU: still none of them", batch_rec(triton={"resources": {"limits":
+         {"nvidia.com/gpu": 1}}}), [], None, ["repository", "triton"]),
+    ],
+)  # fmt: skip
+def test_batch_mode_runs_triton_only_inside_the_precompute_pods(
+    case: str,
+    r: Recommender,
+    serving_objects: list[str],
+    gateway_triton: str | None,
+    init_containers: list[str],
+) -> None:
+    objs = triton_objects(r, OWNER, "movies-v1", "s3://m/movies-v1", "triton:1", "trainer:1")
+    assert [o["kind"] for o in objs] == serving_objects, case
+    t = routing_table(r, Routing("movies-v1", None, 0), {"movies-v1": "s3://m/i/movies-v1"})
+    gw = gateway_config(r, t, {})
+    triton = gw.routing.stable.triton
+    assert (triton.split(".")[0] if triton else None) == gateway_triton, case
+    assert gw.precomputed is not None, case  # stored lists are read in both modes
+    p = planner.precompute_plan(r, OWNER, "img", t, {}, BATCH_IMAGES)
+    assert p is not None
+    job_triton = config_of(p.config_map).gateway.routing.stable.triton
+    assert job_triton == (planner.LOCAL_TRITON if gateway_triton is None else triton), case
+    for pod in pods(p):
+        assert [c["name"] for c in pod.get("initContainers", [])] == init_containers, case
+        assert [c["name"] for c in pod["containers"]] == ["main"], case
+    batch = "batch-" if gateway_triton is None else ""
+    assert p.now.job["metadata"]["name"] == f"movies-precompute-{batch}movies-v1", case
+
+
+def test_the_batch_pod_builds_the_repository_and_runs_triton_as_a_native_sidecar() -> None:
+    r = batch_rec(
+        triton={"image": "my-triton:2", "maxBatchSize": 32,
+                "resources": {"limits": {"nvidia.com/gpu": 1}},
+                "nodeSelector": {"gpu": "a100"},
+                "tolerations": [{"key": "gpu", "operator": "Exists"}]},
+    )  # fmt: skip
+    p = batch_plan(r)
+    for pod, config_map in zip(pods(p), (p.config_map, p.now.config_map), strict=True):
+        builder, triton = pod["initContainers"]
+        (main,) = pod["containers"]
+        # the repository builder reads its own file of the pod's ConfigMap
+        assert builder["image"] == "trainer:1"
+        assert builder["command"] == ["python", "-m", "recsys_workloads.serving.repository"]
+        assert builder["args"] == ["--config", "/etc/recsys/repository.json"]
+        repo = RepositoryConfig.model_validate(
+            json.loads(config_map["data"][planner.REPOSITORY_CONFIG_FILE])
+        )
+        assert repo == repository_config(r, "s3://m/movies-v1")
+        assert (repo.device, repo.max_batch_size) == ("cuda", 32)
+        assert "restartPolicy" not in builder  # runs to completion before Triton starts
+        # Triton: a sidecar (ends with the main container, so the Job completes), whose
+        # startup probe holds the precompute container until the models are loaded
+        assert triton["restartPolicy"] == "Always"
+        assert triton["image"] == "my-triton:2"
+        assert triton["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8000}
+        assert triton["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in triton[
+            "volumeMounts"
+        ]
+        assert {"name": "models", "emptyDir": {}} in pod["volumes"]
+        assert pod["nodeSelector"] == {"gpu": "a100"}
+        assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+        assert pod["restartPolicy"] == "Never"
+        # the same least privilege as every pod, for every container
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        for c in (builder, triton, main):
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, c["name"]
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
+            assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}, c["name"]
+        assert main["image"] == "img"
+    assert config_of(p.config_map).gateway.routing.stable.triton == "127.0.0.1:8000"
+
+
+def test_batch_mode_needs_what_the_pods_triton_runs_from() -> None:
+    with pytest.raises(ValueError, match="Batch mode"):
+        planner.precompute_plan(batch_rec(), OWNER, "img", table(), {})
+
+
+def test_a_gateway_config_without_triton_must_read_stored_lists() -> None:
+    t = wire.RoutingTable(stable=wire.Variant(model_version="movies-v1", index="s3://i"))
+    with pytest.raises(ValueError, match="set precomputed"):
+        wire.GatewayConfig(recommender="ns.movies", routing=t, redis_url="redis://r:6379/0")
+    with pytest.raises(ValueError, match="the Job computes the lists on it"):
+        PrecomputeConfig(
+            gateway=wire.GatewayConfig(
+                recommender="ns.movies",
+                routing=t,
+                redis_url="redis://r:6379/0",
+                precomputed=wire.Precomputed(),
+            ),
+            audience=Audience(all=True),
+        )

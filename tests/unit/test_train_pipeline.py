@@ -89,6 +89,7 @@ def test_artifact_files_verify_and_rebuild_the_models(
         "metrics.json",
         "profile.json",
         "popular_items.json",
+        "scoring.json",
         "model_card.md",
         "model_card.json",
     }

@@ -611,7 +611,8 @@ class Endpoints(ApiModel):
     gateway: Annotated[str, Field(max_length=512)] | None = None
     """Base URL of the gateway (``http://NAME-gateway.NAMESPACE.svc:8080``)."""
     triton: Annotated[str, Field(max_length=512)] | None = None
-    """Triton's HTTP endpoint of the stable version."""
+    """Triton's HTTP endpoint of the stable version; none in Batch mode, which runs no
+    Triton Deployment."""
 
 
 class RecommenderStatus(ApiModel):

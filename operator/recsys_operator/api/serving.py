@@ -81,7 +81,9 @@ def _autoscaling_rule(component: str) -> Rule:
 
 class TritonServing(ApiModel):
     """The Triton Inference Server Deployment that runs the user tower and the ranking
-    model."""
+    model. With ``precompute.mode: Batch`` there is no Deployment: Triton runs in each
+    precompute Job's pod, with this ``image``, ``resources`` and ``maxBatchSize``, and the
+    pod is placed by this ``nodeSelector`` and ``tolerations`` (a GPU node, say)."""
 
     __rules__ = (_autoscaling_rule("triton"),)
 
@@ -121,7 +123,8 @@ class GatewayServing(ApiModel):
     """Resources of the gateway container."""
     scoring_timeout: Duration = "50ms"
     """How long the gateway waits for Triton before it answers with fallback items (and
-    says so in the response and in metrics)."""
+    says so in the response and in metrics). With ``precompute.mode: Batch`` the gateway
+    calls no Triton, so there is nothing for it to bound."""
     node_selector: NodeSelector | None = None
     """Labels a node must have to run gateway pods."""
     tolerations: Tolerations | None = None
@@ -427,15 +430,33 @@ class PrecomputeAudience(ApiModel):
     batch lists for everyone are cheap enough."""
 
 
-class Precompute(ApiModel):
-    """Hybrid serving: a CronJob computes the top-N lists of an audience ahead with the
-    stable version, through the gateway's own stages, and stores them in Redis; the gateway
-    serves a stored list (after the live filters and ordering) instead of calling Triton,
-    and computes live for everyone else. A list carries its model version and time: the
-    gateway ignores one of another version than the user's variant, or one older than
-    ``maxAge``, so after a promotion no user gets the previous version's list (the operator
-    also runs a Job for the new version at once)."""
+#: How lists computed ahead are served: beside live computation, or instead of it.
+PrecomputeMode = Literal["Hybrid", "Batch"]
 
+
+class Precompute(ApiModel):
+    """Serving from lists computed ahead: a CronJob computes the top-N lists of an audience
+    with the stable version, through the gateway's own stages, and stores them in Redis; the
+    gateway serves a stored list (after the live filters and ordering) instead of calling
+    Triton. A list carries its model version and time: the gateway ignores one of another
+    version than the user's variant, or one older than ``maxAge``, so after a promotion no
+    user gets the previous version's list (the operator also runs a Job for the new version
+    at once).
+
+    ``mode: Hybrid`` computes live for everyone else, on the versions' Triton Deployments.
+    ``mode: Batch`` runs no Triton Deployment at all: each precompute Job runs Triton inside
+    its own pod, beside the computation, and the gateway serves stored lists only; a user
+    without a usable list gets the version's popular items (``fallback: no-list``)."""
+
+    mode: PrecomputeMode = "Hybrid"
+    """Hybrid: stored lists for the audience, live computation on Triton for everyone else.
+    Batch: no Triton Deployment, Service or autoscaler; the precompute Jobs run Triton in
+    their own pod (a native sidecar) and the gateway serves stored lists only, popular items
+    to users without one. After a promotion, until the new version's Job has written its
+    lists, its users get popular items. Batch has no live traffic to judge a canary on, so it
+    needs ``rollout.steps: []`` (a new version replaces the stable at once), no Triton
+    ``autoscaling`` and Triton ``replicas`` left at 1; ``audience.all: true`` gives every user
+    a list."""
     schedule: Cron
     """Cron schedule of the pre-computation CronJob (``0 * * * *``: hourly)."""
     time_zone: TimeZone | None = None
@@ -454,8 +475,45 @@ class Precompute(ApiModel):
     computation."""
 
 
+def _batch(m: Serving) -> bool:
+    return m.precompute is not None and m.precompute.mode == "Batch"
+
+
+#: CEL for "the Recommender serves in Batch mode" (on ``Serving``).
+_BATCH_CEL = "has(self.precompute) && has(self.precompute.mode) && self.precompute.mode == 'Batch'"
+
+
 class Serving(ApiModel):
     """The online side: workloads, rollout, and an optional pinned version."""
+
+    __rules__ = (
+        Rule(
+            cel=f"!({_BATCH_CEL}) || !has(self.rollout) || !has(self.rollout.steps) "
+            "|| self.rollout.steps.size() == 0",
+            message="precompute.mode Batch serves no live traffic, so a canary's steps (setWeight, "
+            "pause, shadow) have nothing to judge: set rollout.steps: [] (a new version then "
+            "replaces the stable at once) or use mode Hybrid",
+            field_path=".rollout.steps",
+            check=lambda m: not _batch(m) or not m.rollout.steps,
+        ),
+        Rule(
+            cel=f"!({_BATCH_CEL}) || !has(self.triton) || !has(self.triton.autoscaling)",
+            message="precompute.mode Batch runs no Triton Deployment for an autoscaler to scale "
+            "(Triton runs inside each precompute Job): remove triton.autoscaling or use mode "
+            "Hybrid",
+            field_path=".triton.autoscaling",
+            check=lambda m: not _batch(m) or m.triton.autoscaling is None,
+        ),
+        Rule(
+            cel=f"!({_BATCH_CEL}) || !has(self.triton) || !has(self.triton.replicas) "
+            "|| self.triton.replicas == 1",
+            message="precompute.mode Batch runs no Triton Deployment to size (each precompute "
+            "Job runs one Triton in its pod): remove triton.replicas (or set it to 1) or use mode "
+            "Hybrid",
+            field_path=".triton.replicas",
+            check=lambda m: not _batch(m) or m.triton.replicas == 1,
+        ),
+    )
 
     triton: TritonServing = Field(default_factory=TritonServing)
     """The Triton model server."""
@@ -468,5 +526,6 @@ class Serving(ApiModel):
     rollback that a GitOps repository can hold. New versions are still trained but not
     rolled out while it is set; remove it to resume rollouts."""
     precompute: Precompute | None = None
-    """Pre-compute the head's lists with the stable version (hybrid serving); off when
-    unset, and removing it removes the CronJob."""
+    """Pre-compute the head's lists with the stable version (hybrid serving), or everyone's
+    with no Triton Deployment at all (``mode: Batch``); off when unset, and removing it
+    removes the CronJob."""

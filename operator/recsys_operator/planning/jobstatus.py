@@ -94,6 +94,14 @@ def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     return None
 
 
+#: What "nothing it made is used" means for the workloads whose Jobs split their work.
+_NOT_USED = {
+    "materialize": " (the live version was not switched)",
+    "backfill": " (the live version was not switched)",
+    "train": " (no model was published)",
+}
+
+
 def job_outcome(job: Mapping[str, Any], summary: Mapping[str, Any] | None) -> JobOutcome:
     name = job["metadata"]["name"]
     st = job.get("status", {})
@@ -110,14 +118,15 @@ def job_outcome(job: Mapping[str, Any], summary: Mapping[str, Any] | None) -> Jo
         # finishes without switching, a multi-pod training without rank 0's report. Nothing
         # the run made is taken; the next run starts anew.
         left = "workers' shares" if said.role == "worker" else f"a failed attempt's: {said.message}"
+        component = job["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
         return JobOutcome(
             name,
             True,
             False,
             "ResultNotReported",
             f"Job {name} completed, but none of its pods reported the run's result, only "
-            f"{left}; nothing it made is used (a split materialization did not switch the live "
-            "version), and the next run starts anew",
+            f"{left}; nothing it made is used{_NOT_USED.get(component, '')}, and the next run "
+            "starts anew",
             st.get("startTime"),
             st.get("completionTime"),
             summary,

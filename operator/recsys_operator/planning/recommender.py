@@ -36,6 +36,7 @@ from recsys_operator.planning import rollout as machine
 from recsys_operator.planning.drift import DriftDecision
 from recsys_operator.planning.featureview import freshness, rfc3339
 from recsys_operator.planning.pods import owner_reference
+from recsys_operator.planning.serving import batch_mode
 from recsys_operator.planning.training import WARM_START_REASONS
 
 TRIGGER_ANNOTATION = f"{GROUP}/trigger"
@@ -420,10 +421,11 @@ def status(
         stable = next((v for v in versions if v.name == p.stable), None)
         if stable and stable.index_name:
             st["activeIndex"] = stable.index_name
-        st["endpoints"] = {
-            "gateway": f"http://{child_name(name, 'gateway')}.{ns}.svc:8080",
-            "triton": f"http://{child_name(name, 'triton', p.stable)}.{ns}.svc:8000",
-        }
+        st["endpoints"] = {"gateway": f"http://{child_name(name, 'gateway')}.{ns}.svc:8080"}
+        if not batch_mode(rec):  # Batch mode's Tritons live and die inside its Jobs
+            st["endpoints"]["triton"] = (
+                f"http://{child_name(name, 'triton', p.stable)}.{ns}.svc:8000"
+            )
     ro = p.rollout.status if p.rollout else None
     if ro is not None and ro.phase:
         st["rollout"] = ro.to_k8s()

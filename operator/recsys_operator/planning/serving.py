@@ -7,6 +7,10 @@ each version's Triton and index) from its ConfigMap at start, and polls a copy o
 in Redis every second (``GatewayKeys.routing`` of ``recsys_contract.keyspace``),
 which wins when present: a mounted ConfigMap reaches running pods only after the kubelet's
 sync (about a minute), too slow for a rollout step or a rollback.
+
+In Batch mode (``spec.serving.precompute.mode: Batch``) there is no Triton Deployment: the
+routing table names no Triton address, and the precompute Jobs run Triton in their own pods
+(``planning.precompute``) from the same repository builder and Triton container as here.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from recsys_operator.naming import child_name, short_hash
 from recsys_operator.planning.featureview import key_prefix
 from recsys_operator.planning.pods import (
     CONFIG_DIR,
+    CONFIG_FILE,
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
     claims_in,
@@ -50,6 +55,12 @@ TRITON_HTTP, TRITON_GRPC, TRITON_METRICS, GATEWAY_PORT = 8000, 8001, 8002, 8080
 GATEWAY_CONFIG_FILE = "gateway.json"
 #: Where the init container writes the version's Triton model repository (an emptyDir).
 REPOSITORY_DIR = "/models"
+
+
+def batch_mode(rec: Recommender) -> bool:
+    """Whether the Recommender serves stored lists only, with no Triton Deployment."""
+    precompute = rec.spec.serving.precompute
+    return precompute is not None and precompute.mode == "Batch"
 
 
 def triton_name(rec: Recommender, version: str) -> str:
@@ -246,38 +257,32 @@ def repository_config(rec: Recommender, artifact_uri: str) -> RepositoryConfig:
     )
 
 
-def triton_objects(
-    rec: Recommender,
-    owner: Mapping[str, Any],
-    version: str,
-    artifact_uri: str,
-    image: str,
-    builder_image: str,
-) -> list[dict[str, Any]]:
-    """A version's Triton: a ConfigMap, a Deployment whose init container builds the model
-    repository from the version's artifact into an emptyDir (the repository is derived data,
-    see ``recsys_workloads.serving.repository``), and its Service (with the autoscaler and
-    disruption budget the spec asks for)."""
-    ns = rec.metadata.namespace or "default"
-    name = triton_name(rec, version)
-    tr = rec.spec.serving.triton
-    labels = standard_labels(
-        component="triton",
-        instance=rec.metadata.name,
-        recommender=rec.metadata.name,
-        model_version=version,
-    )
-    cfg = repository_config(rec, artifact_uri)
-    config_map = workload_config_map(name, ns, labels, owner, cfg)
-    models = {"name": "models", "mountPath": REPOSITORY_DIR}
+#: The volume the repository builder writes and Triton reads.
+MODELS_VOLUME = {"name": "models", "emptyDir": {}}
+
+
+def repository_builder(
+    rec: Recommender, builder_image: str, config_file: str = CONFIG_FILE
+) -> dict[str, Any]:
+    """The init container that builds a version's Triton model repository into the
+    ``models`` emptyDir from the config at ``CONFIG_DIR/config_file`` (the repository is
+    derived data, see ``recsys_workloads.serving.repository``)."""
     builder = workload_container(
         image=builder_image,
         module="recsys_workloads.serving.repository",
         env_from=artifact_env_from(rec),
-        extra_mounts=[models],
+        extra_mounts=[{"name": "models", "mountPath": REPOSITORY_DIR}],
     )
     builder["name"] = "repository"
-    container: dict[str, Any] = {
+    builder["args"] = ["--config", f"{CONFIG_DIR}/{config_file}"]
+    return builder
+
+
+def triton_container(rec: Recommender, image: str) -> dict[str, Any]:
+    """The Triton container serving the built repository: the Deployment's, and in Batch
+    mode the precompute pod's sidecar."""
+    tr = rec.spec.serving.triton
+    return {
         "name": "triton",
         "image": tr.image or image,
         "args": [
@@ -296,13 +301,38 @@ def triton_objects(
         "securityContext": CONTAINER_SECURITY_CONTEXT,
         "volumeMounts": [
             {"name": "scratch", "mountPath": "/tmp"},
-            {**models, "readOnly": True},
+            {"name": "models", "mountPath": REPOSITORY_DIR, "readOnly": True},
         ],
     }
-    volumes = [
-        {"name": "config", "configMap": {"name": name}},
-        {"name": "models", "emptyDir": {}},
-    ]
+
+
+def triton_objects(
+    rec: Recommender,
+    owner: Mapping[str, Any],
+    version: str,
+    artifact_uri: str,
+    image: str,
+    builder_image: str,
+) -> list[dict[str, Any]]:
+    """A version's Triton: a ConfigMap, a Deployment whose init container builds the model
+    repository from the version's artifact into an emptyDir, and its Service (with the
+    autoscaler and disruption budget the spec asks for). None in Batch mode."""
+    if batch_mode(rec):
+        return []
+    ns = rec.metadata.namespace or "default"
+    name = triton_name(rec, version)
+    tr = rec.spec.serving.triton
+    labels = standard_labels(
+        component="triton",
+        instance=rec.metadata.name,
+        recommender=rec.metadata.name,
+        model_version=version,
+    )
+    cfg = repository_config(rec, artifact_uri)
+    config_map = workload_config_map(name, ns, labels, owner, cfg)
+    builder = repository_builder(rec, builder_image)
+    container = triton_container(rec, image)
+    volumes = [{"name": "config", "configMap": {"name": name}}, dict(MODELS_VOLUME)]
     ports = [("http", TRITON_HTTP), ("grpc", TRITON_GRPC), ("metrics", TRITON_METRICS)]
     served = _served(name, ns, labels, owner, tr, container, volumes, ports, [builder])
     # the init container reads the artifact; Triton itself reads only the built repository
@@ -315,11 +345,12 @@ def routing_table(
     rec: Recommender, routing: Routing, indexes: Mapping[str, str | None]
 ) -> wire.RoutingTable:
     ns = rec.metadata.namespace or "default"
+    batch = batch_mode(rec)  # no Triton to name: the gateway serves stored lists only
 
     def variant(version: str) -> wire.Variant:
         return wire.Variant(
             model_version=version,
-            triton=f"{triton_name(rec, version)}.{ns}.svc:{TRITON_HTTP}",
+            triton=None if batch else f"{triton_name(rec, version)}.{ns}.svc:{TRITON_HTTP}",
             index=indexes.get(version),
         )
 

@@ -48,6 +48,7 @@ from recsys_operator.planning.jobstatus import JobOutcome, job_outcome, newest
 from recsys_operator.planning.serving import (
     HPA,
     PDB,
+    batch_mode,
     gateway_name,
     gateway_objects,
     history_job,
@@ -179,7 +180,9 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
             published = await _publish(
                 online, keys, table, indexes.get(routing.stable), plan.problems
             )
-            await _remove_unused_tritons(ctx, ns, name, routing.versions)
+            # Batch mode keeps none: switching from Hybrid removes every version's Triton
+            keep = set() if batch_mode(rec) else routing.versions
+            await _remove_unused_tritons(ctx, ns, name, keep)
             stable_uri = (by_name[routing.stable].get("status") or {}).get("artifactUri", "")
             for child in drift_planner.drift_objects(
                 rec, obj, workloads_image, routing.stable, stable_uri
@@ -187,7 +190,8 @@ async def reconcile(ctx: Context, ns: str, name: str) -> float | None:
                 await ensure(ctx, child)
             for child in logjoin_planner.logjoin_objects(rec, obj, workloads_image):
                 await ensure(ctx, child)
-            await _precompute(ctx, obj, rec, table, views, workloads_image)
+            batch = precompute_planner.BatchImages(stable_uri, triton_image, trainer_image)
+            await _precompute(ctx, obj, rec, table, views, workloads_image, batch)
         except Refusal as refusal:
             plan.problems.append(planner.Problem("ServingObjectRefused", str(refusal)))
 
@@ -287,7 +291,8 @@ async def _ready_versions(
 ) -> tuple[frozenset[str], str | None]:
     """Versions that can take traffic now: their Triton Deployment is Available and every live
     gateway replica reports their index loaded and their Triton reachable (no live replica:
-    nobody to break). When Redis cannot be read, none, and why."""
+    nobody to break). In Batch mode there is no Triton to wait for: the index alone. When
+    Redis cannot be read, none, and why."""
     ns, name = rec.metadata.namespace or "default", rec.metadata.name
     available = {
         d["metadata"]["labels"].get("recsys.dev/model-version")
@@ -299,6 +304,8 @@ async def _ready_versions(
         )
         if _available(d)
     }
+    if batch_mode(rec):
+        available = {v.name for v in versions}
     candidates = [v for v in versions if v.name in available and v.index_name]
     if not candidates:
         return frozenset(), None
@@ -536,10 +543,12 @@ async def _precompute(
     table: RoutingTable,
     views: dict[str, FeatureView],
     image: str,
+    batch: precompute_planner.BatchImages,
 ) -> None:
     """The precompute CronJob for the stable version, and its Job run at once when the
-    version has just become stable (``planning.precompute``)."""
-    plan = precompute_planner.precompute_plan(rec, obj, image, table, views)
+    version has just become stable (``planning.precompute``); ``batch``: what Batch mode's
+    pods run their own Triton from."""
+    plan = precompute_planner.precompute_plan(rec, obj, image, table, views, batch)
     if plan is None:
         return
     await ensure(ctx, plan.config_map)

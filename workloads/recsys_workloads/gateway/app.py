@@ -291,10 +291,16 @@ class Gateway:
             await self.report()
 
     async def probe_tritons(self, table: RoutingTable) -> None:
-        """Which of the table's versions this replica reaches Triton for, for the heartbeat."""
+        """Which of the table's versions this replica reaches Triton for, for the heartbeat. A
+        version served without Triton (Batch mode) needs none to serve: it counts as
+        reachable, so the operator's readiness check waits only for its index."""
         variants = [v for v in (table.stable, table.canary, table.standby) if v is not None]
         timeout = min(1.0, self.cfg.poll_interval_s)
-        answers = await asyncio.gather(*(self.triton.ready(v.triton, timeout) for v in variants))
+
+        async def reachable(endpoint: str | None) -> bool:
+            return endpoint is None or await self.triton.ready(endpoint, timeout)
+
+        answers = await asyncio.gather(*(reachable(v.triton) for v in variants))
         self.reachable = {v.model_version for v, ok in zip(variants, answers, strict=True) if ok}
 
     def heartbeat(self) -> traffic.Heartbeat:

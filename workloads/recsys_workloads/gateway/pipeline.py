@@ -17,6 +17,12 @@ k items passing the live filters, stands in for retrieval and scoring, and order
 it as on live candidates. Anything else falls through to live computation. The response's
 ``source`` and ``recsys_gateway_precomputed_total{outcome}`` say which it was.
 
+Batch mode (a variant without ``triton``): stored lists are all there is. A user whose list
+is missing, stale, of another version or too short after the filters gets the variant's
+popular items through the same filters and ordering, with ``source: popular`` and
+``fallback: no-list`` (counted by the fallback metric, and the precomputed metric says why
+the list was not served); Triton is never called.
+
 Each stage's time goes to the response (``timingsMs``) and the stage histogram. Retrieval's
 includes the request's one Redis round trip, which also brings filtering its seen and blocked
 sets (the ANN fetch size depends on them); filtering's is the set arithmetic and item rules.
@@ -112,12 +118,16 @@ def wanted_indexes(routing: Routing) -> set[str]:
 class ResolvedVariant:
     name: VariantName
     model_version: str
-    triton: str
+    #: None in Batch mode: served from stored lists and popular items only
+    triton: str | None
     index: LoadedIndex
 
 
-#: Where a response's items come from: computed now, or a list stored ahead.
-Source = Literal["live", "precomputed"]
+#: Where a response's items come from: computed now, a list stored ahead, or (Batch mode,
+#: no usable list) the variant's popular items.
+Source = Literal["live", "precomputed", "popular"]
+#: The fallback reason of a Batch-mode answer without a usable stored list.
+NO_LIST = "no-list"
 
 
 @dataclass(frozen=True)
@@ -361,11 +371,21 @@ class RecommendationService:
                 outcome = "short"
                 t = time.perf_counter()
             self.metrics.precomputed.labels(variant.name, variant.model_version, outcome).inc()
+        if variant.triton is None:  # Batch mode: nothing runs live, popular items stand in
+            timings["retrieval"] = timings.get("retrieval", 0.0) + _ms(t)
+            t = time.perf_counter()
+            kept = (await self._filter(variant.index.popular, filters)).take(
+                slice(0, cfg.candidates)
+            )
+            timings["filtering"] = timings.get("filtering", 0.0) + _ms(t)
+            timings["scoring"] = 0.0
+            return Found(features, filters, kept, kept, NO_LIST, "popular")
+        triton = variant.triton
         fallback: str | None = None
         try:
             tt = time.perf_counter()
             vector = await self.triton.embed_user(
-                variant.triton,
+                triton,
                 variant.model_version,
                 user_id,
                 features,
@@ -395,7 +415,7 @@ class RecommendationService:
                 if fusion.uses_ranker:
                     tt = time.perf_counter()
                     logits = await self.triton.rank(
-                        variant.triton,
+                        triton,
                         variant.model_version,
                         user_id,
                         features,
