@@ -7,8 +7,9 @@ For the drift check's benchmark and integration test:
 - ``GatewayReplay``: what the gateway would serve each user of a world: the user tower
   (``serving.inference``, the code the Triton python backend runs) on the user's raw feature
   row, exact inner-product retrieval over the artifact's item embeddings with the user's
-  training items filtered out as seen, the ranker over the ``candidates`` survivors and the
-  gateway's ``top_k``. The model is deterministic, so each user is served once and requests
+  training items filtered out as seen, the ranker over the ``candidates`` survivors, their
+  final scores with the version's fusion (``recsys_workloads.scoring``) and the gateway's
+  ``top_k``. The model is deterministic, so each user is served once and requests
   reuse the answer.
 - ``requests``: who asks when, as the generator's interactions do (a uniformly drawn user
   among those who exist at that time), returned as ``ServedRecord`` s.
@@ -40,6 +41,7 @@ from recsys_workloads.datasets.synthetic import (
 )
 from recsys_workloads.gateway.rules import top_k
 from recsys_workloads.gateway.served_log import ServedRecord
+from recsys_workloads.scoring import fuse
 from recsys_workloads.serving.inference import RankerScorer, RankQuery, UserTower
 from recsys_workloads.serving.repository import item_feature_table
 from recsys_workloads.train.export import load_model_artifact
@@ -90,7 +92,7 @@ def train_on_world(root: Path, spec: SyntheticSpec) -> tuple[DatasetPaths, str]:
 
 @dataclass(frozen=True)
 class Served:
-    """What one user is served: item ids and ranker logits, best first."""
+    """What one user is served: item ids and final scores, best first."""
 
     items: list[tuple[int, float]]
 
@@ -105,6 +107,7 @@ class GatewayReplay:
         self.item_ids = np.asarray(reader.read_npy("embeddings/item_ids.npy"), dtype=np.int64)
         self.item_vectors = np.asarray(reader.read_npy("embeddings/item_embeddings.npy"))
         self.version = str(model.manifest["version"])
+        self.fusion = model.fusion
         self.tower = UserTower(
             model.shape, model.user_encoder, model.item_encoder, model.two_tower.user_tower
         )
@@ -136,7 +139,7 @@ class GatewayReplay:
         vectors = self.tower.embed(user_ids, rows)
         scores = vectors @ self.item_vectors.T
         position = {int(i): n for n, i in enumerate(self.item_ids.tolist())}
-        queries = []
+        queries, retrieval = [], []
         for row, user in enumerate(user_ids):
             seen = [position[i] for i in self.seen.get(user, ()) if i in position]
             scores[row, seen] = -np.inf
@@ -144,10 +147,11 @@ class GatewayReplay:
             best = np.argpartition(-scores[row], c - 1)[:c]
             best = best[np.argsort(-scores[row, best], kind="stable")]
             queries.append(RankQuery(user, rows[row], self.item_ids[best]))
+            retrieval.append(scores[row, best])
         logits = self.ranker.score(queries)
         return [
-            Served([(s.item_id, s.score) for s in top_k(q.item_ids, lg, k)])
-            for q, lg in zip(queries, logits, strict=True)
+            Served([(s.item_id, s.score) for s in top_k(q.item_ids, fuse(self.fusion, lg, r), k)])
+            for q, lg, r in zip(queries, logits, retrieval, strict=True)
         ]
 
 

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from recsys_workloads.artifact_store import ArtifactReader
 
 #: The model artifact's file holding a version's ``ScoreFusion``.
 SCORING_FILE = "scoring.json"
@@ -60,6 +63,15 @@ class ScoreFusion:
 
 #: The ranker's logit alone: how every version before ``scoring.json`` was scored.
 RANKER_ONLY = ScoreFusion(1.0, 0.0)
+
+
+def read_fusion(model: ArtifactReader) -> ScoreFusion:
+    """A model artifact's fusion; ``RANKER_ONLY`` for a version exported before the file."""
+    if model.has(SCORING_FILE):
+        return ScoreFusion.from_json(model.read_json(SCORING_FILE))
+    return RANKER_ONLY
+
+
 #: The candidates' retrieval order.
 RETRIEVAL_ONLY = ScoreFusion(0.0, 1.0)
 

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from recsys_workloads import ann_index
 from recsys_workloads.artifact_store import ArtifactReader, Store
 from recsys_workloads.index_build import load_index
-from recsys_workloads.scoring import RANKER_ONLY, SCORING_FILE, ScoreFusion
+from recsys_workloads.scoring import RANKER_ONLY, ScoreFusion, read_fusion
 
 log = logging.getLogger("recsys_workloads.gateway.index")
 
@@ -87,8 +87,7 @@ def load_serving_index(store: Store, uri: str) -> LoadedIndex:
         reader = ArtifactReader(store, model_uri, "model")
         if reader.has("popular_items.json"):
             popular = reader.read_json("popular_items.json")
-        if reader.has(SCORING_FILE):
-            fusion = ScoreFusion.from_json(reader.read_json(SCORING_FILE))
+        fusion = read_fusion(reader)
     fallback = Candidates(
         np.array([int(p["itemId"]) for p in popular], dtype=np.int64),
         np.array([float(p["count"]) for p in popular], dtype=np.float32),

@@ -49,7 +49,7 @@ from recsys_contract.train import (
     served_metric,
 )
 from recsys_workloads.artifact_store import ArtifactReader, ArtifactWriter, Store
-from recsys_workloads.scoring import RANKER_ONLY, SCORING_FILE, ScoreFusion
+from recsys_workloads.scoring import RANKER_ONLY, SCORING_FILE, ScoreFusion, read_fusion
 from recsys_workloads.train.features import EntityEncoder
 from recsys_workloads.train.models import ModelShape, Ranker, TwoTower
 
@@ -244,5 +244,5 @@ def load_model_artifact(store: Store, uri: str, device: str = "cpu") -> LoadedMo
         EntityEncoder.from_json(encoders["item"]),
         two_tower,
         ranker,
-        ScoreFusion.from_json(r.read_json(SCORING_FILE)) if r.has(SCORING_FILE) else RANKER_ONLY,
+        read_fusion(r),
     )
